@@ -1,0 +1,98 @@
+"""What the app keeps between requests: loaded encoders (shared, LRU), allowed folders, and per-session images."""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from ssl_core.cache import LRUCache
+from ssl_core.encoder import Encoder, load_encoder
+from ssl_core.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+from ssl_core.models.registry import ASSETS_DIR
+
+log = logging.getLogger("patchlens")
+EXAMPLES_DIR = ASSETS_DIR / "examples"
+
+
+class UserError(Exception):
+    """A problem the user can fix; its message is shown in the UI as it is."""
+
+
+@dataclass
+class AppConfig:
+    allow_dirs: list[Path] = field(default_factory=list)  # folders the app may read from (besides uploads)
+    max_upload_mb: float = 50.0
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_models: int = 4
+    default_model: str = ""
+    upload_dirs: list[Path] = field(default_factory=list)  # where the web server keeps uploads (always allowed)
+
+    def check_readable(self, path: str | os.PathLike, what: str = "file") -> Path:
+        """The resolved path if it lies under an allowed folder, else a `UserError` saying so."""
+        resolved = Path(path).expanduser().resolve()
+        roots = [d.resolve() for d in [*self.allow_dirs, *self.upload_dirs, EXAMPLES_DIR]]
+        if not any(resolved == root or root in resolved.parents for root in roots):
+            allowed = ", ".join(str(d) for d in self.allow_dirs) or "none (start with --allow-dir DIR)"
+            raise UserError(f"Not allowed to read {what} {path}: it is outside the allowed folders ({allowed}).")
+        if not resolved.exists():
+            raise UserError(f"No such {what}: {path}")
+        return resolved
+
+    def check_upload_size(self, path: str | os.PathLike) -> None:
+        size = Path(path).stat().st_size
+        if size > self.max_upload_mb * 1024 * 1024:
+            raise UserError(f"{Path(path).name} is {size / 2**20:.1f} MB, over the upload limit of {self.max_upload_mb:g} MB.")
+
+
+class ModelPool:
+    """Encoders loaded once and kept while room allows (least recently used are dropped first)."""
+
+    def __init__(self, max_models: int = 4):
+        self._cache: LRUCache[Encoder] = LRUCache(max_size=max_models)
+        self._locks: dict[tuple, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def get(self, name: str, weights: str | None = None, image_size: int | None = None) -> Encoder:
+        key = (name, str(weights or ""), image_size)
+        encoder = self._cache.get(key)
+        if encoder is not None:
+            return encoder
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:  # two sessions asking for the same model load it once
+            encoder = self._cache.get(key)
+            if encoder is None:
+                log.info("loading model %s (weights %s, image size %s)", name, weights, image_size)
+                encoder = load_encoder(name, weights=weights, image_size=image_size)
+                self._cache.put(key, encoder)
+            return encoder
+
+    def loaded(self) -> list[tuple]:
+        return self._cache.keys()
+
+
+@dataclass
+class LoadedImage:
+    name: str
+    image: Image.Image  # RGB, as loaded (EXIF applied), before any model's resize
+
+
+def load_uploads(paths: list[str], config: AppConfig) -> tuple[list[LoadedImage], list[str]]:
+    """Load uploaded or example files; bad ones are reported by name and skipped, the rest kept."""
+    loaded, problems = [], []
+    for path in paths:
+        name = Path(path).name
+        try:
+            config.check_upload_size(path)
+            loaded.append(LoadedImage(name, load_image(path, max_pixels=config.max_pixels, name=name)))
+        except (UserError, ImageLoadError) as err:
+            problems.append(str(err))
+    return loaded, problems
+
+
+def example_paths() -> list[Path]:
+    return sorted(p for p in EXAMPLES_DIR.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))

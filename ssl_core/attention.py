@@ -1,0 +1,128 @@
+"""Attention weights of timm ViTs: captured only on request, plus rollout and mass-threshold masks.
+
+timm computes attention with fused ``scaled_dot_product_attention``, which never materialises the
+weights. `capture_attention` switches the attention modules of one model to their explicit path for the
+duration of one forward pass and hooks ``attn_drop`` (which receives the softmaxed weights in ViT, BEiT
+and EVA alike), then restores the fused path. Plain feature extraction never pays for it.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import nn
+
+
+class AttentionUnavailableError(RuntimeError):
+    """The model's attention weights could not be captured (an architecture without the explicit path)."""
+
+
+def attention_modules(model: nn.Module) -> list[nn.Module]:
+    """The self-attention modules of a timm ViT/BEiT/EVA, in block order."""
+    return [m for m in model.modules() if hasattr(m, "fused_attn") and isinstance(getattr(m, "attn_drop", None), nn.Module)]
+
+
+@contextlib.contextmanager
+def capture_attention(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collect each block's attention weights ``[B, heads, T, T]`` during the forward passes inside the block."""
+    modules = attention_modules(model)
+    if not modules:
+        raise AttentionUnavailableError(f"{type(model).__name__} has no attention modules PatchLens can read")
+    captured: list[torch.Tensor] = []
+    fused = [m.fused_attn for m in modules]
+    hooks = [m.attn_drop.register_forward_hook(lambda _m, _inp, out: captured.append(out.detach().float()))
+             for m in modules]
+    try:
+        for m in modules:
+            m.fused_attn = False
+        yield captured
+    finally:
+        for m, flag in zip(modules, fused):
+            m.fused_attn = flag
+        for h in hooks:
+            h.remove()
+
+
+def check_attention(maps: list[torch.Tensor], num_blocks: int, num_tokens: int) -> torch.Tensor:
+    """Stack captured maps to ``[B, L, heads, T, T]`` after checking they are really attention weights."""
+    if len(maps) != num_blocks:
+        raise AttentionUnavailableError(f"captured {len(maps)} attention maps for {num_blocks} blocks")
+    stacked = torch.stack(maps, dim=1)  # [B, L, H, T, T]
+    if stacked.shape[-1] != num_tokens or stacked.shape[-2] != num_tokens:
+        raise AttentionUnavailableError(f"attention maps of shape {tuple(stacked.shape)} for {num_tokens} tokens")
+    row_sums = stacked.sum(-1)
+    if not torch.allclose(row_sums, torch.ones_like(row_sums), atol=1e-2):
+        raise AttentionUnavailableError("captured tensors are not attention weights (rows do not sum to 1)")
+    return stacked
+
+
+# --------------------------------------------------------------------------------------------------- analyses
+def rollout(attention: torch.Tensor, residual_weight: float = 0.5, head_fusion: str = "mean") -> torch.Tensor:
+    """Attention rollout (Abnar & Zuidema, 2020) across layers.
+
+    attention: [L, heads, T, T] for one image. Each layer's head-fused map A is mixed with the identity
+    for the residual path, ``A' = w*I + (1-w)*A`` renormalised by rows, and the layers are multiplied
+    from the first to the last: ``R = A'_L ... A'_2 A'_1``. Returns R: [T, T].
+    """
+    fused = _fuse_heads(attention, head_fusion)  # [L, T, T]
+    eye = torch.eye(fused.shape[-1], dtype=fused.dtype, device=fused.device)
+    result = eye
+    for layer_map in fused:
+        mixed = residual_weight * eye + (1 - residual_weight) * layer_map
+        mixed = mixed / mixed.sum(-1, keepdim=True)
+        result = mixed @ result
+    return result
+
+
+def _fuse_heads(attention: torch.Tensor, head_fusion: str) -> torch.Tensor:
+    if head_fusion == "mean":
+        return attention.mean(1)
+    if head_fusion == "max":
+        return attention.amax(1)
+    if head_fusion == "min":
+        return attention.amin(1)
+    raise ValueError(f"head_fusion must be mean, max or min, not {head_fusion!r}")
+
+
+def query_attention_to_patches(attention_rows: torch.Tensor, num_prefix: int, grid_hw: tuple[int, int]) -> torch.Tensor:
+    """Attention from one query token to the patch tokens, as a grid.
+
+    attention_rows: [..., T] (e.g. [heads, T] for the class token's row per head).
+    Returns [..., h, w]: the prefix (class/register) columns are dropped, not renormalised, so the
+    values are the share of the query's attention that goes to each patch.
+    """
+    h, w = grid_hw
+    return attention_rows[..., num_prefix:].reshape(*attention_rows.shape[:-1], h, w)
+
+
+def mass_mask(weights: torch.Tensor, keep_mass: float) -> torch.Tensor:
+    """Boolean mask of the largest weights that together hold ``keep_mass`` of the total (DINO's figure).
+
+    weights: [...] non-negative. Keeps the smallest set of entries, largest first, whose sum reaches
+    ``keep_mass * weights.sum()``.
+    """
+    if not 0.0 <= keep_mass <= 1.0:
+        raise ValueError(f"keep_mass must be in [0, 1], got {keep_mass}")
+    flat = weights.flatten().double()
+    order = torch.argsort(flat, descending=True)
+    cumulative = torch.cumsum(flat[order], 0) / flat.sum().clamp_min(1e-12)
+    count = int(torch.searchsorted(cumulative, torch.tensor(keep_mass, dtype=cumulative.dtype)).item()) + 1
+    count = min(count, flat.numel()) if keep_mass > 0 else 0
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    mask[order[:count]] = True
+    return mask.reshape(weights.shape)
+
+
+def class_attention_map(attention: torch.Tensor, num_prefix: int, grid_hw: tuple[int, int], layer: int = -1,
+                        head: int | None = None, query: int = 0) -> torch.Tensor:
+    """How much one query token (default: the class token) attends to each patch, in one layer.
+
+    attention: [L, heads, T, T]. head None averages the heads. Returns [h, w].
+    Models without prefix tokens have no class token: the map is then the attention each patch receives,
+    averaged over all query patches.
+    """
+    layer_maps = attention[layer]  # [heads, T, T]
+    rows = layer_maps[:, query] if num_prefix > 0 else layer_maps.mean(1)  # [heads, T]
+    rows = rows.mean(0) if head is None else rows[head]
+    return query_attention_to_patches(rows, num_prefix, grid_hw)

@@ -1,0 +1,1 @@
+"""Model table, bundled architectures and weight loading."""

@@ -1,0 +1,274 @@
+"""Finding, reading and fitting weights: hub downloads that fail fast offline, safe local files, key remaps.
+
+Untrusted pickles are never unpickled: ``.pth``/``.pt``/``.bin``/``.tar`` files are read with
+``torch.load(weights_only=True)``; ``.safetensors`` is preferred wherever there is a choice.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from .registry import ModelSpec
+
+CONNECT_TIMEOUT_S = 3.0
+TENSOR_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".tar", ".ckpt")
+
+
+class WeightsUnavailableError(RuntimeError):
+    """The weights of a model could not be fetched (offline, unreachable host, or no such file)."""
+
+
+class CheckpointError(ValueError):
+    """A weights file does not fit the model: missing keys, wrong shapes, or not a state dict."""
+
+
+def offline_hint(name: str) -> str:
+    from .registry import bundled_names
+
+    bundled = ", ".join(bundled_names()) or "random-tiny (untrained)"
+    return (f"Use a bundled model that needs no download ({bundled}), or download the weights elsewhere and "
+            f"pass the local file (CLI: --weights FILE; app: the 'Weights file' box) for '{name}'.")
+
+
+# --------------------------------------------------------------------------------------------------- reading
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a flat {key: tensor} dict from a .safetensors or (safely unpickled) torch file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such weights file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the weights file is empty")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001  (every reader failure becomes one clear error)
+        kind = type(err).__name__
+        text = str(err).splitlines()[0][:300] if str(err) else kind
+        if "weights_only" in str(err) or "Unsupported global" in str(err) or "pickle" in str(err).lower():
+            text = f"it holds pickled Python objects, which are not loaded for safety ({text})"
+        raise CheckpointError(f"{path}: cannot read weights: {text}") from None
+    return unwrap_state_dict(obj, str(path))
+
+
+def unwrap_state_dict(obj: object, name: str) -> dict[str, torch.Tensor]:
+    """Descend into training checkpoints ({'model': ...}, {'state_dict': ...}, {'teacher': ...})."""
+    for _ in range(4):
+        if not isinstance(obj, Mapping):
+            break
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors and len(tensors) >= len(obj) / 2:
+            return tensors
+        for key in ("model", "state_dict", "teacher", "module", "target_encoder", "encoder"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+        else:
+            break
+    raise CheckpointError(f"{name}: no state dict of tensors found (top-level keys: {_list(obj)})")
+
+
+def _list(obj: object, n: int = 8) -> str:
+    keys = list(obj.keys()) if isinstance(obj, Mapping) else [type(obj).__name__]
+    return ", ".join(map(str, keys[:n])) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def file_fingerprint(path: str | os.PathLike) -> str:
+    digest = hashlib.blake2b(digest_size=12)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------- remapping
+def _strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def remap_mocov3(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """MoCo v3: keep the base encoder (``module.base_encoder.``), drop its projection head."""
+    for prefix in ("module.base_encoder.", "base_encoder.", "module."):
+        if any(k.startswith(prefix) for k in state_dict):
+            state_dict = _strip_prefix(state_dict, prefix)
+            break
+    return {k: v for k, v in state_dict.items() if not k.startswith("head.")}
+
+
+def remap_ibot(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """iBOT: teacher backbone (``module.``/``backbone.`` prefixes), no DINO/iBOT heads, no mask token."""
+    for prefix in ("module.", "backbone."):
+        if any(k.startswith(prefix) for k in state_dict):
+            state_dict = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
+    return {k: v for k, v in state_dict.items() if not k.startswith("head.") and k != "masked_embed"}
+
+
+REMAPS = {"timm": lambda sd: sd, "mocov3": remap_mocov3, "ibot": remap_ibot}
+
+
+def fit_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], checkpoint_format: str = "timm",
+                   name: str = "checkpoint") -> list[str]:
+    """Load ``state_dict`` into ``model`` or refuse it whole; returns the checkpoint keys that were ignored.
+
+    The model's own timm ``checkpoint_filter_fn`` runs first (it converts DINOv2, OpenAI CLIP, BEiT ...
+    layouts and resamples position embeddings). Every parameter and persistent buffer of the model must
+    then be present with the right shape, else `CheckpointError` names what is missing or mismatched and
+    the model is left untouched.
+    """
+    state_dict = REMAPS[checkpoint_format](dict(state_dict))
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        state_dict = _strip_prefix(state_dict, "module.")
+    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        try:
+            state_dict = filter_fn(state_dict, model)
+        except Exception as err:  # noqa: BLE001
+            raise CheckpointError(f"{name}: does not fit {type(model).__name__}: {err}") from None
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    wrong = [f"{k} {tuple(state_dict[k].shape)} (model wants {tuple(v.shape)})"
+             for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
+    if missing or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys: {', '.join(missing[:10])}" + (" ..." if len(missing) > 10 else ""))
+        if wrong:
+            parts.append(f"{len(wrong)} keys of the wrong shape: {', '.join(wrong[:5])}" + (" ..." if len(wrong) > 5 else ""))
+        raise CheckpointError(f"{name} does not fit this model ({type(model).__name__}): " + "; ".join(parts))
+    ignored = [k for k in state_dict if k not in expected]
+    model.load_state_dict({k: state_dict[k] for k in expected}, strict=True)
+    return ignored
+
+
+# --------------------------------------------------------------------------------------------------- fetching
+def _hub_endpoint_host() -> str:
+    return urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+
+
+def _offline_env() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "PATCHLENS_OFFLINE"))
+
+
+def check_reachable(host: str, port: int = 443, timeout: float = CONNECT_TIMEOUT_S) -> str | None:
+    """None when a TCP connection to host opens within the timeout, else the reason it did not."""
+    if _offline_env():
+        return "offline mode is set (HF_HUB_OFFLINE / PATCHLENS_OFFLINE)"
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as err:
+        return f"cannot reach {host} ({err.strerror or type(err).__name__})"
+
+
+def fetch_hub_weights(spec: ModelSpec) -> Path:
+    """The local path of a timm hub model's weights: from the Hugging Face cache, else downloaded."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(spec.hub_id)
+    if cfg is None:
+        raise WeightsUnavailableError(f"'{spec.hub_id}' has no pretrained weights in timm. {offline_hint(spec.name)}")
+    if cfg.hf_hub_id:
+        return _fetch_from_hf(spec, cfg.hf_hub_id, cfg.hf_hub_filename)
+    if cfg.url:
+        return fetch_url(spec, cfg.url)
+    raise WeightsUnavailableError(f"timm names no download for '{spec.hub_id}'. {offline_hint(spec.name)}")
+
+
+def _hub_filenames(filename: str | None) -> list[str]:
+    """The files timm would read from a hub repository, safetensors first."""
+    return [filename] if filename else ["model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin"]
+
+
+def _fetch_from_hf(spec: ModelSpec, repo_id: str, filename: str | None) -> Path:
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    candidates = _hub_filenames(filename)
+    for candidate in candidates:
+        cached = try_to_load_from_cache(repo_id, candidate)
+        if isinstance(cached, str):
+            return Path(cached)
+    reason = check_reachable(_hub_endpoint_host())
+    if reason is None:
+        os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
+        os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "30")
+        errors = []
+        for candidate in candidates:
+            try:
+                return Path(hf_hub_download(repo_id, candidate))
+            except Exception as err:  # noqa: BLE001
+                errors.append(f"{candidate}: {type(err).__name__}")
+        reason = "download failed (" + "; ".join(errors) + ")"
+    raise WeightsUnavailableError(
+        f"Could not fetch the weights of '{spec.name}' ({spec.hub_id}) from the Hugging Face Hub "
+        f"(repository {repo_id}): {reason}. {offline_hint(spec.name)}"
+    )
+
+
+def _url_cache_path(url: str) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+
+
+def fetch_url(spec: ModelSpec, url: str) -> Path:
+    """Download a checkpoint URL into torch's hub cache (or find it there)."""
+    target = _url_cache_path(url)
+    if target.is_file() and target.stat().st_size > 0:
+        return target
+    reason = check_reachable(urlparse(url).hostname or "", 443)
+    if reason is None:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(url, str(target), progress=True)
+            return target
+        except Exception as err:  # noqa: BLE001
+            reason = f"download failed ({type(err).__name__}: {err})"
+    raise WeightsUnavailableError(
+        f"Could not fetch the weights of '{spec.name}' from {url}: {reason}. {offline_hint(spec.name)}"
+    )
+
+
+def resolve_weights_file(spec: ModelSpec, weights: str | os.PathLike | None) -> Path | None:
+    """Which file holds the weights: the user's file, the bundled file, a cached/downloaded one, or none."""
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise WeightsUnavailableError(f"weights file not found: {path}")
+        return path
+    if spec.source == "random":
+        return None
+    if spec.source == "bundled":
+        if spec.bundled_path and spec.bundled_path.is_file():
+            return spec.bundled_path
+        raise WeightsUnavailableError(
+            f"the bundled weights of '{spec.name}' are missing ({spec.bundled_path}); reinstall PatchLens "
+            f"or train them with `patchlens train`."
+        )
+    if spec.source == "url":
+        return fetch_url(spec, spec.url)
+    return fetch_hub_weights(spec)
+
+
+def available_offline(spec: ModelSpec) -> bool:
+    """Whether a spec's weights can be had without the network (bundled, random, or already cached)."""
+    if spec.source == "random":
+        return True
+    if spec.source == "bundled":
+        return spec.trained
+    if spec.source == "url":
+        return _url_cache_path(spec.url).is_file()
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(spec.hub_id)
+    if cfg is None or not cfg.hf_hub_id:
+        return False
+    return any(isinstance(try_to_load_from_cache(cfg.hf_hub_id, n), str) for n in _hub_filenames(cfg.hf_hub_filename))

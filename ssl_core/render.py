@@ -1,0 +1,134 @@
+"""Pictures from patch maps: colormaps, overlays, label palettes, panels and PNG export. No analysis here.
+
+All functions take numpy arrays or tensors and return ``uint8`` RGB arrays ``[H, W, 3]``.
+"""
+from __future__ import annotations
+
+import io
+from functools import lru_cache
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+# A qualitative palette (Tableau 20 order, bright first) for part labels and image identities.
+PALETTE = np.array([
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+    (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (174, 199, 232), (255, 187, 120),
+    (152, 223, 138), (255, 152, 150), (197, 176, 213), (196, 156, 148), (247, 182, 210), (199, 199, 199),
+    (219, 219, 141), (158, 218, 229),
+], dtype=np.uint8)
+
+
+def as_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+@lru_cache(maxsize=16)
+def colormap_lut(name: str = "viridis") -> np.ndarray:
+    """A 256-entry RGB lookup table [256, 3] uint8 for a plotly sequential colour scale name."""
+    import plotly.colors as pc
+
+    scale = pc.get_colorscale(name)
+    colors = pc.sample_colorscale(scale, np.linspace(0, 1, 256).tolist(), colortype="tuple")
+    return (np.array(colors) * (255 if max(map(max, colors)) <= 1 else 1)).clip(0, 255).astype(np.uint8)
+
+
+def apply_colormap(values: np.ndarray | torch.Tensor, vmin: float | None = None, vmax: float | None = None,
+                   cmap: str = "viridis") -> np.ndarray:
+    """Scalar map [h, w] -> RGB [h, w, 3] uint8 (values scaled from [vmin, vmax], default their range)."""
+    v = as_numpy(values).astype(np.float64)
+    lo = float(np.nanmin(v)) if vmin is None else vmin
+    hi = float(np.nanmax(v)) if vmax is None else vmax
+    unit = np.clip((v - lo) / max(hi - lo, 1e-12), 0, 1)
+    return colormap_lut(cmap)[np.nan_to_num(unit * 255).round().astype(np.int64)]
+
+
+def unit_rgb(values: np.ndarray | torch.Tensor) -> np.ndarray:
+    """An RGB map with channels in [0, 1] -> uint8."""
+    return (np.clip(as_numpy(values), 0, 1) * 255).round().astype(np.uint8)
+
+
+def labels_to_rgb(labels: np.ndarray | torch.Tensor, palette: np.ndarray = PALETTE, ignore: int = -1) -> np.ndarray:
+    """Integer label map [h, w] -> RGB; label ``ignore`` (background) is black."""
+    lab = as_numpy(labels).astype(np.int64)
+    rgb = palette[np.mod(lab, len(palette))]
+    rgb[lab == ignore] = 0
+    return rgb
+
+
+def upsample(grid_rgb: np.ndarray, size_hw: tuple[int, int], smooth: bool = False) -> np.ndarray:
+    """Enlarge a per-patch RGB map [h, w, 3] to an image size (nearest keeps patches crisp)."""
+    resample = Image.Resampling.BILINEAR if smooth else Image.Resampling.NEAREST
+    return np.asarray(Image.fromarray(grid_rgb).resize((size_hw[1], size_hw[0]), resample))
+
+
+def overlay(image: np.ndarray, grid_rgb: np.ndarray, alpha: float = 0.6, smooth: bool = False) -> np.ndarray:
+    """Blend a per-patch RGB map over an image [H, W, 3] uint8."""
+    top = upsample(grid_rgb, image.shape[:2], smooth).astype(np.float32)
+    return (image.astype(np.float32) * (1 - alpha) + top * alpha).round().clip(0, 255).astype(np.uint8)
+
+
+def heatmap_overlay(image: np.ndarray, values: np.ndarray | torch.Tensor, vmin: float | None = None,
+                    vmax: float | None = None, cmap: str = "inferno", alpha: float = 0.6, smooth: bool = True) -> np.ndarray:
+    return overlay(image, apply_colormap(values, vmin, vmax, cmap), alpha, smooth)
+
+
+def mask_overlay(image: np.ndarray, mask: np.ndarray | torch.Tensor, dim: float = 0.25) -> np.ndarray:
+    """Dim the patches outside a boolean patch mask [h, w]."""
+    keep = upsample((as_numpy(mask).astype(np.uint8) * 255)[..., None].repeat(3, -1), image.shape[:2])[..., :1] > 0
+    return np.where(keep, image, (image * dim).astype(np.uint8))
+
+
+def mark_patch(image: np.ndarray, row: int, col: int, patch_size: int, color=(255, 255, 255), width: int = 2) -> np.ndarray:
+    """Draw a box around one patch of an image."""
+    out = Image.fromarray(image.copy())
+    x0, y0 = col * patch_size, row * patch_size
+    ImageDraw.Draw(out).rectangle([x0, y0, x0 + patch_size - 1, y0 + patch_size - 1], outline=color, width=width)
+    return np.asarray(out)
+
+
+def enlarge(image: np.ndarray, min_side: int = 256) -> np.ndarray:
+    """Scale a small picture up (nearest) so patches stay visible in the UI."""
+    h, w = image.shape[:2]
+    factor = max(1, int(np.ceil(min_side / max(1, min(h, w)))))
+    if factor == 1:
+        return image
+    return np.asarray(Image.fromarray(image).resize((w * factor, h * factor), Image.Resampling.NEAREST))
+
+
+def _font(size: int = 14) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def panel(images: Sequence[np.ndarray], titles: Sequence[str] | None = None, columns: int | None = None,
+          cell: int = 224, pad: int = 6, title_height: int = 22) -> np.ndarray:
+    """Lay pictures out in a grid with titles, each scaled to fit a ``cell`` x ``cell`` box."""
+    n = len(images)
+    columns = columns or n
+    rows = (n + columns - 1) // columns
+    width = columns * (cell + pad) + pad
+    height = rows * (cell + title_height + pad) + pad
+    sheet = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    font = _font()
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        x, y = pad + c * (cell + pad), pad + r * (cell + title_height + pad)
+        if titles is not None:
+            draw.text((x, y + 3), str(titles[i])[:40], fill=(20, 20, 20), font=font)
+        pic = Image.fromarray(image)
+        scale = cell / max(pic.size)
+        pic = pic.resize((max(1, round(pic.size[0] * scale)), max(1, round(pic.size[1] * scale))), Image.Resampling.NEAREST)
+        sheet.paste(pic, (x, y + title_height))
+    return np.asarray(sheet)
+
+
+def to_png_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,1 @@
+"""Training PatchLens's bundled encoders on the parts world."""

@@ -1,0 +1,122 @@
+"""Driving the real app in headless Chromium (Debian's package; no browser download).
+
+`LiveApp` starts ``patchlens serve`` in a subprocess on a free local port; `browser_page` opens it in
+Chromium through Playwright. Tests using them skip, saying why, where Chromium or Playwright is missing.
+"""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CHROMIUM = os.environ.get("PATCHLENS_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+ARTIFACTS = Path(__file__).parent / "artifacts"
+
+
+def browser_skip_reason() -> str | None:
+    if not Path(CHROMIUM).exists():
+        return f"no Chromium at {CHROMIUM} (install Debian's chromium and chromium-driver packages)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install -e '.[dev]')"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveApp:
+    """``patchlens serve`` in a subprocess, for the duration of a with-block."""
+
+    def __init__(self, *args: str, env: dict | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.args = args
+        self.env = env or {}
+        self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+
+    def __enter__(self) -> "LiveApp":
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+               "GRADIO_TEMP_DIR": tempfile.mkdtemp(prefix="patchlens-test-uploads-"), **self.env}
+        self.process = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), *self.args],
+                                        stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the app exited early:\n{self.output()}")
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.5)
+        self.__exit__()
+        raise RuntimeError(f"the app did not start within 120 s:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text()
+
+    def __exit__(self, *exc) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def open_browser(playwright):
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS,
+                                      headless=True)
+
+
+def image_from_element(page, selector: str, timeout_ms: int = 60_000) -> np.ndarray:
+    """The picture an <img> inside ``selector`` shows, fetched by the browser and decoded."""
+    img = page.locator(f"{selector} img").first
+    img.wait_for(state="visible", timeout=timeout_ms)
+    src = img.get_attribute("src")
+    response = page.request.get(src if src.startswith("http") else page.url.rstrip("/") + "/" + src.lstrip("/"))
+    assert response.ok, f"could not fetch {src}: {response.status}"
+    return np.asarray(Image.open(io.BytesIO(response.body())).convert("RGB"))
+
+
+def wait_for_new_image(page, selector: str, previous_src: str | None, timeout_ms: int = 60_000) -> None:
+    """Wait until the <img> inside ``selector`` shows a different picture than ``previous_src``."""
+    page.wait_for_function(
+        "([sel, prev]) => { const i = document.querySelector(sel + ' img'); return i && i.src && i.src !== prev; }",
+        arg=[selector, previous_src or ""], timeout=timeout_ms)
+
+
+def src_of(page, selector: str) -> str | None:
+    img = page.locator(f"{selector} img")
+    return img.first.get_attribute("src") if img.count() else None
+
+
+def screenshot(page, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+_skip_reason = browser_skip_reason()
+if _skip_reason and os.environ.get("PATCHLENS_REQUIRE_BROWSER") == "1":
+    raise RuntimeError(f"browser tests are required here (PATCHLENS_REQUIRE_BROWSER=1) but {_skip_reason}")
+requires_browser = pytest.mark.skipif(_skip_reason is not None, reason=str(_skip_reason))

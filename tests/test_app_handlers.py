@@ -1,0 +1,60 @@
+"""App logic without a browser: inspect results, model pool, allowed folders, uploads."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app import handlers
+from app.state import AppConfig, ModelPool, UserError, load_uploads
+
+
+def test_inspect_returns_image_pca_and_attention_at_display_size(tiny_encoder, image_333x517):
+    result = handlers.inspect_image(tiny_encoder, Image.fromarray(image_333x517))
+    assert result.image.shape == result.pca.shape == result.attention.shape
+    assert min(result.image.shape[:2]) >= handlers.DISPLAY_MIN_SIDE
+    assert result.pca.std() > 5 and result.attention.std() > 1  # not blank
+    assert "untrained" in result.info
+
+
+def test_patch_at_maps_display_pixels_to_patches(tiny_encoder, image_333x517):
+    [f] = tiny_encoder.extract([image_333x517])
+    step = f.patch_size * handlers.display_factor(f)
+    assert handlers.patch_at(f, 0, 0) == (0, 0)
+    assert handlers.patch_at(f, step * 3 + 1, step * 2 + step - 1) == (2, 3)
+    assert handlers.patch_at(f, 10**6, 10**6) == (f.grid_hw[0] - 1, f.grid_hw[1] - 1)
+
+
+def test_model_pool_loads_once_and_evicts_least_recent():
+    pool = ModelPool(max_models=1)
+    a = pool.get("random-tiny")
+    assert pool.get("random-tiny") is a
+    pool.get("random-tiny", image_size=64)
+    assert len(pool.loaded()) == 1 and pool.get("random-tiny") is not a
+
+
+def test_paths_outside_allowed_folders_are_refused(tmp_path):
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    (allowed / "w.safetensors").write_bytes(b"x")
+    (tmp_path / "secret.pth").write_bytes(b"x")
+    config = AppConfig(allow_dirs=[allowed])
+    assert config.check_readable(allowed / "w.safetensors") == (allowed / "w.safetensors").resolve()
+    with pytest.raises(UserError, match="outside the allowed folders"):
+        config.check_readable(tmp_path / "secret.pth")
+    with pytest.raises(UserError, match="outside the allowed folders"):
+        config.check_readable(allowed / ".." / "secret.pth")  # no escaping with ..
+    (allowed / "link.pth").symlink_to(tmp_path / "secret.pth")
+    with pytest.raises(UserError, match="outside the allowed folders"):
+        config.check_readable(allowed / "link.pth")  # nor through a symbolic link
+
+
+def test_uploads_keep_good_images_and_name_bad_ones(tmp_path, image_file):
+    good = image_file("ok.png")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+    big = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (600, 600, 3), dtype=np.uint8)).save(big)
+    loaded, problems = load_uploads([good, str(bad), str(big)], AppConfig(max_upload_mb=0.5))
+    assert [i.name for i in loaded] == ["ok.png"]
+    assert any("bad.png" in p for p in problems) and any("upload limit" in p for p in problems)

@@ -1,0 +1,36 @@
+"""The Inspect view in a real browser: upload an image, read back the rendered maps."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from browser import LiveApp, image_from_element, open_browser, requires_browser, screenshot
+
+pytestmark = [pytest.mark.browser, requires_browser]
+
+
+def test_upload_an_image_and_read_back_the_maps(image_file, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    path = image_file("photo.png", 150, 230, seed=3)
+    with LiveApp("--model", "random-tiny") as app, sync_playwright() as p:
+        browser = open_browser(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(app.url)
+        page.locator("#uploads input[type=file]").set_input_files(path)
+        pca = image_from_element(page, "#inspect-pca")
+        shown = image_from_element(page, "#inspect-image")
+        attention = image_from_element(page, "#inspect-attention")
+        assert "untrained" in page.locator("#model-info").inner_text().lower()
+        screenshot(page, "inspect")
+        browser.close()
+
+    # the browser shows exactly what the handler computes for this image
+    from app.handlers import inspect_image
+    from ssl_core import load_encoder
+    expected = inspect_image(load_encoder("random-tiny", cache=None), Image.open(path).convert("RGB"))
+    assert shown.shape == pca.shape == attention.shape == expected.pca.shape
+    np.testing.assert_array_equal(pca, expected.pca)
+    np.testing.assert_array_equal(attention, expected.attention)
+    assert pca.std() > 5

@@ -1,0 +1,56 @@
+"""The command line: model table, and embed with a bad image among good ones."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from app.cli import main
+from ssl_core.export import image_patches, load_features_npz
+
+
+def test_models_table_lists_curated_names_and_says_untrained(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in ["dino-vits16", "dinov2-vitb14-reg", "mae-vitb16", "mocov3-vitb16", "ibot-vitb16", "beitv2-vitb16"]:
+        assert name in out
+    assert "random-tiny (untrained)" in out
+    assert main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    dino = next(r for r in rows if r["name"] == "dino-vits16")
+    assert dino["params_M"] == 21.7 and dino["offline"].startswith("no")
+
+
+def test_embed_skips_bad_images_and_writes_the_documented_layout(tmp_path, image_file, capsys):
+    good_a = image_file("a.png", 64, 96, seed=1)
+    good_b = image_file("b.png", 80, 80, seed=2)
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    out = tmp_path / "feats.npz"
+    code = main(["embed", good_a, str(bad), good_b, "--model", "random-tiny", "--layers", "0,-1", "--out", str(out)])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "broken.jpg" in err and "skipped" in err
+    data = load_features_npz(out)
+    assert list(data["names"]) == [good_a, good_b]
+    assert len(data["failed"]) == 1 and "broken.jpg" in data["failed"][0]
+    grids = data["grid_hw"]
+    assert grids.tolist() == [[12, 18], [12, 12]]
+    assert data["patch_offsets"].tolist() == [0, 216, 360]
+    assert data["patch_tokens"].shape == (360, 192)
+    assert data["layer_0_tokens"].shape == (360, 192) and data["layer_5_tokens"].shape == (360, 192)
+    assert data["prefix_tokens"].shape == (2, 1, 192)
+    assert data["meta"]["model"] == "random-tiny" and data["meta"]["trained"] is False
+    from ssl_core import load_encoder
+    [f] = load_encoder("random-tiny", cache=None).extract([good_b])
+    np.testing.assert_allclose(image_patches(data, 1), f.patch_tokens.numpy(), atol=1e-5)
+
+
+def test_console_script_runs_and_reports_errors_without_a_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "app.cli", "embed", str(tmp_path / "missing.png"),
+                             "--model", "no-such-model", "--out", str(tmp_path / "x.npz")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "unknown model 'no-such-model'" in result.stderr and "Traceback" not in result.stderr
