@@ -146,7 +146,15 @@ def _serve(parser: argparse.ArgumentParser):
     return run
 
 
+# Subcommands of other areas live in their own modules, which register themselves with `command` on import.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
 def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module)
     parser = argparse.ArgumentParser(prog="patchlens", description="Look inside vision transformers one patch at a time.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (configure, help_text) in COMMANDS.items():

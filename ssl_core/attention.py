@@ -126,3 +126,11 @@ def class_attention_map(attention: torch.Tensor, num_prefix: int, grid_hw: tuple
     rows = layer_maps[:, query] if num_prefix > 0 else layer_maps.mean(1)  # [heads, T]
     rows = rows.mean(0) if head is None else rows[head]
     return query_attention_to_patches(rows, num_prefix, grid_hw)
+
+
+def rollout_map(attention: torch.Tensor, num_prefix: int, grid_hw: tuple[int, int], residual_weight: float = 0.5,
+                head_fusion: str = "mean") -> torch.Tensor:
+    """The rollout's class-token row over the patches [h, w] (for pooled models: the mean row)."""
+    rolled = rollout(attention, residual_weight, head_fusion)  # [T, T]
+    row = rolled[0] if num_prefix > 0 else rolled[num_prefix:].mean(0)
+    return query_attention_to_patches(row, num_prefix, grid_hw)

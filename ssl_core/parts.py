@@ -1,0 +1,91 @@
+"""Part maps by k-means over patch tokens, fitted jointly over images (co-segmentation).
+
+One k-means over the tokens of all images means a cluster colour names the same part in every image.
+Tokens are L2-normalised first (spherical k-means: cosine geometry, as patch embeddings are compared by
+cosine everywhere else in PatchLens). Initialisation is k-means++ from a seeded generator, so the same
+inputs and seed give the same labels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class KMeansResult:
+    labels: torch.Tensor  # [N] int64 in [0, k)
+    centroids: torch.Tensor  # [k, D] unit vectors
+    inertia: float  # sum over points of (1 - cosine to their centroid)
+
+
+def kmeans(x: torch.Tensor, k: int, seed: int = 0, iters: int = 50, n_init: int = 3) -> KMeansResult:
+    """Spherical k-means of x [N, D]; the best of ``n_init`` seeded k-means++ starts."""
+    if not 1 <= k <= x.shape[0]:
+        raise ValueError(f"k must be between 1 and the number of points ({x.shape[0]}), got {k}")
+    points = F.normalize(x.float(), dim=-1)
+    generator = torch.Generator().manual_seed(seed)
+    best: KMeansResult | None = None
+    for _ in range(n_init):
+        centroids = _kmeans_pp(points, k, generator)
+        for _ in range(iters):
+            labels = (points @ centroids.T).argmax(1)
+            updated = torch.zeros_like(centroids).index_add_(0, labels, points)
+            empty = updated.norm(dim=1) == 0
+            updated[empty] = centroids[empty]  # an empty cluster keeps its centroid
+            updated = F.normalize(updated, dim=-1)
+            if torch.allclose(updated, centroids, atol=1e-6):
+                break
+            centroids = updated
+        similarity = points @ centroids.T
+        labels = similarity.argmax(1)
+        inertia = float((1 - similarity.gather(1, labels[:, None])).sum())
+        if best is None or inertia < best.inertia:
+            best = KMeansResult(labels, centroids, inertia)
+    return _ordered(best, k)
+
+
+def _kmeans_pp(points: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    first = torch.randint(points.shape[0], (1,), generator=generator)
+    chosen = [points[first[0]]]
+    distance = (1 - points @ chosen[0]).clamp_min(0)
+    for _ in range(1, k):
+        weights = distance if distance.sum() > 0 else torch.ones_like(distance)
+        index = torch.multinomial(weights, 1, generator=generator)[0]
+        chosen.append(points[index])
+        distance = torch.minimum(distance, (1 - points @ points[index]).clamp_min(0))
+    return torch.stack(chosen)
+
+
+def _ordered(result: KMeansResult, k: int) -> KMeansResult:
+    """Relabel clusters by decreasing size, so label 0 is the largest part (stable colours)."""
+    counts = torch.bincount(result.labels, minlength=k)
+    order = torch.argsort(counts, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(k)
+    return KMeansResult(rank[result.labels], result.centroids[order], result.inertia)
+
+
+@dataclass
+class PartMaps:
+    labels: list[torch.Tensor]  # per image [h, w] int64; -1 where excluded (background)
+    counts: torch.Tensor  # [k] patches per part over all images
+    counts_per_image: torch.Tensor  # [images, k]
+    centroids: torch.Tensor  # [k, D]
+
+
+def part_maps(grids: list[torch.Tensor], k: int, seed: int = 0, foreground: list[torch.Tensor] | None = None) -> PartMaps:
+    """Co-segment patch grids [h, w, D] into k parts with one k-means; optional foreground masks [h, w]."""
+    masks = foreground or [torch.ones(g.shape[:2], dtype=torch.bool) for g in grids]
+    selected = torch.cat([g[m] for g, m in zip(grids, masks)])  # [N, D]
+    result = kmeans(selected, k, seed)
+    labels, start = [], 0
+    for grid, mask in zip(grids, masks):
+        label_map = torch.full(grid.shape[:2], -1, dtype=torch.long)
+        count = int(mask.sum())
+        label_map[mask] = result.labels[start:start + count]
+        start += count
+        labels.append(label_map)
+    per_image = torch.stack([torch.bincount(l[l >= 0], minlength=k) for l in labels])
+    return PartMaps(labels, per_image.sum(0), per_image, result.centroids)

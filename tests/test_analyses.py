@@ -1,0 +1,128 @@
+"""Patch analyses: PCA, similarity, k-means parts, BagSSL, attention rollout and masks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ssl_core.attention import mass_mask, rollout, rollout_map
+from ssl_core.bagssl import bag_of_crops, embedding_vs_patch_mean, patch_to_embedding, tile_boxes
+from ssl_core.parts import kmeans, part_maps
+from ssl_core.pca import fit_pca, foreground_mask, pca_rgb
+from ssl_core.similarity import patch_similarity
+
+
+def test_pca_components_are_orthonormal_and_explain_decreasing_variance():
+    x = torch.randn(500, 32) @ torch.randn(32, 32)
+    fit = fit_pca(x, k=5)
+    gram = fit.components @ fit.components.T
+    assert torch.allclose(gram, torch.eye(5), atol=1e-5)
+    assert (fit.explained_variance[:-1] >= fit.explained_variance[1:]).all()
+    # the variance of the projections is the explained variance
+    assert torch.allclose(fit.project(x).var(0), fit.explained_variance, rtol=1e-3)
+
+
+def test_joint_pca_gives_one_colour_meaning_across_images():
+    a, b = torch.randn(6, 7, 16), torch.randn(5, 4, 16)
+    (map_a, map_b, map_a_again), _ = pca_rgb([a, b, a])
+    assert map_a.shape == (6, 7, 3) and 0 <= map_a.min() and map_a.max() <= 1
+    assert torch.equal(map_a, map_a_again)
+
+
+def test_foreground_mask_from_first_component_finds_the_object():
+    grid = torch.randn(10, 10, 8) * 0.05
+    grid[3:7, 3:7] += torch.tensor([3.0] + [0.0] * 7)  # an "object" in the middle
+    [mask] = foreground_mask([grid], threshold=0.5)
+    assert mask[3:7, 3:7].all() and mask.sum() == 16
+    [inverted] = foreground_mask([grid], threshold=0.5, invert=True)
+    assert not inverted[3:7, 3:7].any()
+
+
+def test_similarity_map_is_one_at_the_clicked_patch_and_matches_direct_cosine():
+    grids = [torch.randn(4, 5, 12), torch.randn(3, 3, 12)]
+    maps = patch_similarity(grids, source=0, row=2, col=3)
+    assert maps[0][2, 3] == pytest.approx(1.0, abs=1e-6)
+    direct = F.cosine_similarity(grids[1], grids[0][2, 3].expand_as(grids[1]), dim=-1)
+    assert torch.allclose(maps[1], direct, atol=1e-6)
+    with pytest.raises(ValueError, match="outside"):
+        patch_similarity(grids, 1, 5, 0)
+
+
+def test_kmeans_labels_are_consistent_across_a_repeated_image_and_reproducible():
+    centres = torch.randn(3, 16) * 5
+    grid = (centres[torch.randint(0, 3, (6, 6))] + torch.randn(6, 6, 16) * 0.1)
+    parts = part_maps([grid, grid.clone()], k=3, seed=0)
+    assert torch.equal(parts.labels[0], parts.labels[1])
+    assert int(parts.counts.sum()) == 72 and parts.counts_per_image.shape == (2, 3)
+    again = part_maps([grid, grid.clone()], k=3, seed=0)
+    assert torch.equal(parts.labels[0], again.labels[0])
+    # clusters found = the planted centres (one label per centre)
+    truth = torch.cdist(grid.reshape(-1, 16), centres).argmin(1)
+    pairs = {(int(t), int(l)) for t, l in zip(truth, parts.labels[0].reshape(-1))}
+    assert len(pairs) == 3
+
+
+def test_kmeans_foreground_only_marks_background_minus_one():
+    grid = torch.randn(4, 4, 8)
+    fg = torch.zeros(4, 4, dtype=torch.bool)
+    fg[1:3, 1:3] = True
+    parts = part_maps([grid], k=2, foreground=[fg])
+    assert (parts.labels[0][~fg] == -1).all() and (parts.labels[0][fg] >= 0).all()
+    assert kmeans(torch.randn(10, 3), 10).labels.unique().numel() == 10
+
+
+def test_embedding_vs_patch_mean_matches_a_hand_computation(tiny_encoder, image_333x517):
+    [f] = tiny_encoder.extract([image_333x517], layers="all")
+    agreement = embedding_vs_patch_mean(f)
+    assert agreement.layers == [0, 1, 2, 3, 4, 5, -1]
+    layer = 3
+    cls = f.layer_prefix_tokens[layer][0]
+    mean = f.layer_tokens[layer].reshape(-1, 192).mean(0)
+    by_hand = float((cls @ mean) / (cls.norm() * mean.norm()))
+    assert agreement.cosine[3] == pytest.approx(by_hand, abs=1e-5)
+    final = float(F.cosine_similarity(f.image_embedding, f.patch_tokens.reshape(-1, 192).mean(0), dim=0))
+    assert agreement.cosine[-1] == pytest.approx(final, abs=1e-5)
+    pmap = patch_to_embedding(f)
+    assert pmap.shape == f.grid_hw and pmap.max() <= 1 + 1e-6
+
+
+def test_bag_of_crops_equals_the_full_image_when_the_crop_is_the_whole_image(tiny_encoder, image_333x517):
+    result = bag_of_crops(tiny_encoder, Image.fromarray(image_333x517), crop_sizes=(32, 48))
+    assert result.crop_sizes == [32, 48, 96]
+    assert result.cosine[-1] == pytest.approx(1.0, abs=1e-5)
+    assert result.num_crops[0] == len(tile_boxes(144, 96, 32)) == 5 * 3
+    assert all(-1 <= c <= 1 for c in result.cosine)
+
+
+def test_tiles_cover_the_image():
+    boxes = tile_boxes(100, 70, 32)
+    covered = np.zeros((70, 100), bool)
+    for l, t, r, b in boxes:
+        covered[t:b, l:r] = True
+        assert r - l == b - t == 32
+    assert covered.all()
+
+
+def test_rollout_equals_a_hand_multiplied_product_for_two_layers():
+    T = 5
+    attention = torch.softmax(torch.randn(2, 3, T, T), dim=-1)  # [L=2, heads=3, T, T]
+    eye = torch.eye(T)
+    a1 = 0.5 * eye + 0.5 * attention[0].mean(0)
+    a2 = 0.5 * eye + 0.5 * attention[1].mean(0)
+    expected = (a2 / a2.sum(-1, keepdim=True)) @ (a1 / a1.sum(-1, keepdim=True))
+    assert torch.allclose(rollout(attention), expected, atol=1e-6)
+    grid_map = rollout_map(attention, num_prefix=1, grid_hw=(2, 2))
+    assert torch.allclose(grid_map.reshape(-1), expected[0, 1:], atol=1e-6)
+
+
+def test_mass_mask_keeps_the_requested_fraction():
+    weights = torch.tensor([0.4, 0.3, 0.2, 0.1])
+    assert mass_mask(weights, 0.6).tolist() == [True, True, False, False]
+    assert mass_mask(weights, 0.7).tolist() == [True, True, False, False]
+    assert mass_mask(weights, 0.71).tolist() == [True, True, True, False]
+    w = torch.rand(8, 9)
+    mask = mass_mask(w, 0.5)
+    kept = w[mask].sum() / w.sum()
+    assert kept >= 0.5 and kept - w[mask].min() / w.sum() < 0.5  # the smallest set reaching the mass
