@@ -1,4 +1,4 @@
-"""The PatchLens Gradio app: layout and event wiring only. Computation lives in `app.handlers` / `ssl_core`."""
+"""The PatchLens Gradio app: layout and event wiring only. Computation lives in `app.handlers*` / `ssl_core`."""
 from __future__ import annotations
 
 import functools
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 import gradio as gr
+import numpy as np
 
 from ssl_core import CheckpointError, ImageLoadError, WeightsUnavailableError
 from ssl_core.attention import AttentionUnavailableError
@@ -25,10 +26,27 @@ EXPECTED_ERRORS = (UserError, ImageLoadError, WeightsUnavailableError, Checkpoin
 INTRO = """# PatchLens
 Look inside vision transformers one patch at a time. Add images (or the examples), choose a model, and explore.
 """
-INSPECT_HELP = """**What am I looking at?** Left: the image as the model sees it (resized so both sides are whole patches).
-Middle: each patch token projected on the first three principal components of all tokens, shown as R, G, B —
-patches with similar colours have similar embeddings, so parts of one object share a colour. Right: how much the
-class token attends to each patch in the last layer (heads averaged) — often the object the image embedding is about."""
+HELP = {
+    "inspect": """**What am I looking at?** Left: the image as the model sees it (resized so both sides are whole
+patches) — **click a patch** to see which patches of every loaded image resemble it (the *Similarity* tab below).
+Middle: each patch token projected on the first three principal components, shown as R, G, B: patches with similar
+colours have similar embeddings, so the parts of an object share a colour. Right: how much the class token attends
+to each patch in the last layer (heads averaged) — often the object the image embedding is about.""",
+    "similarity": "Cosine similarity between the clicked patch and every patch of every loaded image, on one colour scale "
+                  "(bright = similar). The clicked patch is boxed. Features are cached: a click costs no forward pass.",
+    "pca": "PCA-to-RGB maps of all loaded images. Fitted jointly, a colour means the same thing in every image. "
+           "The foreground mask keeps the patches whose first component is above the threshold (DINOv2's figure) "
+           "and refits the PCA on them, so the colours then show the object's parts.",
+    "parts": "k-means over the patch tokens of all loaded images at once (co-segmentation): the same colour is the same "
+             "part in every image. Contrastive models tend to group whole objects; MIM models group local parts.",
+    "attention": "Where the class token looks, per head and averaged, in any block; *rollout* multiplies the attention "
+                 "of blocks 0..b (with the residual path) to follow information through the network. The mask keeps the "
+                 "patches that hold the chosen share of the attention mass (DINO's figure). Register tokens are left out.",
+    "bagssl": "BagSSL: is the image embedding the average of its parts? Top left: the image embedding against the mean of "
+              "the patch tokens, block by block. Top right: crops of each size embedded on their own and averaged, "
+              "against the full image (a crop of the whole image gives 1). Below: each patch token's cosine to the image "
+              "embedding — which patches the embedding is made of.",
+}
 
 
 def ui_errors(fn: Callable) -> Callable:
@@ -54,12 +72,17 @@ def model_choices() -> list[tuple[str, str]]:
     return [(f"{s.display_name} — {s.family}", s.name) for s in specs]
 
 
+def progress_callback(progress: gr.Progress, desc: str) -> Callable[[int, int], None]:
+    return lambda done, total: progress((done, total), desc=desc)
+
+
 class PatchLensApp:
     """Builds the Blocks and holds what every view shares: the config and the model pool."""
 
     def __init__(self, config: AppConfig):
         self.config = config
         self.pool = ModelPool(config.max_models)
+        self.export_dir = Path(tempfile.mkdtemp(prefix="patchlens-exports-"))
 
     # ------------------------------------------------------------------------------------- shared actions
     def encoder(self, model: str, weights_upload: str | None, weights_path: str, image_size: float | None):
@@ -71,6 +94,15 @@ class PatchLensApp:
             weights = str(self.config.check_readable(weights_path.strip(), "weights file"))
         size = int(image_size) if image_size else None
         return self.pool.get(model or self.config.default_model, weights, size)
+
+    def export(self, arrays: dict[str, np.ndarray], stem: str) -> str | None:
+        """Write the numbers behind a view to an .npz file the browser can download."""
+        if not arrays:
+            return None
+        folder = Path(tempfile.mkdtemp(dir=self.export_dir))
+        path = folder / f"{stem}.npz"
+        np.savez_compressed(path, **arrays)
+        return str(path)
 
     def add_images(self, files: list[str] | None, images: list[LoadedImage]):
         paths = [f if isinstance(f, str) else f.name for f in (files or [])]
@@ -93,27 +125,94 @@ class PatchLensApp:
         gallery = [(i.image, i.name) for i in images]
         return images, gallery, status, gr.update(choices=names, value=names[-1] if names else None), None
 
-    # ------------------------------------------------------------------------------------- views
-    def run_inspect(self, images: list[LoadedImage], selected: str | None, model: str, weights_upload, weights_path,
-                    image_size, progress=gr.Progress()):
+    def model_status(self, model: str, weights_upload, weights_path, image_size):
+        encoder = self.encoder(model, weights_upload, weights_path, image_size)
+        heads = ["mean", *map(str, range(encoder.num_heads))]
+        return (encoder.describe() + handlers.untrained_note(encoder),
+                gr.update(choices=handlers.layer_choices(encoder), value=handlers.FINAL_LAYER),
+                gr.update(maximum=encoder.depth - 1, value=encoder.depth - 1),
+                gr.update(choices=heads, value="mean"))
+
+    # ------------------------------------------------------------------------------------- Inspect views
+    def _images_or_none(self, images: list[LoadedImage]):
+        return [i.image for i in images], [i.name for i in images]
+
+    def run_overview(self, images, selected, *model_args, progress=gr.Progress()):
         image = _pick(images, selected)
         if image is None:
-            return None, None, None, "Add an image (or the examples) to start."
-        progress(0.1, desc="loading model")
-        encoder = self.encoder(model, weights_upload, weights_path, image_size)
+            return None, None, None, "Add an image (or the examples) to start.", None
+        progress(0.2, desc="loading model")
+        encoder = self.encoder(*model_args)
         progress(0.5, desc="forward pass")
-        result = handlers.inspect_image(encoder, image.image)
-        return result.image, result.pca, result.attention, result.info
+        result = handlers.overview(encoder, image.image)
+        p = result.pictures
+        return p["image"], p["pca"], p["attention"], result.info, self.export(result.arrays, f"overview_{image.name}")
 
-    def model_status(self, model: str, weights_upload, weights_path, image_size) -> str:
+    def run_similarity(self, images, selected, click, layer, *model_args):
+        if not images or not click or _pick(images, click[0]) is None:
+            return [], "Click a patch on the image above.", None
+        pictures, names = self._images_or_none(images)
+        encoder = self.encoder(*model_args)
+        source = names.index(click[0])
+        result = handlers.similarity_view(encoder, pictures, names, source, click[1], click[2], handlers.parse_layer(layer))
+        return result.gallery, result.info, self.export(result.arrays, "similarity")
+
+    def click_patch(self, images, selected, layer, model, weights_upload, weights_path, image_size,
+                    evt: gr.SelectData):
+        image = _pick(images, selected)
+        if image is None or evt is None or evt.index is None:
+            return None
         encoder = self.encoder(model, weights_upload, weights_path, image_size)
-        return encoder.describe()
+        [features] = handlers.extract(encoder, [image.image], handlers.parse_layer(layer))
+        row, col = handlers.patch_at(features, *evt.index[:2])
+        return (image.name, row, col)
+
+    def run_pca(self, images, layer, joint, use_fg, threshold, invert, *model_args):
+        if not images:
+            return [], "", None
+        pictures, names = self._images_or_none(images)
+        result = handlers.pca_view(self.encoder(*model_args), pictures, names, handlers.parse_layer(layer),
+                                   joint, use_fg, threshold, invert)
+        return result.gallery, result.info, self.export(result.arrays, "pca")
+
+    def run_parts(self, images, layer, k, seed, use_fg, threshold, *model_args):
+        if not images:
+            return [], None, "", None
+        pictures, names = self._images_or_none(images)
+        result = handlers.parts_view(self.encoder(*model_args), pictures, names, handlers.parse_layer(layer),
+                                     int(k), int(seed or 0), use_fg, threshold)
+        table = gr.update(value=result.table, headers=handlers.parts_table_headers(int(k)))
+        return result.gallery, table, result.info, self.export(result.arrays, "parts")
+
+    def run_attention(self, images, selected, block, head, rollout, keep_mass, *model_args):
+        image = _pick(images, selected)
+        if image is None:
+            return None, None, [], "", None
+        head_index = None if head in (None, "mean") else int(head)
+        result = handlers.attention_view(self.encoder(*model_args), image.image, int(block), head_index, rollout,
+                                         float(keep_mass))
+        p = result.pictures
+        return p["map"], p["mask"], result.gallery, result.info, self.export(result.arrays, f"attention_{image.name}")
+
+    def run_bagssl(self, images, selected, crop_text, *model_args, progress=gr.Progress()):
+        image = _pick(images, selected)
+        if image is None:
+            raise UserError("Add an image first.")
+        try:
+            sizes = [int(s) for s in str(crop_text).replace(" ", "").split(",") if s]
+        except ValueError:
+            raise UserError(f"Crop sizes must be whole numbers separated by commas, not {crop_text!r}.") from None
+        encoder = self.encoder(*model_args)
+        result = handlers.bagssl_view(encoder, image.image, sizes, progress=progress_callback(progress, "embedding crops"))
+        return (result.figures["layers"], result.figures["crops"], result.pictures["patch_to_embedding"], result.info,
+                self.export(result.arrays, f"bagssl_{image.name}"))
 
     # ------------------------------------------------------------------------------------- layout
     def build(self) -> gr.Blocks:
         with gr.Blocks(title="PatchLens") as demo:
             gr.Markdown(INTRO)
             images = gr.State([])
+            click = gr.State(None)  # (image name, row, col) of the last clicked patch
             with gr.Row():
                 with gr.Column(scale=2):
                     model = gr.Dropdown(model_choices(), value=self.config.default_model, label="Model",
@@ -130,34 +229,127 @@ class PatchLensApp:
                     uploads = gr.File(label="Add images", file_count="multiple", type="filepath", elem_id="uploads")
                     with gr.Row():
                         examples_btn = gr.Button("Add example images", elem_id="add-examples")
-                        clear_btn = gr.Button("Clear images")
+                        clear_btn = gr.Button("Clear images", elem_id="clear-images")
                     image_status = gr.Markdown("No images yet.", elem_id="image-status")
-            gallery = gr.Gallery(label="Loaded images", columns=8, height=140, allow_preview=False)
+            gallery = gr.Gallery(label="Loaded images", columns=10, height=130, allow_preview=False, object_fit="contain")
+
             with gr.Tabs():
                 with gr.Tab("Inspect", id="inspect"):
-                    gr.Markdown(INSPECT_HELP)
-                    selected = gr.Dropdown([], label="Image", elem_id="inspect-image-choice")
+                    gr.Markdown(HELP["inspect"])
                     with gr.Row():
-                        shown = gr.Image(label="Image (as the model sees it)", interactive=False, format="png", elem_id="inspect-image")
+                        selected = gr.Dropdown([], label="Image", elem_id="inspect-image-choice")
+                        layer = gr.Dropdown([handlers.FINAL_LAYER], value=handlers.FINAL_LAYER, label="Tokens from",
+                                            elem_id="layer")
+                    with gr.Row():
+                        shown = gr.Image(label="Image (click a patch)", interactive=False, format="png", elem_id="inspect-image")
                         pca = gr.Image(label="PCA of patch tokens (RGB)", interactive=False, format="png", elem_id="inspect-pca")
                         attention = gr.Image(label="Class-token attention (last layer)", interactive=False, format="png",
                                              elem_id="inspect-attention")
-                    inspect_info = gr.Markdown(elem_id="inspect-info")
+                    overview_info = gr.Markdown(elem_id="inspect-info")
+                    overview_file = gr.File(label="Numbers behind these maps (.npz)", elem_id="overview-export")
+                    with gr.Tabs():
+                        with gr.Tab("Similarity", id="similarity"):
+                            gr.Markdown(HELP["similarity"])
+                            sim_gallery = gr.Gallery(label="Similarity to the clicked patch", columns=4, height=380,
+                                                     format="png", elem_id="similarity-gallery")
+                            sim_info = gr.Markdown(elem_id="similarity-info")
+                            sim_file = gr.File(label="Similarity maps (.npz)")
+                        with gr.Tab("PCA", id="pca"):
+                            gr.Markdown(HELP["pca"])
+                            with gr.Row():
+                                pca_joint = gr.Checkbox(True, label="Fit jointly on all images")
+                                pca_fg = gr.Checkbox(False, label="Foreground only")
+                                pca_invert = gr.Checkbox(False, label="Invert foreground")
+                                pca_threshold = gr.Slider(0.05, 0.95, 0.5, step=0.05, label="Foreground threshold")
+                            pca_gallery = gr.Gallery(label="PCA maps", columns=4, height=380, format="png",
+                                                     elem_id="pca-gallery")
+                            pca_info = gr.Markdown()
+                            pca_file = gr.File(label="PCA maps (.npz)")
+                        with gr.Tab("Parts", id="parts"):
+                            gr.Markdown(HELP["parts"])
+                            with gr.Row():
+                                parts_k = gr.Slider(2, 16, 5, step=1, label="Number of parts (k)", elem_id="parts-k")
+                                parts_seed = gr.Number(0, precision=0, label="Seed")
+                                parts_fg = gr.Checkbox(False, label="Foreground only")
+                                parts_threshold = gr.Slider(0.05, 0.95, 0.5, step=0.05, label="Foreground threshold")
+                            parts_gallery = gr.Gallery(label="Part maps", columns=4, height=380, format="png",
+                                                       elem_id="parts-gallery")
+                            parts_table = gr.Dataframe(label="Patches per part", interactive=False)
+                            parts_info = gr.Markdown()
+                            parts_file = gr.File(label="Part labels and centroids (.npz)")
+                        with gr.Tab("Attention", id="attention"):
+                            gr.Markdown(HELP["attention"])
+                            with gr.Row():
+                                att_block = gr.Slider(0, 11, 11, step=1, label="Block", elem_id="attention-block")
+                                att_head = gr.Dropdown(["mean"], value="mean", label="Head")
+                                att_rollout = gr.Checkbox(False, label="Rollout (blocks 0..b)")
+                                att_mass = gr.Slider(0.1, 1.0, 0.6, step=0.05, label="Mask keeps this share of attention")
+                            with gr.Row():
+                                att_map = gr.Image(label="Attention", interactive=False, format="png", elem_id="attention-map")
+                                att_mask = gr.Image(label="Mass mask", interactive=False, format="png")
+                            att_heads = gr.Gallery(label="Every head of this block", columns=6, height=260, format="png")
+                            att_info = gr.Markdown()
+                            att_file = gr.File(label="Attention maps (.npz)")
+                        with gr.Tab("BagSSL", id="bagssl"):
+                            gr.Markdown(HELP["bagssl"])
+                            with gr.Row():
+                                bag_sizes = gr.Textbox("16,32,48,64", label="Crop sizes (px of the model's input)")
+                                bag_run = gr.Button("Run BagSSL", variant="primary", elem_id="bagssl-run")
+                            with gr.Row():
+                                bag_layers = gr.Plot(label="Per block", elem_id="bagssl-layers")
+                                bag_crops = gr.Plot(label="Bag of crops", elem_id="bagssl-crops")
+                            bag_map = gr.Image(label="Patch token · image embedding (cosine)", interactive=False, format="png")
+                            bag_info = gr.Markdown(elem_id="bagssl-info")
+                            bag_file = gr.File(label="BagSSL numbers (.npz)")
 
+            # ----------------------------------------------------------------------------- events
             model_inputs = [model, weights_upload, weights_path, image_size]
-            inspect_outputs = [shown, pca, attention, inspect_info]
-            run_inspect = ui_errors(self.run_inspect)
-            status = ui_errors(self.model_status)
             image_outputs = [images, gallery, image_status, selected, uploads]
+            overview = ([images, selected, *model_inputs], [shown, pca, attention, overview_info, overview_file])
+            similarity = ([images, selected, click, layer, *model_inputs], [sim_gallery, sim_info, sim_file])
+            pca_view = ([images, layer, pca_joint, pca_fg, pca_threshold, pca_invert, *model_inputs],
+                        [pca_gallery, pca_info, pca_file])
+            parts_view = ([images, layer, parts_k, parts_seed, parts_fg, parts_threshold, *model_inputs],
+                          [parts_gallery, parts_table, parts_info, parts_file])
+            attention_view = ([images, selected, att_block, att_head, att_rollout, att_mass, *model_inputs],
+                              [att_map, att_mask, att_heads, att_info, att_file])
+            runners = {
+                "overview": (ui_errors(self.run_overview), *overview),
+                "similarity": (ui_errors(self.run_similarity), *similarity),
+                "pca": (ui_errors(self.run_pca), *pca_view),
+                "parts": (ui_errors(self.run_parts), *parts_view),
+                "attention": (ui_errors(self.run_attention), *attention_view),
+            }
 
-            uploads.upload(ui_errors(self.add_images), [uploads, images], image_outputs)
-            examples_btn.click(ui_errors(self.add_examples), [images], image_outputs)
-            clear_btn.click(self.clear_images, [images], image_outputs)
-            selected.change(run_inspect, [images, selected, *model_inputs], inspect_outputs)
+            def chain(event, *names: str):
+                """Run the named views one after another after an event."""
+                for name in names:
+                    fn, inputs, outputs = runners[name]
+                    event = event.then(fn, inputs, outputs)
+                return event
+
+            def on(trigger, fn, inputs, outputs, *names: str):
+                return chain(trigger(fn, inputs, outputs), *names)
+
+            everything = ("overview", "pca", "parts", "attention", "similarity")
+            on(uploads.upload, ui_errors(self.add_images), [uploads, images], image_outputs, "pca", "parts")
+            on(examples_btn.click, ui_errors(self.add_examples), [images], image_outputs, "pca", "parts")
+            on(clear_btn.click, self.clear_images, [images], image_outputs, "pca", "parts", "similarity")
+            on(selected.change, *runners["overview"], "attention")
+            status_outputs = [model_info, layer, att_block, att_head]
             for component in model_inputs:
-                component.change(status, model_inputs, model_info).then(
-                    run_inspect, [images, selected, *model_inputs], inspect_outputs)
-            demo.load(status, model_inputs, model_info)
+                on(component.change, ui_errors(self.model_status), model_inputs, status_outputs, *everything)
+            on(shown.select, ui_errors(self.click_patch), [images, selected, layer, *model_inputs], click, "similarity")
+            on(layer.change, *runners["pca"], "parts", "similarity")
+            for control in (pca_joint, pca_fg, pca_invert, pca_threshold):
+                control.change(*runners["pca"])
+            for control in (parts_k, parts_seed, parts_fg, parts_threshold):
+                control.change(*runners["parts"])
+            for control in (att_block, att_head, att_rollout, att_mass):
+                control.change(*runners["attention"])
+            bag_run.click(ui_errors(self.run_bagssl), [images, selected, bag_sizes, *model_inputs],
+                          [bag_layers, bag_crops, bag_map, bag_info, bag_file])
+            demo.load(ui_errors(self.model_status), model_inputs, status_outputs)
         return demo
 
 
@@ -165,7 +357,7 @@ def _pick(images: list[LoadedImage], name: str | None) -> LoadedImage | None:
     for image in images:
         if image.name == name:
             return image
-    return images[-1] if images and name is None else None
+    return None
 
 
 def build_app(config: AppConfig | None = None) -> tuple[gr.Blocks, PatchLensApp]:
@@ -189,5 +381,6 @@ def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 7860, a
     log.info("default model: %s", config.default_model)
     demo.queue(default_concurrency_limit=concurrency)
     demo.launch(server_name=host, server_port=port, max_file_size=int(max_upload_mb * 1024 * 1024),
-                show_error=True, prevent_thread_lock=not block, quiet=not block, theme=gr.themes.Soft())
+                show_error=True, prevent_thread_lock=not block, quiet=not block, theme=gr.themes.Soft(),
+                allowed_paths=[str(app.export_dir)])
     return demo

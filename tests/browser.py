@@ -120,3 +120,24 @@ _skip_reason = browser_skip_reason()
 if _skip_reason and os.environ.get("PATCHLENS_REQUIRE_BROWSER") == "1":
     raise RuntimeError(f"browser tests are required here (PATCHLENS_REQUIRE_BROWSER=1) but {_skip_reason}")
 requires_browser = pytest.mark.skipif(_skip_reason is not None, reason=str(_skip_reason))
+
+
+def gallery_srcs(page, selector: str) -> list[str]:
+    return [img.get_attribute("src") for img in page.locator(f"{selector} img").all()]
+
+
+def wait_for_gallery_change(page, selector: str, previous: list[str], count: int, timeout_ms: int = 60_000) -> list[str]:
+    """Wait until a gallery shows ``count`` pictures that differ from ``previous``; returns their srcs."""
+    page.wait_for_function(
+        """([sel, prev, n]) => {
+            const srcs = Array.from(document.querySelectorAll(sel + ' img')).map(i => i.src);
+            return srcs.length === n && srcs.every(s => s) && JSON.stringify(srcs) !== JSON.stringify(prev);
+        }""", arg=[selector, [page.url.rstrip('/') + '/' + s.lstrip('/') if s and not s.startswith('http') else s
+                              for s in previous], count], timeout=timeout_ms)
+    return gallery_srcs(page, selector)
+
+
+def fetch_image(page, src: str) -> np.ndarray:
+    response = page.request.get(src if src.startswith("http") else page.url.rstrip("/") + "/" + src.lstrip("/"))
+    assert response.ok, f"could not fetch {src}: {response.status}"
+    return np.asarray(Image.open(io.BytesIO(response.body())).convert("RGB"))

@@ -9,12 +9,32 @@ from app import handlers
 from app.state import AppConfig, ModelPool, UserError, load_uploads
 
 
-def test_inspect_returns_image_pca_and_attention_at_display_size(tiny_encoder, image_333x517):
-    result = handlers.inspect_image(tiny_encoder, Image.fromarray(image_333x517))
-    assert result.image.shape == result.pca.shape == result.attention.shape
-    assert min(result.image.shape[:2]) >= handlers.DISPLAY_MIN_SIDE
-    assert result.pca.std() > 5 and result.attention.std() > 1  # not blank
+def test_overview_returns_image_pca_and_attention_at_display_size(tiny_encoder, image_333x517):
+    result = handlers.overview(tiny_encoder, Image.fromarray(image_333x517))
+    pictures = result.pictures
+    assert pictures["image"].shape == pictures["pca"].shape == pictures["attention"].shape
+    assert min(pictures["image"].shape[:2]) >= handlers.DISPLAY_MIN_SIDE
+    assert pictures["pca"].std() > 5 and pictures["attention"].std() > 1  # not blank
     assert "untrained" in result.info
+    assert result.arrays["patch_tokens"].shape == (12, 19, 192)
+
+
+def test_views_return_one_picture_per_image_and_their_numbers(tiny_encoder, image_333x517):
+    images = [Image.fromarray(image_333x517), Image.fromarray(image_333x517[:200, :200])]
+    names = ["a", "b"]
+    sim = handlers.similarity_view(tiny_encoder, images, names, source=1, row=2, col=3, layer=None)
+    assert len(sim.gallery) == 2 and sim.arrays["similarity_1"][2, 3] == pytest.approx(1.0, abs=1e-5)
+    parts = handlers.parts_view(tiny_encoder, images, names, layer=2, k=4)
+    assert len(parts.gallery) == 2 and parts.table[-1][0] == "all images"
+    assert sum(parts.table[-1][1:]) == 12 * 19 + 12 * 12
+    pca = handlers.pca_view(tiny_encoder, images, names, layer=None, joint=True, use_foreground=True)
+    assert set(pca.arrays) >= {"pca_rgb_0", "foreground_1"}
+    att = handlers.attention_view(tiny_encoder, images[0], layer=-1, head=1, rollout=False, keep_mass=0.5)
+    assert len(att.gallery) == tiny_encoder.num_heads and att.arrays["mask"].shape == (12, 19)
+    rolled = handlers.attention_view(tiny_encoder, images[0], layer=3, head=None, rollout=True, keep_mass=0.5)
+    assert "rollout over blocks 0–3" in rolled.info
+    bag = handlers.bagssl_view(tiny_encoder, images[1], crop_sizes=[32, 48])
+    assert set(bag.figures) == {"crops", "layers"} and bag.arrays["bag_of_crops"][-1, 2] == pytest.approx(1.0, abs=1e-5)
 
 
 def test_patch_at_maps_display_pixels_to_patches(tiny_encoder, image_333x517):
