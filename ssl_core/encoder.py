@@ -304,13 +304,15 @@ class Encoder:
 
 
 def load_encoder(name: str, weights: str | Path | None = None, device: str | torch.device | None = None,
-                 image_size: int | None = None, cache: LRUCache[PatchFeatures] | None = FEATURE_CACHE) -> Encoder:
+                 image_size: int | None = None, cache: LRUCache[PatchFeatures] | None = FEATURE_CACHE,
+                 pretrained: bool = True) -> Encoder:
     """Load an encoder by short name or timm id, with weights from the hub, a local file or assets/.
 
+    ``pretrained=False`` gives the architecture with seeded random weights (tests, speed benchmarks).
     Raises `WeightsUnavailableError` (offline, within seconds) or `CheckpointError` (weights that do not fit).
     """
     spec = with_image_size(resolve_spec(name), image_size)
-    weights_file = resolve_weights_file(spec, weights)
+    weights_file = resolve_weights_file(spec, weights) if pretrained or weights is not None else None
     model, dynamic = build_model(spec)
     if weights_file is not None:
         fit_state_dict(model, read_state_dict(weights_file), spec.checkpoint_format, name=str(weights_file))

@@ -133,9 +133,9 @@ def resolve_spec(name: str) -> ModelSpec:
         raise KeyError(f"unknown model '{name}': not a PatchLens name ({known}) nor a timm model id")
     if "." in name:
         return ModelSpec(name=name, arch=arch, source="hub", hub_id=name, family="timm")
-    tags = list(timm.models.get_arch_pretrained_cfgs(arch))  # the default pretrained tag comes first
-    if tags:
-        return ModelSpec(name=name, arch=arch, source="hub", hub_id=f"{arch}.{tags[0]}", family="timm")
+    pretrained_ids = list(timm.models.get_arch_pretrained_cfgs(arch))  # "arch.tag", the default first
+    if pretrained_ids:
+        return ModelSpec(name=name, arch=arch, source="hub", hub_id=pretrained_ids[0], family="timm")
     return ModelSpec(name=name, arch=arch, source="random", family="timm", objective="none (random weights)")
 
 
