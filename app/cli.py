@@ -136,12 +136,14 @@ def _serve(parser: argparse.ArgumentParser):
     parser.add_argument("--max-upload-mb", type=float, default=50.0, help="largest accepted upload")
     parser.add_argument("--concurrency", type=int, default=1, help="forward passes that may run at once")
     parser.add_argument("--max-models", type=int, default=4, help="encoders kept loaded (least recently used go first)")
+    parser.add_argument("--cache-mb", type=float, default=None, help="memory for cached features (default 2048)")
 
     def run(args: argparse.Namespace) -> int:
         from app.ui import serve
 
         serve(model=args.model, host=args.host, port=args.port, allow_dirs=args.allow_dir,
-              max_upload_mb=args.max_upload_mb, concurrency=args.concurrency, max_models=args.max_models)
+              max_upload_mb=args.max_upload_mb, concurrency=args.concurrency, max_models=args.max_models,
+              cache_mb=args.cache_mb)
         return 0
     return run
 

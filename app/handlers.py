@@ -96,7 +96,7 @@ def overview(encoder: Encoder, image: Image.Image) -> ViewResult:
     h, w = features.grid_hw
     ratios = ", ".join(f"{r:.0%}" for r in fit.explained_ratio.tolist())
     source = "class-token attention" if features.num_prefix else "mean attention received (no class token)"
-    info = (f"**{encoder.spec.display_name}** · grid {h}×{w} patches of {features.patch_size} px · image "
+    info = (f"**{encoder.display_name}** · grid {h}×{w} patches of {features.patch_size} px · image "
             f"{features.image.shape[1]}×{features.image.shape[0]} px · PCA variance explained (R, G, B): {ratios} · "
             f"attention map: {source}, last layer, heads averaged" + untrained_note(encoder))
     return ViewResult(info=info, pictures={

@@ -43,9 +43,11 @@ class AppConfig:
         return resolved
 
     def check_upload_size(self, path: str | os.PathLike) -> None:
-        size = Path(path).stat().st_size
+        self.check_size(Path(path).stat().st_size, Path(path).name)
+
+    def check_size(self, size: int, name: str) -> None:
         if size > self.max_upload_mb * 1024 * 1024:
-            raise UserError(f"{Path(path).name} is {size / 2**20:.1f} MB, over the upload limit of {self.max_upload_mb:g} MB.")
+            raise UserError(f"{name} is {size / 2**20:.1f} MB, over the upload limit of {self.max_upload_mb:g} MB.")
 
 
 class ModelPool:
@@ -92,6 +94,11 @@ def load_uploads(paths: list[str], config: AppConfig) -> tuple[list[LoadedImage]
         except (UserError, ImageLoadError) as err:
             problems.append(str(err))
     return loaded, problems
+
+
+def load_image_bytes(data: bytes, config: AppConfig, name: str = "uploaded image") -> Image.Image:
+    config.check_size(len(data), name)
+    return load_image(data, max_pixels=config.max_pixels, name=name)
 
 
 def example_paths() -> list[Path]:

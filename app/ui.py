@@ -12,12 +12,12 @@ from typing import Callable
 import gradio as gr
 import numpy as np
 
-from ssl_core import CheckpointError, ImageLoadError, WeightsUnavailableError
+from ssl_core import CheckpointError, ImageLoadError, WeightsUnavailableError, render
 from ssl_core.attention import AttentionUnavailableError
 from ssl_core.models.registry import all_specs, default_model_name
 
 from . import handlers
-from .state import AppConfig, LoadedImage, ModelPool, UserError, example_paths, load_uploads
+from .state import AppConfig, LoadedImage, ModelPool, UserError, example_paths, load_image_bytes, load_uploads
 
 log = logging.getLogger("patchlens")
 EXPECTED_ERRORS = (UserError, ImageLoadError, WeightsUnavailableError, CheckpointError, AttentionUnavailableError,
@@ -207,6 +207,33 @@ class PatchLensApp:
         return (result.figures["layers"], result.figures["crops"], result.pictures["patch_to_embedding"], result.info,
                 self.export(result.arrays, f"bagssl_{image.name}"))
 
+    # ------------------------------------------------------------------------------------- scripted API
+    def api_patch_features(self, image_base64: str, model: str = "", layer: int = -1) -> dict:
+        """Patch features of one image (base64-encoded file bytes) for scripts: grid, tokens summary, PCA map.
+
+        The answer carries a hash of the bytes received, so a client can check it answers its own request.
+        """
+        import base64
+        import hashlib
+
+        try:
+            data = base64.b64decode(image_base64, validate=True)
+        except ValueError:
+            raise gr.Error("image_base64 is not valid base64", print_exception=False) from None
+        image = load_image_bytes(data, self.config)
+        encoder = self.encoder(model or self.config.default_model, None, "", None)
+        chosen = None if layer == -1 else int(layer)
+        [features] = handlers.extract(encoder, [image], chosen)
+        tokens = features.tokens(chosen)
+        result = handlers.overview(encoder, image)
+        return {
+            "bytes_blake2b": hashlib.blake2b(data, digest_size=16).hexdigest(),
+            "model": encoder.name, "model_key": encoder.key, "trained": encoder.trained,
+            "grid_hw": list(features.grid_hw), "patch_size": features.patch_size,
+            "mean_token": tokens.reshape(-1, tokens.shape[-1]).mean(0).tolist(),
+            "pca_png_base64": base64.b64encode(render.to_png_bytes(result.pictures["pca"])).decode(),
+        }
+
     # ------------------------------------------------------------------------------------- layout
     def build(self) -> gr.Blocks:
         with gr.Blocks(title="PatchLens") as demo:
@@ -350,6 +377,7 @@ class PatchLensApp:
             bag_run.click(ui_errors(self.run_bagssl), [images, selected, bag_sizes, *model_inputs],
                           [bag_layers, bag_crops, bag_map, bag_info, bag_file])
             demo.load(ui_errors(self.model_status), model_inputs, status_outputs)
+            gr.api(ui_errors(self.api_patch_features), api_name="patch_features")
         return demo
 
 
@@ -368,8 +396,12 @@ def build_app(config: AppConfig | None = None) -> tuple[gr.Blocks, PatchLensApp]
 
 
 def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 7860, allow_dirs: list[str] | None = None,
-          max_upload_mb: float = 50.0, concurrency: int = 1, max_models: int = 4, block: bool = True) -> gr.Blocks:
+          max_upload_mb: float = 50.0, concurrency: int = 1, max_models: int = 4, cache_mb: float | None = None,
+          block: bool = True) -> gr.Blocks:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if cache_mb is not None:
+        from ssl_core.encoder import FEATURE_CACHE
+        FEATURE_CACHE.max_size = cache_mb * 1024 * 1024
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: anyone who can reach this address can use the app and read the allowed "
                     "folders (%s)", host, ", ".join(allow_dirs or []) or "none")

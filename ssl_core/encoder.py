@@ -145,6 +145,10 @@ class Encoder:
         return self.weights_file is not None
 
     @property
+    def display_name(self) -> str:
+        return self.name if self.trained else f"{self.name} (untrained)"
+
+    @property
     def weights_label(self) -> str:
         if self.weights_file is None:
             return "random init (untrained)"
@@ -156,7 +160,7 @@ class Encoder:
 
     def describe(self) -> str:
         state = "" if self.trained else " — UNTRAINED (random weights)"
-        return (f"{self.spec.display_name}: {self.spec.arch}, patch {self.patch_size}, {self.depth} blocks, "
+        return (f"{self.display_name}: {self.spec.arch}, patch {self.patch_size}, {self.depth} blocks, "
                 f"dim {self.embed_dim}, {self.num_params / 1e6:.1f}M params, images at {self.spec.image_size} px "
                 f"short side, on {self.device.type}{state}")
 
