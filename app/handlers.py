@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 import torch
@@ -27,13 +27,21 @@ DISPLAY_MIN_SIDE = 320
 FINAL_LAYER = "final (normed)"
 
 
-def display_factor(features: PatchFeatures) -> int:
+class PatchGeometry(Protocol):
+    """What display scaling reads of a picture's patches (`PatchFeatures` is one)."""
+
+    image: np.ndarray  # [H, W, ...] the processed image (only its shape is read)
+    grid_hw: tuple[int, int]
+    patch_size: int
+
+
+def display_factor(features: PatchGeometry) -> int:
     """Integer upscaling from the processed image to what the UI shows (patches stay square and crisp)."""
     h, w = features.image.shape[:2]
     return max(1, math.ceil(DISPLAY_MIN_SIDE / min(h, w)))
 
 
-def to_display(features: PatchFeatures, picture: np.ndarray) -> np.ndarray:
+def to_display(features: PatchGeometry, picture: np.ndarray) -> np.ndarray:
     """A picture at the processed image's size, enlarged by the display factor."""
     factor = display_factor(features)
     if factor == 1:
@@ -42,7 +50,7 @@ def to_display(features: PatchFeatures, picture: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(picture).resize((w * factor, h * factor), Image.Resampling.NEAREST))
 
 
-def patch_at(features: PatchFeatures, x: int, y: int) -> tuple[int, int]:
+def patch_at(features: PatchGeometry, x: int, y: int) -> tuple[int, int]:
     """The (row, col) of the patch under a click at display pixel (x, y)."""
     step = features.patch_size * display_factor(features)
     h, w = features.grid_hw

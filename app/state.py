@@ -6,12 +6,14 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from PIL import Image
 
 from ssl_core.cache import LRUCache
 from ssl_core.encoder import Encoder, load_encoder
 from ssl_core.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+from ssl_core.mae import MaskedAutoencoder, open_mae
 from ssl_core.models.registry import ASSETS_DIR
 
 log = logging.getLogger("patchlens")
@@ -51,27 +53,33 @@ class AppConfig:
 
 
 class ModelPool:
-    """Encoders loaded once and kept while room allows (least recently used are dropped first)."""
+    """Models (encoders, MAEs) loaded once and kept while room allows (least recently used are dropped first)."""
 
     def __init__(self, max_models: int = 4):
-        self._cache: LRUCache[Encoder] = LRUCache(max_size=max_models)
+        self._cache: LRUCache = LRUCache(max_size=max_models)
         self._locks: dict[tuple, threading.Lock] = {}
         self._guard = threading.Lock()
 
     def get(self, name: str, weights: str | None = None, image_size: int | None = None) -> Encoder:
-        key = (name, str(weights or ""), image_size)
-        encoder = self._cache.get(key)
-        if encoder is not None:
-            return encoder
+        return self._get(("encoder", name, str(weights or ""), image_size),
+                         lambda: load_encoder(name, weights=weights, image_size=image_size))
+
+    def get_mae(self, name: str | None, weights: str | None = None) -> MaskedAutoencoder:
+        return self._get(("mae", name or "", str(weights or "")), lambda: open_mae(name or None, weights or None))
+
+    def _get(self, key: tuple, load: Callable[[], object]):
+        model = self._cache.get(key)
+        if model is not None:
+            return model
         with self._guard:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:  # two sessions asking for the same model load it once
-            encoder = self._cache.get(key)
-            if encoder is None:
-                log.info("loading model %s (weights %s, image size %s)", name, weights, image_size)
-                encoder = load_encoder(name, weights=weights, image_size=image_size)
-                self._cache.put(key, encoder)
-            return encoder
+            model = self._cache.get(key)
+            if model is None:
+                log.info("loading %s", " ".join(map(str, key)))
+                model = load()
+                self._cache.put(key, model)
+            return model
 
     def loaded(self) -> list[tuple]:
         return self._cache.keys()

@@ -16,7 +16,9 @@ from ssl_core import CheckpointError, ImageLoadError, WeightsUnavailableError, r
 from ssl_core.attention import AttentionUnavailableError
 from ssl_core.models.registry import all_specs, default_model_name
 
-from . import handlers
+from ssl_core.mae import DEFAULT_MAE, MAE_SOURCES
+
+from . import handlers, handlers_mim
 from .state import AppConfig, LoadedImage, ModelPool, UserError, example_paths, load_image_bytes, load_uploads
 
 log = logging.getLogger("patchlens")
@@ -42,6 +44,13 @@ to each patch in the last layer (heads averaged) — often the object the image 
     "attention": "Where the class token looks, per head and averaged, in any block; *rollout* multiplies the attention "
                  "of blocks 0..b (with the residual path) to follow information through the network. The mask keeps the "
                  "patches that hold the chosen share of the attention mass (DINO's figure). Register tokens are left out.",
+    "reconstruct": """**Masked image modeling at work.** Hide patches (at random, in blocks as BEiT does, on a grid,
+or click patches yourself) and watch an MAE fill them in from what is left — part-to-part reasoning: the model
+infers a hidden part from the visible ones. Left to right: what the MAE sees, its prediction for every patch, its
+prediction pasted into the hidden patches only, and the error of each hidden patch.""",
+    "representation": """**Representation space (CAE's idea), for the model chosen at the top.** Encode the visible
+patches alone and the whole image: how far does each visible patch's representation move when the grey patches are
+removed? Patches whose tokens lean on the removed context turn dark.""",
     "bagssl": "BagSSL: is the image embedding the average of its parts? Top left: the image embedding against the mean of "
               "the patch tokens, block by block. Top right: crops of each size embedded on their own and averaged, "
               "against the full image (a crop of the whole image gives 1). Below: each patch token's cosine to the image "
@@ -207,6 +216,38 @@ class PatchLensApp:
         return (result.figures["layers"], result.figures["crops"], result.pictures["patch_to_embedding"], result.info,
                 self.export(result.arrays, f"bagssl_{image.name}"))
 
+    # ------------------------------------------------------------------------------------- Reconstruct
+    def run_reconstruct(self, images, selected, mae_name, mae_weights, kind, ratio, seed, hidden,
+                        progress=gr.Progress()):
+        image = _pick(images, selected)
+        if image is None:
+            return None, None, None, None, "Add an image (or the examples) to start."
+        progress(0.3, desc="loading the MAE")
+        mae = self.pool.get_mae(mae_name, self._mae_weights(mae_weights))
+        view = handlers_mim.reconstruct_view(mae, image.image, kind, ratio, int(seed or 0), hidden or frozenset())
+        return view.masked, view.reconstruction, view.pasted, view.error, view.info
+
+    def _mae_weights(self, upload: str | None) -> str | None:
+        if upload:
+            self.config.check_upload_size(upload)
+        return upload or None
+
+    def toggle_mask_patch(self, images, selected, mae_name, mae_weights, hidden, evt: gr.SelectData):
+        """A click on the masked picture hides or shows that patch, in the custom mask."""
+        if _pick(images, selected) is None or evt is None or evt.index is None:
+            return hidden, gr.update()
+        mae = self.pool.get_mae(mae_name, self._mae_weights(mae_weights))
+        toggled = handlers_mim.toggle_patch(hidden, *evt.index[:2], handlers_mim.mae_display_grid(mae))
+        return toggled, "custom"
+
+    def run_drift(self, images, selected, kind, ratio, seed, hidden, *model_args):
+        image = _pick(images, selected)
+        if image is None:
+            return None, ""
+        view = handlers_mim.context_drift_view(self.encoder(*model_args), image.image, kind, ratio, int(seed or 0),
+                                               hidden or frozenset())
+        return view.drift, view.info
+
     # ------------------------------------------------------------------------------------- scripted API
     def api_patch_features(self, image_base64: str, model: str = "", layer: int = -1) -> dict:
         """Patch features of one image (base64-encoded file bytes) for scripts: grid, tokens summary, PCA map.
@@ -258,15 +299,16 @@ class PatchLensApp:
                         examples_btn = gr.Button("Add example images", elem_id="add-examples")
                         clear_btn = gr.Button("Clear images", elem_id="clear-images")
                     image_status = gr.Markdown("No images yet.", elem_id="image-status")
-            gallery = gr.Gallery(label="Loaded images", columns=10, height=130, allow_preview=False, object_fit="contain")
+            with gr.Row():
+                gallery = gr.Gallery(label="Loaded images", columns=10, height=130, allow_preview=False,
+                                     object_fit="contain", scale=4)
+                selected = gr.Dropdown([], label="Image shown in the views", elem_id="inspect-image-choice", scale=1)
 
             with gr.Tabs():
                 with gr.Tab("Inspect", id="inspect"):
                     gr.Markdown(HELP["inspect"])
-                    with gr.Row():
-                        selected = gr.Dropdown([], label="Image", elem_id="inspect-image-choice")
-                        layer = gr.Dropdown([handlers.FINAL_LAYER], value=handlers.FINAL_LAYER, label="Tokens from",
-                                            elem_id="layer")
+                    layer = gr.Dropdown([handlers.FINAL_LAYER], value=handlers.FINAL_LAYER, label="Tokens from",
+                                        elem_id="layer")
                     with gr.Row():
                         shown = gr.Image(label="Image (click a patch)", interactive=False, format="png", elem_id="inspect-image")
                         pca = gr.Image(label="PCA of patch tokens (RGB)", interactive=False, format="png", elem_id="inspect-pca")
@@ -329,6 +371,35 @@ class PatchLensApp:
                             bag_info = gr.Markdown(elem_id="bagssl-info")
                             bag_file = gr.File(label="BagSSL numbers (.npz)")
 
+                with gr.Tab("Reconstruct", id="reconstruct"):
+                    gr.Markdown(HELP["reconstruct"])
+                    with gr.Row():
+                        mae_name = gr.Dropdown([(f"{n} — {src.description}", n) for n, src in MAE_SOURCES.items()],
+                                               value=DEFAULT_MAE, label="MAE (with its decoder)", allow_custom_value=True,
+                                               elem_id="mae-model", scale=2)
+                        mae_weights = gr.File(label="…or an MAE checkpoint file", type="filepath", scale=1, elem_id="mae-weights",
+                                              file_types=[".safetensors", ".pth", ".pt", ".bin"])
+                    with gr.Row():
+                        mask_kind = gr.Radio(["random", "block", "grid", "custom"], value="random", label="Mask",
+                                             elem_id="mask-kind")
+                        mask_ratio = gr.Slider(0.05, 0.95, 0.75, step=0.05, label="Ratio hidden", elem_id="mask-ratio")
+                        mask_seed = gr.Number(0, precision=0, label="Seed", elem_id="mask-seed")
+                        mask_clear = gr.Button("Clear custom mask")
+                    with gr.Row():
+                        rec_masked = gr.Image(label="Masked input (click patches: custom mask)", interactive=False,
+                                              format="png", elem_id="rec-masked")
+                        rec_output = gr.Image(label="Reconstruction", interactive=False, format="png", elem_id="rec-output")
+                        rec_pasted = gr.Image(label="Reconstruction + visible patches", interactive=False, format="png",
+                                              elem_id="rec-pasted")
+                        rec_error = gr.Image(label="Error per hidden patch", interactive=False, format="png",
+                                             elem_id="rec-error")
+                    rec_info = gr.Markdown(elem_id="rec-info")
+                    gr.Markdown(HELP["representation"])
+                    with gr.Row():
+                        drift_picture = gr.Image(label="Context drift of the chosen model (same mask)", interactive=False,
+                                                 format="png", elem_id="drift-map")
+                        drift_info = gr.Markdown(elem_id="drift-info")
+
             # ----------------------------------------------------------------------------- events
             model_inputs = [model, weights_upload, weights_path, image_size]
             image_outputs = [images, gallery, image_status, selected, uploads]
@@ -358,11 +429,22 @@ class PatchLensApp:
             def on(trigger, fn, inputs, outputs, *names: str):
                 return chain(trigger(fn, inputs, outputs), *names)
 
+            hidden = gr.State(frozenset())  # custom mask: hidden (row, col) cells
+            mask_inputs = [mask_kind, mask_ratio, mask_seed, hidden]
+            runners["reconstruct"] = (ui_errors(self.run_reconstruct), [images, selected, mae_name, mae_weights, *mask_inputs],
+                                      [rec_masked, rec_output, rec_pasted, rec_error, rec_info])
+            runners["drift"] = (ui_errors(self.run_drift), [images, selected, *mask_inputs, *model_inputs],
+                                [drift_picture, drift_info])
             everything = ("overview", "pca", "parts", "attention", "similarity")
             on(uploads.upload, ui_errors(self.add_images), [uploads, images], image_outputs, "pca", "parts")
             on(examples_btn.click, ui_errors(self.add_examples), [images], image_outputs, "pca", "parts")
             on(clear_btn.click, self.clear_images, [images], image_outputs, "pca", "parts", "similarity")
-            on(selected.change, *runners["overview"], "attention")
+            on(selected.change, *runners["overview"], "attention", "reconstruct", "drift")
+            for control in (mae_name, mae_weights, mask_kind, mask_ratio, mask_seed):
+                on(control.change, *runners["reconstruct"], "drift")
+            on(rec_masked.select, ui_errors(self.toggle_mask_patch), [images, selected, mae_name, mae_weights, hidden],
+               [hidden, mask_kind], "reconstruct", "drift")
+            on(mask_clear.click, lambda: frozenset(), None, hidden, "reconstruct", "drift")
             status_outputs = [model_info, layer, att_block, att_head]
             for component in model_inputs:
                 on(component.change, ui_errors(self.model_status), model_inputs, status_outputs, *everything)
