@@ -19,7 +19,7 @@ import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 import timm
@@ -84,6 +84,22 @@ class PatchFeatures:
 
 
 FEATURE_CACHE: LRUCache[PatchFeatures] = LRUCache(max_size=2 * 1024**3, size_of=PatchFeatures.nbytes)
+
+
+T = TypeVar("T")
+
+
+def split_on_oom(fn: Callable[[torch.Tensor], T], batch: torch.Tensor, join: Callable[[T, T], T]) -> T:
+    """``fn(batch)``; on GPU out-of-memory, split the batch in half, retry each half, and join the results."""
+    try:
+        return fn(batch)
+    except torch.OutOfMemoryError:
+        if batch.shape[0] == 1:
+            raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        half = batch.shape[0] // 2
+        return join(split_on_oom(fn, batch[:half], join), split_on_oom(fn, batch[half:], join))
 
 
 def default_device() -> torch.device:
@@ -172,8 +188,8 @@ class Encoder:
 
     def to_tensor(self, image: Image.Image) -> torch.Tensor:
         """A processed RGB image as a normalised float tensor [3, H, W]."""
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
-        return (pixels - self.mean) / self.std
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)  # [3, H, W]
+        return self.normalize(pixels[None])[0]
 
     def resolve_layers(self, layers: Sequence[int] | str | None) -> tuple[int, ...]:
         """Block indices (negative counts from the end; "all" is every block) as sorted non-negative ints."""
@@ -231,16 +247,7 @@ class Encoder:
         return results  # type: ignore[return-value]
 
     def _forward_split(self, batch: torch.Tensor, layers: tuple[int, ...], attention: bool) -> list[PatchFeatures]:
-        """Forward a batch; on GPU out-of-memory, split it in half and retry each half."""
-        try:
-            return self.forward_batch(batch, layers, attention)
-        except torch.OutOfMemoryError:
-            if batch.shape[0] == 1:
-                raise
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            half = batch.shape[0] // 2
-            return self._forward_split(batch[:half], layers, attention) + self._forward_split(batch[half:], layers, attention)
+        return split_on_oom(lambda part: self.forward_batch(part, layers, attention), batch, lambda a, b: a + b)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.device.type == "cuda":
@@ -289,6 +296,26 @@ class Encoder:
                 model_key=self.key,
             ))
         return out
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels [B, 3, H, W] (on any device) -> normalised float input on that device."""
+        mean, std = self.mean.to(pixels.device), self.std.to(pixels.device)
+        return (pixels.float() / 255.0 - mean) / std
+
+    def forward_patch_tokens(self, x: torch.Tensor, layer: int | None = None,
+                             forward_features: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """Only the patch tokens of one layer, with timm's fused attention: the gallery's fast path.
+
+        x: [B, 3, H, W] normalised, on the device. layer None is the final normed output. Returns
+        [B, h*w, D] on the device. ``forward_features`` replaces the model's own (e.g. a compiled one).
+        """
+        model = self.model_for_grid((x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size))
+        with torch.inference_mode(), self.autocast():
+            if layer is None:
+                return (forward_features or model.forward_features)(x)[:, self.num_prefix_tokens:]
+            [tokens] = model.forward_intermediates(x, indices=[layer], norm=False, output_fmt="NLC",
+                                                   intermediates_only=True)
+            return tokens  # prefix tokens already stripped by timm
 
     def model_for_grid(self, grid_hw: tuple[int, int]) -> nn.Module:
         """The model to run on a grid: itself when it takes any size, else a copy built for that grid."""

@@ -1,0 +1,62 @@
+"""The gallery embedding pipeline: same tokens as the encoder, bucketing, bad files, both decoders."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import smooth_image
+from ssl_core.pipeline import PipelineConfig, embed_files
+
+
+@pytest.fixture
+def gallery(tmp_path):
+    paths = []
+    for i, (h, w) in enumerate([(96, 96), (120, 80), (96, 96), (200, 300), (96, 96)]):
+        path = tmp_path / f"img{i}.{'jpg' if i % 2 else 'png'}"
+        Image.fromarray(smooth_image(h, w, seed=i)).save(path, quality=95)
+        paths.append(str(path))
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 50)
+    (tmp_path / "notes.png").write_text("not an image")
+    return paths, [str(tmp_path / "broken.jpg"), str(tmp_path / "notes.png")]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_pipeline_tokens_match_the_encoder_and_bad_files_are_listed(tiny_encoder, gallery, workers):
+    good, bad = gallery
+    seen, failed, progress = {}, [], []
+    config = PipelineConfig(batch_size=2, workers=workers, out_dtype=torch.float32)
+    for batch in embed_files(tiny_encoder, good + bad, config, progress=lambda d, t: progress.append((d, t))):
+        assert len({item.grid_hw for item in batch.items}) <= 1  # one grid per batch
+        seen.update({item.path: item for item in batch.items})
+        failed += batch.failed
+    assert sorted(seen) == sorted(good)
+    assert sorted(f.split(":")[0] for f in failed) == sorted(bad)
+    assert progress[-1] == (len(good) + len(bad), len(good) + len(bad))
+    for path in good:
+        [expected] = tiny_encoder.extract([path])
+        item = seen[path]
+        assert item.grid_hw == expected.grid_hw
+        torch.testing.assert_close(item.tokens, expected.patch_tokens.reshape(-1, 192), atol=1e-4, rtol=1e-4)
+
+
+def test_a_chosen_layer_and_float16_output(tiny_encoder, gallery):
+    good, _ = gallery
+    items = [i for b in embed_files(tiny_encoder, good[:1], PipelineConfig(layer=2, workers=0)) for i in b.items]
+    [expected] = tiny_encoder.extract([good[0]], layers=[2])
+    assert items[0].tokens.dtype == torch.float16
+    torch.testing.assert_close(items[0].tokens.float(), expected.layer_tokens[2].reshape(-1, 192), atol=2e-2, rtol=1e-2)
+
+
+def test_batched_jpeg_decoding_matches_pil_closely(tiny_encoder, gallery):
+    good, bad = gallery
+    jpegs = [p for p in good if p.endswith(".jpg")]
+    by_pil = {i.path: i.tokens.float() for b in embed_files(tiny_encoder, jpegs, PipelineConfig(workers=0)) for i in b.items}
+    results = list(embed_files(tiny_encoder, jpegs + bad, PipelineConfig(workers=0, decode="jpeg")))
+    by_jpeg = {i.path: i.tokens.float() for b in results for i in b.items}
+    assert sorted(by_jpeg) == sorted(jpegs)
+    assert sum(len(b.failed) for b in results) == 2
+    for path in jpegs:  # different resize kernels: close, not equal
+        cosine = torch.nn.functional.cosine_similarity(by_pil[path], by_jpeg[path], dim=-1)
+        assert cosine.mean() > 0.98
