@@ -42,8 +42,8 @@ from torch import nn
 
 from .models import zoo  # noqa: F401  (registers patchlens_vit_tiny_p8 with timm)
 from .models.registry import BUNDLED_DIR, ModelSpec
-from .models.weights import (TENSOR_SUFFIXES, CheckpointError, WeightsUnavailableError, _fetch_from_hf, fetch_url,
-                             offline_hint, read_state_dict)
+from .models.weights import (TENSOR_SUFFIXES, CheckpointError, WeightsUnavailableError, _fetch_from_hf, check_fits,
+                             fetch_url, offline_hint, read_state_dict)
 
 METADATA_KEY = "patchlens_mae"
 MAE_EPS = 1e-6  # LayerNorm eps of the official MAE release (and of timm's ViT)
@@ -414,16 +414,7 @@ def load_official_state_dict(mae: MaskedAutoencoder, state_dict: dict[str, torch
     Returns the checkpoint keys that the model does not use.
     """
     expected = official_state_dict(mae)
-    missing = [k for k in expected if k not in state_dict]
-    wrong = [f"{k} {tuple(state_dict[k].shape)} (model wants {tuple(v.shape)})"
-             for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
-    if missing or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys: {', '.join(missing[:12])}" + (" ..." if len(missing) > 12 else ""))
-        if wrong:
-            parts.append(f"{len(wrong)} keys of the wrong shape: {', '.join(wrong[:5])}" + (" ..." if len(wrong) > 5 else ""))
-        raise CheckpointError(f"{name} does not fit this MAE: " + "; ".join(parts))
+    check_fits(expected, state_dict, f"{name} does not fit this MAE")
     module_keys = {(k if is_decoder_key(k) else f"encoder.{k}"): state_dict[k] for k in expected}
     mae.load_state_dict(module_keys, strict=True)
     return [k for k in state_dict if k not in expected]

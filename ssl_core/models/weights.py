@@ -135,19 +135,25 @@ def fit_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], checkp
         except Exception as err:  # noqa: BLE001
             raise CheckpointError(f"{name}: does not fit {type(model).__name__}: {err}") from None
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    wrong = [f"{k} {tuple(state_dict[k].shape)} (model wants {tuple(v.shape)})"
-             for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
-    if missing or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys: {', '.join(missing[:10])}" + (" ..." if len(missing) > 10 else ""))
-        if wrong:
-            parts.append(f"{len(wrong)} keys of the wrong shape: {', '.join(wrong[:5])}" + (" ..." if len(wrong) > 5 else ""))
-        raise CheckpointError(f"{name} does not fit this model ({type(model).__name__}): " + "; ".join(parts))
+    check_fits(expected, state_dict, f"{name} does not fit this model ({type(model).__name__})")
     ignored = [k for k in state_dict if k not in expected]
     model.load_state_dict({k: state_dict[k] for k in expected}, strict=True)
     return ignored
+
+
+def check_fits(expected: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor], what: str) -> None:
+    """Raise `CheckpointError` ("<what>: N missing keys: ...; keys of the wrong shape: ...") unless every
+    expected key is in ``state_dict`` with the expected shape."""
+    missing = [k for k in expected if k not in state_dict]
+    wrong = [f"{k} {tuple(state_dict[k].shape)} (model wants {tuple(v.shape)})"
+             for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys: {', '.join(missing[:12])}" + (" ..." if len(missing) > 12 else ""))
+    if wrong:
+        parts.append(f"{len(wrong)} keys of the wrong shape: {', '.join(wrong[:5])}" + (" ..." if len(wrong) > 5 else ""))
+    if parts:
+        raise CheckpointError(f"{what}: " + "; ".join(parts))
 
 
 # --------------------------------------------------------------------------------------------------- fetching
