@@ -18,7 +18,7 @@ from ssl_core.models.registry import all_specs, default_model_name
 
 from ssl_core.mae import DEFAULT_MAE, MAE_SOURCES
 
-from . import handlers, handlers_mim
+from . import handlers, handlers_compare, handlers_mim
 from .state import AppConfig, LoadedImage, ModelPool, UserError, example_paths, load_image_bytes, load_uploads
 
 log = logging.getLogger("patchlens")
@@ -51,6 +51,10 @@ prediction pasted into the hidden patches only, and the error of each hidden pat
     "representation": """**Representation space (CAE's idea), for the model chosen at the top.** Encode the visible
 patches alone and the whole image: how far does each visible patch's representation move when the grey patches are
 removed? Patches whose tokens lean on the removed context turn dark.""",
+    "compare": """**Compare encoders side by side.** The same image through two to four encoders, view by view:
+each row is one view, each column one encoder, all at the same size even when patch sizes differ. Click the image
+on the left and every encoder's similarity map follows the same spot. Download the whole comparison as a PNG or an
+HTML report.""",
     "bagssl": "BagSSL: is the image embedding the average of its parts? Top left: the image embedding against the mean of "
               "the patch tokens, block by block. Top right: crops of each size embedded on their own and averaged, "
               "against the full image (a crop of the whole image gives 1). Below: each patch token's cosine to the image "
@@ -248,6 +252,35 @@ class PatchLensApp:
                                                hidden or frozenset())
         return view.drift, view.info
 
+    # ------------------------------------------------------------------------------------- Compare
+    def run_compare(self, images, selected, models, k, click, progress=gr.Progress()):
+        image = _pick(images, selected)
+        if image is None:
+            raise UserError("Add an image first.")
+        models = [m for m in (models or []) if m]
+        if not 2 <= len(models) <= 4:
+            raise UserError("Choose two to four encoders to compare.")
+        encoders = []
+        for i, name in enumerate(models):
+            progress((i, len(models)), desc=f"loading {name}")
+            encoders.append(self.pool.get(name))
+        progress((len(models), len(models)), desc="computing the views")
+        comparison = handlers_compare.compare(encoders, image.image, tuple(click or (0.5, 0.5)), int(k))
+        headers, rows = handlers_compare.numbers_table(comparison)
+        folder = Path(tempfile.mkdtemp(dir=self.export_dir))
+        png = folder / "comparison.png"
+        png.write_bytes(render.to_png_bytes(comparison.panel()))
+        report = folder / "comparison.html"
+        report.write_text(handlers_compare.html_report(comparison, title=f"PatchLens: {image.name}"))
+        galleries = [[(c.pictures[row], c.name) for c in comparison.columns] for row in handlers_compare.ROWS]
+        return (comparison.image, gr.update(value=rows, headers=headers), str(png), str(report), *galleries)
+
+    @staticmethod
+    def click_fraction(picture, evt: gr.SelectData):
+        """A click on a picture as fractions (x / width, y / height)."""
+        height, width = np.asarray(picture).shape[:2]
+        return (min(max(evt.index[0] / width, 0.0), 1.0), min(max(evt.index[1] / height, 0.0), 1.0))
+
     # ------------------------------------------------------------------------------------- scripted API
     def api_patch_features(self, image_base64: str, model: str = "", layer: int = -1) -> dict:
         """Patch features of one image (base64-encoded file bytes) for scripts: grid, tokens summary, PCA map.
@@ -400,6 +433,26 @@ class PatchLensApp:
                                                  format="png", elem_id="drift-map")
                         drift_info = gr.Markdown(elem_id="drift-info")
 
+                with gr.Tab("Compare", id="compare"):
+                    gr.Markdown(HELP["compare"])
+                    with gr.Row():
+                        compare_models = gr.Dropdown(model_choices(), value=[self.config.default_model], multiselect=True,
+                                                     max_choices=4, label="Encoders (2 to 4)", elem_id="compare-models",
+                                                     allow_custom_value=True, scale=3)
+                        compare_k = gr.Slider(2, 12, 5, step=1, label="Parts (k)", scale=1)
+                        compare_run = gr.Button("Compare", variant="primary", elem_id="compare-run", scale=1)
+                    with gr.Row():
+                        compare_image = gr.Image(label="Click a spot: every encoder's similarity map follows",
+                                                 interactive=False, format="png", elem_id="compare-image", scale=1)
+                        with gr.Column(scale=3):
+                            compare_table = gr.Dataframe(label="Numbers", interactive=False, elem_id="compare-table")
+                            with gr.Row():
+                                compare_png = gr.File(label="Comparison (PNG)", elem_id="compare-png")
+                                compare_html = gr.File(label="Report (HTML)", elem_id="compare-html")
+                    compare_rows = {row: gr.Gallery(label=row, columns=4, height=300, format="png", object_fit="contain",
+                                                    elem_id=f"compare-{row.split()[0].lower()}")
+                                    for row in handlers_compare.ROWS}
+
             # ----------------------------------------------------------------------------- events
             model_inputs = [model, weights_upload, weights_path, image_size]
             image_outputs = [images, gallery, image_status, selected, uploads]
@@ -439,6 +492,11 @@ class PatchLensApp:
             on(uploads.upload, ui_errors(self.add_images), [uploads, images], image_outputs, "pca", "parts")
             on(examples_btn.click, ui_errors(self.add_examples), [images], image_outputs, "pca", "parts")
             on(clear_btn.click, self.clear_images, [images], image_outputs, "pca", "parts", "similarity")
+            compare_click = gr.State((0.5, 0.5))  # the spot, as fractions of the image's width and height
+            runners["compare"] = (ui_errors(self.run_compare), [images, selected, compare_models, compare_k, compare_click],
+                                  [compare_image, compare_table, compare_png, compare_html, *compare_rows.values()])
+            compare_run.click(*runners["compare"])
+            on(compare_image.select, self.click_fraction, [compare_image], compare_click, "compare")
             on(selected.change, *runners["overview"], "attention", "reconstruct", "drift")
             for control in (mae_name, mae_weights, mask_kind, mask_ratio, mask_seed):
                 on(control.change, *runners["reconstruct"], "drift")

@@ -8,24 +8,13 @@ from pathlib import Path
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def describe_machine() -> str:
-    import os
-
     import timm
     import torch
 
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu_name()} ({os.cpu_count()} cores visible, torch threads {torch.get_num_threads()}), {device}; "
+    from ssl_core.system import hardware
+
+    return (f"{hardware()}; "
             f"Python {platform.python_version()}, torch {torch.__version__}, timm {timm.__version__}; "
             f"{datetime.date.today().isoformat()}")
 

@@ -131,12 +131,14 @@ def resolve_spec(name: str) -> ModelSpec:
     if not timm.is_model(arch):
         known = ", ".join(s.name for s in all_specs())
         raise KeyError(f"unknown model '{name}': not a PatchLens name ({known}) nor a timm model id")
-    if "." in name:
-        return ModelSpec(name=name, arch=arch, source="hub", hub_id=name, family="timm")
     pretrained_ids = list(timm.models.get_arch_pretrained_cfgs(arch))  # "arch.tag", the default first
-    if pretrained_ids:
-        return ModelSpec(name=name, arch=arch, source="hub", hub_id=pretrained_ids[0], family="timm")
-    return ModelSpec(name=name, arch=arch, source="random", family="timm", objective="none (random weights)")
+    full_id = name if "." in name else (pretrained_ids[0] if pretrained_ids else arch)
+    cfg = timm.models.get_pretrained_cfg(full_id)
+    image_size = int(cfg.input_size[-1]) if cfg is not None else 224  # the size the model was trained at
+    if cfg is not None and (cfg.hf_hub_id or cfg.url):
+        return ModelSpec(name=name, arch=arch, source="hub", hub_id=full_id, family="timm", image_size=image_size)
+    return ModelSpec(name=name, arch=arch, source="random", family="timm", objective="none (random weights)",
+                     image_size=image_size)
 
 
 def with_image_size(spec: ModelSpec, image_size: int | None) -> ModelSpec:

@@ -1,0 +1,26 @@
+"""What machine this is, in words: for model cards and benchmark records."""
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def hardware(device: torch.device | None = None) -> str:
+    """The GPU in use (and the CPU), or the CPU with its cores and torch threads."""
+    device = device or (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    if device.type == "cuda":
+        return f"GPU: {torch.cuda.get_device_name(device)} (CPU: {cpu_name()})"
+    return f"CPU: {cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s)"

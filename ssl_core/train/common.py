@@ -1,0 +1,362 @@
+"""What every training method shares: tensor augmentations, the AdamW + cosine loop, loss logs, weights and cards.
+
+A method is an `Objective`: a module that turns a batch of parts-world images into a loss (`forward`), may
+update something after each optimiser step (`after_step`: an EMA teacher), and says what to save (`export`).
+`run_training` drives it: AdamW (no weight decay on biases, norms and tokens), linear warmup then cosine decay,
+gradient clipping, bf16 autocast on a GPU, a loss log (``<name>.losses.csv``, one row per ``log_every`` steps,
+means over those steps), float16 ``<name>.safetensors`` weights with metadata (method, steps, seed, loss) and a
+model card ``<name>.md`` that records the exact command, seed, hardware, versions, run time and final losses.
+
+Seeds: the run seed seeds torch (heads, masks, augmentations) and picks the parts-world training stream
+(`ssl_core.partsworld.PartsWorldStream`); the same command on the same hardware repeats the same run.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch import nn
+
+from ..models.registry import BUNDLED_DIR
+from ..system import hardware
+
+ProgressFn = Callable[[int, int], None]
+
+
+# ------------------------------------------------------------------------------------------------ config
+@dataclass
+class TrainConfig:
+    """One training run. ``lr`` None takes the method's default; ``warmup_steps`` None is 10% of the steps."""
+
+    method: str
+    name: str  # file stem of the outputs, e.g. "patchlens-dino"
+    out_dir: Path = BUNDLED_DIR
+    steps: int = 1000
+    batch_size: int = 64
+    seed: int = 0
+    lr: float | None = None  # peak learning rate
+    min_lr_ratio: float = 0.01  # the cosine ends at lr * min_lr_ratio
+    weight_decay: float = 0.05
+    warmup_steps: int | None = None
+    grad_clip: float = 3.0
+    image_size: int = 96
+    arch: str = "patchlens_vit_tiny_p8"
+    device: str | None = None  # None: cuda when present
+    workers: int | None = None  # DataLoader workers generating images (None: 0 on a CPU, up to 8 on a GPU)
+    threads: int | None = None  # torch CPU threads (None: torch's default)
+    log_every: int = 10
+    command: str = ""  # how the run was started, for the model card
+
+    def __post_init__(self):
+        self.out_dir = Path(self.out_dir)
+        for key in ("steps", "batch_size", "image_size", "log_every"):
+            if int(getattr(self, key)) < 1:
+                raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be at least 2, got {self.batch_size}")
+
+    @property
+    def warmup(self) -> int:
+        return int(self.warmup_steps) if self.warmup_steps is not None else max(1, self.steps // 10)
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor  # scalar, to minimise
+    metrics: dict[str, float] = field(default_factory=dict)  # logged beside the loss (accuracy, spread ...)
+
+
+class Objective(nn.Module):
+    """A training method: subclasses set ``method`` and ``default_lr`` and implement `forward` and `export`."""
+
+    method: str = ""
+    default_lr: float = 1e-3
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, step: int, total: int) -> StepOutput:
+        """images: [B, 3, S, S] uint8 on the device, labels: [B] object classes -> loss and metrics."""
+        raise NotImplementedError
+
+    def after_step(self, step: int, total: int) -> None:
+        """Called after each optimiser step (EMA teachers update here)."""
+
+    def export(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """(state dict to save: encoder keys as timm names them, plus the method's extras; extra metadata)."""
+        raise NotImplementedError
+
+
+@dataclass
+class TrainResult:
+    name: str
+    method: str
+    weights_path: Path
+    card_path: Path
+    log_path: Path
+    steps: int
+    wall_s: float
+    final_losses: dict[str, float]  # means over the last 10% of steps
+    history: list[dict[str, float]]  # the logged rows
+
+
+# ------------------------------------------------------------------------------------------------ augmentations
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, 3, H, W] -> float in [0, 1]."""
+    return images.float().div_(255.0)
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] RGB [B, 3, H, W] -> ImageNet-normalised, as the bundled models take it."""
+    mean = x.new_tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1)
+    std = x.new_tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.rand(n, generator=generator) * (high - low) + low
+
+
+def random_resized_crop(x: torch.Tensor, size: int, scale: tuple[float, float] = (0.3, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3), flip: bool = True,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random crop of each image (area fraction in ``scale``, aspect in ``ratio``), resized to ``size``,
+    mirrored with probability 0.5. x: [B, 3, H, W] -> [B, 3, size, size] (bilinear)."""
+    B = x.shape[0]
+    area = _uniform(B, *scale, generator)
+    aspect = torch.exp(_uniform(B, math.log(ratio[0]), math.log(ratio[1]), generator))
+    w = torch.sqrt(area * aspect).clamp(max=1.0)  # crop width and height as fractions of the image side
+    h = torch.sqrt(area / aspect).clamp(max=1.0)
+    cx = (torch.rand(B, generator=generator) * 2 - 1) * (1 - w)  # centre in [-1, 1] coordinates
+    cy = (torch.rand(B, generator=generator) * 2 - 1) * (1 - h)
+    sign = torch.where(torch.rand(B, generator=generator) < 0.5, -1.0, 1.0) if flip else torch.ones(B)
+    theta = torch.zeros(B, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2] = w * sign, cx
+    theta[:, 1, 1], theta[:, 1, 2] = h, cy
+    grid = F.affine_grid(theta.to(x), [B, 3, size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """[B, 3, H, W] -> luma [B, 1, H, W]."""
+    return (x * x.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+
+
+def color_jitter(x: torch.Tensor, brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.2,
+                 p: float = 0.8, p_gray: float = 0.2, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random brightness, contrast and saturation (each image with probability p), then grayscale with
+    probability ``p_gray``. x: [B, 3, H, W] in [0, 1] -> same, clipped to [0, 1]."""
+    B = x.shape[0]
+
+    def factors(strength: float) -> torch.Tensor:
+        f = _uniform(B, 1 - strength, 1 + strength, generator)
+        return torch.where(torch.rand(B, generator=generator) < p, f, torch.ones(B)).to(x).view(B, 1, 1, 1)
+
+    x = x * factors(brightness)
+    mean = grayscale(x).mean(dim=(2, 3), keepdim=True)
+    x = (x - mean) * factors(contrast) + mean
+    gray = grayscale(x)
+    x = (x - gray) * factors(saturation) + gray
+    to_gray = (torch.rand(B, generator=generator) < p_gray).to(x).view(B, 1, 1, 1)
+    return (x * (1 - to_gray) + grayscale(x) * to_gray).clamp(0, 1)
+
+
+# ------------------------------------------------------------------------------------------------ optimisation
+def lr_at(step: int, total: int, peak: float, warmup: int, min_ratio: float) -> float:
+    """Linear warmup to ``peak`` over ``warmup`` steps, then cosine decay to ``peak * min_ratio``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def cosine_ramp(step: int, total: int, start: float, end: float) -> float:
+    """``start`` at step 0 to ``end`` at the last step along a half cosine (EMA momentum schedules)."""
+    return end - (end - start) * 0.5 * (1 + math.cos(math.pi * step / max(1, total - 1)))
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on matrices, none on biases, norms and learned tokens/embeddings."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        plain = param.ndim <= 1 or name.endswith(("token", "pos_embed")) or ".norm" in name
+        (no_decay if plain else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def embedding_spread(x: torch.Tensor) -> float:
+    """How spread out L2-normalised embeddings are across a batch: mean per-dimension std times sqrt(D).
+
+    About 1 for random directions, 0 when every embedding is the same (collapse). x: [B, D].
+    """
+    z = F.normalize(x.detach().float(), dim=-1)
+    return float(z.std(dim=0).mean() * math.sqrt(z.shape[-1]))
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+def batches(config: TrainConfig, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless (images uint8 [B, 3, S, S], labels [B]) from the run's parts-world stream."""
+    from torch.utils.data import DataLoader
+
+    from ..partsworld import PartsWorldStream
+
+    workers = config.workers if config.workers is not None else (min(8, (os.cpu_count() or 2) - 1) if device.type == "cuda" else 0)
+    loader = DataLoader(PartsWorldStream(config.seed, config.image_size), batch_size=config.batch_size,
+                        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    for batch in loader:
+        yield batch["image"].to(device, non_blocking=True), batch["label"].to(device, non_blocking=True)
+
+
+def run_training(objective: Objective, config: TrainConfig, device: torch.device,
+                 progress: ProgressFn | None = None) -> TrainResult:
+    """Train ``objective`` for ``config.steps`` steps, then write weights, loss log and model card."""
+    objective.to(device).train()
+    groups = parameter_groups(objective, config.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.95))
+    peak = config.lr if config.lr is not None else objective.default_lr
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    log_path = config.out_dir / f"{config.name}.losses.csv"
+    history: list[dict[str, float]] = []
+    window: list[dict[str, float]] = []
+    losses: list[float] = []
+    start = time.perf_counter()
+    with open(log_path, "w", newline="") as log_file:
+        writer = None
+        for step, (images, labels) in zip(range(config.steps), batches(config, device)):
+            lr = lr_at(step, config.steps, peak, config.warmup, config.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with autocast(device):
+                out = objective(images, labels, step, config.steps)
+            if not torch.isfinite(out.loss):
+                raise FloatingPointError(f"{config.method}: the loss is {float(out.loss)} at step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            grad_norm = nn.utils.clip_grad_norm_(objective.parameters(), config.grad_clip)
+            optimizer.step()
+            objective.after_step(step, config.steps)
+            losses.append(float(out.loss.detach()))
+            window.append({"loss": losses[-1], "grad_norm": float(grad_norm), **out.metrics})
+            if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+                row = {"step": step + 1, "lr": lr, "elapsed_s": round(time.perf_counter() - start, 2)}
+                row |= {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+                history.append(row)
+                window = []
+                if writer is None:
+                    writer = csv.DictWriter(log_file, fieldnames=list(row), lineterminator="\n")
+                    writer.writeheader()
+                writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+                log_file.flush()
+            if progress is not None:
+                progress(step + 1, config.steps)
+    wall_s = time.perf_counter() - start
+    tail = max(1, config.steps // 10)
+    final = {"loss": sum(losses[-tail:]) / len(losses[-tail:])}
+    for key in history[-1]:
+        if key not in ("step", "lr", "elapsed_s", "loss"):
+            rows = history[-max(1, len(history) // 10):]
+            final[key] = sum(r[key] for r in rows) / len(rows)
+    state_dict, extra_metadata = objective.export()
+    weights_path = save_weights(state_dict, config.out_dir / f"{config.name}.safetensors", {
+        "method": config.method, "steps": str(config.steps), "seed": str(config.seed), "loss": f"{final['loss']:.6g}",
+        "arch": config.arch, "image_size": str(config.image_size), "command": config.command, **extra_metadata})
+    result = TrainResult(name=config.name, method=config.method, weights_path=weights_path,
+                         card_path=config.out_dir / f"{config.name}.md", log_path=log_path, steps=config.steps,
+                         wall_s=wall_s, final_losses=final, history=history)
+    write_model_card(result, config, device, objective)
+    return result
+
+
+def save_weights(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> Path:
+    """Floating tensors as float16 (others unchanged) in a .safetensors file with string metadata."""
+    from safetensors.torch import save_file
+
+    tensors = {k: (v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.detach().cpu()).contiguous()
+               for k, v in state_dict.items()}
+    save_file(tensors, str(path), metadata={k: str(v) for k, v in metadata.items()})
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ model card
+def budget_note(config: TrainConfig, device: torch.device, wall_s: float) -> str:
+    minutes = wall_s / 60
+    retrain = (f"`patchlens train --method {config.method} --name {config.name} --steps {max(20000, config.steps * 10)} "
+               f"--batch-size 256`")
+    if device.type == "cuda":
+        return f"Trained on a GPU ({torch.cuda.get_device_name(device)}) for {minutes:.1f} minutes."
+    return (f"Trained on a {os.cpu_count()}-core CPU ({torch.get_num_threads()} thread(s)) for {minutes:.1f} minutes: "
+            f"a small budget ({config.steps} steps of {config.batch_size} images), so these features are far from "
+            f"what the objective reaches with more compute. Retrain on a GPU with {retrain} for better features.")
+
+
+def write_model_card(result: TrainResult, config: TrainConfig, device: torch.device, objective: Objective) -> Path:
+    import timm
+
+    params = sum(p.numel() for p in objective.parameters())
+    losses = ", ".join(f"{k} {v:.4g}" for k, v in result.final_losses.items())
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k != "command"}
+    settings["lr"] = config.lr if config.lr is not None else objective.default_lr
+    lines = [
+        f"# {result.name}",
+        "",
+        f"A `{config.arch}` encoder trained by PatchLens on the parts world (`ssl_core/partsworld.py`) with the "
+        f"**{config.method}** objective ({(objective.__doc__ or '').strip().splitlines()[0]}).",
+        "",
+        f"- command: `{config.command}`",
+        f"- seed: {config.seed}",
+        f"- hardware: {hardware(device)}",
+        f"- software: torch {torch.__version__}, timm {timm.__version__}, Python {platform.python_version()}",
+        f"- steps: {config.steps} x batch {config.batch_size} at {config.image_size} px "
+        f"({config.steps * config.batch_size} generated images)",
+        f"- wall time: {result.wall_s / 60:.1f} min ({result.wall_s / config.steps:.2f} s/step)",
+        f"- final losses (mean over the last 10% of steps): {losses}",
+        f"- trainable parameters during training: {params / 1e6:.2f}M (heads and decoders included)",
+        f"- weights: `{result.weights_path.name}` (float16 safetensors); loss log: `{result.log_path.name}`",
+        "",
+        "## Budget",
+        "",
+        budget_note(config, device, result.wall_s),
+        "",
+        "## Load",
+        "",
+        "```python",
+        "from ssl_core import load_encoder",
+        f'encoder = load_encoder("{config.arch}", weights="{result.weights_path.name}")  '
+        f'# or load_encoder("{result.name}") when it is the bundled file',
+        "```",
+        "",
+        "## Settings",
+        "",
+        "```json",
+        json.dumps(settings, indent=2),
+        "```",
+        "",
+    ]
+    result.card_path.write_text("\n".join(lines))
+    return result.card_path
+
+
+def build_encoder(config: TrainConfig) -> nn.Module:
+    """A fresh timm ViT of ``config.arch`` (no classifier, any input size), its weights drawn from torch's RNG."""
+    from ..encoder import build_model
+    from ..models.registry import resolve_spec
+
+    model, _ = build_model(resolve_spec(config.arch))
+    model.init_weights()  # build_model draws with a fixed seed; redraw from the run's seed
+    return model

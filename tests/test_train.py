@@ -1,0 +1,153 @@
+"""Training: augmentations, schedule, each method learning on a CPU, saved files that load, the CLI, CAE and DILEMMA pieces."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from ssl_core import load_encoder
+from ssl_core.train import DEFAULT_NAMES, METHODS, train
+from ssl_core.train.common import color_jitter, embedding_spread, lr_at, random_resized_crop
+
+# Small and quick: 48 px images (a 6x6 grid), batch 8, a high enough rate to see the loss fall in a few steps.
+QUICK = dict(steps=14, batch_size=8, seed=0, device="cpu", image_size=48, log_every=1)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine, two threads that wait on each other run these ~25x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_augmentations_are_identity_at_their_neutral_settings_and_random_otherwise():
+    x = torch.rand(4, 3, 32, 32)
+    same = random_resized_crop(x, 32, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=False)
+    assert torch.allclose(same, x, atol=1e-5)
+    assert torch.allclose(color_jitter(x, p=0.0, p_gray=0.0), x, atol=1e-6)
+    gray = color_jitter(x, p=0.0, p_gray=1.0)
+    assert torch.allclose(gray[:, 0], gray[:, 1]) and torch.allclose(gray[:, 1], gray[:, 2])
+    generator = torch.Generator().manual_seed(0)
+    crops = random_resized_crop(x, 16, generator=generator)
+    assert crops.shape == (4, 3, 16, 16) and not torch.allclose(crops, random_resized_crop(x, 16, generator=generator))
+
+
+def test_learning_rate_warms_up_then_decays_by_cosine():
+    rates = [lr_at(s, 100, 1e-3, 10, 0.01) for s in range(100)]
+    assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:]))
+    assert rates[-1] == pytest.approx(1e-5, rel=0.05)
+
+
+def test_embedding_spread_tells_collapse_from_spread():
+    assert embedding_spread(torch.randn(256, 64)) == pytest.approx(1.0, abs=0.1)
+    assert embedding_spread(torch.randn(1, 64).repeat(256, 1) + 1e-4 * torch.randn(256, 64)) < 0.01
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_learns_on_a_cpu_and_saves_weights_that_load(method, tmp_path):
+    result = train(method, out_dir=tmp_path, **QUICK)
+    losses = [row["loss"] for row in result.history]
+    assert len(losses) == QUICK["steps"]
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4, losses  # averaged over 4 steps at each end
+
+    with safe_open(str(result.weights_path), framework="pt") as f:
+        meta = f.metadata()
+        dtypes = {f.get_tensor(k).dtype for k in f.keys()}
+    assert meta["method"] == method and meta["steps"] == "14" and meta["seed"] == "0" and float(meta["loss"]) > 0
+    assert dtypes == {torch.float16}
+    encoder = load_encoder(DEFAULT_NAMES[method], weights=result.weights_path, device="cpu", cache=None)
+    random = load_encoder("random-tiny", device="cpu", cache=None)
+    assert not torch.equal(encoder.model.blocks[0].attn.qkv.weight, random.model.blocks[0].attn.qkv.weight)
+    [features] = encoder.extract([torch.randint(0, 255, (96, 96, 3), dtype=torch.uint8).numpy()])
+    assert features.grid_hw == (12, 12) and torch.isfinite(features.patch_tokens).all()
+
+    card = result.card_path.read_text()
+    for text in ("command: `python -c", "seed: 0", "hardware: CPU", "timm", "steps: 14 x batch 8", "wall time",
+                 "final losses", "small budget", f"--method {method}"):
+        assert text in card, text
+    rows = list(csv.DictReader(open(result.log_path)))
+    assert len(rows) == 14 and float(rows[0]["loss"]) == pytest.approx(losses[0], rel=1e-4)
+
+
+def test_unknown_method_is_refused_by_name(tmp_path):
+    with pytest.raises(ValueError, match="unknown training method 'simclr'"):
+        train("simclr", out_dir=tmp_path, steps=1)
+
+
+def test_supervised_run_is_repeatable_for_a_seed(tmp_path):
+    first = train("supervised", out_dir=tmp_path / "a", steps=3, batch_size=4, seed=5, device="cpu", image_size=32)
+    second = train("supervised", out_dir=tmp_path / "b", steps=3, batch_size=4, seed=5, device="cpu", image_size=32)
+    assert [r["loss"] for r in first.history] == [r["loss"] for r in second.history]
+
+
+def test_mae_and_cae_files_load_whole_with_their_decoders(tmp_path):
+    from ssl_core.cae import load_cae
+    from ssl_core.mae import load_mae
+
+    mae_run = train("mae", out_dir=tmp_path, steps=2, batch_size=4, seed=0, device="cpu", image_size=48)
+    mae = load_mae(mae_run.weights_path)
+    assert mae.norm_pix_loss and mae.img_size == 48 and len(mae.decoder_blocks) == 2
+
+    cae_run = train("cae", out_dir=tmp_path, steps=2, batch_size=4, seed=0, device="cpu", image_size=48)
+    cae = load_cae(cae_run.weights_path)
+    with safe_open(str(cae_run.weights_path), framework="pt") as f:
+        keys = set(f.keys())
+    assert {"cls_token", "pos_embed", "blocks.0.attn.qkv.weight", "mask_token"} <= keys
+    assert any(k.startswith("regressor.blocks.") for k in keys) and any(k.startswith("decoder.pred") for k in keys)
+    mask = torch.zeros(36, dtype=torch.bool)
+    mask[[0, 7, 14, 35]] = True
+    imgs = torch.randn(2, 3, 48, 48)
+    predicted, target = cae.predict_masked_latents(imgs, mask)
+    assert predicted.shape == target.shape == (2, 4, 192)
+    # the target is the encoder's own view of the hidden patches alone: it does not depend on the visible ones
+    other = imgs.clone()
+    other[:, :, 24:40, 8:24] += 1.0  # patches (3, 1), (3, 2), (4, 1), (4, 2): all visible
+    _, target_other = cae.predict_masked_latents(other, mask)
+    assert torch.allclose(target, target_other, atol=1e-5)
+
+
+def test_cae_refuses_a_file_without_its_metadata(tmp_path):
+    from ssl_core.cae import load_cae
+    from ssl_core.models.weights import CheckpointError
+
+    run = train("supervised", out_dir=tmp_path, steps=1, batch_size=2, seed=0, device="cpu", image_size=32)
+    with pytest.raises(CheckpointError, match="not a PatchLens CAE file"):
+        load_cae(run.weights_path)
+
+
+def test_misplaced_tokens_carry_another_kept_tokens_position():
+    from ssl_core.train.dilemma import misplace_tokens
+
+    torch.manual_seed(0)
+    N, L, D = 3, 36, 8
+    content = torch.randn(N, L, D)
+    positions = torch.randn(1, L, D)
+    kept, swapped = misplace_tokens(content + positions, positions, keep_ratio=0.5, swap_ratio=0.25)
+    assert kept.shape == (N, 18, D) and swapped.sum(1).tolist() == [4.0, 4.0, 4.0]
+    for n in range(N):
+        for k in range(18):
+            residual = kept[n, k] - positions[0]  # [L, D]: which content and which position make this token
+            content_match = (residual[:, None] - content[n][None]).abs().amax(-1) < 1e-5  # [L pos, L content]
+            (pos, src), = content_match.nonzero().tolist()
+            assert (pos != src) == bool(swapped[n, k])
+
+
+def test_cli_train_records_the_command_that_repeats_it(tmp_path, capsys):
+    import app.cli_train  # noqa: F401  (registers `train`)
+    from app.cli import main
+
+    assert main(["train", "--method", "supervised", "--out", str(tmp_path), "--steps", "2", "--batch-size", "4",
+                 "--image-size", "32", "--name", "tiny-sup", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny-sup.safetensors" in out and (tmp_path / "tiny-sup.md").is_file()
+    card = (tmp_path / "tiny-sup.md").read_text()
+    assert (f"command: `patchlens train --method supervised --out {tmp_path} --steps 2 --batch-size 4 --seed 0 "
+            f"--name tiny-sup --image-size 32 --device cpu`") in card
+    settings = json.loads(card.split("```json")[1].split("```")[0])
+    assert settings["steps"] == 2 and settings["batch_size"] == 4
