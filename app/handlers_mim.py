@@ -13,12 +13,12 @@ from PIL import Image
 
 from app.handlers import patch_at, to_display
 from ssl_core import render
-from ssl_core.context import context_drift
+from ssl_core.context import context_drift, predicted_alignment
 from ssl_core.encoder import Encoder
 from ssl_core.images import ImageSource
 from ssl_core.mae import MaskedAutoencoder
 from ssl_core.masks import Cell, MaskSpec, toggle_cells
-from ssl_core.reconstruct import MASK_FILL, ReconstructionResult, fill_patches, reconstruct
+from ssl_core.reconstruct import MASK_FILL, ReconstructionResult, fill_patches, prepare_image, reconstruct
 
 @dataclass(frozen=True)
 class DisplayGrid:
@@ -107,3 +107,24 @@ def context_drift_view(encoder: Encoder, image: ImageSource | Image.Image, kind:
             + ("" if encoder.trained else "\n\n⚠️ **This model is untrained (random weights)**."))
     return DriftView(to_display(grid, picture), info)
 
+
+
+def cae_alignment_view(cae, image: ImageSource | Image.Image, kind: str = "random", ratio: float = 0.75, seed: int = 0,
+                       custom_hidden: set[Cell] | frozenset[Cell] = frozenset()) -> DriftView:
+    """Per hidden patch, the cosine between the CAE regressor's predicted latent and the encoder's own latent."""
+    spec = MaskSpec(kind, float(ratio), frozenset(custom_hidden))
+    mask = spec.build(tuple(cae.grid_hw), int(seed))
+    alignment = predicted_alignment(cae, image, mask)
+    picture = prepare_image(cae, image)
+    grid = DisplayGrid(picture, tuple(cae.grid_hw), cae.patch_size)
+    if mask.any():
+        heat = render.upsample(render.apply_colormap(np.nan_to_num(alignment, nan=0.0), -1.0, 1.0, "viridis"),
+                               picture.shape[:2])
+        picture = fill_patches((picture * 0.35).astype(np.uint8), mask, cae.patch_size, heat)
+        summary = (f"mean cosine over the {int(mask.sum())} hidden patches: **{float(np.nanmean(alignment)):.3f}** "
+                   f"(1 = the prediction points where the encoder's own latent does; colour scale −1 to 1)")
+    else:
+        summary = "no patch is hidden"
+    info = ("**CAE predictor** (bundled patchlens-cae) · the latent regressor predicts each hidden patch's "
+            f"representation from the visible ones; here against the encoder's own · mask {spec.describe()} · {summary}")
+    return DriftView(to_display(grid, picture), info)

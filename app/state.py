@@ -14,7 +14,8 @@ from ssl_core.cache import LRUCache
 from ssl_core.encoder import Encoder, load_encoder
 from ssl_core.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 from ssl_core.mae import MaskedAutoencoder, open_mae
-from ssl_core.models.registry import ASSETS_DIR
+from ssl_core.cae import load_cae
+from ssl_core.models.registry import ASSETS_DIR, BUNDLED_DIR
 
 log = logging.getLogger("patchlens")
 EXAMPLES_DIR = ASSETS_DIR / "examples"
@@ -66,6 +67,11 @@ class ModelPool:
 
     def get_mae(self, name: str | None, weights: str | None = None) -> MaskedAutoencoder:
         return self._get(("mae", name or "", str(weights or "")), lambda: open_mae(name or None, weights or None))
+
+    def get_cae(self):
+        """The bundled CAE (encoder + latent regressor + decoder), or None where it is not installed."""
+        path = BUNDLED_DIR / "patchlens-cae.safetensors"
+        return self._get(("cae", str(path)), lambda: load_cae(path)) if path.is_file() else None
 
     def _get(self, key: tuple, load: Callable[[], object]):
         model = self._cache.get(key)

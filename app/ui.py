@@ -244,6 +244,17 @@ class PatchLensApp:
         toggled = handlers_mim.toggle_patch(hidden, *evt.index[:2], handlers_mim.mae_display_grid(mae))
         return toggled, "custom"
 
+    def run_cae(self, images, selected, kind, ratio, seed, hidden):
+        image = _pick(images, selected)
+        if image is None:
+            return None, ""
+        cae = self.pool.get_cae()
+        if cae is None:
+            return None, ("The bundled CAE model (`patchlens-cae`) is not installed, so its predictor cannot be shown; "
+                          "train it with `patchlens train --method cae`.")
+        view = handlers_mim.cae_alignment_view(cae, image.image, kind, ratio, int(seed or 0), hidden or frozenset())
+        return view.drift, view.info
+
     def run_drift(self, images, selected, kind, ratio, seed, hidden, *model_args):
         image = _pick(images, selected)
         if image is None:
@@ -432,6 +443,10 @@ class PatchLensApp:
                         drift_picture = gr.Image(label="Context drift of the chosen model (same mask)", interactive=False,
                                                  format="png", elem_id="drift-map")
                         drift_info = gr.Markdown(elem_id="drift-info")
+                    with gr.Row():
+                        cae_picture = gr.Image(label="CAE: predicted vs own latent of each hidden patch (cosine)",
+                                               interactive=False, format="png", elem_id="cae-map")
+                        cae_info = gr.Markdown(elem_id="cae-info")
 
                 with gr.Tab("Compare", id="compare"):
                     gr.Markdown(HELP["compare"])
@@ -488,6 +503,7 @@ class PatchLensApp:
                                       [rec_masked, rec_output, rec_pasted, rec_error, rec_info])
             runners["drift"] = (ui_errors(self.run_drift), [images, selected, *mask_inputs, *model_inputs],
                                 [drift_picture, drift_info])
+            runners["cae"] = (ui_errors(self.run_cae), [images, selected, *mask_inputs], [cae_picture, cae_info])
             everything = ("overview", "pca", "parts", "attention", "similarity")
             on(uploads.upload, ui_errors(self.add_images), [uploads, images], image_outputs, "pca", "parts")
             on(examples_btn.click, ui_errors(self.add_examples), [images], image_outputs, "pca", "parts")
@@ -497,12 +513,12 @@ class PatchLensApp:
                                   [compare_image, compare_table, compare_png, compare_html, *compare_rows.values()])
             compare_run.click(*runners["compare"])
             on(compare_image.select, self.click_fraction, [compare_image], compare_click, "compare")
-            on(selected.change, *runners["overview"], "attention", "reconstruct", "drift")
+            on(selected.change, *runners["overview"], "attention", "reconstruct", "drift", "cae")
             for control in (mae_name, mae_weights, mask_kind, mask_ratio, mask_seed):
-                on(control.change, *runners["reconstruct"], "drift")
+                on(control.change, *runners["reconstruct"], "drift", "cae")
             on(rec_masked.select, ui_errors(self.toggle_mask_patch), [images, selected, mae_name, mae_weights, hidden],
-               [hidden, mask_kind], "reconstruct", "drift")
-            on(mask_clear.click, lambda: frozenset(), None, hidden, "reconstruct", "drift")
+               [hidden, mask_kind], "reconstruct", "drift", "cae")
+            on(mask_clear.click, lambda: frozenset(), None, hidden, "reconstruct", "drift", "cae")
             status_outputs = [model_info, layer, att_block, att_head]
             for component in model_inputs:
                 on(component.change, ui_errors(self.model_status), model_inputs, status_outputs, *everything)

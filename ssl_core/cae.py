@@ -28,7 +28,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from .mae import embed_patches, encode_tokens, patch_statistics, patchify, random_masking, sincos_pos_embed_2d
-from .models.weights import CheckpointError, read_state_dict
+from .models.weights import CheckpointError, check_fits, read_state_dict, safetensors_metadata
 
 METADATA_KEY = "patchlens_cae"
 EXTRA_PREFIXES = ("mask_token", "regressor.", "decoder.")
@@ -249,21 +249,13 @@ def cae_metadata(model: CAEModel) -> dict[str, str]:
 
 def load_cae(path: str | os.PathLike, device: str | torch.device = "cpu") -> CAEModel:
     """A CAE saved by PatchLens (`cae_state_dict` + metadata), whole, in eval mode; `CheckpointError` otherwise."""
-    from safetensors import safe_open
-
     state_dict = read_state_dict(path)
-    metadata: dict[str, str] = {}
-    if str(path).endswith(".safetensors"):
-        with safe_open(str(path), framework="pt") as f:
-            metadata = dict(f.metadata() or {})
+    metadata = safetensors_metadata(path)
     if METADATA_KEY not in metadata:
         raise CheckpointError(f"{path}: not a PatchLens CAE file (no '{METADATA_KEY}' metadata)")
     model = CAEModel(CAEConfig.from_json(metadata[METADATA_KEY]))
     expected = cae_state_dict(model)
-    missing = [k for k in expected if k not in state_dict]
-    wrong = [k for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape]
-    if missing or wrong:
-        raise CheckpointError(f"{path} does not fit its CAE config: missing {missing[:8]}, wrong shapes {wrong[:8]}")
+    check_fits(expected, state_dict, f"{path} does not fit its CAE config")
     model.load_state_dict({(k if k.startswith(EXTRA_PREFIXES) else f"encoder.{k}"): state_dict[k] for k in expected})
     return model.eval().to(device)
 

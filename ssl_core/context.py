@@ -59,3 +59,31 @@ def context_drift(encoder: Encoder, image: ImageSource | Image.Image, mask: np.n
     drift = np.full(grid[0] * grid[1], np.nan, dtype=np.float32)
     drift[~mask.reshape(-1)] = cosine.cpu().numpy()
     return drift.reshape(grid)
+
+
+def predicted_alignment(cae, image: ImageSource | Image.Image, mask: np.ndarray) -> np.ndarray:
+    """CAE's representation-space prediction, per hidden patch: the cosine between the latent the regressor
+    predicts from the visible patches and the encoder's own latent of that patch. -> [h, w], NaN where visible.
+
+    ``cae`` is a `ssl_core.cae.CAEModel`; the image is prepared like an MAE's (short side resized, centre crop).
+    """
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    from .reconstruct import prepare_image
+
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != tuple(cae.grid_hw):
+        raise ValueError(f"mask is {mask.shape[0]}x{mask.shape[1]} patches; this CAE's grid is {cae.grid_hw[0]}x{cae.grid_hw[1]}")
+    if not mask.any():
+        return np.full(mask.shape, np.nan)
+    device = next(cae.parameters()).device
+    picture = prepare_image(cae, image).astype(np.float32) / 255.0  # [S, S, 3]
+    mean, std = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
+    imgs = ((torch.from_numpy(picture).permute(2, 0, 1) - mean) / std)[None].to(device)  # [1, 3, S, S]
+    hidden = torch.from_numpy(mask.reshape(1, -1)).to(device)
+    with torch.inference_mode():
+        predicted, target = cae.predict_masked_latents(imgs, hidden)  # [1, M, D] each, hidden patches in patch order
+    cosine = F.cosine_similarity(predicted[0].float(), target[0].float(), dim=-1).cpu().numpy()
+    out = np.full(mask.shape, np.nan)
+    out[mask] = cosine
+    return out

@@ -43,7 +43,7 @@ from torch import nn
 from .models import zoo  # noqa: F401  (registers patchlens_vit_tiny_p8 with timm)
 from .models.registry import BUNDLED_DIR, ModelSpec
 from .models.weights import (TENSOR_SUFFIXES, CheckpointError, WeightsUnavailableError, _fetch_from_hf, check_fits,
-                             fetch_url, offline_hint, read_state_dict)
+                             fetch_url, offline_hint, read_state_dict, safetensors_metadata)
 
 METADATA_KEY = "patchlens_mae"
 MAE_EPS = 1e-6  # LayerNorm eps of the official MAE release (and of timm's ViT)
@@ -588,18 +588,6 @@ def _norm_pix_from_name(filename: str) -> bool | None:
     return None
 
 
-def _safetensors_metadata(path: Path) -> dict[str, str]:
-    if path.suffix != ".safetensors":
-        return {}
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except Exception:  # noqa: BLE001  (unreadable files are reported by read_state_dict)
-        return {}
-
-
 def _fetch_hf_repo(name: str, repo: str) -> tuple[Path, dict]:
     """Weights and config of a hub repository (from the cache, else downloaded; fails fast offline)."""
     spec = ModelSpec(name=name, arch="vit_mae", source="hub", hub_id=repo)
@@ -648,7 +636,7 @@ def load_mae(source: str | os.PathLike, arch: str | None = None, norm_pix_loss: 
         config_json = path.with_name("config.json")
         if config_json.is_file():
             hints.update(_hf_hints(json.loads(config_json.read_text())))
-    metadata = _safetensors_metadata(path)
+    metadata = safetensors_metadata(path)
     if METADATA_KEY in metadata:
         hints.update({k: v for k, v in asdict(MAEConfig.from_json(metadata[METADATA_KEY])).items()
                       if k in ("num_heads", "decoder_heads", "norm_eps", "norm_pix_loss", "arch")})

@@ -137,3 +137,24 @@ def test_cli_writes_the_pictures_and_metrics(tmp_path, image_file, tiny_mae, mon
     capsys.readouterr()
     assert main(["reconstruct", image_file(), "--out", str(out)]) == 2
     assert "bundled MAE 'patchlens-mae' is missing" in capsys.readouterr().err
+
+
+def test_cae_predicted_alignment_is_defined_exactly_on_hidden_patches():
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    from ssl_core.cae import CAEConfig, CAEModel
+    from ssl_core.context import predicted_alignment
+
+    cae = CAEModel(CAEConfig()).eval()
+    mask = random_mask(cae.grid_hw, 0.5, seed=2)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (100, 130, 3), dtype=np.uint8))
+    alignment = predicted_alignment(cae, image, mask)
+    assert np.isnan(alignment[~mask]).all() and np.isfinite(alignment[mask]).all()
+    assert (np.abs(alignment[mask]) <= 1 + 1e-6).all()
+    # the same numbers as the model's own API, hidden patches in patch order
+    pixels = torch.from_numpy(prepare_image(cae, image).astype(np.float32) / 255).permute(2, 0, 1)
+    imgs = ((pixels - torch.tensor(IMAGENET_DEFAULT_MEAN)[:, None, None]) / torch.tensor(IMAGENET_DEFAULT_STD)[:, None, None])[None]
+    with torch.inference_mode():
+        predicted, target = cae.predict_masked_latents(imgs, torch.from_numpy(mask.reshape(1, -1)))
+    expected = torch.nn.functional.cosine_similarity(predicted[0], target[0], dim=-1).numpy()
+    np.testing.assert_allclose(alignment[mask], expected, atol=1e-5)

@@ -61,6 +61,19 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return unwrap_state_dict(obj, str(path))
 
 
+def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a .safetensors file ({} for other files or unreadable ones)."""
+    if not str(path).endswith(".safetensors"):
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception:  # noqa: BLE001  (unreadable files are reported by read_state_dict)
+        return {}
+
+
 def unwrap_state_dict(obj: object, name: str) -> dict[str, torch.Tensor]:
     """Descend into training checkpoints ({'model': ...}, {'state_dict': ...}, {'teacher': ...})."""
     for _ in range(4):
