@@ -80,6 +80,12 @@ def boxed_source(image: np.ndarray, row: int, col: int, patch_size: int) -> np.n
     return render.enlarge(boxed, DISPLAY_MIN_SIDE)
 
 
+def query_picture(index: PatchIndex, encoder: Encoder, query: ImageSource) -> np.ndarray:
+    """The query image as `search_click` maps clicks on it: the index's resize, enlarged for display."""
+    features = index.embed_query(encoder, query).features
+    return to_display(features, features.image)
+
+
 def search_click(index: PatchIndex, encoder: Encoder, query: ImageSource, x: int, y: int, k: int = 10,
                  exclude_query_image: bool = True) -> SearchView:
     """The k gallery patches nearest to the patch under a click at display pixel (x, y) of the query image."""

@@ -45,6 +45,14 @@ class AppConfig:
             raise UserError(f"No such {what}: {path}")
         return resolved
 
+    def check_writable(self, path: str | os.PathLike, what: str = "folder") -> Path:
+        """The resolved path if it lies under a --allow-dir folder (the app writes nowhere else)."""
+        resolved = Path(path).expanduser().resolve()
+        if not any(resolved == d.resolve() or d.resolve() in resolved.parents for d in self.allow_dirs):
+            allowed = ", ".join(str(d) for d in self.allow_dirs) or "none (start with --allow-dir DIR)"
+            raise UserError(f"Not allowed to write {what} {path}: it is outside the allowed folders ({allowed}).")
+        return resolved
+
     def check_upload_size(self, path: str | os.PathLike) -> None:
         self.check_size(Path(path).stat().st_size, Path(path).name)
 
@@ -113,6 +121,17 @@ def load_uploads(paths: list[str], config: AppConfig) -> tuple[list[LoadedImage]
 def load_image_bytes(data: bytes, config: AppConfig, name: str = "uploaded image") -> Image.Image:
     config.check_size(len(data), name)
     return load_image(data, max_pixels=config.max_pixels, name=name)
+
+
+def write_images(images: list[LoadedImage], folder: Path) -> list[str]:
+    """Save loaded images as PNG files (for tools that read files, like the gallery index); returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, image in enumerate(images):
+        path = folder / f"{i:04d}_{Path(image.name).stem}.png"
+        image.image.save(path)
+        paths.append(str(path))
+    return paths
 
 
 def example_paths() -> list[Path]:

@@ -18,8 +18,9 @@ from ssl_core.models.registry import all_specs, default_model_name
 
 from ssl_core.mae import DEFAULT_MAE, MAE_SOURCES
 
-from . import handlers, handlers_compare, handlers_mim
-from .state import AppConfig, LoadedImage, ModelPool, UserError, example_paths, load_image_bytes, load_uploads
+from . import handlers, handlers_compare, handlers_gallery, handlers_mim
+from .state import (AppConfig, LoadedImage, ModelPool, UserError, example_paths, load_image_bytes, load_uploads,
+                    write_images)
 
 log = logging.getLogger("patchlens")
 EXPECTED_ERRORS = (UserError, ImageLoadError, WeightsUnavailableError, CheckpointError, AttentionUnavailableError,
@@ -51,6 +52,16 @@ prediction pasted into the hidden patches only, and the error of each hidden pat
     "representation": """**Representation space (CAE's idea), for the model chosen at the top.** Encode the visible
 patches alone and the whole image: how far does each visible patch's representation move when the grey patches are
 removed? Patches whose tokens lean on the removed context turn dark.""",
+    "gallery": """**Search a gallery for the nearest patches.** Index the loaded images (or a folder on the server)
+with the model chosen at the top: every patch of every image is embedded and stored with FAISS. Then click a patch
+of the query image (the image chosen at the top) to see the patches of other images that resemble it most — the
+same part of another object, if the encoder learned parts.""",
+    "map": """**A map of patches.** UMAP (or PCA, faster) of the patch embeddings, coloured by source image, by k-means
+part, by position in the grid, or by class-token attention. Patches of the same part of different objects land
+together when the encoder learned parts; co-occurring patches of one image land together when it learned images.
+Click a point to see its patch.""",
+    "cka": """**CKA between two encoders, block by block** (Kornblith et al.; the SimCLR-vs-supervised study), over the
+loaded images. The same encoder against itself gives ones on the diagonal.""",
     "compare": """**Compare encoders side by side.** The same image through two to four encoders, view by view:
 each row is one view, each column one encoder, all at the same size even when patch sizes differ. Click the image
 on the left and every encoder's similarity map follows the same spot. Download the whole comparison as a PNG or an
@@ -263,6 +274,83 @@ class PatchLensApp:
                                                hidden or frozenset())
         return view.drift, view.info
 
+    # ------------------------------------------------------------------------------------- Gallery
+    def build_gallery_index(self, images, source, folder, kind, current, layer, *model_args, progress=gr.Progress()):
+        encoder = self.encoder(*model_args)
+        if source == "server folder":
+            if not folder or not folder.strip():
+                raise UserError("Name a folder on the server (it must lie under a --allow-dir folder).")
+            sources = [str(self.config.check_readable(folder.strip(), "gallery folder"))]
+        else:
+            if not images:
+                raise UserError("Add images first, or index a server folder.")
+            sources = write_images(images, Path(tempfile.mkdtemp(dir=self.export_dir)))
+        chosen = handlers.parse_layer(layer)
+        if current is not None and current.matches(encoder, chosen):  # same model and layer: add incrementally
+            report = current.add(sources, encoder, progress_callback(progress, "embedding"))
+            return current, f"{report.summary()} · {current.describe()}"
+        index, info = handlers_gallery.build_index(encoder, sources, chosen, kind,
+                                                   progress=progress_callback(progress, "embedding"))
+        return index, info
+
+    def load_gallery_index(self, path):
+        if not path or not path.strip():
+            raise UserError("Name the index folder to load (under --allow-dir).")
+        return handlers_gallery.load_index(str(self.config.check_readable(path.strip(), "index folder")))
+
+    def save_gallery_index(self, index, path):
+        if index is None:
+            raise UserError("Build or load an index first.")
+        if not path or not path.strip():
+            raise UserError("Name a folder to save the index to (under --allow-dir).")
+        target = self.config.check_writable(path.strip(), "index folder")
+        index.save(target)
+        return f"Saved to {target} · {index.describe()}"
+
+    def show_query(self, images, selected, index, *model_args):
+        image = _pick(images, selected)
+        if index is None or image is None:
+            return None
+        return handlers_gallery.query_picture(index, self.encoder(*model_args), image.image)
+
+    def search_gallery(self, images, selected, index, k, model, weights_upload, weights_path, image_size,
+                       evt: gr.SelectData):
+        image = _pick(images, selected)
+        if index is None:
+            raise UserError("Build or load an index first, then click a patch of the query image.")
+        if image is None:
+            raise UserError("Add an image to query with.")
+        encoder = self.encoder(model, weights_upload, weights_path, image_size)
+        view = handlers_gallery.search_click(index, encoder, image.image, *evt.index[:2], int(k))
+        return view.query, view.gallery, view.source, view.info
+
+    def draw_map(self, images, source, method, colour, index, layer, *model_args, progress=gr.Progress()):
+        callback = progress_callback(progress, "mapping patches")
+        if source == "the index":
+            if index is None:
+                raise UserError("Build or load an index first, or map the loaded images.")
+            view = handlers_gallery.map_of_index(index, method, colour, progress=callback)
+        else:
+            if not images:
+                raise UserError("Add images first.")
+            pictures, names = self._images_or_none(images)
+            view = handlers_gallery.map_of_images(self.encoder(*model_args), pictures, names, handlers.parse_layer(layer),
+                                                  method, colour, progress=callback)
+        return view, view.picture.image, view.figure, view.info
+
+    def pick_map_point(self, view, evt: gr.SelectData):
+        if view is None:
+            raise UserError("Draw a map first.")
+        return handlers_gallery.pick_point(view, *evt.index[:2])
+
+    def run_cka(self, images, model_a, model_b, pooling, debiased, progress=gr.Progress()):
+        if not images:
+            raise UserError("Add images first: CKA compares two encoders over the loaded images.")
+        pictures, _ = self._images_or_none(images)
+        result = handlers_gallery.cka_view(self.pool.get(model_a), self.pool.get(model_b), pictures, pooling,
+                                           debiased=debiased, progress=progress_callback(progress, "embedding"))
+        return result.figures["cka"], result.info
+
     # ------------------------------------------------------------------------------------- Compare
     def run_compare(self, images, selected, models, k, click, progress=gr.Progress()):
         image = _pick(images, selected)
@@ -448,6 +536,58 @@ class PatchLensApp:
                                                interactive=False, format="png", elem_id="cae-map")
                         cae_info = gr.Markdown(elem_id="cae-info")
 
+                with gr.Tab("Gallery", id="gallery"):
+                    gr.Markdown(HELP["gallery"])
+                    with gr.Row():
+                        gallery_source = gr.Radio(["loaded images", "server folder"], value="loaded images",
+                                                  label="Index these images", elem_id="gallery-source")
+                        gallery_folder = gr.Textbox(label="Server folder (under --allow-dir)", elem_id="gallery-folder")
+                        gallery_kind = gr.Dropdown(["auto", "exact", "ivf", "hnsw"], value="auto", label="Index kind")
+                        gallery_build = gr.Button("Build index", variant="primary", elem_id="gallery-build")
+                    with gr.Row():
+                        index_path = gr.Textbox(label="Index folder to load or save (under --allow-dir)")
+                        index_load = gr.Button("Load index")
+                        index_save = gr.Button("Save index")
+                    index_info = gr.Markdown("No index yet.", elem_id="index-info")
+                    with gr.Row():
+                        gallery_query = gr.Image(label="Query (click a patch)", interactive=False, format="png",
+                                                 elem_id="gallery-query", scale=1)
+                        with gr.Column(scale=2):
+                            gallery_k = gr.Slider(1, 30, 8, step=1, label="Results (k)")
+                            gallery_hits = gr.Gallery(label="Nearest patches", columns=4, height=330, format="png",
+                                                      elem_id="gallery-hits")
+                            gallery_hit_info = gr.Markdown(elem_id="gallery-hit-info")
+                        gallery_hit_source = gr.Image(label="Best match in its image", interactive=False, format="png",
+                                                      scale=1)
+                    gr.Markdown(HELP["map"])
+                    with gr.Row():
+                        map_from = gr.Radio(["loaded images", "the index"], value="loaded images", label="Map")
+                        map_method = gr.Radio(["umap", "pca"], value="umap", label="Method")
+                        map_colour = gr.Dropdown(["image", "part", "position", "attention"], value="image",
+                                                 label="Colour by")
+                        map_run = gr.Button("Draw map", variant="primary", elem_id="map-run")
+                    with gr.Row():
+                        map_picture = gr.Image(label="Map (click a point)", interactive=False, format="png",
+                                               elem_id="map-picture", scale=2)
+                        with gr.Column(scale=1):
+                            map_crop = gr.Image(label="Picked patch", interactive=False, format="png",
+                                                elem_id="map-crop")
+                            map_source = gr.Image(label="In its image", interactive=False, format="png")
+                            map_caption = gr.Markdown(elem_id="map-caption")
+                    map_info = gr.Markdown()
+                    map_figure = gr.Plot(label="Interactive map (hover)")
+                    gr.Markdown(HELP["cka"])
+                    with gr.Row():
+                        cka_a = gr.Dropdown(model_choices(), value=self.config.default_model, label="Encoder A",
+                                            allow_custom_value=True)
+                        cka_b = gr.Dropdown(model_choices(), value=self.config.default_model, label="Encoder B",
+                                            allow_custom_value=True)
+                        cka_pooling = gr.Radio(["grid", "mean"], value="grid", label="Per image")
+                        cka_debiased = gr.Checkbox(False, label="Debiased CKA")
+                        cka_run = gr.Button("CKA over the loaded images", variant="primary", elem_id="cka-run")
+                    cka_plot = gr.Plot(label="Layer-by-layer CKA", elem_id="cka-plot")
+                    cka_info = gr.Markdown(elem_id="cka-info")
+
                 with gr.Tab("Compare", id="compare"):
                     gr.Markdown(HELP["compare"])
                     with gr.Row():
@@ -508,6 +648,25 @@ class PatchLensApp:
             on(uploads.upload, ui_errors(self.add_images), [uploads, images], image_outputs, "pca", "parts")
             on(examples_btn.click, ui_errors(self.add_examples), [images], image_outputs, "pca", "parts")
             on(clear_btn.click, self.clear_images, [images], image_outputs, "pca", "parts", "similarity")
+            patch_index = gr.State(None)  # this session's PatchIndex
+            map_view = gr.State(None)  # the map last drawn, for picking points
+            gallery_query_runner = (ui_errors(self.show_query), [images, selected, patch_index, *model_inputs], gallery_query)
+            on(gallery_build.click, ui_errors(self.build_gallery_index),
+               [images, gallery_source, gallery_folder, gallery_kind, patch_index, layer, *model_inputs],
+               [patch_index, index_info]).then(*gallery_query_runner)
+            on(index_load.click, ui_errors(self.load_gallery_index), [index_path], [patch_index, index_info]).then(
+                *gallery_query_runner)
+            index_save.click(ui_errors(self.save_gallery_index), [patch_index, index_path], index_info)
+            selected.change(*gallery_query_runner)
+            gallery_query.select(ui_errors(self.search_gallery),
+                                 [images, selected, patch_index, gallery_k, *model_inputs],
+                                 [gallery_query, gallery_hits, gallery_hit_source, gallery_hit_info])
+            map_run.click(ui_errors(self.draw_map), [images, map_from, map_method, map_colour, patch_index, layer,
+                                                     *model_inputs], [map_view, map_picture, map_figure, map_info])
+            map_picture.select(ui_errors(self.pick_map_point), [map_view],
+                               [map_picture, map_crop, map_source, map_caption])
+            cka_run.click(ui_errors(self.run_cka), [images, cka_a, cka_b, cka_pooling, cka_debiased],
+                          [cka_plot, cka_info])
             compare_click = gr.State((0.5, 0.5))  # the spot, as fractions of the image's width and height
             runners["compare"] = (ui_errors(self.run_compare), [images, selected, compare_models, compare_k, compare_click],
                                   [compare_image, compare_table, compare_png, compare_html, *compare_rows.values()])
