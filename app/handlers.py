@@ -20,7 +20,7 @@ from ssl_core.bagssl import bag_of_crops, bag_tables, embedding_vs_patch_mean, p
 from ssl_core.encoder import Encoder, PatchFeatures
 from ssl_core.parts import part_maps
 from ssl_core.pca import foreground_mask, pca_rgb
-from ssl_core.plots import bag_of_crops_figure, layer_agreement_figure
+from ssl_core.figures import bag_of_crops_figure, layer_agreement_figure
 from ssl_core.similarity import patch_similarity
 
 DISPLAY_MIN_SIDE = 320

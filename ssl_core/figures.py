@@ -1,6 +1,7 @@
-"""Figures for the gallery analyses: plotly UMAP scatters and CKA heatmaps, and the same as plain pictures.
+"""Figures for the analyses: plotly UMAP scatters, CKA heatmaps and BagSSL curves, and scatters as plain pictures.
 
-No analysis here: inputs are result dataclasses (`ssl_core.umap_map.PatchMap`, `Colouring`, `ssl_core.cka.CKAResult`).
+No analysis here: inputs are result dataclasses (`ssl_core.umap_map.PatchMap`, `Colouring`, `ssl_core.cka.CKAResult`,
+`ssl_core.bagssl.BagOfCrops`, `LayerAgreement`).
 `scatter_picture` draws a scatter with numpy and PIL (no plotly) and keeps each point's pixel position, so a click
 on the picture maps back to a point (`ScatterPicture.point_at`): ``gr.Plot`` sends no click events to Python,
 a ``gr.Image`` does.
@@ -13,6 +14,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .bagssl import BagOfCrops, LayerAgreement
 from .render import PALETTE, _font, apply_colormap, upsample
 from .umap_map import Colouring, PatchMap, nearest_point
 
@@ -179,3 +181,38 @@ def _short(label: str) -> str:
 
 __all__ = ["colouring_rgb", "legend_entries", "umap_figure", "cka_figure", "ScatterPicture", "scatter_picture", "map_picture",
            "heatmap_picture"]
+
+
+def bag_of_crops_figure(results: dict[str, BagOfCrops]):
+    """cos(mean of crop embeddings, image embedding) against crop size, one line per model."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for name, result in results.items():
+        labels = [f"{s}px" for s in result.crop_sizes[:-1]] + [f"full ({result.crop_sizes[-1]}px)"]
+        fig.add_trace(go.Scatter(x=result.crop_sizes, y=result.cosine, mode="lines+markers", name=name,
+                                 text=[f"{l}: {n} crops" for l, n in zip(labels, result.num_crops)],
+                                 hovertemplate="%{text}<br>cosine %{y:.3f}<extra>" + name + "</extra>"))
+    fig.update_layout(title="Bag of crops vs the full image", xaxis_title="crop size (px of the model's input)",
+                      yaxis_title="cosine to the image embedding", yaxis_range=[-1.05, 1.05],
+                      template="plotly_white", height=360, margin=dict(l=50, r=20, t=50, b=50))
+    return fig
+
+
+def layer_agreement_figure(results: dict[str, LayerAgreement]):
+    """cos(image embedding, mean of patch tokens) per block, one line per model."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for name, result in results.items():
+        x = [_layer_label(l) for l in result.layers]
+        fig.add_trace(go.Scatter(x=x, y=result.cosine, mode="lines+markers", name=name))
+    fig.update_layout(title="Image embedding vs mean of patch tokens, per block", xaxis_title="block",
+                      yaxis_title="cosine", yaxis_range=[-1.05, 1.05], template="plotly_white", height=360,
+                      margin=dict(l=50, r=20, t=50, b=50))
+    return fig
+
+
+def _layer_label(layer: int) -> str:
+    return "final" if layer == -1 else str(layer)
+
