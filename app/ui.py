@@ -117,6 +117,8 @@ class PatchLensApp:
         elif weights_path and weights_path.strip():
             weights = str(self.config.check_readable(weights_path.strip(), "weights file"))
         size = int(image_size) if image_size else None
+        if size is not None and not 16 <= size <= 1024:
+            raise UserError(f"The short side must be between 16 and 1024 pixels (or 0 for the model's own), not {size}.")
         return self.pool.get(model or self.config.default_model, weights, size)
 
     def export(self, arrays: dict[str, np.ndarray], stem: str) -> str | None:
@@ -422,8 +424,8 @@ class PatchLensApp:
                                                  file_types=[".safetensors", ".pth", ".pt", ".bin", ".tar"],
                                                  type="filepath", elem_id="weights-upload")
                         weights_path = gr.Textbox(label="…or a weights path on the server (under --allow-dir)")
-                        image_size = gr.Number(label="Short side in pixels (empty: the model's own)", value=None,
-                                               precision=0, minimum=16, maximum=1024)
+                        image_size = gr.Number(label="Short side in pixels (0: the model's own)", value=0, precision=0,
+                                               elem_id="image-size")
                     model_info = gr.Markdown(elem_id="model-info")
                 with gr.Column(scale=3):
                     uploads = gr.File(label="Add images", file_count="multiple", type="filepath", elem_id="uploads")
@@ -628,10 +630,11 @@ class PatchLensApp:
             }
 
             def chain(event, *names: str):
-                """Run the named views one after another after an event."""
+                """Run the named views one after another after an event, each only if the step before succeeded
+                (one failure shows one message, and the other views keep what they showed)."""
                 for name in names:
                     fn, inputs, outputs = runners[name]
-                    event = event.then(fn, inputs, outputs)
+                    event = event.success(fn, inputs, outputs)
                 return event
 
             def on(trigger, fn, inputs, outputs, *names: str):
@@ -653,8 +656,8 @@ class PatchLensApp:
             gallery_query_runner = (ui_errors(self.show_query), [images, selected, patch_index, *model_inputs], gallery_query)
             on(gallery_build.click, ui_errors(self.build_gallery_index),
                [images, gallery_source, gallery_folder, gallery_kind, patch_index, layer, *model_inputs],
-               [patch_index, index_info]).then(*gallery_query_runner)
-            on(index_load.click, ui_errors(self.load_gallery_index), [index_path], [patch_index, index_info]).then(
+               [patch_index, index_info]).success(*gallery_query_runner)
+            on(index_load.click, ui_errors(self.load_gallery_index), [index_path], [patch_index, index_info]).success(
                 *gallery_query_runner)
             index_save.click(ui_errors(self.save_gallery_index), [patch_index, index_path], index_info)
             selected.change(*gallery_query_runner)
@@ -672,12 +675,20 @@ class PatchLensApp:
                                   [compare_image, compare_table, compare_png, compare_html, *compare_rows.values()])
             compare_run.click(*runners["compare"])
             on(compare_image.select, self.click_fraction, [compare_image], compare_click, "compare")
-            on(selected.change, *runners["overview"], "attention", "reconstruct", "drift", "cae")
+            on(selected.change, *runners["overview"], "attention")
+            on(selected.change, *runners["drift"], "cae")  # the views that need no MAE go on without one
+            selected.change(*runners["reconstruct"])
             for control in (mae_name, mae_weights, mask_kind, mask_ratio, mask_seed):
-                on(control.change, *runners["reconstruct"], "drift", "cae")
-            on(rec_masked.select, ui_errors(self.toggle_mask_patch), [images, selected, mae_name, mae_weights, hidden],
-               [hidden, mask_kind], "reconstruct", "drift", "cae")
-            on(mask_clear.click, lambda: frozenset(), None, hidden, "reconstruct", "drift", "cae")
+                control.change(*runners["reconstruct"])
+            for control in (mask_kind, mask_ratio, mask_seed):
+                on(control.change, *runners["drift"], "cae")
+            toggled = rec_masked.select(ui_errors(self.toggle_mask_patch),
+                                        [images, selected, mae_name, mae_weights, hidden], [hidden, mask_kind])
+            chain(toggled, "reconstruct")
+            chain(toggled, "drift", "cae")
+            cleared = mask_clear.click(lambda: frozenset(), None, hidden)
+            chain(cleared, "reconstruct")
+            chain(cleared, "drift", "cae")
             status_outputs = [model_info, layer, att_block, att_head]
             for component in model_inputs:
                 on(component.change, ui_errors(self.model_status), model_inputs, status_outputs, *everything)

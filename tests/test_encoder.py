@@ -132,7 +132,11 @@ def test_wrong_checkpoint_is_refused_with_missing_keys(tmp_path):
     other, _ = build_model(resolve_spec("dino-vits16"))
     path = tmp_path / "other.safetensors"
     save_file(other.state_dict(), str(path))
-    with pytest.raises(CheckpointError, match="wrong shape|missing keys"):
+    with pytest.raises(CheckpointError, match="16-pixel patches"):  # ViT-S/16 into a patch-8 model
+        load_encoder("random-tiny", weights=path, cache=None)
+    wider, _ = build_model(resolve_spec("random-tiny"), embed_dim=256, num_heads=4)
+    save_file(wider.state_dict(), str(path))
+    with pytest.raises(CheckpointError, match="keys of the wrong shape: cls_token"):
         load_encoder("random-tiny", weights=path, cache=None)
     truncated = {k: v for k, v in _perturbed_tiny_state().items() if not k.startswith("blocks.5")}
     save_file(truncated, str(path))
@@ -217,3 +221,15 @@ def test_any_timm_vit_id_is_accepted():
     assert resolve_spec("vit_tiny_patch16_224").hub_id == "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
     with pytest.raises(KeyError, match="unknown model"):
         resolve_spec("not_a_model")
+
+
+def test_a_checkpoint_of_a_deeper_or_differently_patched_model_is_refused(tmp_path):
+    from safetensors.torch import save_file
+    deeper, _ = build_model(resolve_spec("random-tiny"), depth=8)  # blocks 6 and 7 would be dropped silently
+    save_file(deeper.state_dict(), str(tmp_path / "deeper.safetensors"))
+    with pytest.raises(CheckpointError, match="parts this model does not have: blocks.6"):
+        load_encoder("random-tiny", weights=tmp_path / "deeper.safetensors", cache=None)
+    other_patch, _ = build_model(resolve_spec("random-tiny"), patch_size=16)  # timm would resample 16 -> 8
+    save_file(other_patch.state_dict(), str(tmp_path / "p16.safetensors"))
+    with pytest.raises(CheckpointError, match="16-pixel patches"):
+        load_encoder("random-tiny", weights=tmp_path / "p16.safetensors", cache=None)

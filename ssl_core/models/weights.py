@@ -141,6 +141,7 @@ def fit_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], checkp
     state_dict = REMAPS[checkpoint_format](dict(state_dict))
     if state_dict and all(k.startswith("module.") for k in state_dict):
         state_dict = _strip_prefix(state_dict, "module.")
+    check_patch_size(model, state_dict, name)
     filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
     if filter_fn is not None:
         try:
@@ -149,9 +150,24 @@ def fit_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], checkp
             raise CheckpointError(f"{name}: does not fit {type(model).__name__}: {err}") from None
     expected = model.state_dict()
     check_fits(expected, state_dict, f"{name} does not fit this model ({type(model).__name__})")
+    own_parts = {k.split(".")[0] for k in expected}
+    foreign = [k for k in state_dict if k not in expected and k.split(".")[0] in own_parts]
+    if foreign:  # e.g. blocks.6-11 of a deeper model: loading would silently drop half of it
+        raise CheckpointError(f"{name} does not fit this model ({type(model).__name__}): it has {len(foreign)} weights "
+                              f"for parts this model does not have: {', '.join(foreign[:6])}"
+                              + (" ..." if len(foreign) > 6 else "") + " (a larger architecture?)")
     ignored = [k for k in state_dict if k not in expected]
     model.load_state_dict({k: state_dict[k] for k in expected}, strict=True)
     return ignored
+
+
+def check_patch_size(model: nn.Module, state_dict: Mapping[str, torch.Tensor], name: str) -> None:
+    """Refuse weights made for another patch size (timm would silently resample the patch embedding)."""
+    kernel = state_dict.get("patch_embed.proj.weight")
+    own = getattr(getattr(getattr(model, "patch_embed", None), "proj", None), "weight", None)
+    if kernel is not None and own is not None and kernel.ndim == 4 and kernel.shape[-2:] != own.shape[-2:]:
+        raise CheckpointError(f"{name} was trained with {kernel.shape[-1]}-pixel patches; this model "
+                              f"({type(model).__name__}) uses {own.shape[-1]}-pixel patches")
 
 
 def check_fits(expected: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor], what: str) -> None:
