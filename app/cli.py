@@ -149,7 +149,7 @@ def _serve(parser: argparse.ArgumentParser):
 
 
 # Subcommands of other areas live in their own modules, which register themselves with `command` on import.
-COMMAND_MODULES: tuple[str, ...] = ("app.cli_mim", "app.cli_train", "app.cli_gallery")
+COMMAND_MODULES: tuple[str, ...] = ("app.cli_mim", "app.cli_train", "app.cli_gallery", "app.cli_lab")
 
 
 def build_parser() -> argparse.ArgumentParser:

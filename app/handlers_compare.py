@@ -61,6 +61,11 @@ class Comparison:
     click: tuple[float, float]  # (fx, fy)
     k: int
 
+    def row_picture(self, row: str) -> np.ndarray:
+        """One view for every encoder, side by side with their names."""
+        return render.panel([c.pictures[row] for c in self.columns], [c.name for c in self.columns],
+                            columns=len(self.columns), cell=DISPLAY_MIN_SIDE)
+
     def panel(self) -> np.ndarray:
         """One picture of the whole comparison: a row per view, a column per encoder."""
         pictures, titles = [], []

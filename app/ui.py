@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import tempfile
@@ -14,15 +15,18 @@ import numpy as np
 
 from ssl_core import CheckpointError, ImageLoadError, WeightsUnavailableError, render
 from ssl_core.attention import AttentionUnavailableError
-from ssl_core.models.registry import all_specs, default_model_name
+from ssl_core.lab import LabConfig
+from ssl_core.models.registry import all_specs, bundled_names, default_model_name
 
 from ssl_core.mae import DEFAULT_MAE, MAE_SOURCES
 
-from . import handlers, handlers_compare, handlers_gallery, handlers_mim
+from . import handlers, handlers_compare, handlers_gallery, handlers_lab, handlers_mim
 from .state import (AppConfig, LoadedImage, ModelPool, UserError, example_paths, load_image_bytes, load_uploads,
                     write_images)
 
 log = logging.getLogger("patchlens")
+LAB_EVERYTHING = "the whole Lab (every measure, CKA between the first two)"
+LAB_CKA = "CKA between two encoders, block by block"
 EXPECTED_ERRORS = (UserError, ImageLoadError, WeightsUnavailableError, CheckpointError, AttentionUnavailableError,
                    KeyError, ValueError)
 
@@ -62,6 +66,12 @@ together when the encoder learned parts; co-occurring patches of one image land 
 Click a point to see its patch.""",
     "cka": """**CKA between two encoders, block by block** (Kornblith et al.; the SimCLR-vs-supervised study), over the
 loaded images. The same encoder against itself gives ones on the diagonal.""",
+    "lab": """**The papers' claims, measured.** On held-out parts-world scenes (generated, with ground-truth objects
+and parts; never seen in training): object-level vs part-level linear probes (part-aware SSL: contrastive learning
+is part-to-whole, MIM part-to-part), k-NN from the class token, the mean of patch tokens and a bag of crops (BagSSL),
+a probe that detects tokens given a wrong position embedding (DILEMMA), k-means part maps against the ground truth
+(adjusted Rand index), and CKA (the SimCLR-vs-supervised study). Each result shows its sample sizes and seed. The
+bundled models had a small CPU budget: see `docs/lab.md` for the full table and what holds.""",
     "compare": """**Compare encoders side by side.** The same image through two to four encoders, view by view:
 each row is one view, each column one encoder, all at the same size even when patch sizes differ. Click the image
 on the left and every encoder's similarity map follows the same spot. Download the whole comparison as a PNG or an
@@ -353,6 +363,26 @@ class PatchLensApp:
                                            debiased=debiased, progress=progress_callback(progress, "embedding"))
         return result.figures["cka"], result.info
 
+    # ------------------------------------------------------------------------------------- Lab
+    def run_lab(self, models, probe, n_train, n_test, seed, progress=gr.Progress()):
+        models = [m for m in (models or []) if m]
+        if not models:
+            raise UserError("Choose at least one encoder.")
+        config = handlers_lab.lab_config(n_train or 1, n_test or 1, seed or 0)
+        encoders = {name: self.pool.get(name) for name in models}
+        callback = progress_callback(progress, "measuring")
+        if probe == LAB_CKA:
+            if len(encoders) != 2:
+                raise UserError("CKA compares two encoders: choose exactly two.")
+            view = handlers_lab.cka_view(*encoders.values(), config, callback)
+        elif probe == LAB_EVERYTHING:
+            view = handlers_lab.lab_view(encoders, config, callback)
+        else:
+            view = handlers_lab.probes_view(encoders, probe, config, callback)
+        path = Path(tempfile.mkdtemp(dir=self.export_dir)) / "lab.json"
+        path.write_text(json.dumps(view.numbers, indent=1, default=float))
+        return view.markdown, view.location, view.part_map, view.cka_figure, str(path)
+
     # ------------------------------------------------------------------------------------- Compare
     def run_compare(self, images, selected, models, k, click, progress=gr.Progress()):
         image = _pick(images, selected)
@@ -373,8 +403,8 @@ class PatchLensApp:
         png.write_bytes(render.to_png_bytes(comparison.panel()))
         report = folder / "comparison.html"
         report.write_text(handlers_compare.html_report(comparison, title=f"PatchLens: {image.name}"))
-        galleries = [[(c.pictures[row], c.name) for c in comparison.columns] for row in handlers_compare.ROWS]
-        return (comparison.image, gr.update(value=rows, headers=headers), str(png), str(report), *galleries)
+        return (comparison.image, gr.update(value=rows, headers=headers), str(png), str(report),
+                *(comparison.row_picture(row) for row in handlers_compare.ROWS))
 
     @staticmethod
     def click_fraction(picture, evt: gr.SelectData):
@@ -606,9 +636,31 @@ class PatchLensApp:
                             with gr.Row():
                                 compare_png = gr.File(label="Comparison (PNG)", elem_id="compare-png")
                                 compare_html = gr.File(label="Report (HTML)", elem_id="compare-html")
-                    compare_rows = {row: gr.Gallery(label=row, columns=4, height=300, format="png", object_fit="contain",
-                                                    elem_id=f"compare-{row.split()[0].lower()}")
+                    compare_rows = {row: gr.Image(label=row, interactive=False, format="png",
+                                                  elem_id=f"compare-{row.split()[0].lower()}")
                                     for row in handlers_compare.ROWS}
+
+                with gr.Tab("Lab", id="lab"):
+                    gr.Markdown(HELP["lab"])
+                    with gr.Row():
+                        lab_models = gr.Dropdown(model_choices(), value=bundled_names() or [self.config.default_model],
+                                                 multiselect=True, label="Encoders", allow_custom_value=True,
+                                                 elem_id="lab-models", scale=3)
+                        lab_probe = gr.Dropdown([*handlers_lab.PROBES, LAB_EVERYTHING, LAB_CKA], value=handlers_lab.PROBES[0],
+                                                label="Measure", elem_id="lab-probe", scale=2)
+                    with gr.Row():
+                        lab_train = gr.Number(LabConfig.n_train, precision=0, label="Scenes to fit on")
+                        lab_test = gr.Number(LabConfig.n_test, precision=0, label="Scenes to score on")
+                        lab_seed = gr.Number(LabConfig.seed, precision=0, label="Seed")
+                        lab_run = gr.Button("Run", variant="primary", elem_id="lab-run")
+                    lab_text = gr.Markdown(elem_id="lab-result")
+                    with gr.Row():
+                        lab_location = gr.Image(label="Location probe: swapped patches boxed, P(swapped)",
+                                                interactive=False, format="png", elem_id="lab-location")
+                        lab_parts = gr.Image(label="Scene · ground-truth parts · k-means parts", interactive=False,
+                                             format="png", elem_id="lab-parts")
+                    lab_cka = gr.Plot(label="CKA", elem_id="lab-cka")
+                    lab_file = gr.File(label="The numbers (.json)", elem_id="lab-json")
 
             # ----------------------------------------------------------------------------- events
             model_inputs = [model, weights_upload, weights_path, image_size]
@@ -670,6 +722,8 @@ class PatchLensApp:
                                [map_picture, map_crop, map_source, map_caption])
             cka_run.click(ui_errors(self.run_cka), [images, cka_a, cka_b, cka_pooling, cka_debiased],
                           [cka_plot, cka_info])
+            lab_run.click(ui_errors(self.run_lab), [lab_models, lab_probe, lab_train, lab_test, lab_seed],
+                          [lab_text, lab_location, lab_parts, lab_cka, lab_file])
             compare_click = gr.State((0.5, 0.5))  # the spot, as fractions of the image's width and height
             runners["compare"] = (ui_errors(self.run_compare), [images, selected, compare_models, compare_k, compare_click],
                                   [compare_image, compare_table, compare_png, compare_html, *compare_rows.values()])
