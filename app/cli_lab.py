@@ -12,7 +12,6 @@ import argparse
 import json
 import shlex
 import sys
-from datetime import date
 from pathlib import Path
 
 from app.cli import command, tqdm_progress
@@ -48,16 +47,11 @@ def missing_bundled() -> list[str]:
 
 
 def machine_line() -> str:
-    import platform
-
     import sklearn
-    import timm
-    import torch
 
-    from ssl_core.system import hardware
+    from ssl_core.system import machine_summary
 
-    return (f"{hardware()}; Python {platform.python_version()}, torch {torch.__version__}, timm {timm.__version__}, "
-            f"scikit-learn {sklearn.__version__}; {date.today().isoformat()}")
+    return machine_summary(**{"scikit-learn": sklearn.__version__})
 
 
 def weights_line(encoder) -> str:

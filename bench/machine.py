@@ -1,22 +1,11 @@
 """Machine description and result recording shared by the benchmarks in bench/."""
 from __future__ import annotations
 
-import datetime
-import platform
 from pathlib import Path
 
+from ssl_core.system import machine_summary
+
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-
-
-def describe_machine() -> str:
-    import timm
-    import torch
-
-    from ssl_core.system import hardware
-
-    return (f"{hardware()}; "
-            f"Python {platform.python_version()}, torch {torch.__version__}, timm {timm.__version__}; "
-            f"{datetime.date.today().isoformat()}")
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:
@@ -27,7 +16,7 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
 
 def record(title: str, command: str, table: str, notes: str = "") -> None:
     """Print a result and append it to docs/benchmarks.md with the machine it came from."""
-    block = f"\n### {title}\n\nMachine: {describe_machine()}  \nCommand: `{command}`\n\n{table}\n"
+    block = f"\n### {title}\n\nMachine: {machine_summary()}  \nCommand: `{command}`\n\n{table}\n"
     if notes:
         block += f"\n{notes}\n"
     print(block)

@@ -24,3 +24,14 @@ def hardware(device: torch.device | None = None) -> str:
     if device.type == "cuda":
         return f"GPU: {torch.cuda.get_device_name(device)} (CPU: {cpu_name()})"
     return f"CPU: {cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s)"
+
+
+def machine_summary(**versions: str) -> str:
+    """Hardware, Python/torch/timm versions (and any others given) and today's date, on one line."""
+    import datetime
+
+    import timm
+
+    parts = [f"Python {platform.python_version()}", f"torch {torch.__version__}", f"timm {timm.__version__}",
+             *(f"{name} {version}" for name, version in versions.items())]
+    return f"{hardware()}; {', '.join(parts)}; {datetime.date.today().isoformat()}"
