@@ -672,9 +672,13 @@ def result_rows(result: ProbeResult | KNNResult | LocationResult | PartMapResult
     raise TypeError(f"no table rows for {type(result).__name__}")
 
 
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A Markdown table's lines: the header, its rule, one line per row."""
+    return ["| " + " | ".join(cells) + " |" for cells in [header, ["---"] * len(header), *rows]]
+
+
 def rows_markdown(rows: Sequence[Row]) -> str:
-    lines = ["| measure | value | chance | samples (train / test) |", "|---|---|---|---|"]
-    return "\n".join(lines + [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows])
+    return "\n".join(markdown_table(["measure", "value", "chance", "samples (train / test)"], rows))
 
 
 @dataclass
@@ -690,50 +694,43 @@ class LabReport:
     def to_markdown(self) -> str:
         """The summary tables (one row per encoder per analysis), each encoder's own table, and the CKA maps."""
         c = self.config
-        out = [f"Held-out parts-world scenes, {c.describe()}. Chance levels in parentheses.", ""]
-        out += ["### Object-level vs part-level linear probes", "",
-                "| encoder | object acc. | object bal. acc. | part acc. | part bal. acc. |", "|---|---|---|---|---|"]
-        for e in self.encoders:
-            o, p = e.object_probe, e.part_probe
-            out.append(f"| {_label(e)} | {_f(o.accuracy)} ({_f(o.chance_accuracy)}) | {_f(o.balanced_accuracy)} "
-                       f"({_f(o.chance_balanced)}) | {_f(p.accuracy)} ({_f(p.chance_accuracy)}) | "
-                       f"{_f(p.balanced_accuracy)} ({_f(p.chance_balanced)}) |")
-        out += ["", "### k-NN object accuracy (BagSSL)", "",
-                "| encoder | class token | mean of patch tokens | bag of crops | chance |", "|---|---|---|---|---|"]
-        for e in self.encoders:
-            k = e.knn
-            out.append(f"| {_label(e)} | {_f(k.class_token)} | {_f(k.patch_mean)} | {_f(k.bag_of_crops)} "
-                       f"({k.crops_per_image} x {k.crop_size} px) | {_f(k.chance_accuracy)} |")
-        out += ["", "### Location probe: tokens with a swapped position embedding (DILEMMA)", "",
-                "| encoder | accuracy (majority) | balanced accuracy (0.5) | ROC AUC (0.5) |", "|---|---|---|---|"]
-        for e in self.encoders:
-            loc = e.location
-            if loc.probe is None:
-                out.append(f"| {_label(e)} | skipped: {loc.skipped} | | |")
-            else:
-                out.append(f"| {_label(e)} | {_f(loc.probe.accuracy)} ({_f(loc.probe.chance_accuracy)}) | "
-                           f"{_f(loc.probe.balanced_accuracy)} | {_f(loc.auc)} |")
-        out += ["", "### k-means part maps vs ground-truth part labels (adjusted Rand index)", "",
-                "| encoder | ARI per scene (shuffled) | ARI pooled (shuffled) | k |", "|---|---|---|---|"]
-        for e in self.encoders:
-            pm = e.part_map
-            out.append(f"| {_label(e)} | {_f(pm.ari_per_image)} ({_f(pm.chance_per_image)}) | {_f(pm.ari_pooled)} "
-                       f"({_f(pm.chance_pooled)}) | {pm.k} |")
+        out = [f"Held-out parts-world scenes, {c.describe()}. Chance levels in parentheses."]
+
+        def section(title: str, header: list[str], rows: list[list[str]], intro: str = "") -> None:
+            out.extend(["", f"### {title}", ""] + ([intro, ""] if intro else []) + markdown_table(header, rows))
+
+        section("Object-level vs part-level linear probes",
+                ["encoder", "object acc.", "object bal. acc.", "part acc.", "part bal. acc."],
+                [[_label(e), _fc(e.object_probe.accuracy, e.object_probe.chance_accuracy),
+                  _fc(e.object_probe.balanced_accuracy, e.object_probe.chance_balanced),
+                  _fc(e.part_probe.accuracy, e.part_probe.chance_accuracy),
+                  _fc(e.part_probe.balanced_accuracy, e.part_probe.chance_balanced)] for e in self.encoders])
+        section("k-NN object accuracy (BagSSL)", ["encoder", "class token", "mean of patch tokens", "bag of crops",
+                                                  "chance"],
+                [[_label(e), _f(e.knn.class_token), _f(e.knn.patch_mean),
+                  f"{_f(e.knn.bag_of_crops)} ({e.knn.crops_per_image} x {e.knn.crop_size} px)",
+                  _f(e.knn.chance_accuracy)] for e in self.encoders])
+        section("Location probe: tokens with a swapped position embedding (DILEMMA)",
+                ["encoder", "accuracy (majority)", "balanced accuracy (0.5)", "ROC AUC (0.5)"],
+                [[_label(e), f"skipped: {e.location.skipped}", "", ""] if e.location.probe is None else
+                 [_label(e), _fc(e.location.probe.accuracy, e.location.probe.chance_accuracy),
+                  _f(e.location.probe.balanced_accuracy), _f(e.location.auc)] for e in self.encoders])
+        section("k-means part maps vs ground-truth part labels (adjusted Rand index)",
+                ["encoder", "ARI per scene (shuffled)", "ARI pooled (shuffled)", "k"],
+                [[_label(e), _fc(e.part_map.ari_per_image, e.part_map.chance_per_image),
+                  _fc(e.part_map.ari_pooled, e.part_map.chance_pooled), str(e.part_map.k)] for e in self.encoders])
         mims = [e for e in self.encoders if e.mim is not None]
         if mims:
-            out += ["", "### Masked image modeling on held-out scenes", "",
-                    "| encoder | mask | reconstruction MSE (predict 0) | latent cosine (other scenes) | alignment MSE |",
-                    "|---|---|---|---|---|"]
-            for e in mims:
-                m = e.mim
-                out.append(f"| {_label(e)} | {m.mask_ratio:.0%} of {m.images} scenes | {_f(m.reconstruction_mse)} "
-                           f"({_f(m.zero_prediction_mse)}) | {_f(m.alignment_cosine)} ({_f(m.mismatched_cosine)}) | "
-                           f"{_f(m.alignment_mse)} |")
+            section("Masked image modeling on held-out scenes",
+                    ["encoder", "mask", "reconstruction MSE (predict 0)", "latent cosine (other scenes)",
+                     "alignment MSE"],
+                    [[_label(e), f"{e.mim.mask_ratio:.0%} of {e.mim.images} scenes",
+                      _fc(e.mim.reconstruction_mse, e.mim.zero_prediction_mse),
+                      _fc(e.mim.alignment_cosine, e.mim.mismatched_cosine), _f(e.mim.alignment_mse)] for e in mims])
         for comparison in self.cka:
             r = comparison.result
-            out += ["", f"### CKA: {r.model_a} (rows) vs {r.model_b} (columns)", "", r.describe() + ".", "",
-                    "| | " + " | ".join(r.labels_b) + " |", "|---" * (len(r.labels_b) + 1) + "|"]
-            out += [f"| {label} | " + " | ".join(_f(v) for v in row) + " |" for label, row in zip(r.labels_a, r.matrix)]
+            section(f"CKA: {r.model_a} (rows) vs {r.model_b} (columns)", ["", *r.labels_b],
+                    [[label, *(_f(v) for v in row)] for label, row in zip(r.labels_a, r.matrix)], r.describe() + ".")
         out += ["", "### Per encoder"]
         for e in self.encoders:
             out += ["", f"#### {e.name}", "", e.to_markdown()]
@@ -846,6 +843,11 @@ def _verdict(difference: float, yes: str = "holds", no: str = "does not hold") -
 
 def _f(value: float | None) -> str:
     return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def _fc(value: float | None, chance: float | None) -> str:
+    """A value with its chance level (or baseline) in parentheses."""
+    return f"{_f(value)} ({_f(chance)})"
 
 
 def _label(e: EncoderLab) -> str:
