@@ -28,10 +28,11 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import markdown_table, record  # noqa: E402
+from machine import record  # noqa: E402
 
 from ssl_core import load_encoder  # noqa: E402
 from ssl_core.pipeline import PipelineConfig, embed_files  # noqa: E402
+from ssl_core.tables import markdown_table  # noqa: E402
 
 GFLOPS_PER_IMAGE = {"vit_small_patch16_224": 9.2, "vit_base_patch16_224": 35.2}  # forward, 224 px
 

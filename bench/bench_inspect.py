@@ -1,10 +1,11 @@
 """Latency of the Inspect view on one image and of a click, server side (handlers, no browser).
 
-    python bench/bench_inspect.py [--model random-tiny] [--images 12] [--clicks 50]
+    python bench/bench_inspect.py [--model patchlens-mae vit_small_patch16_224] [--images 12] [--clicks 50]
 
 A "view" is everything the Inspect tab shows for a new image (one forward pass with attention, PCA,
 attention map, rendering); a "click" is a similarity map from cached features; "new k" re-clusters the
-parts from cached features. Random weights run at the speed of trained ones.
+parts from cached features. Bundled models run with their weights (the default is the app's default model);
+other models with random weights, which run at the speed of trained ones (no download).
 """
 from __future__ import annotations
 
@@ -18,11 +19,13 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import markdown_table, record  # noqa: E402
+from machine import record  # noqa: E402
 
 from app import handlers  # noqa: E402
 from ssl_core import load_encoder  # noqa: E402
+from ssl_core.models.registry import bundled_names, default_model_name  # noqa: E402
 from ssl_core.cache import LRUCache  # noqa: E402
+from ssl_core.tables import markdown_table  # noqa: E402
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -40,7 +43,7 @@ def summary(ms: list[float]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default=["random-tiny", "vit_small_patch16_224"], nargs="+")
+    parser.add_argument("--model", default=[default_model_name(), "vit_small_patch16_224"], nargs="+")
     parser.add_argument("--images", type=int, default=12)
     parser.add_argument("--clicks", type=int, default=50)
     parser.add_argument("--no-record", action="store_true")
@@ -48,7 +51,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     rows = []
     for name in args.model:
-        encoder = load_encoder(name, cache=LRUCache(4 * 1024**3, lambda f: f.nbytes()), pretrained=False)
+        encoder = load_encoder(name, cache=LRUCache(4 * 1024**3, lambda f: f.nbytes()), pretrained=name in bundled_names())
         photos = [Image.fromarray(rng.integers(0, 255, (375, 500, 3), dtype=np.uint8)) for _ in range(args.images + 1)]
         handlers.overview(encoder, photos[-1])  # warm-up (first call pays lazy initialisation)
         view = timed(lambda i: handlers.overview(encoder, photos[i]), args.images)

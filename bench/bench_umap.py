@@ -21,9 +21,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_index import Mixture, rss_mb  # noqa: E402
-from machine import markdown_table, record  # noqa: E402
+from machine import record  # noqa: E402
 
 from ssl_core.umap_map import DEFAULT_FIT_LIMIT, map_patches  # noqa: E402
+from ssl_core.tables import markdown_table  # noqa: E402
 
 
 def trustworthiness_on_subset(vectors: np.ndarray, coords: np.ndarray, n: int = 2000, seed: int = 0) -> float:

@@ -8,12 +8,6 @@ from ssl_core.system import machine_summary
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
 
-def markdown_table(headers: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def record(title: str, command: str, table: str, notes: str = "") -> None:
     """Print a result and append it to docs/benchmarks.md with the machine it came from."""
     block = f"\n### {title}\n\nMachine: {machine_summary()}  \nCommand: `{command}`\n\n{table}\n"

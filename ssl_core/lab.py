@@ -62,6 +62,7 @@ from .encoder import Encoder, PatchFeatures, ProgressFn
 from .mae import embed_patches, encode_tokens
 from .masks import random_mask
 from .parts import part_maps
+from .tables import markdown_table
 from .train.dilemma import patch_position_table
 
 SPLIT_STRIDE = 1 << 32  # held-out scenes of Lab seed s start at HELDOUT_OFFSET + s * SPLIT_STRIDE
@@ -672,13 +673,8 @@ def result_rows(result: ProbeResult | KNNResult | LocationResult | PartMapResult
     raise TypeError(f"no table rows for {type(result).__name__}")
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    """A Markdown table's lines: the header, its rule, one line per row."""
-    return ["| " + " | ".join(cells) + " |" for cells in [header, ["---"] * len(header), *rows]]
-
-
 def rows_markdown(rows: Sequence[Row]) -> str:
-    return "\n".join(markdown_table(["measure", "value", "chance", "samples (train / test)"], rows))
+    return markdown_table(["measure", "value", "chance", "samples (train / test)"], rows)
 
 
 @dataclass
@@ -697,7 +693,7 @@ class LabReport:
         out = [f"Held-out parts-world scenes, {c.describe()}. Chance levels in parentheses."]
 
         def section(title: str, header: list[str], rows: list[list[str]], intro: str = "") -> None:
-            out.extend(["", f"### {title}", ""] + ([intro, ""] if intro else []) + markdown_table(header, rows))
+            out.extend(["", f"### {title}", ""] + ([intro, ""] if intro else []) + [markdown_table(header, rows)])
 
         section("Object-level vs part-level linear probes",
                 ["encoder", "object acc.", "object bal. acc.", "part acc.", "part bal. acc."],
