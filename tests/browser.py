@@ -87,6 +87,13 @@ def open_browser(playwright):
                                       headless=True)
 
 
+def open_app(playwright, app: LiveApp, width: int = 1400, height: int = 1100, **context):
+    """A headless Chromium page showing the running app."""
+    page = open_browser(playwright).new_page(viewport={"width": width, "height": height}, **context)
+    page.goto(app.url)
+    return page
+
+
 def image_from_element(page, selector: str, timeout_ms: int = 60_000) -> np.ndarray:
     """The picture an <img> inside ``selector`` shows, fetched by the browser and decoded."""
     img = page.locator(f"{selector} img").first
@@ -135,6 +142,19 @@ def wait_for_gallery_change(page, selector: str, previous: list[str], count: int
         }""", arg=[selector, [page.url.rstrip('/') + '/' + s.lstrip('/') if s and not s.startswith('http') else s
                               for s in previous], count], timeout=timeout_ms)
     return gallery_srcs(page, selector)
+
+
+def build_index_and_search(page, x_fraction: float, hits: int = 8) -> list[str]:
+    """On the Gallery tab: index the loaded images, click the query image at ``x_fraction`` of its width (half
+    height), and wait for the nearest-patch pictures; returns their srcs."""
+    page.get_by_role("tab", name="Gallery").click()
+    page.locator("#gallery-build").click()
+    page.wait_for_function("() => document.querySelector('#index-info').innerText.includes('patches')",
+                           timeout=120_000)
+    query = image_from_element(page, "#gallery-query")
+    page.locator("#gallery-query img").first.click(
+        position={"x": int(query.shape[1] * x_fraction), "y": query.shape[0] // 2})
+    return wait_for_gallery_change(page, "#gallery-hits", [], hits)
 
 
 def fetch_image(page, src: str) -> np.ndarray:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from browser import (LiveApp, fetch_image, gallery_srcs, image_from_element, open_browser, requires_browser,
-                     screenshot, wait_for_gallery_change)
+from browser import (LiveApp, fetch_image, image_from_element, open_app, requires_browser, screenshot,
+                     wait_for_gallery_change)
 
 pytestmark = [pytest.mark.browser, requires_browser]
 
@@ -16,9 +16,7 @@ def test_click_changes_similarity_of_both_images_k_changes_parts_and_bagssl_plot
     first = image_file("first.png", 120, 180, seed=4)
     second = image_file("second.png", 150, 150, seed=5)
     with LiveApp("--model", "random-tiny") as app, sync_playwright() as p:
-        browser = open_browser(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        page.goto(app.url)
+        page = open_app(p, app, 1400, 1100)
         page.locator("#uploads input[type=file]").set_input_files([first, second])
         image_from_element(page, "#inspect-image")
 
@@ -53,4 +51,4 @@ def test_click_changes_similarity_of_both_images_k_changes_parts_and_bagssl_plot
         page.locator("#bagssl-layers .js-plotly-plot").wait_for(timeout=10_000)
         assert "cosine" in page.locator("#bagssl-info").inner_text()
         screenshot(page, "bagssl")
-        browser.close()
+        page.context.browser.close()

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from browser import LiveApp, image_from_element, open_browser, requires_browser, screenshot
+from browser import LiveApp, image_from_element, open_app, requires_browser, screenshot
 
 pytestmark = [pytest.mark.browser, requires_browser]
 
@@ -52,9 +52,7 @@ def test_bad_inputs_get_clear_messages_and_the_app_keeps_serving(tmp_path, image
         os.remove("/tmp/patchlens-browser-pwned")
 
     with LiveApp("--model", "random-tiny", "--allow-dir", str(allowed)) as app, sync_playwright() as p:
-        browser = open_browser(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        page.goto(app.url)
+        page = open_app(p, app, 1400, 1100)
 
         # corrupt and huge images: skipped with their reasons, the good one kept
         page.locator("#uploads input[type=file]").set_input_files([str(corrupt), str(bomb), good])
@@ -86,9 +84,9 @@ def test_bad_inputs_get_clear_messages_and_the_app_keeps_serving(tmp_path, image
         screenshot(page, "bad-input")
 
         # the app still serves: a fresh session works end to end
-        fresh = browser.new_page(viewport={"width": 1400, "height": 1100})
+        fresh = page.context.browser.new_page(viewport={"width": 1400, "height": 1100})
         fresh.goto(app.url)
         fresh.locator("#uploads input[type=file]").set_input_files(good)
         assert image_from_element(fresh, "#inspect-pca").std() > 5
-        browser.close()
+        page.context.browser.close()
     assert "unexpected error" not in app.output()  # every refusal above was an expected, explained one

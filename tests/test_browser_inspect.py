@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from browser import LiveApp, image_from_element, open_browser, requires_browser, screenshot
+from browser import LiveApp, image_from_element, open_app, requires_browser, screenshot
 
 pytestmark = [pytest.mark.browser, requires_browser]
 
@@ -15,16 +15,14 @@ def test_upload_an_image_and_read_back_the_maps(image_file, tmp_path):
 
     path = image_file("photo.png", 150, 230, seed=3)
     with LiveApp("--model", "random-tiny") as app, sync_playwright() as p:
-        browser = open_browser(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(app.url)
+        page = open_app(p, app, 1400, 1000)
         page.locator("#uploads input[type=file]").set_input_files(path)
         pca = image_from_element(page, "#inspect-pca")
         shown = image_from_element(page, "#inspect-image")
         attention = image_from_element(page, "#inspect-attention")
         assert "untrained" in page.locator("#model-info").inner_text().lower()
         screenshot(page, "inspect")
-        browser.close()
+        page.context.browser.close()
 
     # the browser shows exactly what the handler computes for this image
     from app.handlers import overview

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from browser import LiveApp, image_from_element, open_browser, requires_browser, screenshot, src_of, wait_for_new_image
+from browser import LiveApp, image_from_element, open_app, requires_browser, screenshot, src_of, wait_for_new_image
 
 pytestmark = [pytest.mark.browser, requires_browser]
 GREY = np.array([128, 128, 128])
@@ -29,9 +29,7 @@ def test_ratio_seed_and_custom_clicks(image_file, tmp_path):
     checkpoint = save_mae(build_mae(), tmp_path / "tiny-mae.safetensors")  # random weights, 12x12 grid
     photo = image_file("photo.png", 140, 180, seed=7)
     with LiveApp("--model", "random-tiny") as app, sync_playwright() as p:
-        browser = open_browser(p)
-        page = browser.new_page(viewport={"width": 1500, "height": 1100})
-        page.goto(app.url)
+        page = open_app(p, app, 1500, 1100)
         page.locator("#uploads input[type=file]").set_input_files(photo)
         image_from_element(page, "#inspect-image")
         page.get_by_role("tab", name="Reconstruct").click()
@@ -66,4 +64,4 @@ def test_ratio_seed_and_custom_clicks(image_file, tmp_path):
             wait_for_new_image(page, "#rec-masked", previous)
         assert hidden_cells(image_from_element(page, "#rec-masked"), 12) == {(2, 3), (7, 9)}
         screenshot(page, "reconstruct-custom")
-        browser.close()
+        page.context.browser.close()

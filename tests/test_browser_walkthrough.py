@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from browser import (LiveApp, image_from_element, open_browser, requires_browser, screenshot, src_of,
-                     wait_for_gallery_change, wait_for_new_image)
+from browser import (LiveApp, build_index_and_search, image_from_element, open_app, requires_browser, screenshot,
+                     src_of, wait_for_gallery_change, wait_for_new_image)
 from ssl_core.models.registry import bundled_names
 
 pytestmark = [pytest.mark.browser, requires_browser,
@@ -19,9 +19,7 @@ def test_every_view_on_the_bundled_models(tmp_path):
     from playwright.sync_api import sync_playwright
 
     with LiveApp() as app, sync_playwright() as p:  # the default model: bundled, trained
-        browser = open_browser(p)
-        page = browser.new_page(viewport={"width": 1500, "height": 1100}, accept_downloads=True)
-        page.goto(app.url)
+        page = open_app(p, app, 1500, 1100, accept_downloads=True)
         assert "untrained" not in page.locator("#model-info").inner_text().lower()
 
         # Inspect: the examples, a click, the similarity of every image
@@ -66,13 +64,7 @@ def test_every_view_on_the_bundled_models(tmp_path):
         screenshot(page, "walkthrough-compare")
 
         # Gallery: a small index of the examples, one search
-        page.get_by_role("tab", name="Gallery").click()
-        page.locator("#gallery-build").click()
-        page.wait_for_function("() => document.querySelector('#index-info').innerText.includes('patches')",
-                               timeout=120_000)
-        query = image_from_element(page, "#gallery-query")
-        page.locator("#gallery-query img").first.click(position={"x": query.shape[1] // 2, "y": query.shape[0] // 2})
-        wait_for_gallery_change(page, "#gallery-hits", [], 8)
+        build_index_and_search(page, 1 / 2)
         screenshot(page, "walkthrough-gallery")
 
         # Lab: one probe on the chosen encoders
@@ -82,5 +74,5 @@ def test_every_view_on_the_bundled_models(tmp_path):
                                timeout=180_000)
         assert "object" in page.locator("#lab-result").inner_text()
         screenshot(page, "walkthrough-lab")
-        browser.close()
+        page.context.browser.close()
     assert "unexpected error" not in app.output()

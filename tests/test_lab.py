@@ -162,7 +162,6 @@ def test_bundled_model_gives_the_part_probe_recorded_in_docs_lab_json():
 
 def test_lab_command_writes_markdown_and_json_with_its_command(tmp_path, capsys):
     from app.cli import main
-    import app.cli_lab  # noqa: F401  (registers `lab` until the lead lists it in COMMAND_MODULES)
 
     out = tmp_path / "lab.md"
     assert main(["lab", "--models", "random-tiny", "--n-train", "12", "--n-test", "8", "--seed", "3",

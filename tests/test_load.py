@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import base64
-import gc  # noqa: F401
 import hashlib
 import io
 import time

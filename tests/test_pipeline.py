@@ -1,7 +1,6 @@
 """The gallery embedding pipeline: same tokens as the encoder, bucketing, bad files, both decoders."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image

@@ -119,7 +119,6 @@ def test_context_drift_view_draws_on_the_encoder_grid(tiny_encoder, image_333x51
 
 
 def test_cli_writes_the_pictures_and_metrics(tmp_path, image_file, tiny_mae, monkeypatch, capsys):
-    import app.cli_mim  # noqa: F401  (registers the command)
     from app.cli import main
 
     weights = save_mae(tiny_mae, tmp_path / "mae.safetensors")

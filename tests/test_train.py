@@ -139,7 +139,6 @@ def test_misplaced_tokens_carry_another_kept_tokens_position():
 
 
 def test_cli_train_records_the_command_that_repeats_it(tmp_path, capsys):
-    import app.cli_train  # noqa: F401  (registers `train`)
     from app.cli import main
 
     assert main(["train", "--method", "supervised", "--out", str(tmp_path), "--steps", "2", "--batch-size", "4",

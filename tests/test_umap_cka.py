@@ -169,7 +169,6 @@ def test_gallery_map_and_cka_handlers(tiny_encoder, three_images):
 def test_gallery_commands_end_to_end(three_images, tmp_path, capsys):
     import json
 
-    import app.cli_gallery  # noqa: F401  (registers the commands; app.cli imports it through COMMAND_MODULES)
     from app.cli import main
 
     first, second, third = three_images
