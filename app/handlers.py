@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ssl_core import render
+from ssl_core import partsworld, render
 from ssl_core.attention import class_attention_map, mass_mask, rollout_map
 from ssl_core.bagssl import bag_of_crops, bag_tables, embedding_vs_patch_mean, patch_to_embedding
 from ssl_core.encoder import Encoder, PatchFeatures
-from ssl_core.parts import part_maps
+from ssl_core.parts import agreement_with_truth, part_maps
 from ssl_core.pca import foreground_mask, pca_rgb
 from ssl_core.figures import bag_of_crops_figure, layer_agreement_figure
 from ssl_core.similarity import patch_similarity
@@ -179,6 +179,16 @@ def parts_view(encoder: Encoder, images: Sequence[Image.Image], names: Sequence[
     info = (f"k = {k} parts from one k-means over {total} patch tokens of {len(grids)} image(s)"
             + (", foreground only (black: background)" if use_foreground else "") + untrained_note(encoder))
     arrays = {f"labels_{i}": l.numpy() for i, l in enumerate(parts.labels)}
+    scores = []
+    for i, (image, name, labels) in enumerate(zip(images, names, parts.labels)):
+        part_map = partsworld.example_part_map(image)
+        if part_map is not None and masks is None:
+            arrays[f"ground_truth_{i}"] = truth = partsworld.grid_part_labels(part_map, tuple(labels.shape))
+            agreement = agreement_with_truth(labels, truth, seed)
+            scores.append(f"{name} {agreement.ari:.2f} (shuffled {agreement.shuffled:.2f})")
+    if scores:
+        info += ("\n\nParts-world examples have known parts: adjusted Rand index of the part map against the "
+                 "ground truth — " + "; ".join(scores) + ". 1 is perfect agreement, 0 is chance.")
     arrays.update(centroids=parts.centroids.numpy(), counts_per_image=parts.counts_per_image.numpy())
     return ViewResult(gallery=gallery, info=info, arrays=arrays, table=table)
 

@@ -20,7 +20,9 @@ One function and one result dataclass per analysis; every result carries its sam
 * `part_map_agreement`: one spherical k-means over the patch tokens of several scenes (`ssl_core.parts.part_maps`,
   k = the number of ground-truth part labels present) against the ground-truth patch part labels: adjusted Rand
   index per scene (mean) and over all patches pooled (which also asks a cluster to mean the same part in every
-  scene), with a chance baseline (each scene's cluster labels shuffled over its patches).
+  scene), with a chance baseline (each scene's cluster labels shuffled over its patches); and the same index against
+  the patches' grid position (4 x 4 blocks of the grid), which tells clusters that follow parts from clusters that
+  follow location (tokens that carry their position strongly, as MIM models' often do).
 * `cka_probe` (the CKA paper's figure): `ssl_core.cka.compare_encoders` between two encoders, layer by layer.
 * `mim_probe` (MAE / CAE weights files only): reconstruction error on held-out masked scenes (the model's own
   loss, over hidden patches) against predicting zero for every target value, and for a CAE the cosine between
@@ -61,7 +63,7 @@ from .cka import CKAResult, compare_encoders
 from .encoder import Encoder, PatchFeatures, ProgressFn
 from .mae import embed_patches, encode_tokens
 from .masks import random_mask
-from .parts import part_maps
+from .parts import agreement_with_truth, part_maps
 from .tables import markdown_table
 from .train.dilemma import patch_position_table
 
@@ -452,6 +454,7 @@ class PartMapResult:
     ari_pooled: float  # over all patches of all scenes (clusters must mean the same part everywhere)
     chance_per_image: float  # the same with each scene's cluster labels shuffled over its patches
     chance_pooled: float
+    position_ari_per_image: float  # the same clusters against the patches' grid position (4 x 4 blocks)
     k: int  # clusters = ground-truth labels present
     images: int
     patches: int
@@ -468,8 +471,6 @@ def part_map_agreement(grids: Sequence[torch.Tensor], truth: Sequence[np.ndarray
 
     ``k`` defaults to the number of distinct labels in ``truth``; ``images`` (optional) keeps the first for display.
     """
-    from sklearn.metrics import adjusted_rand_score
-
     if len(grids) != len(truth) or not grids:
         raise ValueError(f"part_map_agreement needs one label map per grid, got {len(grids)} grids and {len(truth)} maps")
     truth = [np.asarray(t, np.int64) for t in truth]
@@ -478,16 +479,20 @@ def part_map_agreement(grids: Sequence[torch.Tensor], truth: Sequence[np.ndarray
             raise ValueError(f"a label map of shape {labels.shape} does not match its {tuple(grid.shape[:2])} grid")
     k = int(k or len(np.unique(np.concatenate([t.ravel() for t in truth]))))
     clusters = [c.numpy() for c in part_maps(list(grids), k, seed).labels]
-    rng = np.random.default_rng(seed)
-    shuffled = [rng.permutation(c.ravel()) for c in clusters]
-    per_image = [adjusted_rand_score(t.ravel(), c.ravel()) for t, c in zip(truth, clusters)]
-    chance = [adjusted_rand_score(t.ravel(), s) for t, s in zip(truth, shuffled)]
-    all_truth = np.concatenate([t.ravel() for t in truth])
+    per_image = [agreement_with_truth(c, t, seed + i) for i, (c, t) in enumerate(zip(clusters, truth))]
+    position = [agreement_with_truth(c, grid_blocks(c.shape), seed).ari for c in clusters]
+    pooled = agreement_with_truth(np.concatenate([c.ravel() for c in clusters]),
+                                  np.concatenate([t.ravel() for t in truth]), seed)
     return PartMapResult(
-        float(np.mean(per_image)), float(adjusted_rand_score(all_truth, np.concatenate([c.ravel() for c in clusters]))),
-        float(np.mean(chance)), float(adjusted_rand_score(all_truth, np.concatenate(shuffled))), k, len(grids),
-        len(all_truth), seed, float(per_image[0]), None if images is None else np.asarray(images[0]), clusters[0],
-        truth[0])
+        float(np.mean([a.ari for a in per_image])), pooled.ari, float(np.mean([a.shuffled for a in per_image])),
+        pooled.shuffled, float(np.mean(position)), k, len(grids), sum(t.size for t in truth), seed, per_image[0].ari,
+        None if images is None else np.asarray(images[0]), clusters[0], truth[0])
+
+
+def grid_blocks(grid_hw: tuple[int, int], blocks: int = 4) -> np.ndarray:
+    """Each patch's block of a ``blocks`` x ``blocks`` split of the grid: [h, w] int64 labels."""
+    h, w = grid_hw
+    return (np.arange(h)[:, None] * blocks // h) * blocks + np.arange(w)[None, :] * blocks // w
 
 
 def part_map_probe(scenes: EncodedScenes, config: LabConfig) -> PartMapResult:
@@ -661,7 +666,8 @@ def result_rows(result: ProbeResult | KNNResult | LocationResult | PartMapResult
     if isinstance(result, PartMapResult):
         return [("part map ARI (per scene)", _f(result.ari_per_image), _f(result.chance_per_image),
                  f"{result.images} scenes, k={result.k}, seed {result.seed}"),
-                ("part map ARI (pooled)", _f(result.ari_pooled), _f(result.chance_pooled), f"{result.patches} patches")]
+                ("part map ARI (pooled)", _f(result.ari_pooled), _f(result.chance_pooled), f"{result.patches} patches"),
+                ("part map ARI vs grid position", _f(result.position_ari_per_image), "", "4 x 4 blocks of the grid")]
     if isinstance(result, MIMResult):
         rows = [(f"{result.kind} reconstruction MSE (lower is better)", _f(result.reconstruction_mse),
                  _f(result.zero_prediction_mse) + " (predict 0)", f"{result.images} scenes, {result.hidden_patches} "
@@ -712,9 +718,10 @@ class LabReport:
                  [_label(e), _fc(e.location.probe.accuracy, e.location.probe.chance_accuracy),
                   _f(e.location.probe.balanced_accuracy), _f(e.location.auc)] for e in self.encoders])
         section("k-means part maps vs ground-truth part labels (adjusted Rand index)",
-                ["encoder", "ARI per scene (shuffled)", "ARI pooled (shuffled)", "k"],
+                ["encoder", "ARI per scene (shuffled)", "ARI pooled (shuffled)", "ARI vs grid position", "k"],
                 [[_label(e), _fc(e.part_map.ari_per_image, e.part_map.chance_per_image),
-                  _fc(e.part_map.ari_pooled, e.part_map.chance_pooled), str(e.part_map.k)] for e in self.encoders])
+                  _fc(e.part_map.ari_pooled, e.part_map.chance_pooled), _f(e.part_map.position_ari_per_image),
+                  str(e.part_map.k)] for e in self.encoders])
         mims = [e for e in self.encoders if e.mim is not None]
         if mims:
             section("Masked image modeling on held-out scenes",
@@ -808,9 +815,13 @@ def findings(report: LabReport) -> list[str]:
     if trained:
         above = [e.name for e in trained.values() if e.part_map.ari_per_image > e.part_map.chance_per_image + 0.1]
         top = best(list(trained.values()), lambda e: e.part_map.ari_per_image)
+        located = [f"{e.name} ({e.part_map.position_ari_per_image:.3f} vs {e.part_map.ari_per_image:.3f})"
+                   for e in trained.values() if e.part_map.position_ari_per_image > e.part_map.ari_per_image]
         out.append(f"**Part maps**: k-means part maps agree with the ground truth well above chance (ARI per scene "
                    f"at least 0.1 over shuffled labels) for {len(above)} of {len(trained)} trained models; best "
-                   f"{top[0]} at {top[1]:.3f}.")
+                   f"{top[0]} at {top[1]:.3f}."
+                   + (" Clusters that follow grid position more than parts (ARI against 4 x 4 grid blocks vs against "
+                      "parts): " + ", ".join(located) + "." if located else ""))
     for e in pick(MIM):
         m = e.mim
         if m is None:
@@ -940,6 +951,6 @@ class _Tracker:
 __all__ = ["LabConfig", "LabReport", "EncoderLab", "EncodedScenes", "ProbeResult", "KNNResult", "LocationResult",
            "PartMapResult", "CKAComparison", "MIMResult", "heldout_seeds", "heldout_scenes", "scene_size",
            "encode_scenes", "object_probe", "part_probe", "knn_probe", "knn_accuracy", "bag_of_crops_embeddings",
-           "forward_with_positions", "swap_positions", "location_probe", "part_map_agreement", "part_map_probe",
+           "forward_with_positions", "swap_positions", "location_probe", "part_map_agreement", "grid_blocks", "part_map_probe",
            "cka_probe", "mim_probe", "mim_kind", "run_encoder_lab", "run_lab", "default_cka_pairs", "findings",
            "result_rows", "rows_markdown", "result_numbers"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -89,3 +90,23 @@ def part_maps(grids: list[torch.Tensor], k: int, seed: int = 0, foreground: list
         labels.append(label_map)
     per_image = torch.stack([torch.bincount(l[l >= 0], minlength=k) for l in labels])
     return PartMaps(labels, per_image.sum(0), per_image, result.centroids)
+
+
+@dataclass
+class Agreement:
+    """Adjusted Rand index of a part map against ground-truth labels, with the same map's labels shuffled."""
+
+    ari: float
+    shuffled: float  # chance level: the ARI of the same clusters in a random order
+
+
+def agreement_with_truth(clusters: np.ndarray | torch.Tensor, truth: np.ndarray, seed: int = 0) -> Agreement:
+    """ARI between cluster labels and ground-truth labels of the same patches (any equal shapes), and its chance."""
+    from sklearn.metrics import adjusted_rand_score
+
+    clusters = np.asarray(clusters).ravel()
+    truth = np.asarray(truth).ravel()
+    if clusters.shape != truth.shape:
+        raise ValueError(f"{clusters.size} cluster labels cannot be compared with {truth.size} ground-truth labels")
+    shuffled = np.random.default_rng(seed).permutation(clusters)
+    return Agreement(float(adjusted_rand_score(truth, clusters)), float(adjusted_rand_score(truth, shuffled)))

@@ -353,6 +353,32 @@ def patch_labels(part_map: np.ndarray | torch.Tensor, patch_size: int, num_label
     return counts.argmax(-1).reshape(*lead, h, w)
 
 
+def grid_part_labels(part_map: np.ndarray, grid_hw: tuple[int, int], cell: int = 8) -> np.ndarray:
+    """Ground-truth label of each cell of a patch grid laid over the whole map: [H, W] -> [h, w] int64.
+
+    For grids that do not divide the map (a model's resize rounds to whole patches), the map is first resampled
+    (nearest) to ``cell`` pixels per grid cell, then each cell takes its majority label (`patch_labels`)."""
+    h, w = grid_hw
+    labels = np.asarray(part_map)
+    if labels.shape[0] % h or labels.shape[1] % w:
+        labels = np.asarray(Image.fromarray(labels.astype(np.uint8)).resize((w * cell, h * cell), Image.Resampling.NEAREST))
+    return patch_labels(labels, labels.shape[0] // h)
+
+
+@lru_cache(maxsize=1)
+def _example_samples() -> tuple[PartsSample, ...]:
+    return tuple(sample(seed, EXAMPLE_SIZE) for seed in EXAMPLE_SEEDS)
+
+
+def example_part_map(image: Image.Image | np.ndarray) -> np.ndarray | None:
+    """The ground-truth part map [H, W] of an image that is one of the shipped examples (`write_examples`),
+    recognised by its pixels; None for any other image."""
+    pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+    if pixels.shape != (EXAMPLE_SIZE, EXAMPLE_SIZE, 3):
+        return None
+    return next((s.part_map for s in _example_samples() if np.array_equal(s.image, pixels)), None)
+
+
 # ------------------------------------------------------------------------------------------------ datasets
 def sample_tensors(seed: int, size: int, world: PartsWorld = DEFAULT_WORLD) -> dict[str, torch.Tensor]:
     """A sample as tensors: image [3, S, S] uint8, label [] int64, part_map [S, S] int64."""

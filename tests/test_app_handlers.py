@@ -78,3 +78,22 @@ def test_uploads_keep_good_images_and_name_bad_ones(tmp_path, image_file):
     loaded, problems = load_uploads([good, str(bad), str(big)], AppConfig(max_upload_mb=0.5))
     assert [i.name for i in loaded] == ["ok.png"]
     assert any("bad.png" in p for p in problems) and any("upload limit" in p for p in problems)
+
+
+def test_default_model_parts_view_finds_the_ground_truth_parts_of_the_parts_world_examples():
+    from ssl_core import default_model_name, load_encoder
+    from ssl_core.models.registry import ASSETS_DIR, resolve_spec
+
+    name = default_model_name()
+    if not resolve_spec(name).trained:
+        pytest.skip("the bundled default model's weights are missing")
+    encoder = load_encoder(name, device="cpu", cache=None)
+    names = [f"partsworld_{i}.png" for i in range(1, 5)] + ["chelsea.jpg"]
+    images = [Image.open(ASSETS_DIR / "examples" / n) for n in names]
+    view = handlers.parts_view(encoder, images, names, layer=None, k=8)
+    assert "adjusted Rand index" in view.info and "chelsea" not in view.info.split("ground truth")[-1]
+    assert sorted(k for k in view.arrays if k.startswith("ground_truth")) == [f"ground_truth_{i}" for i in range(4)]
+    from ssl_core.parts import agreement_with_truth
+    scores = [agreement_with_truth(view.arrays[f"labels_{i}"], view.arrays[f"ground_truth_{i}"]) for i in range(4)]
+    assert np.mean([s.ari for s in scores]) > 0.25  # well above chance: docs/lab.md has the held-out figure
+    assert all(abs(s.shuffled) < 0.1 for s in scores)

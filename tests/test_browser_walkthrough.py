@@ -46,7 +46,7 @@ def test_every_view_on_the_bundled_models(tmp_path):
         page.get_by_role("tab", name="Compare").click()
         chooser = page.locator("#compare-models input")
         chooser.click()
-        chooser.fill("patchlens-sup")
+        chooser.fill("patchlens-mae")
         chooser.press("Enter")
         page.locator("#compare-run").click()
         before = image_from_element(page, "#compare-similarity", timeout_ms=120_000)

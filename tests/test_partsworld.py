@@ -123,3 +123,16 @@ def test_example_images_are_the_generator_output_and_two_share_wheels():
     wheel = pw.PART_IDS["wheel"]
     with_wheels = [s.class_name for s in samples if (s.part_map == wheel).any()]
     assert len(with_wheels) >= 2 and len(set(with_wheels)) >= 2
+
+
+def test_examples_are_recognised_by_their_pixels_and_labelled_on_any_grid():
+    first = Image.open(ASSETS_DIR / "examples" / "partsworld_1.png")
+    truth = pw.sample(pw.EXAMPLE_SEEDS[0], pw.EXAMPLE_SIZE).part_map
+    assert np.array_equal(pw.example_part_map(first), truth)
+    touched = np.asarray(first.convert("RGB")).copy()
+    touched[0, 0] ^= 1
+    assert pw.example_part_map(touched) is None  # one changed pixel: not the example any more
+    assert pw.example_part_map(Image.open(ASSETS_DIR / "examples" / "chelsea.jpg")) is None
+    assert np.array_equal(pw.grid_part_labels(truth, (12, 12)), pw.patch_labels(truth, 16))
+    uneven = pw.grid_part_labels(truth, (14, 10))  # 192 px is no whole number of 14 or 10 cells
+    assert uneven.shape == (14, 10) and set(np.unique(uneven)) <= set(np.unique(truth))

@@ -32,7 +32,10 @@ BUNDLED_OBJECTIVES = {
     "patchlens-cae": ("CAE", "masked image modeling in representation space (latent regressor + decoder)"),
     "patchlens-dilemma": ("DILEMMA", "self-distillation + detecting tokens with wrong positional embeddings"),
 }
-DEFAULT_BUNDLED = "patchlens-mae"
+# The app's default: the best all-round bundled model in docs/lab.md (highest object and part probes; its part maps
+# follow the ground-truth parts, while the MAE's and CAE's last-block tokens cluster by grid position). The
+# Reconstruct view defaults to patchlens-mae (`ssl_core.mae.DEFAULT_MAE`).
+DEFAULT_BUNDLED = "patchlens-sup"
 
 for _name, (_family, _objective) in BUNDLED_OBJECTIVES.items():
     register_spec(ModelSpec(
