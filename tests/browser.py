@@ -94,7 +94,7 @@ def open_app(playwright, app: LiveApp, width: int = 1400, height: int = 1100, **
     return page
 
 
-def image_from_element(page, selector: str, timeout_ms: int = 60_000) -> np.ndarray:
+def image_from_element(page, selector: str, timeout_ms: int = 120_000) -> np.ndarray:
     """The picture an <img> inside ``selector`` shows, fetched by the browser and decoded."""
     img = page.locator(f"{selector} img").first
     img.wait_for(state="visible", timeout=timeout_ms)
@@ -104,7 +104,7 @@ def image_from_element(page, selector: str, timeout_ms: int = 60_000) -> np.ndar
     return np.asarray(Image.open(io.BytesIO(response.body())).convert("RGB"))
 
 
-def wait_for_new_image(page, selector: str, previous_src: str | None, timeout_ms: int = 60_000) -> None:
+def wait_for_new_image(page, selector: str, previous_src: str | None, timeout_ms: int = 120_000) -> None:
     """Wait until the <img> inside ``selector`` shows a different picture than ``previous_src``."""
     page.wait_for_function(
         "([sel, prev]) => { const i = document.querySelector(sel + ' img'); return i && i.src && i.src !== prev; }",
@@ -133,7 +133,7 @@ def gallery_srcs(page, selector: str) -> list[str]:
     return [img.get_attribute("src") for img in page.locator(f"{selector} img").all()]
 
 
-def wait_for_gallery_change(page, selector: str, previous: list[str], count: int, timeout_ms: int = 60_000) -> list[str]:
+def wait_for_gallery_change(page, selector: str, previous: list[str], count: int, timeout_ms: int = 120_000) -> list[str]:
     """Wait until a gallery shows ``count`` pictures that differ from ``previous``; returns their srcs."""
     page.wait_for_function(
         """([sel, prev, n]) => {

@@ -17,7 +17,7 @@ class _Payload:
         return (os.system, ("touch /tmp/patchlens-browser-pwned",))
 
 
-def expect_message(page, text: str, timeout_ms: int = 60_000) -> None:
+def expect_message(page, text: str, timeout_ms: int = 120_000) -> None:
     page.get_by_text(text, exact=False).first.wait_for(state="visible", timeout=timeout_ms)
 
 
