@@ -161,22 +161,26 @@ def similarity_view(encoder: Encoder, images: Sequence[Image.Image], names: Sequ
 
 # --------------------------------------------------------------------------------------------- parts
 def parts_view(encoder: Encoder, images: Sequence[Image.Image], names: Sequence[str], layer: int | None, k: int,
-               seed: int = 0, use_foreground: bool = False, threshold: float = 0.5, invert: bool = False) -> ViewResult:
-    """k-means over the patch tokens of all images at once: one colour is one part in every image."""
+               seed: int = 0, use_foreground: bool = False, threshold: float = 0.5, invert: bool = False,
+               separate: bool = False) -> ViewResult:
+    """k-means over the patch tokens of all images at once (one colour is one part in every image), or of each
+    image on its own (``separate``)."""
     features = extract(encoder, images, layer)
     grids = [f.tokens(layer) for f in features]
     masks = foreground_mask(grids, threshold, invert) if use_foreground else None
     total = sum(int(m.sum()) for m in masks) if masks is not None else sum(g.shape[0] * g.shape[1] for g in grids)
     if total < k:
         raise ValueError(f"{total} patches are selected, fewer than k = {k} parts")
-    parts = part_maps(grids, k, seed, masks)
+    parts = part_maps(grids, k, seed, masks, separate=separate)
     gallery = []
     for f, name, labels in zip(features, names, parts.labels):
         picture = render.overlay(f.image, render.labels_to_rgb(labels), alpha=0.6)
         gallery.append((to_display(f, picture), name))
     table = [[name, *map(int, row)] for name, row in zip(names, parts.counts_per_image.tolist())]
-    table.append(["all images", *map(int, parts.counts.tolist())])
-    info = (f"k = {k} parts from one k-means over {total} patch tokens of {len(grids)} image(s)"
+    if not parts.separate:
+        table.append(["all images", *map(int, parts.counts.tolist())])
+    info = ((f"k = {k} parts in each image, from one k-means per image (colours match only within an image)"
+             if separate else f"k = {k} parts from one k-means over {total} patch tokens of {len(grids)} image(s)")
             + (", foreground only (black: background)" if use_foreground else "") + untrained_note(encoder))
     arrays = {f"labels_{i}": l.numpy() for i, l in enumerate(parts.labels)}
     scores = []

@@ -45,7 +45,9 @@ to each patch in the last layer (heads averaged) — often the object the image 
            "The foreground mask keeps the patches whose first component is above the threshold (DINOv2's figure) "
            "and refits the PCA on them, so the colours then show the object's parts.",
     "parts": "k-means over the patch tokens of all loaded images at once (co-segmentation): the same colour is the same "
-             "part in every image. Contrastive models tend to group whole objects; MIM models group local parts.",
+             "part in every image. Contrastive models tend to group whole objects; MIM models' tokens keep more of "
+             "their place in the grid, so their parts are local. Tick *Each image on its own* to cluster every image "
+             "separately: its parts are then not crowded out by the other images, but colours match only within it.",
     "attention": "Where the class token looks, per head and averaged, in any block; *rollout* multiplies the attention "
                  "of blocks 0..b (with the residual path) to follow information through the network. The mask keeps the "
                  "patches that hold the chosen share of the attention mass (DINO's figure). Register tokens are left out.",
@@ -211,12 +213,12 @@ class PatchLensApp:
                                    joint, use_fg, threshold, invert)
         return result.gallery, result.info, self.export(result.arrays, "pca")
 
-    def run_parts(self, images, layer, k, seed, use_fg, threshold, *model_args):
+    def run_parts(self, images, layer, k, seed, use_fg, threshold, separate, *model_args):
         if not images:
             return [], None, "", None
         pictures, names = self._images_or_none(images)
         result = handlers.parts_view(self.encoder(*model_args), pictures, names, handlers.parse_layer(layer),
-                                     int(k), int(seed or 0), use_fg, threshold)
+                                     int(k), int(seed or 0), use_fg, threshold, separate=bool(separate))
         table = gr.update(value=result.table, headers=handlers.parts_table_headers(int(k)))
         return result.gallery, table, result.info, self.export(result.arrays, "parts")
 
@@ -504,11 +506,12 @@ class PatchLensApp:
                                 parts_k = gr.Slider(2, 16, 5, step=1, label="Number of parts (k)", elem_id="parts-k")
                                 parts_seed = gr.Number(0, precision=0, label="Seed")
                                 parts_fg = gr.Checkbox(False, label="Foreground only")
+                                parts_separate = gr.Checkbox(False, label="Each image on its own", elem_id="parts-separate")
                                 parts_threshold = gr.Slider(0.05, 0.95, 0.5, step=0.05, label="Foreground threshold")
                             parts_gallery = gr.Gallery(label="Part maps", columns=4, height=380, format="png",
                                                        elem_id="parts-gallery")
                             parts_table = gr.Dataframe(label="Patches per part", interactive=False)
-                            parts_info = gr.Markdown()
+                            parts_info = gr.Markdown(elem_id="parts-info")
                             parts_file = gr.File(label="Part labels and centroids (.npz)")
                         with gr.Tab("Attention", id="attention"):
                             gr.Markdown(HELP["attention"])
@@ -669,7 +672,7 @@ class PatchLensApp:
             similarity = ([images, selected, click, layer, *model_inputs], [sim_gallery, sim_info, sim_file])
             pca_view = ([images, layer, pca_joint, pca_fg, pca_threshold, pca_invert, *model_inputs],
                         [pca_gallery, pca_info, pca_file])
-            parts_view = ([images, layer, parts_k, parts_seed, parts_fg, parts_threshold, *model_inputs],
+            parts_view = ([images, layer, parts_k, parts_seed, parts_fg, parts_threshold, parts_separate, *model_inputs],
                           [parts_gallery, parts_table, parts_info, parts_file])
             attention_view = ([images, selected, att_block, att_head, att_rollout, att_mass, *model_inputs],
                               [att_map, att_mask, att_heads, att_info, att_file])
@@ -750,7 +753,7 @@ class PatchLensApp:
             on(layer.change, *runners["pca"], "parts", "similarity")
             for control in (pca_joint, pca_fg, pca_invert, pca_threshold):
                 control.change(*runners["pca"])
-            for control in (parts_k, parts_seed, parts_fg, parts_threshold):
+            for control in (parts_k, parts_seed, parts_fg, parts_threshold, parts_separate):
                 control.change(*runners["parts"])
             for control in (att_block, att_head, att_rollout, att_mass):
                 control.change(*runners["attention"])

@@ -73,12 +73,20 @@ class PartMaps:
     labels: list[torch.Tensor]  # per image [h, w] int64; -1 where excluded (background)
     counts: torch.Tensor  # [k] patches per part over all images
     counts_per_image: torch.Tensor  # [images, k]
-    centroids: torch.Tensor  # [k, D]
+    centroids: torch.Tensor  # [k, D] (one k-means), or [images, k, D] (each image on its own)
+    separate: bool = False  # True: each image clustered alone, so a label means nothing across images
 
 
-def part_maps(grids: list[torch.Tensor], k: int, seed: int = 0, foreground: list[torch.Tensor] | None = None) -> PartMaps:
-    """Co-segment patch grids [h, w, D] into k parts with one k-means; optional foreground masks [h, w]."""
+def part_maps(grids: list[torch.Tensor], k: int, seed: int = 0, foreground: list[torch.Tensor] | None = None,
+              separate: bool = False) -> PartMaps:
+    """Co-segment patch grids [h, w, D] into k parts with one k-means (``separate``: one k-means per image);
+    optional foreground masks [h, w]."""
     masks = foreground or [torch.ones(g.shape[:2], dtype=torch.bool) for g in grids]
+    if separate:
+        each = [part_maps([g], k, seed, [m]) for g, m in zip(grids, masks)]
+        per_image = torch.cat([p.counts_per_image for p in each])
+        return PartMaps([p.labels[0] for p in each], per_image.sum(0), per_image,
+                        torch.stack([p.centroids for p in each]), separate=True)
     selected = torch.cat([g[m] for g, m in zip(grids, masks)])  # [N, D]
     result = kmeans(selected, k, seed)
     labels, start = [], 0

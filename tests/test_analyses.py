@@ -64,6 +64,20 @@ def test_kmeans_labels_are_consistent_across_a_repeated_image_and_reproducible()
     assert len(pairs) == 3
 
 
+def test_separate_part_maps_cluster_each_image_as_if_it_were_alone():
+    torch.manual_seed(0)
+    centres = torch.randn(6, 16) * 5
+    first = centres[torch.randint(0, 3, (6, 6))] + torch.randn(6, 6, 16) * 0.1  # parts 0-2
+    second = centres[torch.randint(3, 6, (5, 7))] + torch.randn(5, 7, 16) * 0.1  # parts 3-5, another grid
+    joint = part_maps([first, second], k=3, seed=0)
+    separate = part_maps([first, second], k=3, seed=0, separate=True)
+    assert joint.labels[0].unique().numel() < 3  # one k-means over both: each image gets fewer than its 3 parts
+    for grid, labels in zip([first, second], separate.labels):
+        assert torch.equal(labels, part_maps([grid], k=3, seed=0).labels[0])
+        assert labels.unique().numel() == 3
+    assert separate.separate and separate.centroids.shape == (2, 3, 16) and separate.counts_per_image.sum() == 71
+
+
 def test_kmeans_foreground_only_marks_background_minus_one():
     grid = torch.randn(4, 4, 8)
     fg = torch.zeros(4, 4, dtype=torch.bool)

@@ -90,10 +90,13 @@ def test_default_model_parts_view_finds_the_ground_truth_parts_of_the_parts_worl
     encoder = load_encoder(name, device="cpu", cache=None)
     names = [f"partsworld_{i}.png" for i in range(1, 5)] + ["chelsea.jpg"]
     images = [Image.open(ASSETS_DIR / "examples" / n) for n in names]
-    view = handlers.parts_view(encoder, images, names, layer=None, k=8)
-    assert "adjusted Rand index" in view.info and "chelsea" not in view.info.split("ground truth")[-1]
-    assert sorted(k for k in view.arrays if k.startswith("ground_truth")) == [f"ground_truth_{i}" for i in range(4)]
     from ssl_core.parts import agreement_with_truth
-    scores = [agreement_with_truth(view.arrays[f"labels_{i}"], view.arrays[f"ground_truth_{i}"]) for i in range(4)]
-    assert np.mean([s.ari for s in scores]) > 0.25  # well above chance: docs/lab.md has the held-out figure
-    assert all(abs(s.shuffled) < 0.1 for s in scores)
+
+    for separate, k, floor in [(False, 8, 0.25), (True, 5, 0.5)]:  # all images at once; each image on its own
+        view = handlers.parts_view(encoder, images, names, layer=None, k=k, separate=separate)
+        assert "adjusted Rand index" in view.info and "chelsea" not in view.info.split("ground truth")[-1]
+        assert sorted(a for a in view.arrays if a.startswith("ground_truth")) == [f"ground_truth_{i}" for i in range(4)]
+        scores = [agreement_with_truth(view.arrays[f"labels_{i}"], view.arrays[f"ground_truth_{i}"]) for i in range(4)]
+        assert np.mean([s.ari for s in scores]) > floor  # well above chance; docs/lab.md has the held-out figure
+        assert all(abs(s.shuffled) < 0.1 for s in scores)
+        assert len(view.table) == len(names) + (not separate)  # a total row only when labels mean one thing

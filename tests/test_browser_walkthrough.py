@@ -32,7 +32,11 @@ def test_every_view_on_the_bundled_models(tmp_path):
         wait_for_gallery_change(page, "#similarity-gallery", [], 8)
         screenshot(page, "walkthrough-inspect")
         page.get_by_role("tab", name="Parts").click()
-        wait_for_gallery_change(page, "#parts-gallery", [], 8)
+        joint = wait_for_gallery_change(page, "#parts-gallery", [], 8)
+        assert "adjusted Rand index" in page.locator("#parts-info").inner_text()  # the examples' parts are known
+        page.locator("#parts-separate input").check()
+        wait_for_gallery_change(page, "#parts-gallery", joint, 8)
+        page.wait_for_function("() => document.querySelector('#parts-info').innerText.includes('per image')")
         screenshot(page, "walkthrough-parts")
 
         # Reconstruct with the bundled MAE
