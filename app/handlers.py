@@ -168,9 +168,14 @@ def parts_view(encoder: Encoder, images: Sequence[Image.Image], names: Sequence[
     features = extract(encoder, images, layer)
     grids = [f.tokens(layer) for f in features]
     masks = foreground_mask(grids, threshold, invert) if use_foreground else None
-    total = sum(int(m.sum()) for m in masks) if masks is not None else sum(g.shape[0] * g.shape[1] for g in grids)
+    selected = [int(m.sum()) for m in masks] if masks is not None else [g.shape[0] * g.shape[1] for g in grids]
+    total = sum(selected)
     if total < k:
         raise ValueError(f"{total} patches are selected, fewer than k = {k} parts")
+    if separate and min(selected) < k:
+        name = names[selected.index(min(selected))]
+        raise ValueError(f"{name}: {min(selected)} patches are selected, fewer than k = {k} parts for the image on its "
+                         f"own (lower k or the foreground threshold)")
     parts = part_maps(grids, k, seed, masks, separate=separate)
     gallery = []
     for f, name, labels in zip(features, names, parts.labels):

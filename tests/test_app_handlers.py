@@ -100,3 +100,13 @@ def test_default_model_parts_view_finds_the_ground_truth_parts_of_the_parts_worl
         assert np.mean([s.ari for s in scores]) > floor  # well above chance; docs/lab.md has the held-out figure
         assert all(abs(s.shuffled) < 0.1 for s in scores)
         assert len(view.table) == len(names) + (not separate)  # a total row only when labels mean one thing
+
+
+def test_parts_of_each_image_on_its_own_need_k_patches_in_every_image(tiny_encoder, image_333x517):
+    images = [Image.fromarray(image_333x517[:, :333]), Image.fromarray(image_333x517[:100])]  # square, wide
+    square, wide = (f.grid_hw[0] * f.grid_hw[1] for f in tiny_encoder.extract(images))
+    k = square + 1
+    assert wide > k
+    with pytest.raises(ValueError, match=f"square.png: {square} patches .* fewer than k = {k} parts for the image on"):
+        handlers.parts_view(tiny_encoder, images, ["square.png", "wide.png"], None, k=k, separate=True)
+    assert len(handlers.parts_view(tiny_encoder, images, ["square.png", "wide.png"], None, k=k).gallery) == 2
