@@ -18,7 +18,7 @@ from ssl_core import partsworld, render
 from ssl_core.attention import class_attention_map, mass_mask, rollout_map
 from ssl_core.bagssl import bag_of_crops, bag_tables, embedding_vs_patch_mean, patch_to_embedding
 from ssl_core.encoder import Encoder, PatchFeatures
-from ssl_core.parts import agreement_with_truth, part_maps
+from ssl_core.parts import agreement_with_truth, part_maps, remove_position_mean
 from ssl_core.pca import foreground_mask, pca_rgb
 from ssl_core.figures import bag_of_crops_figure, layer_agreement_figure
 from ssl_core.similarity import patch_similarity
@@ -162,11 +162,17 @@ def similarity_view(encoder: Encoder, images: Sequence[Image.Image], names: Sequ
 # --------------------------------------------------------------------------------------------- parts
 def parts_view(encoder: Encoder, images: Sequence[Image.Image], names: Sequence[str], layer: int | None, k: int,
                seed: int = 0, use_foreground: bool = False, threshold: float = 0.5, invert: bool = False,
-               separate: bool = False) -> ViewResult:
+               separate: bool = False, remove_position: bool = False) -> ViewResult:
     """k-means over the patch tokens of all images at once (one colour is one part in every image), or of each
-    image on its own (``separate``)."""
+    image on its own (``separate``); ``remove_position`` first subtracts each grid position's mean token over the
+    images that share the grid."""
     features = extract(encoder, images, layer)
     grids = [f.tokens(layer) for f in features]
+    if remove_position:
+        grids, centred = remove_position_mean(grids)
+        if not centred:
+            raise ValueError("removing each position's mean token needs at least two images with the same patch grid "
+                             "(same aspect ratio); add more images")
     masks = foreground_mask(grids, threshold, invert) if use_foreground else None
     selected = [int(m.sum()) for m in masks] if masks is not None else [g.shape[0] * g.shape[1] for g in grids]
     total = sum(selected)
@@ -186,7 +192,9 @@ def parts_view(encoder: Encoder, images: Sequence[Image.Image], names: Sequence[
         table.append(["all images", *map(int, parts.counts.tolist())])
     info = ((f"k = {k} parts in each image, from one k-means per image (colours match only within an image)"
              if separate else f"k = {k} parts from one k-means over {total} patch tokens of {len(grids)} image(s)")
-            + (", foreground only (black: background)" if use_foreground else "") + untrained_note(encoder))
+            + (", foreground only (black: background)" if use_foreground else "")
+            + (f"; each grid position's mean token removed first ({centred} of {len(grids)} images share a grid)"
+               if remove_position else "") + untrained_note(encoder))
     arrays = {f"labels_{i}": l.numpy() for i, l in enumerate(parts.labels)}
     scores = []
     for i, (image, name, labels) in enumerate(zip(images, names, parts.labels)):

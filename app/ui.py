@@ -47,7 +47,9 @@ to each patch in the last layer (heads averaged) — often the object the image 
     "parts": "k-means over the patch tokens of all loaded images at once (co-segmentation): the same colour is the same "
              "part in every image. Contrastive models tend to group whole objects; MIM models' tokens keep more of "
              "their place in the grid, so their parts are local. Tick *Each image on its own* to cluster every image "
-             "separately: its parts are then not crowded out by the other images, but colours match only within it.",
+             "separately: its parts are then not crowded out by the other images, but colours match only within it. *Remove "
+             "each position's mean token* subtracts what the tokens of one place share across the images of the same "
+             "grid (location, not content) before clustering: try it on an MAE.",
     "attention": "Where the class token looks, per head and averaged, in any block; *rollout* multiplies the attention "
                  "of blocks 0..b (with the residual path) to follow information through the network. The mask keeps the "
                  "patches that hold the chosen share of the attention mass (DINO's figure). Register tokens are left out.",
@@ -213,12 +215,13 @@ class PatchLensApp:
                                    joint, use_fg, threshold, invert)
         return result.gallery, result.info, self.export(result.arrays, "pca")
 
-    def run_parts(self, images, layer, k, seed, use_fg, threshold, separate, *model_args):
+    def run_parts(self, images, layer, k, seed, use_fg, threshold, separate, remove_position, *model_args):
         if not images:
             return [], None, "", None
         pictures, names = self._images_or_none(images)
         result = handlers.parts_view(self.encoder(*model_args), pictures, names, handlers.parse_layer(layer),
-                                     int(k), int(seed or 0), use_fg, threshold, separate=bool(separate))
+                                     int(k), int(seed or 0), use_fg, threshold, separate=bool(separate),
+                                     remove_position=bool(remove_position))
         table = gr.update(value=result.table, headers=handlers.parts_table_headers(int(k)))
         return result.gallery, table, result.info, self.export(result.arrays, "parts")
 
@@ -507,6 +510,8 @@ class PatchLensApp:
                                 parts_seed = gr.Number(0, precision=0, label="Seed")
                                 parts_fg = gr.Checkbox(False, label="Foreground only")
                                 parts_separate = gr.Checkbox(False, label="Each image on its own", elem_id="parts-separate")
+                                parts_position = gr.Checkbox(False, label="Remove each position's mean token",
+                                                             elem_id="parts-position")
                                 parts_threshold = gr.Slider(0.05, 0.95, 0.5, step=0.05, label="Foreground threshold")
                             parts_gallery = gr.Gallery(label="Part maps", columns=4, height=380, format="png",
                                                        elem_id="parts-gallery")
@@ -672,7 +677,8 @@ class PatchLensApp:
             similarity = ([images, selected, click, layer, *model_inputs], [sim_gallery, sim_info, sim_file])
             pca_view = ([images, layer, pca_joint, pca_fg, pca_threshold, pca_invert, *model_inputs],
                         [pca_gallery, pca_info, pca_file])
-            parts_view = ([images, layer, parts_k, parts_seed, parts_fg, parts_threshold, parts_separate, *model_inputs],
+            parts_view = ([images, layer, parts_k, parts_seed, parts_fg, parts_threshold, parts_separate,
+                           parts_position, *model_inputs],
                           [parts_gallery, parts_table, parts_info, parts_file])
             attention_view = ([images, selected, att_block, att_head, att_rollout, att_mass, *model_inputs],
                               [att_map, att_mask, att_heads, att_info, att_file])
@@ -753,7 +759,7 @@ class PatchLensApp:
             on(layer.change, *runners["pca"], "parts", "similarity")
             for control in (pca_joint, pca_fg, pca_invert, pca_threshold):
                 control.change(*runners["pca"])
-            for control in (parts_k, parts_seed, parts_fg, parts_threshold, parts_separate):
+            for control in (parts_k, parts_seed, parts_fg, parts_threshold, parts_separate, parts_position):
                 control.change(*runners["parts"])
             for control in (att_block, att_head, att_rollout, att_mass):
                 control.change(*runners["attention"])

@@ -100,6 +100,29 @@ def part_maps(grids: list[torch.Tensor], k: int, seed: int = 0, foreground: list
     return PartMaps(labels, per_image.sum(0), per_image, result.centroids)
 
 
+def remove_position_mean(grids: list[torch.Tensor]) -> tuple[list[torch.Tensor], int]:
+    """Subtract from each patch token the mean token at its grid position over the images with the same grid.
+
+    What the tokens of one place share across images is location, not content; MIM models' last-block tokens
+    carry much of it, so their k-means parts follow the grid until it is removed (docs/lab.md measures both).
+    grids: [h, w, D] each. Returns the centred grids and how many images were centred: an image alone with its
+    grid size has no estimate and is returned unchanged.
+    """
+    by_grid: dict[tuple[int, int], list[int]] = {}
+    for i, grid in enumerate(grids):
+        by_grid.setdefault(tuple(grid.shape[:2]), []).append(i)
+    out = list(grids)
+    centred = 0
+    for members in by_grid.values():
+        if len(members) < 2:
+            continue
+        mean = torch.stack([grids[i] for i in members]).mean(0)  # [h, w, D]
+        for i in members:
+            out[i] = grids[i] - mean
+        centred += len(members)
+    return out, centred
+
+
 @dataclass
 class Agreement:
     """Adjusted Rand index of a part map against ground-truth labels, with the same map's labels shuffled."""

@@ -78,6 +78,25 @@ def test_separate_part_maps_cluster_each_image_as_if_it_were_alone():
     assert separate.separate and separate.centroids.shape == (2, 3, 16) and separate.counts_per_image.sum() == 71
 
 
+def test_removing_the_position_mean_lets_parts_win_over_location():
+    from ssl_core.parts import agreement_with_truth, remove_position_mean
+
+    gen = torch.Generator().manual_seed(0)
+    parts = torch.randn(3, 32, generator=gen)  # content: one direction per part
+    place = torch.randn(6, 6, 32, generator=gen) * 4  # location: a strong vector per grid position
+    truth = [torch.randint(0, 3, (6, 6), generator=gen) for _ in range(8)]
+    grids = [parts[t] + place + 0.05 * torch.randn(6, 6, 32, generator=gen) for t in truth]
+    odd = torch.randn(4, 5, 32, generator=gen)  # alone with its grid size: left as it is
+
+    def mean_ari(gs):
+        return np.mean([agreement_with_truth(l, t).ari for l, t in zip(part_maps(gs, 3, seed=0).labels, truth)])
+
+    centred, count = remove_position_mean(grids + [odd])
+    assert count == 8 and torch.equal(centred[-1], odd)
+    torch.testing.assert_close(torch.stack(centred[:8]).mean(0), torch.zeros(6, 6, 32), atol=1e-5, rtol=0)
+    assert mean_ari(grids) < 0.2 < 0.9 < mean_ari(centred[:8])
+
+
 def test_kmeans_foreground_only_marks_background_minus_one():
     grid = torch.randn(4, 4, 8)
     fg = torch.zeros(4, 4, dtype=torch.bool)

@@ -110,3 +110,26 @@ def test_parts_of_each_image_on_its_own_need_k_patches_in_every_image(tiny_encod
     with pytest.raises(ValueError, match=f"square.png: {square} patches .* fewer than k = {k} parts for the image on"):
         handlers.parts_view(tiny_encoder, images, ["square.png", "wide.png"], None, k=k, separate=True)
     assert len(handlers.parts_view(tiny_encoder, images, ["square.png", "wide.png"], None, k=k).gallery) == 2
+
+
+def test_removing_the_position_mean_brings_out_the_bundled_mae_parts():
+    from ssl_core import load_encoder
+    from ssl_core.models.registry import ASSETS_DIR, bundled_names
+    from ssl_core.parts import agreement_with_truth
+
+    if "patchlens-mae" not in bundled_names():
+        pytest.skip("the bundled patchlens-mae weights are missing")
+    encoder = load_encoder("patchlens-mae", device="cpu", cache=None)
+    names = [f"partsworld_{i}.png" for i in range(1, 5)]
+    images = [Image.open(ASSETS_DIR / "examples" / n) for n in names]
+
+    def mean_ari(view):
+        return np.mean([agreement_with_truth(view.arrays[f"labels_{i}"], view.arrays[f"ground_truth_{i}"]).ari
+                        for i in range(4)])
+
+    plain = handlers.parts_view(encoder, images, names, None, k=8)
+    centred = handlers.parts_view(encoder, images, names, None, k=8, remove_position=True)
+    assert mean_ari(plain) < 0.2 and mean_ari(centred) > 0.3  # the MAE's tokens cluster by place until it is removed
+    assert "mean token removed first (4 of 4 images share a grid)" in centred.info
+    with pytest.raises(ValueError, match="at least two images with the same patch grid"):
+        handlers.parts_view(encoder, images[:1], names[:1], None, k=8, remove_position=True)

@@ -37,6 +37,8 @@ def test_every_view_on_the_bundled_models(tmp_path):
         page.locator("#parts-separate input").check()
         wait_for_gallery_change(page, "#parts-gallery", joint, 8)
         page.wait_for_function("() => document.querySelector('#parts-info').innerText.includes('per image')")
+        page.locator("#parts-position input").check()  # several examples share a 12x12 grid, so centring applies
+        page.wait_for_function("() => document.querySelector('#parts-info').innerText.includes('mean token removed')")
         screenshot(page, "walkthrough-parts")
 
         # Reconstruct with the bundled MAE
