@@ -22,7 +22,8 @@ One function and one result dataclass per analysis; every result carries its sam
   index per scene (mean) and over all patches pooled (which also asks a cluster to mean the same part in every
   scene), with a chance baseline (each scene's cluster labels shuffled over its patches); and the same index against
   the patches' grid position (4 x 4 blocks of the grid), which tells clusters that follow parts from clusters that
-  follow location (tokens that carry their position strongly, as MIM models' often do).
+  follow location (tokens that carry their position strongly, as MIM models' often do), and the ARI against parts
+  of a k-means after each grid position's mean token is removed (`ssl_core.parts.remove_position_mean`).
 * `cka_probe` (the CKA paper's figure): `ssl_core.cka.compare_encoders` between two encoders, layer by layer.
 * `mim_probe` (MAE / CAE weights files only): reconstruction error on held-out masked scenes (the model's own
   loss, over hidden patches) against predicting zero for every target value, and for a CAE the cosine between
@@ -63,7 +64,7 @@ from .cka import CKAResult, compare_encoders
 from .encoder import Encoder, PatchFeatures, ProgressFn
 from .mae import embed_patches, encode_tokens
 from .masks import random_mask
-from .parts import agreement_with_truth, part_maps
+from .parts import agreement_with_truth, part_maps, remove_position_mean
 from .tables import markdown_table
 from .train.dilemma import patch_position_table
 
@@ -455,6 +456,7 @@ class PartMapResult:
     chance_per_image: float  # the same with each scene's cluster labels shuffled over its patches
     chance_pooled: float
     position_ari_per_image: float  # the same clusters against the patches' grid position (4 x 4 blocks)
+    centred_ari_per_image: float  # ARI per scene of a k-means after `remove_position_mean` (location taken out)
     k: int  # clusters = ground-truth labels present
     images: int
     patches: int
@@ -483,9 +485,11 @@ def part_map_agreement(grids: Sequence[torch.Tensor], truth: Sequence[np.ndarray
     position = [agreement_with_truth(c, grid_blocks(c.shape), seed).ari for c in clusters]
     pooled = agreement_with_truth(np.concatenate([c.ravel() for c in clusters]),
                                   np.concatenate([t.ravel() for t in truth]), seed)
+    centred = part_maps(remove_position_mean(list(grids))[0], k, seed).labels
+    centred_ari = np.mean([agreement_with_truth(c, t, seed).ari for c, t in zip(centred, truth)])
     return PartMapResult(
         float(np.mean([a.ari for a in per_image])), pooled.ari, float(np.mean([a.shuffled for a in per_image])),
-        pooled.shuffled, float(np.mean(position)), k, len(grids), sum(t.size for t in truth), seed, per_image[0].ari,
+        pooled.shuffled, float(np.mean(position)), float(centred_ari), k, len(grids), sum(t.size for t in truth), seed, per_image[0].ari,
         None if images is None else np.asarray(images[0]), clusters[0], truth[0])
 
 
@@ -667,7 +671,9 @@ def result_rows(result: ProbeResult | KNNResult | LocationResult | PartMapResult
         return [("part map ARI (per scene)", _f(result.ari_per_image), _f(result.chance_per_image),
                  f"{result.images} scenes, k={result.k}, seed {result.seed}"),
                 ("part map ARI (pooled)", _f(result.ari_pooled), _f(result.chance_pooled), f"{result.patches} patches"),
-                ("part map ARI vs grid position", _f(result.position_ari_per_image), "", "4 x 4 blocks of the grid")]
+                ("part map ARI vs grid position", _f(result.position_ari_per_image), "", "4 x 4 blocks of the grid"),
+                ("part map ARI, position mean removed", _f(result.centred_ari_per_image), "",
+                 "each grid position's mean token over the scenes subtracted first")]
     if isinstance(result, MIMResult):
         rows = [(f"{result.kind} reconstruction MSE (lower is better)", _f(result.reconstruction_mse),
                  _f(result.zero_prediction_mse) + " (predict 0)", f"{result.images} scenes, {result.hidden_patches} "
@@ -718,10 +724,11 @@ class LabReport:
                  [_label(e), _fc(e.location.probe.accuracy, e.location.probe.chance_accuracy),
                   _f(e.location.probe.balanced_accuracy), _f(e.location.auc)] for e in self.encoders])
         section("k-means part maps vs ground-truth part labels (adjusted Rand index)",
-                ["encoder", "ARI per scene (shuffled)", "ARI pooled (shuffled)", "ARI vs grid position", "k"],
+                ["encoder", "ARI per scene (shuffled)", "ARI pooled (shuffled)", "ARI vs grid position",
+                 "ARI per scene, position mean removed", "k"],
                 [[_label(e), _fc(e.part_map.ari_per_image, e.part_map.chance_per_image),
                   _fc(e.part_map.ari_pooled, e.part_map.chance_pooled), _f(e.part_map.position_ari_per_image),
-                  str(e.part_map.k)] for e in self.encoders])
+                  _f(e.part_map.centred_ari_per_image), str(e.part_map.k)] for e in self.encoders])
         mims = [e for e in self.encoders if e.mim is not None]
         if mims:
             section("Masked image modeling on held-out scenes",
@@ -815,7 +822,8 @@ def findings(report: LabReport) -> list[str]:
     if trained:
         above = [e.name for e in trained.values() if e.part_map.ari_per_image > e.part_map.chance_per_image + 0.1]
         top = best(list(trained.values()), lambda e: e.part_map.ari_per_image)
-        located = [f"{e.name} ({e.part_map.position_ari_per_image:.3f} vs {e.part_map.ari_per_image:.3f})"
+        located = [f"{e.name} ({e.part_map.position_ari_per_image:.3f} vs {e.part_map.ari_per_image:.3f}; "
+                   f"{e.part_map.centred_ari_per_image:.3f} against parts once each position's mean is removed)"
                    for e in trained.values() if e.part_map.position_ari_per_image > e.part_map.ari_per_image]
         out.append(f"**Part maps**: k-means part maps agree with the ground truth well above chance (ARI per scene "
                    f"at least 0.1 over shuffled labels) for {len(above)} of {len(trained)} trained models; best "
