@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -76,6 +77,11 @@ class Comparison:
         return render.panel(pictures, titles, columns=len(self.columns), cell=260)
 
 
+def weights_name(encoder: Encoder) -> str:
+    """The weights' file name (or hub id), or "random init" for an untrained model."""
+    return Path(str(encoder.weights_file)).name if encoder.weights_file is not None else "random init"
+
+
 def compare(encoders: Sequence[Encoder], image: Image.Image, click: tuple[float, float] = (0.5, 0.5), k: int = 5,
             seed: int = 0) -> Comparison:
     size = display_size(image)
@@ -103,7 +109,8 @@ def compare(encoders: Sequence[Encoder], image: Image.Image, click: tuple[float,
         agreement = embedding_vs_patch_mean(f)
         columns.append(Column(
             name=encoder.display_name,
-            description=f"{encoder.spec.family}, patch {f.patch_size}, grid {f.grid_hw[0]}×{f.grid_hw[1]}",
+            description=(f"{encoder.spec.family}, patch {f.patch_size}, grid {f.grid_hw[0]}×{f.grid_hw[1]}, "
+                         f"weights: {weights_name(encoder)}"),
             pictures={name: fit(p, size) for name, p in pictures.items()},
             numbers={"cos(image embedding, mean patch)": agreement.cosine[-1],
                      "clicked patch row": row, "clicked patch col": col}))

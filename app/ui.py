@@ -389,17 +389,19 @@ class PatchLensApp:
         return view.markdown, view.location, view.part_map, view.cka_figure, str(path)
 
     # ------------------------------------------------------------------------------------- Compare
-    def run_compare(self, images, selected, models, k, click, progress=gr.Progress()):
+    def run_compare(self, images, selected, models, k, click, *model_args, progress=gr.Progress()):
         image = _pick(images, selected)
         if image is None:
             raise UserError("Add an image first.")
         models = [m for m in (models or []) if m]
         if not 2 <= len(models) <= 4:
             raise UserError("Choose two to four encoders to compare.")
+        main_model = model_args[0] if model_args and model_args[0] else self.config.default_model
         encoders = []
         for i, name in enumerate(models):
             progress((i, len(models)), desc=f"loading {name}")
-            encoders.append(self.pool.get(name))
+            # the model chosen at the top comes with its weights file and resolution, as in the other views
+            encoders.append(self.encoder(*model_args) if model_args and name == main_model else self.pool.get(name))
         progress((len(models), len(models)), desc="computing the views")
         comparison = handlers_compare.compare(encoders, image.image, tuple(click or (0.5, 0.5)), int(k))
         headers, rows = handlers_compare.numbers_table(comparison)
@@ -734,7 +736,8 @@ class PatchLensApp:
             lab_run.click(ui_errors(self.run_lab), [lab_models, lab_probe, lab_train, lab_test, lab_seed],
                           [lab_text, lab_location, lab_parts, lab_cka, lab_file])
             compare_click = gr.State((0.5, 0.5))  # the spot, as fractions of the image's width and height
-            runners["compare"] = (ui_errors(self.run_compare), [images, selected, compare_models, compare_k, compare_click],
+            runners["compare"] = (ui_errors(self.run_compare),
+                                  [images, selected, compare_models, compare_k, compare_click, *model_inputs],
                                   [compare_image, compare_table, compare_png, compare_html, *compare_rows.values()])
             compare_run.click(*runners["compare"])
             on(compare_image.select, self.click_fraction, [compare_image], compare_click, "compare")

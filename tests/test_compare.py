@@ -1,0 +1,51 @@
+"""The Compare view: aligned columns, one spot for every encoder, and the top model's own weights file."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from app import handlers_compare
+from app.state import AppConfig, LoadedImage
+from ssl_core import load_encoder
+
+
+def _saved_tiny_weights(path):
+    encoder = load_encoder("random-tiny", device="cpu", cache=None)
+    with torch.no_grad():
+        for p in encoder.model.parameters():
+            p.add_(torch.randn_like(p, generator=torch.Generator().manual_seed(1)) * 0.05)
+    save_file(encoder.model.state_dict(), str(path))
+    return path
+
+
+def test_columns_share_one_spot_and_say_which_weights(tmp_path, image_333x517):
+    weights = _saved_tiny_weights(tmp_path / "mine.safetensors")
+    random = load_encoder("random-tiny", device="cpu", cache=None)
+    mine = load_encoder("random-tiny", weights=weights, device="cpu", cache=None)
+    wide = load_encoder("random-tiny", image_size=160, device="cpu", cache=None)  # another grid
+    comparison = handlers_compare.compare([random, mine, wide], Image.fromarray(image_333x517), click=(0.25, 0.75))
+    descriptions = [c.description for c in comparison.columns]
+    assert "weights: random init" in descriptions[0] and "weights: mine.safetensors" in descriptions[1]
+    for row in handlers_compare.ROWS:  # every row: panels of one size, whatever each model's grid
+        assert len({c.pictures[row].shape for c in comparison.columns}) == 1
+        assert comparison.row_picture(row).shape[2] == 3
+    spots = [(c.numbers["clicked patch row"], c.numbers["clicked patch col"]) for c in comparison.columns]
+    grids = [e.extract([Image.fromarray(image_333x517)])[0].grid_hw for e in (random, wide)]
+    for (row, col), (h, w) in zip([spots[0], spots[2]], grids):  # the same spot as a fraction of each grid
+        assert abs((row + 0.5) / h - 0.75) <= 1 / h and abs((col + 0.5) / w - 0.25) <= 1 / w
+    assert not np.array_equal(comparison.columns[0].pictures["PCA"], comparison.columns[1].pictures["PCA"])
+
+
+def test_the_model_chosen_at_the_top_is_compared_with_its_weights_file(tmp_path, image_333x517):
+    from app.ui import PatchLensApp
+
+    weights = _saved_tiny_weights(tmp_path / "mine.safetensors")
+    app = PatchLensApp(AppConfig(allow_dirs=[tmp_path], default_model="random-tiny"))
+    images = [LoadedImage("photo.png", Image.fromarray(image_333x517))]
+    outputs = app.run_compare(images, "photo.png", ["random-tiny", "patchlens-sup"], 4, (0.5, 0.5),
+                              "random-tiny", None, str(weights), 0, progress=lambda *args, **kwargs: None)
+    rows = outputs[1]["value"]
+    assert "weights: mine.safetensors" in rows[0][1]  # the top model: its weights file, as in the other views
+    assert "weights: patchlens-sup.safetensors" in rows[1][1]  # the others: their own (bundled) weights
