@@ -115,13 +115,9 @@ def main() -> None:
             rows.append([name, f"{plain:.1f}", f"{top:.1f}", f"{ours:.1f}", f"{ours / plain:.2f}×", f"{ours / top:.0%}", mfu])
     table = markdown_table(["model (224 px)", "plain loop img/s", "timm forward ceiling img/s", "PatchLens pipeline img/s",
                             "pipeline / plain", "pipeline / ceiling", "MFU"], rows)
-    command = "python bench/bench_embed.py " + " ".join(sys.argv[1:])
     notes = (f"{args.images} JPEG files of 448×448, batch {args.batch_size}, decode={args.decode}, "
              f"compile={args.compile}, workers={PipelineConfig(workers=args.workers).num_workers()}.")
-    if args.no_record:
-        print(table + "\n\n" + notes)
-    else:
-        record("Embedding throughput", command, table, notes)
+    record("Embedding throughput", table, notes, print_only=args.no_record)
 
 
 if __name__ == "__main__":

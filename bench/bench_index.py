@@ -131,7 +131,6 @@ def main() -> None:
     headers = ["vectors", "kind", "search setting", "build s", "1 query ms (median)", "1 query ms (p95)",
                f"ms per query, batch of {args.batch}", "index MB", "RSS growth MB", "recall@10"]
     table = markdown_table(headers, rows)
-    command = "nice -n 10 python bench/bench_index.py " + " ".join(sys.argv[1:])
     notes = (f"d = {args.dim}; FAISS {faiss.__version__} ({args.threads} threads), numpy "
              f"{np.__version__}. Data: a Gaussian mixture of N/500 clusters (centres in groups of {GROUP} that lie near "
              f"each other), each a {SUBSPACE}-dim Gaussian in its own random subspace plus isotropic noise, L2-normalised, "
@@ -139,10 +138,7 @@ def main() -> None:
              "exact's recall below 1 comes from ties broken differently). Build time includes tuning nprobe/efSearch "
              "to recall 0.95 (+0.01 margin) on 200 stored vectors used as queries. RSS growth: resident memory added by "
              "building the index (freed memory is reused, so it can read below the index size).")
-    if args.no_record:
-        print(table)
-    else:
-        record("Patch index: build, query, memory and recall (CPU)", command.strip(), table, notes)
+    record("Patch index: build, query, memory and recall (CPU)", table, notes, print_only=args.no_record)
 
 
 if __name__ == "__main__":

@@ -68,11 +68,9 @@ def main() -> None:
                          ("BagSSL (crops 32, 64 px)", bag)]:
             rows.append([label, what, *summary(ms)])
     table = markdown_table(["model", "step", "median ms", "p95 ms", "runs"], rows)
-    if args.no_record:
-        print(table)
-    else:
-        record("Inspect view latency (server side, CPU)", "python bench/bench_inspect.py", table,
-               "A 500×375 photo; features come from the in-memory cache after the first view, so clicks run no forward pass.")
+    record("Inspect view latency (server side, CPU)", table,
+           "A 500×375 photo; features come from the in-memory cache after the first view, so clicks run no forward pass.",
+           print_only=args.no_record)
 
 
 if __name__ == "__main__":

@@ -68,11 +68,7 @@ def main() -> None:
              f"(larger sets: fit on a seeded sample, `transform` the rest). Warm-up UMAP (fit 4,500 + transform 500 points, "
              f"with numba compilation): {compile_s:.1f} s, not included above. Data: the clustered mixture of "
              "bench_index.py (200 clusters). Trustworthiness on a random subset of 2,000 points, cosine, 10 neighbours.")
-    command = "nice -n 10 python bench/bench_umap.py " + " ".join(sys.argv[1:])
-    if args.no_record:
-        print(table)
-    else:
-        record("Patch maps: UMAP and PCA (CPU)", command.strip(), table, notes)
+    record("Patch maps: UMAP and PCA (CPU)", table, notes, print_only=args.no_record)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,31 @@
 """Machine description and result recording shared by the benchmarks in bench/."""
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 from ssl_core.system import machine_summary
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks.md"
 
 
-def record(title: str, command: str, table: str, notes: str = "") -> None:
-    """Print a result and append it to docs/benchmarks.md with the machine it came from."""
-    block = f"\n### {title}\n\nMachine: {machine_summary()}  \nCommand: `{command}`\n\n{table}\n"
+def command_line() -> str:
+    """The running benchmark's command as it was typed: its nice level (if raised), script and arguments."""
+    script = Path(sys.argv[0]).resolve()
+    shown = script.relative_to(ROOT) if ROOT in script.parents else script
+    niceness = os.nice(0)
+    return (f"nice -n {niceness} " if niceness else "") + " ".join(["python", str(shown), *sys.argv[1:]])
+
+
+def record(title: str, table: str, notes: str = "", print_only: bool = False) -> None:
+    """Print a result and (unless ``print_only``) append it to docs/benchmarks.md with the machine and the
+    command it came from."""
+    if print_only:
+        print(table + (f"\n\n{notes}" if notes else ""))
+        return
+    block = f"\n### {title}\n\nMachine: {machine_summary()}  \nCommand: `{command_line()}`\n\n{table}\n"
     if notes:
         block += f"\n{notes}\n"
     print(block)
