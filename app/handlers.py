@@ -188,7 +188,7 @@ def parts_view(encoder: Encoder, images: Sequence[Image.Image], names: Sequence[
         picture = render.overlay(f.image, render.labels_to_rgb(labels), alpha=0.6)
         gallery.append((to_display(f, picture), name))
     table = [[name, *map(int, row)] for name, row in zip(names, parts.counts_per_image.tolist())]
-    if not parts.separate:
+    if not separate:
         table.append(["all images", *map(int, parts.counts.tolist())])
     info = ((f"k = {k} parts in each image, from one k-means per image (colours match only within an image)"
              if separate else f"k = {k} parts from one k-means over {total} patch tokens of {len(grids)} image(s)")
@@ -197,9 +197,9 @@ def parts_view(encoder: Encoder, images: Sequence[Image.Image], names: Sequence[
                if remove_position else "") + untrained_note(encoder))
     arrays = {f"labels_{i}": l.numpy() for i, l in enumerate(parts.labels)}
     scores = []
-    for i, (image, name, labels) in enumerate(zip(images, names, parts.labels)):
-        part_map = partsworld.example_part_map(image)
-        if part_map is not None and masks is None:
+    known = [partsworld.example_part_map(image) for image in images] if masks is None else []  # (foreground: -1s)
+    for i, (part_map, name, labels) in enumerate(zip(known, names, parts.labels)):
+        if part_map is not None:
             arrays[f"ground_truth_{i}"] = truth = partsworld.grid_part_labels(part_map, tuple(labels.shape))
             agreement = agreement_with_truth(labels, truth, seed)
             scores.append(f"{name} {agreement.ari:.2f} (shuffled {agreement.shuffled:.2f})")

@@ -47,9 +47,9 @@ to each patch in the last layer (heads averaged) — often the object the image 
     "parts": "k-means over the patch tokens of all loaded images at once (co-segmentation): the same colour is the same "
              "part in every image. Contrastive models tend to group whole objects; MIM models' tokens keep more of "
              "their place in the grid, so their parts are local. Tick *Each image on its own* to cluster every image "
-             "separately: its parts are then not crowded out by the other images, but colours match only within it. *Remove "
-             "each position's mean token* subtracts what the tokens of one place share across the images of the same "
-             "grid (location, not content) before clustering: try it on an MAE.",
+             "separately: its parts are then not crowded out by the other images, but colours match only within it. "
+             "*Remove each position's mean token* subtracts what the tokens of one place share across the images of "
+             "the same grid (location, not content) before clustering: try it on an MAE.",
     "attention": "Where the class token looks, per head and averaged, in any block; *rollout* multiplies the attention "
                  "of blocks 0..b (with the residual path) to follow information through the network. The mask keeps the "
                  "patches that hold the chosen share of the attention mass (DINO's figure). Register tokens are left out.",
@@ -511,7 +511,8 @@ class PatchLensApp:
                                 parts_k = gr.Slider(2, 16, 5, step=1, label="Number of parts (k)", elem_id="parts-k")
                                 parts_seed = gr.Number(0, precision=0, label="Seed")
                                 parts_fg = gr.Checkbox(False, label="Foreground only")
-                                parts_separate = gr.Checkbox(False, label="Each image on its own", elem_id="parts-separate")
+                                parts_separate = gr.Checkbox(False, label="Each image on its own",
+                                                             elem_id="parts-separate")
                                 parts_position = gr.Checkbox(False, label="Remove each position's mean token",
                                                              elem_id="parts-position")
                                 parts_threshold = gr.Slider(0.05, 0.95, 0.5, step=0.05, label="Foreground threshold")

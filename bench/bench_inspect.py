@@ -51,7 +51,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     rows = []
     for name in args.model:
-        encoder = load_encoder(name, cache=LRUCache(4 * 1024**3, lambda f: f.nbytes()), pretrained=name in bundled_names())
+        cache = LRUCache(4 * 1024**3, lambda f: f.nbytes())
+        encoder = load_encoder(name, cache=cache, pretrained=name in bundled_names())
         photos = [Image.fromarray(rng.integers(0, 255, (375, 500, 3), dtype=np.uint8)) for _ in range(args.images + 1)]
         handlers.overview(encoder, photos[-1])  # warm-up (first call pays lazy initialisation)
         view = timed(lambda i: handlers.overview(encoder, photos[i]), args.images)
@@ -69,7 +70,8 @@ def main() -> None:
             rows.append([label, what, *summary(ms)])
     table = markdown_table(["model", "step", "median ms", "p95 ms", "runs"], rows)
     record("Inspect view latency (server side, CPU)", table,
-           "A 500×375 photo; features come from the in-memory cache after the first view, so clicks run no forward pass.",
+           "A 500×375 photo; features come from the in-memory cache after the first view, so clicks run no "
+           "forward pass.",
            print_only=args.no_record)
 
 

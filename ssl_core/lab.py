@@ -489,8 +489,8 @@ def part_map_agreement(grids: Sequence[torch.Tensor], truth: Sequence[np.ndarray
     centred_ari = np.mean([agreement_with_truth(c, t, seed).ari for c, t in zip(centred, truth)])
     return PartMapResult(
         float(np.mean([a.ari for a in per_image])), pooled.ari, float(np.mean([a.shuffled for a in per_image])),
-        pooled.shuffled, float(np.mean(position)), float(centred_ari), k, len(grids), sum(t.size for t in truth), seed, per_image[0].ari,
-        None if images is None else np.asarray(images[0]), clusters[0], truth[0])
+        pooled.shuffled, float(np.mean(position)), float(centred_ari), k, len(grids), sum(t.size for t in truth),
+        seed, per_image[0].ari, None if images is None else np.asarray(images[0]), clusters[0], truth[0])
 
 
 def grid_blocks(grid_hw: tuple[int, int], blocks: int = 4) -> np.ndarray:
@@ -959,6 +959,6 @@ class _Tracker:
 __all__ = ["LabConfig", "LabReport", "EncoderLab", "EncodedScenes", "ProbeResult", "KNNResult", "LocationResult",
            "PartMapResult", "CKAComparison", "MIMResult", "heldout_seeds", "heldout_scenes", "scene_size",
            "encode_scenes", "object_probe", "part_probe", "knn_probe", "knn_accuracy", "bag_of_crops_embeddings",
-           "forward_with_positions", "swap_positions", "location_probe", "part_map_agreement", "grid_blocks", "part_map_probe",
-           "cka_probe", "mim_probe", "mim_kind", "run_encoder_lab", "run_lab", "default_cka_pairs", "findings",
-           "result_rows", "rows_markdown", "result_numbers"]
+           "forward_with_positions", "swap_positions", "location_probe", "part_map_agreement", "grid_blocks",
+           "part_map_probe", "cka_probe", "mim_probe", "mim_kind", "run_encoder_lab", "run_lab", "default_cka_pairs",
+           "findings", "result_rows", "rows_markdown", "result_numbers"]

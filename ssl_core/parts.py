@@ -73,8 +73,8 @@ class PartMaps:
     labels: list[torch.Tensor]  # per image [h, w] int64; -1 where excluded (background)
     counts: torch.Tensor  # [k] patches per part over all images
     counts_per_image: torch.Tensor  # [images, k]
-    centroids: torch.Tensor  # [k, D] (one k-means), or [images, k, D] (each image on its own)
-    separate: bool = False  # True: each image clustered alone, so a label means nothing across images
+    centroids: torch.Tensor  # [k, D] (one k-means), or [images, k, D] (each image on its own: labels match only
+    #                          within an image)
 
 
 def part_maps(grids: list[torch.Tensor], k: int, seed: int = 0, foreground: list[torch.Tensor] | None = None,
@@ -85,8 +85,8 @@ def part_maps(grids: list[torch.Tensor], k: int, seed: int = 0, foreground: list
     if separate:
         each = [part_maps([g], k, seed, [m]) for g, m in zip(grids, masks)]
         per_image = torch.cat([p.counts_per_image for p in each])
-        return PartMaps([p.labels[0] for p in each], per_image.sum(0), per_image,
-                        torch.stack([p.centroids for p in each]), separate=True)
+        centroids = torch.stack([p.centroids for p in each])  # [images, k, D]
+        return PartMaps([p.labels[0] for p in each], per_image.sum(0), per_image, centroids)
     selected = torch.cat([g[m] for g, m in zip(grids, masks)])  # [N, D]
     result = kmeans(selected, k, seed)
     labels, start = [], 0

@@ -361,7 +361,8 @@ def grid_part_labels(part_map: np.ndarray, grid_hw: tuple[int, int], cell: int =
     h, w = grid_hw
     labels = np.asarray(part_map)
     if labels.shape[0] % h or labels.shape[1] % w:
-        labels = np.asarray(Image.fromarray(labels.astype(np.uint8)).resize((w * cell, h * cell), Image.Resampling.NEAREST))
+        resized = Image.fromarray(labels.astype(np.uint8)).resize((w * cell, h * cell), Image.Resampling.NEAREST)
+        labels = np.asarray(resized)
     return patch_labels(labels, labels.shape[0] // h)
 
 
@@ -373,7 +374,11 @@ def _example_samples() -> tuple[PartsSample, ...]:
 def example_part_map(image: Image.Image | np.ndarray) -> np.ndarray | None:
     """The ground-truth part map [H, W] of an image that is one of the shipped examples (`write_examples`),
     recognised by its pixels; None for any other image."""
-    pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+    if isinstance(image, Image.Image):
+        if image.size != (EXAMPLE_SIZE, EXAMPLE_SIZE):  # checked before any pixel is converted
+            return None
+        image = image.convert("RGB")
+    pixels = np.asarray(image)
     if pixels.shape != (EXAMPLE_SIZE, EXAMPLE_SIZE, 3):
         return None
     return next((s.part_map for s in _example_samples() if np.array_equal(s.image, pixels)), None)

@@ -133,7 +133,8 @@ def gallery_srcs(page, selector: str) -> list[str]:
     return [img.get_attribute("src") for img in page.locator(f"{selector} img").all()]
 
 
-def wait_for_gallery_change(page, selector: str, previous: list[str], count: int, timeout_ms: int = 120_000) -> list[str]:
+def wait_for_gallery_change(page, selector: str, previous: list[str], count: int,
+                            timeout_ms: int = 120_000) -> list[str]:
     """Wait until a gallery shows ``count`` pictures that differ from ``previous``; returns their srcs."""
     page.wait_for_function(
         """([sel, prev, n]) => {

@@ -75,7 +75,7 @@ def test_separate_part_maps_cluster_each_image_as_if_it_were_alone():
     for grid, labels in zip([first, second], separate.labels):
         assert torch.equal(labels, part_maps([grid], k=3, seed=0).labels[0])
         assert labels.unique().numel() == 3
-    assert separate.separate and separate.centroids.shape == (2, 3, 16) and separate.counts_per_image.sum() == 71
+    assert separate.centroids.shape == (2, 3, 16) and separate.counts_per_image.sum() == 71
 
 
 def test_removing_the_position_mean_lets_parts_win_over_location():
