@@ -25,8 +25,10 @@ def test_every_view_on_the_bundled_models(tmp_path):
         # Inspect: the examples, a click, the similarity of every image
         page.locator("#add-examples").click()
         image_from_element(page, "#inspect-pca")
+        first_shown = src_of(page, "#inspect-image")
         page.locator("#inspect-image-choice input").fill("partsworld_1.png")
         page.locator("#inspect-image-choice input").press("Enter")
+        wait_for_new_image(page, "#inspect-image", first_shown)  # a click on the picture being replaced is lost
         page.get_by_role("tab", name="Similarity").click()
         page.locator("#inspect-image img").first.click(position={"x": 120, "y": 250})
         wait_for_gallery_change(page, "#similarity-gallery", [], 8)
