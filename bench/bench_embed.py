@@ -8,7 +8,7 @@ side by side:
 
 * plain loop: PIL decode + resize, timm ``forward_features`` in fp32, one batch at a time (what a user writes);
 * ceiling: timm ``forward_features`` alone on batches already on the device (bf16 on a GPU, fp32 on a CPU);
-* PatchLens: `ssl_core.pipeline.embed_files` (worker decoding, bucketing, pinned copies, autocast; --compile
+* PatchLens: `ssl_core.features.pipeline.embed_files` (worker decoding, bucketing, pinned copies, autocast; --compile
   and --decode jpeg optional).
 
 Random weights run at the speed of trained ones. Throughput in images/s; MFU on a GPU counts the model's
@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import record  # noqa: E402
 
 from ssl_core import load_encoder  # noqa: E402
-from ssl_core.pipeline import PipelineConfig, embed_files  # noqa: E402
-from ssl_core.tables import markdown_table  # noqa: E402
+from ssl_core.features.pipeline import PipelineConfig, embed_files  # noqa: E402
+from ssl_core.render.tables import markdown_table  # noqa: E402
 
 GFLOPS_PER_IMAGE = {"vit_small_patch16_224": 9.2, "vit_base_patch16_224": 35.2}  # forward, 224 px
 

@@ -21,11 +21,11 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import record  # noqa: E402
 
-from app import handlers  # noqa: E402
+from app.views import inspect as handlers  # noqa: E402
 from ssl_core import load_encoder  # noqa: E402
 from ssl_core.models.registry import bundled_names, default_model_name  # noqa: E402
-from ssl_core.cache import LRUCache  # noqa: E402
-from ssl_core.tables import markdown_table  # noqa: E402
+from ssl_core.features.cache import LRUCache  # noqa: E402
+from ssl_core.render.tables import markdown_table  # noqa: E402
 
 
 def timed(fn, repeats: int) -> list[float]:

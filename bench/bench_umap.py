@@ -2,7 +2,7 @@
 
     nice -n 10 python bench/bench_umap.py [--sizes 10000,50000] [--with-100k] [--dim 384]
 
-Data: the clustered mixture of `bench_index.py` (new draws, unit vectors). `ssl_core.umap_map.map_patches` with its
+Data: the clustered mixture of `bench_index.py` (new draws, unit vectors). `ssl_core.analyses.maps.map_patches` with its
 defaults: above 20,000 patches UMAP is fitted on a seeded sample of 20,000 and the rest are placed by ``transform``.
 The numba compilation of the first UMAP in a process is timed apart (a warm-up: fit 4,500 points, transform 500). Quality: sklearn's
 trustworthiness (10 neighbours, cosine) of the 2-D map on a random subset of 2,000 points (1 = every map neighbour
@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_index import Mixture, rss_mb  # noqa: E402
 from machine import record  # noqa: E402
 
-from ssl_core.umap_map import DEFAULT_FIT_LIMIT, map_patches  # noqa: E402
-from ssl_core.tables import markdown_table  # noqa: E402
+from ssl_core.analyses.maps import DEFAULT_FIT_LIMIT, map_patches  # noqa: E402
+from ssl_core.render.tables import markdown_table  # noqa: E402
 
 
 def trustworthiness_on_subset(vectors: np.ndarray, coords: np.ndarray, n: int = 2000, seed: int = 0) -> float:

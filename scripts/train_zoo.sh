@@ -6,8 +6,8 @@
 # other jobs ran: supervised 3.7 s/step, dino ~15, mae 1.5, cae 3.6, dilemma 7.8 (DINO gets ~35 min, the others ~20).
 # On a GPU, retrain with e.g. `patchlens train --method dino --steps 20000 --batch-size 256`.
 #
-# `python -m app.cli_train train ...` is `patchlens train ...` (it also works before app.cli_train is listed in
-# app.cli.COMMAND_MODULES); each model card records the equivalent `patchlens train` command.
+# `python -m app.cli.train train ...` is `patchlens train ...` (it also works before app.cli.train is listed in
+# app.cli.main.COMMAND_MODULES); each model card records the equivalent `patchlens train` command.
 #
 # Run in the background, detached:  setsid nohup nice -n 5 scripts/train_zoo.sh >> runs/train_zoo.log 2>&1 &
 set -uo pipefail
@@ -18,7 +18,7 @@ mkdir -p runs
 train() {  # name method steps; a model whose weights exist is skipped, so an interrupted run can resume
   if [ -f "assets/models/$1.safetensors" ]; then echo "$(date -Is) skip  $1 (weights exist)"; return; fi
   echo "$(date -Is) start $1 ($2, $3 steps)"
-  if nice -n 5 "$PY" -m app.cli_train train --method "$2" --out assets/models --steps "$3" --batch-size 64 \
+  if nice -n 5 "$PY" -m app.cli.train train --method "$2" --out assets/models --steps "$3" --batch-size 64 \
       --seed 0 --threads 1 --name "$1" > "runs/$1.log" 2>&1; then
     echo "$(date -Is) done  $1"
   else

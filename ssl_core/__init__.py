@@ -1,8 +1,8 @@
 """PatchLens core: encoders, patch features and the analyses over them (no UI code here)."""
-from .encoder import Encoder, PatchFeatures, load_encoder
-from .images import ImageLoadError, ResizePolicy, load_image
-from .models.registry import ModelSpec, all_specs, default_model_name, resolve_spec
-from .models.weights import CheckpointError, WeightsUnavailableError
+from ssl_core.features.encoder import Encoder, PatchFeatures, load_encoder
+from ssl_core.data.images import ImageLoadError, ResizePolicy, load_image
+from ssl_core.models.registry import ModelSpec, all_specs, default_model_name, resolve_spec
+from ssl_core.models.weights import CheckpointError, WeightsUnavailableError
 
 __all__ = [
     "Encoder", "PatchFeatures", "load_encoder", "ImageLoadError", "ResizePolicy", "load_image", "ModelSpec",

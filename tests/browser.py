@@ -55,7 +55,7 @@ class LiveApp:
     def __enter__(self) -> "LiveApp":
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
                "GRADIO_TEMP_DIR": tempfile.mkdtemp(prefix="patchlens-test-uploads-"), **self.env}
-        self.process = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), *self.args],
+        self.process = subprocess.Popen([sys.executable, "-m", "app.cli.main", "serve", "--port", str(self.port), *self.args],
                                         stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ssl_core.attention import mass_mask, rollout, rollout_map
-from ssl_core.bagssl import bag_of_crops, embedding_vs_patch_mean, patch_to_embedding, tile_boxes
-from ssl_core.parts import kmeans, part_maps
-from ssl_core.pca import fit_pca, foreground_mask, pca_rgb
-from ssl_core.similarity import patch_similarity
+from ssl_core.analyses.attention import mass_mask, rollout, rollout_map
+from ssl_core.analyses.bagssl import bag_of_crops, embedding_vs_patch_mean, patch_to_embedding, tile_boxes
+from ssl_core.analyses.parts import kmeans, part_maps
+from ssl_core.analyses.pca import fit_pca, foreground_mask, pca_rgb
+from ssl_core.analyses.similarity import patch_similarity
 
 
 def test_pca_components_are_orthonormal_and_explain_decreasing_variance():
@@ -79,7 +79,7 @@ def test_separate_part_maps_cluster_each_image_as_if_it_were_alone():
 
 
 def test_removing_the_position_mean_lets_parts_win_over_location():
-    from ssl_core.parts import agreement_with_truth, remove_position_mean
+    from ssl_core.analyses.parts import agreement_with_truth, remove_position_mean
 
     gen = torch.Generator().manual_seed(0)
     parts = torch.randn(3, 32, generator=gen)  # content: one direction per part

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app import handlers
-from app.state import AppConfig, ModelPool, UserError, load_uploads
+from app.views import inspect as handlers
+from app.ui.state import AppConfig, ModelPool, UserError, load_uploads
 
 
 def test_overview_returns_image_pca_and_attention_at_display_size(tiny_encoder, image_333x517):
@@ -90,7 +90,7 @@ def test_default_model_parts_view_finds_the_ground_truth_parts_of_the_parts_worl
     encoder = load_encoder(name, device="cpu", cache=None)
     names = [f"partsworld_{i}.png" for i in range(1, 5)] + ["chelsea.jpg"]
     images = [Image.open(ASSETS_DIR / "examples" / n) for n in names]
-    from ssl_core.parts import agreement_with_truth
+    from ssl_core.analyses.parts import agreement_with_truth
 
     for separate, k, floor in [(False, 8, 0.25), (True, 5, 0.5)]:  # all images at once; each image on its own
         view = handlers.parts_view(encoder, images, names, layer=None, k=k, separate=separate)
@@ -115,7 +115,7 @@ def test_parts_of_each_image_on_its_own_need_k_patches_in_every_image(tiny_encod
 def test_removing_the_position_mean_brings_out_the_bundled_mae_parts():
     from ssl_core import load_encoder
     from ssl_core.models.registry import ASSETS_DIR, bundled_names
-    from ssl_core.parts import agreement_with_truth
+    from ssl_core.analyses.parts import agreement_with_truth
 
     if "patchlens-mae" not in bundled_names():
         pytest.skip("the bundled patchlens-mae weights are missing")

@@ -31,7 +31,7 @@ def test_bad_inputs_get_clear_messages_and_the_app_keeps_serving(tmp_path, image
     from playwright.sync_api import sync_playwright
     from safetensors.torch import save_file
 
-    from ssl_core.encoder import build_model
+    from ssl_core.features.encoder import build_model
     from ssl_core.models.registry import resolve_spec
 
     allowed = tmp_path / "allowed"

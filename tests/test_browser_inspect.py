@@ -25,7 +25,7 @@ def test_upload_an_image_and_read_back_the_maps(image_file, tmp_path):
         page.context.browser.close()
 
     # the browser shows exactly what the handler computes for this image
-    from app.handlers import overview
+    from app.views.inspect import overview
     from ssl_core import load_encoder
     expected = overview(load_encoder("random-tiny", cache=None), Image.open(path).convert("RGB")).pictures
     assert shown.shape == pca.shape == attention.shape == expected["pca"].shape

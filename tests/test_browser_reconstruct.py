@@ -25,7 +25,7 @@ def hidden_cells(picture: np.ndarray, grid: int) -> set[tuple[int, int]]:
 def test_ratio_seed_and_custom_clicks(image_file, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    from ssl_core.mae import build_mae, save_mae
+    from ssl_core.mim.mae import build_mae, save_mae
     checkpoint = save_mae(build_mae(), tmp_path / "tiny-mae.safetensors")  # random weights, 12x12 grid
     photo = image_file("photo.png", 140, 180, seed=7)
     with LiveApp("--model", "random-tiny") as app, sync_playwright() as p:
@@ -48,7 +48,7 @@ def test_ratio_seed_and_custom_clicks(image_file, tmp_path):
         wait_for_new_image(page, "#rec-masked", previous)
         pictures = {name: image_from_element(page, f"#rec-{name}") for name in ("masked", "output", "pasted", "error")}
         assert len({p.shape for p in pictures.values()}) == 1
-        from ssl_core.masks import random_mask
+        from ssl_core.mim.masks import random_mask
         expected = {tuple(map(int, rc)) for rc in np.argwhere(random_mask((12, 12), 0.5, seed=3))}
         assert hidden_cells(pictures["masked"], 12) == expected and len(expected) == 72
         screenshot(page, "reconstruct")

@@ -7,8 +7,8 @@ import sys
 
 import numpy as np
 
-from app.cli import main
-from ssl_core.export import image_patches, load_features_npz
+from app.cli.main import main
+from ssl_core.features.export import image_patches, load_features_npz
 
 
 def test_models_table_lists_curated_names_and_says_untrained(capsys):
@@ -49,7 +49,7 @@ def test_embed_skips_bad_images_and_writes_the_documented_layout(tmp_path, image
 
 
 def test_console_script_runs_and_reports_errors_without_a_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "app.cli", "embed", str(tmp_path / "missing.png"),
+    result = subprocess.run([sys.executable, "-m", "app.cli.main", "embed", str(tmp_path / "missing.png"),
                              "--model", "no-such-model", "--out", str(tmp_path / "x.npz")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2

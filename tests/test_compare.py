@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from app import handlers_compare
-from app.state import AppConfig, LoadedImage
+from app.views import compare as handlers_compare
+from app.ui.state import AppConfig, LoadedImage
 from ssl_core import load_encoder
 
 
@@ -39,7 +39,7 @@ def test_columns_share_one_spot_and_say_which_weights(tmp_path, image_333x517):
 
 
 def test_the_model_chosen_at_the_top_is_compared_with_its_weights_file(tmp_path, image_333x517):
-    from app.ui import PatchLensApp
+    from app.ui.app import PatchLensApp
 
     weights = _saved_tiny_weights(tmp_path / "mine.safetensors")
     app = PatchLensApp(AppConfig(allow_dirs=[tmp_path], default_model="random-tiny"))

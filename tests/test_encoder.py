@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ssl_core import CheckpointError, WeightsUnavailableError, load_encoder
-from ssl_core.encoder import Encoder, build_model
+from ssl_core.features.encoder import Encoder, build_model
 from ssl_core.models.registry import CURATED, resolve_spec, with_image_size
 
 ARCHS = sorted({(s.hub_id or s.arch) for s in CURATED})
@@ -182,7 +182,7 @@ def test_offline_load_without_a_file_fails_fast_with_the_promised_message(monkey
 
 
 def test_cache_answers_repeat_requests_without_a_forward_pass(image_333x517, monkeypatch):
-    from ssl_core.cache import LRUCache
+    from ssl_core.features.cache import LRUCache
     encoder = load_encoder("random-tiny", device="cpu", cache=LRUCache(10**9, lambda f: f.nbytes()))
     calls = []
     original = encoder.forward_batch

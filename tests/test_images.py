@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssl_core.images import ImageLoadError, ResizePolicy, expand_image_paths, load_image, load_images_reporting
+from ssl_core.data.images import ImageLoadError, ResizePolicy, expand_image_paths, load_image, load_images_reporting
 
 
 def _png_bytes(image: Image.Image, **kw) -> bytes:

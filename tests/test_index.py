@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from conftest import smooth_image
-from ssl_core import index as index_module
-from ssl_core.index import (DeviceSearch, IndexMismatchError, PatchIndex, exact_search_torch, ivf_list_count,
+from ssl_core.search import patch_index as index_module
+from ssl_core.search.patch_index import (DeviceSearch, IndexMismatchError, PatchIndex, exact_search_torch, ivf_list_count,
                             make_vector_index, recall_at_k)
 
 
@@ -245,7 +245,7 @@ def test_auto_kind_becomes_approximate_above_the_limit(tiny_encoder, gallery, mo
 
 # ------------------------------------------------------------------------------------------------- gallery handlers
 def test_search_click_shows_crops_and_the_source(tiny_encoder, built, tmp_path):
-    from app import handlers, handlers_gallery
+    from app.views import gallery as handlers_gallery, inspect as handlers
 
     folder, paths, index, _ = built
     index.save(tmp_path / "idx")
@@ -266,7 +266,7 @@ def test_an_in_memory_copy_of_an_indexed_image_is_recognised_and_left_out(tiny_e
     from PIL import Image
 
     from conftest import smooth_image
-    from ssl_core.index import PatchIndex
+    from ssl_core.search.patch_index import PatchIndex
     paths = []
     for i in range(3):
         path = tmp_path / f"g{i}.png"

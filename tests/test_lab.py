@@ -1,4 +1,4 @@
-"""The Lab (ssl_core.lab, app.cli_lab, app.handlers_lab): probes, their chance levels, and the recorded numbers."""
+"""The Lab (ssl_core.lab, app.cli.lab, app.views.lab): probes, their chance levels, and the recorded numbers."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from ssl_core import load_encoder, partsworld
+from ssl_core import load_encoder
+from ssl_core.data import partsworld
 from ssl_core.lab import (LabConfig, cka_probe, encode_scenes, forward_with_positions, heldout_seeds, knn_accuracy,
                           mim_kind, mim_probe, part_map_agreement, part_probe, run_lab, scene_part_labels,
                           swap_positions)
@@ -107,7 +108,7 @@ def test_cka_of_an_encoder_with_a_separate_copy_of_itself_has_ones_on_the_diagon
 def _save_cae(path: Path) -> Path:
     from safetensors.torch import save_file
 
-    from ssl_core.cae import CAEConfig, CAEModel, cae_metadata, cae_state_dict
+    from ssl_core.mim.cae import CAEConfig, CAEModel, cae_metadata, cae_state_dict
 
     cae = CAEModel(CAEConfig())
     save_file({k: v.contiguous() for k, v in cae_state_dict(cae).items()}, str(path), metadata=cae_metadata(cae))
@@ -115,7 +116,7 @@ def _save_cae(path: Path) -> Path:
 
 
 def test_mim_probe_reads_mae_and_cae_files_and_reports_their_losses(tmp_path):
-    from ssl_core.mae import build_mae, save_mae
+    from ssl_core.mim.mae import build_mae, save_mae
 
     mae_file = save_mae(build_mae(decoder_depth=1).eval(), tmp_path / "mae.safetensors")
     config = replace(SMALL, mim_images=6, batch_size=4)
@@ -161,7 +162,7 @@ def test_bundled_model_gives_the_part_probe_recorded_in_docs_lab_json():
 
 
 def test_lab_command_writes_markdown_and_json_with_its_command(tmp_path, capsys):
-    from app.cli import main
+    from app.cli.main import main
 
     out = tmp_path / "lab.md"
     assert main(["lab", "--models", "random-tiny", "--n-train", "12", "--n-test", "8", "--seed", "3",
@@ -176,7 +177,7 @@ def test_lab_command_writes_markdown_and_json_with_its_command(tmp_path, capsys)
 
 
 def test_lab_handlers_return_tables_and_pictures(random_report, tiny_encoder):
-    from app.handlers_lab import PROBES, cka_view, probe_view, report_view
+    from app.views.lab import PROBES, cka_view, probe_view, report_view
 
     view = report_view(random_report, [tiny_encoder])
     assert "Untrained" in view.markdown and "What holds here" in view.markdown

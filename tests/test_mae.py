@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ssl_core import CheckpointError, load_encoder
-from ssl_core.mae import (MAEConfig, build_mae, load_mae, mae_from_config, official_state_dict, patchify, save_mae,
+from ssl_core.mim.mae import (MAEConfig, build_mae, load_mae, mae_from_config, official_state_dict, patchify, save_mae,
                           unpatchify)
 
 # ViT-Ti width so the head counts come from the table of released sizes, as they do for real official files.

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ssl_core.masks import (MaskSpec, block_mask, custom_mask, grid_mask, parse_mask_spec, random_mask,
+from ssl_core.mim.masks import (MaskSpec, block_mask, custom_mask, grid_mask, parse_mask_spec, random_mask,
                             toggle_cells)
 
 

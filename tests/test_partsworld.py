@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ssl_core import partsworld as pw
+from ssl_core.data import partsworld as pw
 from ssl_core.models.registry import ASSETS_DIR
 
 FLAT_WORLD = pw.PartsWorld(textures=("flat",), backgrounds=("flat",))

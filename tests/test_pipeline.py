@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from conftest import smooth_image
-from ssl_core.pipeline import PipelineConfig, embed_files
+from ssl_core.features.pipeline import PipelineConfig, embed_files
 
 
 @pytest.fixture

@@ -8,13 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from app.handlers import patch_at
-from app.handlers_mim import (context_drift_view, encoder_display_grid, mae_display_grid, reconstruct_view,
+from app.views.inspect import patch_at
+from app.views.reconstruct import (context_drift_view, encoder_display_grid, mae_display_grid, reconstruct_view,
                               toggle_patch)
-from ssl_core.context import context_drift, encode_visible
-from ssl_core.mae import build_mae, save_mae
-from ssl_core.masks import custom_mask, random_mask
-from ssl_core.reconstruct import MASK_FILL, predicted_images, prepare_image, reconstruct, square_crop
+from ssl_core.analyses.context import context_drift, encode_visible
+from ssl_core.mim.mae import build_mae, save_mae
+from ssl_core.mim.masks import custom_mask, random_mask
+from ssl_core.mim.reconstruct import MASK_FILL, predicted_images, prepare_image, reconstruct, square_crop
 from conftest import smooth_image
 
 
@@ -119,7 +119,7 @@ def test_context_drift_view_draws_on_the_encoder_grid(tiny_encoder, image_333x51
 
 
 def test_cli_writes_the_pictures_and_metrics(tmp_path, image_file, tiny_mae, monkeypatch, capsys):
-    from app.cli import main
+    from app.cli.main import main
 
     weights = save_mae(tiny_mae, tmp_path / "mae.safetensors")
     out = tmp_path / "recon"
@@ -132,7 +132,7 @@ def test_cli_writes_the_pictures_and_metrics(tmp_path, image_file, tiny_mae, mon
     assert np.array(metrics["hidden"]).sum() == 2 and metrics["hidden"][5][5] == 1
     assert metrics["loss_hidden"] == pytest.approx((metrics["error_map"][0][1] + metrics["error_map"][5][5]) / 2, rel=1e-4)
 
-    monkeypatch.setattr("ssl_core.mae.BUNDLED_DIR", tmp_path / "no-models")
+    monkeypatch.setattr("ssl_core.mim.mae.BUNDLED_DIR", tmp_path / "no-models")
     capsys.readouterr()
     assert main(["reconstruct", image_file(), "--out", str(out)]) == 2
     assert "bundled MAE 'patchlens-mae' is missing" in capsys.readouterr().err
@@ -141,8 +141,8 @@ def test_cli_writes_the_pictures_and_metrics(tmp_path, image_file, tiny_mae, mon
 def test_cae_predicted_alignment_is_defined_exactly_on_hidden_patches():
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    from ssl_core.cae import CAEConfig, CAEModel
-    from ssl_core.context import predicted_alignment
+    from ssl_core.mim.cae import CAEConfig, CAEModel
+    from ssl_core.analyses.context import predicted_alignment
 
     cae = CAEModel(CAEConfig()).eval()
     mask = random_mask(cae.grid_hw, 0.5, seed=2)

@@ -87,8 +87,8 @@ def test_supervised_run_is_repeatable_for_a_seed(tmp_path):
 
 
 def test_mae_and_cae_files_load_whole_with_their_decoders(tmp_path):
-    from ssl_core.cae import load_cae
-    from ssl_core.mae import load_mae
+    from ssl_core.mim.cae import load_cae
+    from ssl_core.mim.mae import load_mae
 
     mae_run = train("mae", out_dir=tmp_path, steps=2, batch_size=4, seed=0, device="cpu", image_size=48)
     mae = load_mae(mae_run.weights_path)
@@ -113,7 +113,7 @@ def test_mae_and_cae_files_load_whole_with_their_decoders(tmp_path):
 
 
 def test_cae_refuses_a_file_without_its_metadata(tmp_path):
-    from ssl_core.cae import load_cae
+    from ssl_core.mim.cae import load_cae
     from ssl_core.models.weights import CheckpointError
 
     run = train("supervised", out_dir=tmp_path, steps=1, batch_size=2, seed=0, device="cpu", image_size=32)
@@ -139,7 +139,7 @@ def test_misplaced_tokens_carry_another_kept_tokens_position():
 
 
 def test_cli_train_records_the_command_that_repeats_it(tmp_path, capsys):
-    from app.cli import main
+    from app.cli.main import main
 
     assert main(["train", "--method", "supervised", "--out", str(tmp_path), "--steps", "2", "--batch-size", "4",
                  "--image-size", "32", "--name", "tiny-sup", "--device", "cpu"]) == 0

@@ -7,10 +7,10 @@ import torch
 from PIL import Image
 
 from conftest import smooth_image
-from ssl_core.cka import cka_matrix, compare_encoders, layer_representations, linear_cka
-from ssl_core.figures import colouring_rgb, map_picture, scatter_picture
-from ssl_core.index import PatchTable
-from ssl_core.umap_map import (CORNER_COLOURS, colour_by_position, colour_patches, map_patches, nearest_point)
+from ssl_core.analyses.cka import cka_matrix, compare_encoders, layer_representations, linear_cka
+from ssl_core.render.figures import colouring_rgb, map_picture, scatter_picture
+from ssl_core.search.patch_index import PatchTable
+from ssl_core.analyses.maps import (CORNER_COLOURS, colour_by_position, colour_patches, map_patches, nearest_point)
 
 
 def clusters(n: int, dim: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -42,7 +42,7 @@ def test_umap_is_reproducible_with_a_seed_and_keeps_clusters_apart():
 
 
 def test_map_above_the_limit_is_fitted_on_a_seeded_sample_and_says_so():
-    from ssl_core.pca import fit_pca
+    from ssl_core.analyses.pca import fit_pca
 
     x, _ = clusters(300, 12, 4)
     patch_map = map_patches(x, "pca", seed=1, fit_limit=100)
@@ -75,9 +75,9 @@ def test_colourings_by_image_part_position_and_attention(tiny_encoder, three_ima
     by_image = colour_patches(table, "image")
     assert by_image.kind == "categorical" and by_image.values.tolist() == table.image_ids.tolist()
     by_part = colour_patches(table, "part", parts=4, seed=0)
-    from ssl_core.parts import kmeans
+    from ssl_core.analyses.parts import kmeans
     assert by_part.values.tolist() == kmeans(torch.from_numpy(table.vectors), 4, 0).labels.tolist()
-    from ssl_core.umap_map import attention_per_patch
+    from ssl_core.analyses.maps import attention_per_patch
     by_attention = colour_patches(table, "attention", attention_per_patch(features))
     assert by_attention.kind == "scalar" and by_attention.values.shape == (len(table),)
     rgb = colouring_rgb(by_attention)
@@ -149,7 +149,7 @@ def test_cka_map_of_an_encoder_against_a_second_copy_is_symmetric_with_ones_on_t
 
 # ------------------------------------------------------------------------------------------------- app and CLI
 def test_gallery_map_and_cka_handlers(tiny_encoder, three_images):
-    from app import handlers_gallery
+    from app.views import gallery as handlers_gallery
 
     images = [Image.open(p).convert("RGB") for p in three_images]
     view = handlers_gallery.map_of_images(tiny_encoder, images, ["a", "b", "c"], method="pca", colour_by="position")
@@ -169,7 +169,7 @@ def test_gallery_map_and_cka_handlers(tiny_encoder, three_images):
 def test_gallery_commands_end_to_end(three_images, tmp_path, capsys):
     import json
 
-    from app.cli import main
+    from app.cli.main import main
 
     first, second, third = three_images
     out = tmp_path / "idx"

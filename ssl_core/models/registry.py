@@ -103,14 +103,14 @@ def register_spec(spec: ModelSpec) -> ModelSpec:
 
 
 def all_specs() -> list[ModelSpec]:
-    from . import zoo  # noqa: F401  (registers the bundled models)
+    from ssl_core.models import zoo  # noqa: F401  (registers the bundled models)
 
     return [*_EXTRA.values(), RANDOM_TINY, *CURATED]
 
 
 def default_model_name() -> str:
     """The bundled default model when its weights are present, else the untrained placeholder."""
-    from .zoo import DEFAULT_BUNDLED
+    from ssl_core.models.zoo import DEFAULT_BUNDLED
 
     spec = resolve_spec(DEFAULT_BUNDLED)
     return spec.name if spec.trained else RANDOM_TINY.name

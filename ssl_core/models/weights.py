@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from .registry import ModelSpec
+from ssl_core.models.registry import ModelSpec
 
 CONNECT_TIMEOUT_S = 3.0
 TENSOR_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".tar", ".ckpt")
@@ -31,7 +31,7 @@ class CheckpointError(ValueError):
 
 
 def offline_hint(name: str) -> str:
-    from .registry import bundled_names
+    from ssl_core.models.registry import bundled_names
 
     bundled = ", ".join(bundled_names()) or "random-tiny (untrained)"
     return (f"Use a bundled model that needs no download ({bundled}), or download the weights elsewhere and "

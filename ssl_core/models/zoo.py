@@ -9,7 +9,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, _create_vision_transformer
 
-from .registry import ModelSpec, register_spec
+from ssl_core.models.registry import ModelSpec, register_spec
 
 TINY_P8 = dict(img_size=96, patch_size=8, embed_dim=192, depth=6, num_heads=3, mlp_ratio=4.0)
 
@@ -34,7 +34,7 @@ BUNDLED_OBJECTIVES = {
 }
 # The app's default: the best all-round bundled model in docs/lab.md (highest object and part probes; its part maps
 # follow the ground-truth parts, while the MAE's and CAE's last-block tokens cluster by grid position). The
-# Reconstruct view defaults to patchlens-mae (`ssl_core.mae.DEFAULT_MAE`).
+# Reconstruct view defaults to patchlens-mae (`ssl_core.mim.mae.DEFAULT_MAE`).
 DEFAULT_BUNDLED = "patchlens-sup"
 
 for _name, (_family, _objective) in BUNDLED_OBJECTIVES.items():

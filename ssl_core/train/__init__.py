@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from ..models.registry import BUNDLED_DIR
-from .common import Objective, ProgressFn, TrainConfig, TrainResult, run_training
+from ssl_core.models.registry import BUNDLED_DIR
+from ssl_core.train.common import Objective, ProgressFn, TrainConfig, TrainResult, run_training
 
 OBJECTIVES: dict[str, str] = {  # method -> module:class
     "supervised": "ssl_core.train.supervised:SupervisedObjective",

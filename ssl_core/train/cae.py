@@ -1,16 +1,16 @@
 """CAE (Chen et al. 2022): predict the encoder's own latents of hidden patches, then their pixels.
 
-The model is `ssl_core.cae.CAEModel` (regressor: 2 cross-attention blocks; decoder: 2 blocks; 50% of patches
+The model is `ssl_core.mim.cae.CAEModel` (regressor: 2 cross-attention blocks; decoder: 2 blocks; 50% of patches
 hidden; alignment weight 2). Augmentation: a random resized crop (20-100% of the area) with mirroring. The file
 holds the encoder's timm keys at top level plus ``mask_token``, ``regressor.*``, ``decoder.*`` and the
-``patchlens_cae`` metadata (`ssl_core.cae.load_cae` reads it back whole).
+``patchlens_cae`` metadata (`ssl_core.mim.cae.load_cae` reads it back whole).
 """
 from __future__ import annotations
 
 import torch
 
-from ..cae import CAEConfig, CAEModel, cae_metadata, cae_state_dict
-from .common import Objective, StepOutput, TrainConfig, normalize, random_resized_crop, to_unit
+from ssl_core.mim.cae import CAEConfig, CAEModel, cae_metadata, cae_state_dict
+from ssl_core.train.common import Objective, StepOutput, TrainConfig, normalize, random_resized_crop, to_unit
 
 
 class CAEObjective(Objective):

@@ -8,7 +8,7 @@ means over those steps), float16 ``<name>.safetensors`` weights with metadata (m
 model card ``<name>.md`` that records the exact command, seed, hardware, versions, run time and final losses.
 
 Seeds: the run seed seeds torch (heads, masks, augmentations) and picks the parts-world training stream
-(`ssl_core.partsworld.PartsWorldStream`); the same command on the same hardware repeats the same run.
+(`ssl_core.data.partsworld.PartsWorldStream`); the same command on the same hardware repeats the same run.
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-from ..models.registry import BUNDLED_DIR
-from ..system import hardware
+from ssl_core.models.registry import BUNDLED_DIR
+from ssl_core.system import hardware
 
 ProgressFn = Callable[[int, int], None]
 
@@ -214,7 +214,7 @@ def batches(config: TrainConfig, device: torch.device) -> Iterator[tuple[torch.T
     """Endless (images uint8 [B, 3, S, S], labels [B]) from the run's parts-world stream."""
     from torch.utils.data import DataLoader
 
-    from ..partsworld import PartsWorldStream
+    from ssl_core.data.partsworld import PartsWorldStream
 
     workers = config.workers if config.workers is not None else (min(8, (os.cpu_count() or 2) - 1) if device.type == "cuda" else 0)
     loader = DataLoader(PartsWorldStream(config.seed, config.image_size), batch_size=config.batch_size,
@@ -354,8 +354,8 @@ def write_model_card(result: TrainResult, config: TrainConfig, device: torch.dev
 
 def build_encoder(config: TrainConfig) -> nn.Module:
     """A fresh timm ViT of ``config.arch`` (no classifier, any input size), its weights drawn from torch's RNG."""
-    from ..encoder import build_model
-    from ..models.registry import resolve_spec
+    from ssl_core.features.encoder import build_model
+    from ssl_core.models.registry import resolve_spec
 
     model, _ = build_model(resolve_spec(config.arch))
     model.init_weights()  # build_model draws with a fixed seed; redraw from the run's seed

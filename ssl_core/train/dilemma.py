@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
-from ..mae import embed_patches, encode_tokens
-from .common import TrainConfig
-from .dino import DINOObjective
+from ssl_core.mim.mae import embed_patches, encode_tokens
+from ssl_core.train.common import TrainConfig
+from ssl_core.train.dino import DINOObjective
 
 
 def patch_position_table(vit: nn.Module, grid_hw: tuple[int, int]) -> torch.Tensor:

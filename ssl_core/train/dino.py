@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import (Objective, StepOutput, TrainConfig, build_encoder, color_jitter, cosine_ramp, embedding_spread,
+from ssl_core.train.common import (Objective, StepOutput, TrainConfig, build_encoder, color_jitter, cosine_ramp, embedding_spread,
                      normalize, random_resized_crop, to_unit)
 
 

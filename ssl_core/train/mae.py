@@ -1,8 +1,8 @@
 """MAE (He et al. 2022): reconstruct the normalised pixels of 75% hidden patches from the visible 25%.
 
-The model is `ssl_core.mae.build_mae` (tiny decoder: 128 wide, 2 blocks, 4 heads; fixed sin-cos position
+The model is `ssl_core.mim.mae.build_mae` (tiny decoder: 128 wide, 2 blocks, 4 heads; fixed sin-cos position
 embeddings). Augmentation: a random resized crop (20-100% of the area, as MAE) with mirroring. The file keeps
-the official layout (`ssl_core.mae.official_state_dict`: encoder keys at top level, then the decoder's) and the
+the official layout (`ssl_core.mim.mae.official_state_dict`: encoder keys at top level, then the decoder's) and the
 ``patchlens_mae`` metadata, so it loads both as an encoder (`load_encoder`) and with its decoder (`load_mae`).
 """
 from __future__ import annotations
@@ -12,8 +12,8 @@ from dataclasses import asdict
 
 import torch
 
-from ..mae import METADATA_KEY, build_mae, mae_config, official_state_dict
-from .common import Objective, StepOutput, TrainConfig, normalize, random_resized_crop, to_unit
+from ssl_core.mim.mae import METADATA_KEY, build_mae, mae_config, official_state_dict
+from ssl_core.train.common import Objective, StepOutput, TrainConfig, normalize, random_resized_crop, to_unit
 
 
 class MAEObjective(Objective):

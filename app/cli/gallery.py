@@ -1,0 +1,238 @@
+"""Gallery subcommands: ``patchlens index build|add|search|info``, ``patchlens umap`` and ``patchlens cka``.
+
+Registered with `app.cli.main.command` when this module is imported (``app.cli.main.COMMAND_MODULES``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from app.cli.main import add_model_args, command, load_model_from_args, parse_layers, tqdm_progress
+
+OUTPUT_SUFFIXES = (".html", ".png")
+
+
+def _check_output(path: str) -> Path:
+    out = Path(path)
+    if out.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ValueError(f"--out {path}: the file must end in .html (interactive plotly) or .png (picture)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _load_images(inputs: list[str]):
+    """Images of files and folders; bad ones are printed and skipped."""
+    from ssl_core.data.images import expand_image_paths, load_images_reporting
+
+    loaded, failed = load_images_reporting(expand_image_paths(inputs))
+    for problem in failed:
+        print(f"skipped {problem}", file=sys.stderr)
+    if not loaded:
+        raise ValueError(f"no readable images among {len(failed)} inputs")
+    return loaded
+
+
+def _layer_arg(text: str | None) -> int | None:
+    """--layer: a block index (negative counts from the end), or empty / "final" for the final normed tokens."""
+    if text is None or text.strip() in ("", "final"):
+        return None
+    layers = parse_layers(text)
+    if not isinstance(layers, list) or len(layers) != 1:
+        raise ValueError(f"--layer takes one block index or 'final', not {text!r}")
+    return layers[0]
+
+
+# ------------------------------------------------------------------------------------------------- index
+@command("index", "build, extend and search a nearest-patch index over a gallery of images")
+def _index(parser: argparse.ArgumentParser):
+    sub = parser.add_subparsers(dest="index_command", required=True)
+    build = sub.add_parser("build", help="embed every patch of a gallery and save the index")
+    build.add_argument("folder", nargs="+", help="image folders (searched recursively) or files")
+    add_model_args(build)
+    build.add_argument("--out", required=True, help="index directory to write")
+    build.add_argument("--layer", default=None, help="block index to embed (default: the final normed tokens)")
+    build.add_argument("--kind", default="auto", choices=["auto", "exact", "ivf", "hnsw"],
+                       help="exact cosine search, or approximate IVF / HNSW (auto: exact up to 200k patches)")
+    build.add_argument("--batch-size", type=int, default=16)
+    add = sub.add_parser("add", help="embed images not indexed yet and add them to an index")
+    add.add_argument("dir", help="index directory")
+    add.add_argument("images", nargs="+", help="image files or folders")
+    add_model_args(add)  # default: the index's model
+    add.add_argument("--batch-size", type=int, default=16)
+    search = sub.add_parser("search", help="the gallery patches (or images) nearest to a query image's patch (or all of it)")
+    search.add_argument("dir", help="index directory")
+    search.add_argument("image", help="query image")
+    search.add_argument("--patch", default=None, metavar="ROW,COL", help="query patch; without it the whole image is "
+                        "the query and gallery images are ranked")
+    search.add_argument("--k", type=int, default=10)
+    search.add_argument("--exclude-self", action="store_true", help="leave the query image out of the results")
+    search.add_argument("--json", action="store_true", help="print JSON")
+    add_model_args(search)  # default: the index's model
+    info = sub.add_parser("info", help="describe an index")
+    info.add_argument("dir")
+
+    def run(args: argparse.Namespace) -> int:
+        return {"build": _index_build, "add": _index_add, "search": _index_search, "info": _index_info}[args.index_command](args)
+    return run
+
+
+def _index_build(args: argparse.Namespace) -> int:
+    from ssl_core.search.patch_index import PatchIndex
+
+    encoder = load_model_from_args(args)
+    print(encoder.describe(), file=sys.stderr)
+    index, report = PatchIndex.build(args.folder, encoder, _layer_arg(args.layer), args.kind,
+                                     progress=tqdm_progress("indexing"), batch_size=args.batch_size)
+    for problem in report.failed:
+        print(f"skipped {problem}", file=sys.stderr)
+    path = index.save(args.out)
+    print(f"{report.summary()}; wrote {path}: {index.describe()}", file=sys.stderr)
+    return 0 if len(index) else 1
+
+
+def _index_encoder(args: argparse.Namespace, index):
+    """The encoder for an existing index: the index's model unless --model says otherwise."""
+    args.model = args.model or index.manifest.model
+    args.image_size = args.image_size or index.manifest.image_size
+    return load_model_from_args(args)
+
+
+def _index_add(args: argparse.Namespace) -> int:
+    from ssl_core.search.patch_index import PatchIndex
+
+    index = PatchIndex.load(args.dir)
+    report = index.add(args.images, _index_encoder(args, index), progress=tqdm_progress("indexing"), batch_size=args.batch_size)
+    for problem in report.failed:
+        print(f"skipped {problem}", file=sys.stderr)
+    if report.added or report.replaced:
+        index.save(args.dir)
+    print(f"{report.summary()}; {index.describe()}", file=sys.stderr)
+    return 0
+
+
+def _index_search(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from ssl_core.search.patch_index import PatchIndex
+
+    index = PatchIndex.load(args.dir)
+    query = index.embed_query(_index_encoder(args, index), args.image)
+    if args.patch:
+        try:
+            row, col = (int(v) for v in args.patch.split(","))
+        except ValueError:
+            raise ValueError(f"--patch takes ROW,COL (two integers), not {args.patch!r}") from None
+        hits = index.search_patch(query, row, col, args.k, exclude_query_image=args.exclude_self)
+        header = f"nearest patches to patch ({row}, {col}) of {args.image}"
+        lines = [f"{i + 1:>3}  {h.score:.4f}  row {h.row:>3}  col {h.col:>3}  {h.image}" for i, h in enumerate(hits)]
+    else:
+        hits = index.search_image(query, args.k, exclude_query_image=args.exclude_self)
+        h, w = query.grid_hw
+        header = f"gallery images nearest to {args.image} (votes: of its {h * w} patches, how many find a top match there)"
+        lines = [f"{i + 1:>3}  votes {h.votes:>4}  best {h.score:.4f} (query {h.query_row},{h.query_col} -> {h.row},{h.col})  "
+                 f"{h.image}" for i, h in enumerate(hits)]
+    if args.json:
+        print(json.dumps([asdict(h) for h in hits], indent=1))
+    else:
+        print(header)
+        print("\n".join(lines))
+    return 0
+
+
+def _index_info(args: argparse.Namespace) -> int:
+    from ssl_core.search.patch_index import PatchIndex
+
+    print(PatchIndex.load(args.dir).describe())
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- umap
+@command("umap", "a 2-D map (UMAP or PCA) of the patch embeddings of images, as .html or .png")
+def _umap(parser: argparse.ArgumentParser):
+    from ssl_core.analyses.maps import COLOURINGS, DEFAULT_FIT_LIMIT, METHODS
+
+    parser.add_argument("images", nargs="+", help="image files or folders")
+    add_model_args(parser)
+    parser.add_argument("--out", required=True, help="output file: .html (interactive) or .png")
+    parser.add_argument("--layer", default=None, help="block index (default: the final normed tokens)")
+    parser.add_argument("--method", default="umap", choices=METHODS)
+    parser.add_argument("--colour", default="image", choices=COLOURINGS, help="colour points by ...")
+    parser.add_argument("--parts", type=int, default=8, help="k for --colour part")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fit-limit", type=int, default=DEFAULT_FIT_LIMIT,
+                        help="above this many patches, fit on a seeded sample and transform the rest")
+
+    def run(args: argparse.Namespace) -> int:
+        from PIL import Image
+
+        from ssl_core.render.figures import map_picture, umap_figure
+        from ssl_core.search.patch_index import PatchTable
+        from ssl_core.analyses.maps import attention_per_patch, colour_patches, map_patches
+
+        out = _check_output(args.out)
+        encoder = load_model_from_args(args)
+        print(encoder.describe(), file=sys.stderr)
+        loaded = _load_images(args.images)
+        table, features = PatchTable.embed(encoder, [name for name, _ in loaded], [image for _, image in loaded],
+                                           _layer_arg(args.layer), attention=args.colour == "attention",
+                                           progress=tqdm_progress("embedding"))
+        patch_map = map_patches(table.vectors, args.method, args.seed, args.fit_limit,
+                                progress=tqdm_progress(f"{args.method} map", unit="patch"))
+        attention = attention_per_patch(features) if args.colour == "attention" else None
+        colouring = colour_patches(table, args.colour, attention, args.parts, args.seed)
+        if out.suffix.lower() == ".html":
+            hover = [f"{Path(table.names[i]).name} · row {r}, col {c}" for i, r, c in zip(table.image_ids, table.rows, table.cols)]
+            umap_figure(patch_map, colouring, hover).write_html(out, include_plotlyjs=True)
+        else:
+            Image.fromarray(map_picture(patch_map, colouring).image).save(out)
+        print(f"{patch_map.describe()}; wrote {out}", file=sys.stderr)
+        return 0
+    return run
+
+
+# ------------------------------------------------------------------------------------------------- cka
+@command("cka", "layer-by-layer CKA between two encoders over images, as a heatmap (.html or .png)")
+def _cka(parser: argparse.ArgumentParser):
+    from ssl_core.analyses.cka import POOLINGS
+
+    parser.add_argument("images", nargs="+", help="image files or folders")
+    parser.add_argument("--model-a", required=True, help="first model (rows)")
+    parser.add_argument("--model-b", default=None, help="second model (columns; default: the first)")
+    parser.add_argument("--weights-a", default=None, help="local weights file for model A")
+    parser.add_argument("--weights-b", default=None, help="local weights file for model B")
+    parser.add_argument("--image-size", type=int, default=None, help="short side images are resized to (both models)")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--out", required=True, help="output file: .html (interactive) or .png")
+    parser.add_argument("--pooling", default="grid", choices=POOLINGS,
+                        help="grid: tokens average-pooled to a common grid per image; mean: one mean token per image")
+    parser.add_argument("--grid", type=int, default=4, help="pooled grid size for --pooling grid")
+    parser.add_argument("--debiased", action="store_true", help="debiased CKA (unbiased HSIC), for few samples")
+
+    def run(args: argparse.Namespace) -> int:
+        from PIL import Image
+
+        from ssl_core.analyses.cka import compare_encoders
+        from ssl_core.render.figures import cka_figure, heatmap_picture
+
+        out = _check_output(args.out)
+
+        def encoder(model: str, weights: str | None):
+            return load_model_from_args(argparse.Namespace(model=model, weights=weights, image_size=args.image_size,
+                                                           device=args.device))
+        encoder_a = encoder(args.model_a, args.weights_a)
+        same = args.model_b in (None, args.model_a) and args.weights_b == args.weights_a
+        encoder_b = encoder_a if same else encoder(args.model_b, args.weights_b)
+        loaded = _load_images(args.images)
+        result = compare_encoders(encoder_a, encoder_b, [image for _, image in loaded], args.pooling, args.grid,
+                                  args.debiased, progress=tqdm_progress("CKA"))
+        if out.suffix.lower() == ".html":
+            cka_figure(result).write_html(out, include_plotlyjs=True)
+        else:
+            Image.fromarray(heatmap_picture(result.matrix, result.labels_a, result.labels_b, result.describe(),
+                                            row_title=result.model_a, col_title=result.model_b,
+                                            vmin=min(0.0, float(result.matrix.min())))).save(out)
+        print(f"{result.describe()}; wrote {out}", file=sys.stderr)
+        return 0
+    return run

@@ -1,0 +1,181 @@
+"""The ``patchlens`` command line. Each subcommand parses arguments, calls ``ssl_core`` and prints."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Callable, Sequence
+
+Runner = Callable[[argparse.Namespace], int]
+COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], Runner], str]] = {}
+
+
+def command(name: str, help_text: str):
+    """Register a subcommand: the decorated function adds its arguments and returns the runner."""
+    def wrap(fn: Callable[[argparse.ArgumentParser], Runner]):
+        COMMANDS[name] = (fn, help_text)
+        return fn
+    return wrap
+
+
+def add_model_args(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    parser.add_argument("--model", default=default, help="model name (see `patchlens models`) or a timm id; "
+                        "default: the bundled default model")
+    parser.add_argument("--weights", default=None, help="local weights file (.safetensors, or .pth read with weights_only)")
+    parser.add_argument("--image-size", type=int, default=None, help="short side images are resized to (default: the model's)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+
+
+def load_model_from_args(args: argparse.Namespace):
+    from ssl_core import default_model_name, load_encoder
+
+    return load_encoder(args.model or default_model_name(), weights=args.weights, device=args.device,
+                        image_size=args.image_size)
+
+
+def tqdm_progress(desc: str, unit: str = "img"):
+    """A progress callback (done, total) drawing one tqdm bar on stderr."""
+    from tqdm import tqdm
+
+    bar = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+    return update
+
+
+# ------------------------------------------------------------------------------------------------- models
+@command("models", "print the model table")
+def _models(parser: argparse.ArgumentParser):
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    def run(args: argparse.Namespace) -> int:
+        from ssl_core.models.registry import all_specs, default_model_name
+        from ssl_core.models.weights import available_offline
+        from ssl_core.features.encoder import count_params
+
+        default = default_model_name()
+        rows = []
+        for spec in all_specs():
+            if spec.source == "bundled" and not spec.trained:
+                continue
+            source = {"hub": f"hub: {spec.hub_id}", "url": f"official file: {spec.url}",
+                      "bundled": f"bundled: assets/models/{spec.bundled_file}", "random": "random init (untrained)"}[spec.source]
+            rows.append({"name": spec.display_name + (" [default]" if spec.name == default else ""),
+                         "architecture": spec.arch, "family": spec.family, "objective": spec.objective,
+                         "weights": source, "params_M": round(count_params(spec) / 1e6, 1),
+                         "offline": "yes" if available_offline(spec) else "no (download)"})
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        cols = ["name", "architecture", "params_M", "offline", "family", "weights"]
+        widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+        print("  ".join(c.ljust(widths[c]) for c in cols))
+        for r in rows:
+            print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
+        return 0
+    return run
+
+
+# ------------------------------------------------------------------------------------------------- embed
+@command("embed", "write patch tokens of images to a .npz file")
+def _embed(parser: argparse.ArgumentParser):
+    parser.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
+    add_model_args(parser)
+    parser.add_argument("--layers", default="", help="comma-separated block indices to save too (e.g. 3,7,-1) or 'all'")
+    parser.add_argument("--out", required=True, help="output .npz file (layout: see README)")
+    parser.add_argument("--batch-size", type=int, default=16)
+
+    def run(args: argparse.Namespace) -> int:
+        from ssl_core.features.export import save_features_npz
+        from ssl_core.data.images import expand_image_paths, load_images_reporting
+
+        encoder = load_model_from_args(args)
+        print(encoder.describe(), file=sys.stderr)
+        resolved = encoder.resolve_layers(parse_layers(args.layers))
+        paths = expand_image_paths(args.images)
+        names, features, failed = [], [], []
+        progress = tqdm_progress("embedding")
+        for start in range(0, len(paths), args.batch_size):  # loaded and embedded batch by batch
+            loaded, problems = load_images_reporting(paths[start:start + args.batch_size])
+            failed += problems
+            for problem in problems:
+                print(f"skipped {problem}", file=sys.stderr)
+            features += encoder.extract([image for _, image in loaded], layers=resolved, batch_size=args.batch_size)
+            names += [name for name, _ in loaded]
+            progress(min(start + args.batch_size, len(paths)), len(paths))
+        path = save_features_npz(args.out, names, features, encoder, resolved, failed)
+        print(f"wrote {len(features)} images ({sum(f.grid_hw[0] * f.grid_hw[1] for f in features)} patches) to {path}"
+              + (f"; skipped {len(failed)} bad inputs" if failed else ""), file=sys.stderr)
+        return 0 if features or not failed else 1
+    return run
+
+
+def parse_layers(text: str) -> list[int] | str:
+    text = (text or "").strip()
+    if text == "all":
+        return "all"
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+# ------------------------------------------------------------------------------------------------- serve
+@command("serve", "start the PatchLens app")
+def _serve(parser: argparse.ArgumentParser):
+    parser.add_argument("--model", default=None, help="model selected at start (default: the bundled default)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--allow-dir", action="append", default=[], metavar="DIR",
+                        help="a directory the app may read galleries and weights files from (repeatable)")
+    parser.add_argument("--max-upload-mb", type=float, default=50.0, help="largest accepted upload")
+    parser.add_argument("--concurrency", type=int, default=1, help="forward passes that may run at once")
+    parser.add_argument("--max-models", type=int, default=4, help="encoders kept loaded (least recently used go first)")
+    parser.add_argument("--cache-mb", type=float, default=None, help="memory for cached features (default 2048)")
+
+    def run(args: argparse.Namespace) -> int:
+        from app.ui.app import serve
+
+        serve(model=args.model, host=args.host, port=args.port, allow_dirs=args.allow_dir,
+              max_upload_mb=args.max_upload_mb, concurrency=args.concurrency, max_models=args.max_models,
+              cache_mb=args.cache_mb)
+        return 0
+    return run
+
+
+# Subcommands of other areas live in their own modules, which register themselves with `command` on import.
+COMMAND_MODULES: tuple[str, ...] = ("app.cli.mim", "app.cli.train", "app.cli.gallery", "app.cli.lab")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module)
+    parser = argparse.ArgumentParser(prog="patchlens", description="Look inside vision transformers one patch at a time.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (configure, help_text) in COMMANDS.items():
+        child = sub.add_parser(name, help=help_text, description=help_text)
+        child.set_defaults(_run=configure(child))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    args = build_parser().parse_args(argv)
+    from ssl_core import CheckpointError, ImageLoadError, WeightsUnavailableError
+
+    try:
+        return int(args._run(args) or 0)
+    except (WeightsUnavailableError, CheckpointError, ImageLoadError, KeyError, ValueError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"patchlens {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

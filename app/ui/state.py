@@ -1,0 +1,138 @@
+"""What the app keeps between requests: loaded encoders (shared, LRU), allowed folders, and per-session images."""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from PIL import Image
+
+from ssl_core.features.cache import LRUCache
+from ssl_core.features.encoder import Encoder, load_encoder
+from ssl_core.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+from ssl_core.mim.mae import MaskedAutoencoder, open_mae
+from ssl_core.mim.cae import load_cae
+from ssl_core.models.registry import ASSETS_DIR, BUNDLED_DIR
+
+log = logging.getLogger("patchlens")
+EXAMPLES_DIR = ASSETS_DIR / "examples"
+
+
+class UserError(Exception):
+    """A problem the user can fix; its message is shown in the UI as it is."""
+
+
+@dataclass
+class AppConfig:
+    allow_dirs: list[Path] = field(default_factory=list)  # folders the app may read from (besides uploads)
+    max_upload_mb: float = 50.0
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_models: int = 4
+    default_model: str = ""
+    upload_dirs: list[Path] = field(default_factory=list)  # where the web server keeps uploads (always allowed)
+
+    def check_readable(self, path: str | os.PathLike, what: str = "file") -> Path:
+        """The resolved path if it lies under an allowed folder, else a `UserError` saying so."""
+        resolved = Path(path).expanduser().resolve()
+        roots = [d.resolve() for d in [*self.allow_dirs, *self.upload_dirs, EXAMPLES_DIR]]
+        if not any(resolved == root or root in resolved.parents for root in roots):
+            allowed = ", ".join(str(d) for d in self.allow_dirs) or "none (start with --allow-dir DIR)"
+            raise UserError(f"Not allowed to read {what} {path}: it is outside the allowed folders ({allowed}).")
+        if not resolved.exists():
+            raise UserError(f"No such {what}: {path}")
+        return resolved
+
+    def check_writable(self, path: str | os.PathLike, what: str = "folder") -> Path:
+        """The resolved path if it lies under a --allow-dir folder (the app writes nowhere else)."""
+        resolved = Path(path).expanduser().resolve()
+        if not any(resolved == d.resolve() or d.resolve() in resolved.parents for d in self.allow_dirs):
+            allowed = ", ".join(str(d) for d in self.allow_dirs) or "none (start with --allow-dir DIR)"
+            raise UserError(f"Not allowed to write {what} {path}: it is outside the allowed folders ({allowed}).")
+        return resolved
+
+    def check_upload_size(self, path: str | os.PathLike) -> None:
+        self.check_size(Path(path).stat().st_size, Path(path).name)
+
+    def check_size(self, size: int, name: str) -> None:
+        if size > self.max_upload_mb * 1024 * 1024:
+            raise UserError(f"{name} is {size / 2**20:.1f} MB, over the upload limit of {self.max_upload_mb:g} MB.")
+
+
+class ModelPool:
+    """Models (encoders, MAEs) loaded once and kept while room allows (least recently used are dropped first)."""
+
+    def __init__(self, max_models: int = 4):
+        self._cache: LRUCache = LRUCache(max_size=max_models)
+        self._locks: dict[tuple, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def get(self, name: str, weights: str | None = None, image_size: int | None = None) -> Encoder:
+        return self._get(("encoder", name, str(weights or ""), image_size),
+                         lambda: load_encoder(name, weights=weights, image_size=image_size))
+
+    def get_mae(self, name: str | None, weights: str | None = None) -> MaskedAutoencoder:
+        return self._get(("mae", name or "", str(weights or "")), lambda: open_mae(name or None, weights or None))
+
+    def get_cae(self):
+        """The bundled CAE (encoder + latent regressor + decoder), or None where it is not installed."""
+        path = BUNDLED_DIR / "patchlens-cae.safetensors"
+        return self._get(("cae", str(path)), lambda: load_cae(path)) if path.is_file() else None
+
+    def _get(self, key: tuple, load: Callable[[], object]):
+        model = self._cache.get(key)
+        if model is not None:
+            return model
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:  # two sessions asking for the same model load it once
+            model = self._cache.get(key)
+            if model is None:
+                log.info("loading %s", " ".join(map(str, key)))
+                model = load()
+                self._cache.put(key, model)
+            return model
+
+    def loaded(self) -> list[tuple]:
+        return self._cache.keys()
+
+
+@dataclass
+class LoadedImage:
+    name: str
+    image: Image.Image  # RGB, as loaded (EXIF applied), before any model's resize
+
+
+def load_uploads(paths: list[str], config: AppConfig) -> tuple[list[LoadedImage], list[str]]:
+    """Load uploaded or example files; bad ones are reported by name and skipped, the rest kept."""
+    loaded, problems = [], []
+    for path in paths:
+        name = Path(path).name
+        try:
+            config.check_upload_size(path)
+            loaded.append(LoadedImage(name, load_image(path, max_pixels=config.max_pixels, name=name)))
+        except (UserError, ImageLoadError) as err:
+            problems.append(str(err))
+    return loaded, problems
+
+
+def load_image_bytes(data: bytes, config: AppConfig, name: str = "uploaded image") -> Image.Image:
+    config.check_size(len(data), name)
+    return load_image(data, max_pixels=config.max_pixels, name=name)
+
+
+def write_images(images: list[LoadedImage], folder: Path) -> list[str]:
+    """Save loaded images as PNG files (for tools that read files, like the gallery index); returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, image in enumerate(images):
+        path = folder / f"{i:04d}_{Path(image.name).stem}.png"
+        image.image.save(path)
+        paths.append(str(path))
+    return paths
+
+
+def example_paths() -> list[Path]:
+    return sorted(p for p in EXAMPLES_DIR.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))

@@ -1,0 +1,178 @@
+"""What the Lab view computes: the Lab's probes (`ssl_core.lab`) on chosen encoders, as tables, pictures and a CKA figure.
+
+No Gradio here. Every function returns a `LabView`: markdown (the findings and tables, each with its sample sizes
+and seed), a picture of the location probe (per encoder: the scene with its swapped patches boxed, and the probe's
+P(swapped) per patch), a picture of the part maps (per encoder: the scene, its ground-truth parts and the k-means
+parts, with the ARI), a CKA figure (plotly) and the same as a picture, and the numbers for a JSON download.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ssl_core.render import draw
+from ssl_core.features.encoder import Encoder
+from ssl_core.render.figures import cka_figure, heatmap_picture
+from ssl_core.lab import (CKAComparison, LabConfig, LabReport, LocationResult, PartMapResult, cka_probe, encode_scenes,
+                          findings, knn_probe, location_probe, mim_probe, object_probe, part_map_probe, part_probe,
+                          result_numbers, result_rows, rows_markdown, run_lab)
+
+ProgressFn = Callable[[int, int], None]
+Captioned = tuple[np.ndarray, str]
+PROBES = ("object vs part probes", "k-NN: class token, patch mean, bag of crops", "location probe (swapped positions)",
+          "part map vs ground truth", "reconstruction and alignment (MAE / CAE)")
+PICTURE_SIDE = 288  # pictures of a 96 px scene are enlarged 3x so patch boxes stay visible
+SWAP_BOX = (0, 255, 255)
+
+
+@dataclass
+class LabView:
+    markdown: str
+    location: np.ndarray | None = None  # [H, W, 3] uint8
+    part_map: np.ndarray | None = None  # [H, W, 3] uint8
+    cka_figure: object | None = None  # plotly Figure
+    cka_picture: np.ndarray | None = None
+    numbers: dict = field(default_factory=dict)
+
+
+def lab_config(n_train: int | float = LabConfig.n_train, n_test: int | float = LabConfig.n_test,
+               seed: int | float = LabConfig.seed) -> LabConfig:
+    """A `LabConfig` from the view's controls (numbers from UI widgets may arrive as floats)."""
+    return LabConfig(n_train=int(n_train), n_test=int(n_test), seed=int(seed))
+
+
+# --------------------------------------------------------------------------------------------- pictures
+def _enlarged(image: np.ndarray) -> tuple[np.ndarray, int]:
+    picture = draw.enlarge(image, PICTURE_SIDE)
+    return picture, picture.shape[0] // image.shape[0]
+
+
+def _box_patches(picture: np.ndarray, cells: np.ndarray, patch_px: int) -> np.ndarray:
+    for row, col in np.argwhere(cells):
+        picture = draw.mark_patch(picture, int(row), int(col), patch_px, color=SWAP_BOX, width=2)
+    return picture
+
+
+def location_pictures(result: LocationResult, name: str) -> list[Captioned]:
+    """The scene with its swapped patches boxed, and the probe's P(swapped) per patch with the same boxes."""
+    if result.map_image is None:
+        return []
+    image, factor = _enlarged(result.map_image)
+    patch_px = result.map_image.shape[0] // result.map_swapped.shape[0] * factor
+    heat = draw.heatmap_overlay(image, result.map_probability, vmin=0.0, vmax=1.0, cmap="inferno", alpha=0.7,
+                                  smooth=False)
+    return [(_box_patches(image, result.map_swapped, patch_px), f"{name}: swapped (boxed)"),
+            (_box_patches(heat, result.map_swapped, patch_px), f"P(swapped), AUC {result.auc:.2f}")]
+
+
+def part_map_pictures(result: PartMapResult, name: str) -> list[Captioned]:
+    """The first scene, its ground-truth part labels (background black) and its k-means parts."""
+    if result.example_image is None:
+        return []
+    image, _ = _enlarged(result.example_image)
+    truth = draw.overlay(image, draw.labels_to_rgb(result.example_truth, ignore=0), alpha=0.75)
+    clusters = draw.overlay(image, draw.labels_to_rgb(result.example_clusters), alpha=0.75)
+    return [(image, f"{name}: scene"), (truth, "ground-truth parts"),
+            (clusters, f"k-means, k={result.k}, ARI {result.example_ari:.2f}")]
+
+
+def panel_of(rows: Sequence[list[Captioned]]) -> np.ndarray | None:
+    """Rows of captioned pictures as one picture (rows padded to the widest)."""
+    rows = [row for row in rows if row]
+    if not rows:
+        return None
+    columns = max(len(row) for row in rows)
+    images, titles = [], []
+    for row in rows:
+        blank = np.full_like(row[0][0], 255)
+        padded = row + [(blank, "")] * (columns - len(row))
+        images += [picture for picture, _ in padded]
+        titles += [title for _, title in padded]
+    return draw.panel(images, titles, columns=columns, cell=PICTURE_SIDE)
+
+
+def cka_pictures(comparison: CKAComparison) -> tuple[object, np.ndarray]:
+    """The CKA map as a plotly figure and as a picture."""
+    r = comparison.result
+    picture = heatmap_picture(r.matrix, r.labels_a, r.labels_b, title=f"CKA, {r.images} scenes", row_title=r.model_a,
+                              col_title=r.model_b)
+    return cka_figure(r), picture
+
+
+# --------------------------------------------------------------------------------------------- views
+def untrained_warning(encoders: Sequence[Encoder]) -> str:
+    names = [e.name for e in encoders if not e.trained]
+    return (f"⚠️ Untrained (random weights): {', '.join(names)} — a baseline of what colour and layout give "
+            "without learning.\n\n") if names else ""
+
+
+def lab_view(encoders: dict[str, Encoder], config: LabConfig | None = None, progress: ProgressFn | None = None) -> LabView:
+    """The whole Lab on the chosen encoders (`ssl_core.lab.run_lab`): findings, tables, pictures, CKA."""
+    report = run_lab(encoders, config or LabConfig(), progress)
+    return report_view(report, list(encoders.values()))
+
+
+def report_view(report: LabReport, encoders: Sequence[Encoder] = ()) -> LabView:
+    """A `LabView` of a finished Lab run."""
+    text = untrained_warning(encoders) + "**What holds here**\n\n" + "\n".join(f"- {f}" for f in findings(report))
+    view = LabView(text + "\n\n" + report.to_markdown(), numbers=report.to_dict())
+    view.location = panel_of([location_pictures(e.location, e.name) for e in report.encoders])
+    view.part_map = panel_of([part_map_pictures(e.part_map, e.name) for e in report.encoders])
+    if report.cka:
+        shown = next((c for c in report.cka if "patchlens-dino" in (c.result.model_a, c.result.model_b)),
+                     report.cka[0])  # supervised vs contrastive when both are there
+        view.cka_figure, view.cka_picture = cka_pictures(shown)
+    return view
+
+
+def probe_view(encoder: Encoder, probe: str, config: LabConfig | None = None, progress: ProgressFn | None = None,
+               ) -> LabView:
+    """One of `PROBES` on one encoder: its table rows (with sample sizes and seed) and its picture."""
+    if probe not in PROBES:
+        raise ValueError(f"unknown probe {probe!r}; choose one of: {', '.join(PROBES)}")
+    config = config or LabConfig()
+    header = untrained_warning([encoder]) + f"**{encoder.display_name}** · {probe} · {config.describe()}\n\n"
+    if probe == PROBES[4]:
+        result = mim_probe(encoder, config, progress)
+        if result is None:
+            return LabView(header + "This model's weights carry no MAE or CAE decoder: nothing to reconstruct.")
+        return LabView(header + rows_markdown(result_rows(result)), numbers={"MIMResult": result_numbers(result)})
+    scenes = encode_scenes(encoder, config, progress)
+    location = part_map = None
+    if probe == PROBES[0]:
+        results = [object_probe(scenes, config), part_probe(scenes, config)]
+    elif probe == PROBES[1]:
+        results = [knn_probe(encoder, scenes, config)]
+    elif probe == PROBES[2]:
+        results = [location := location_probe(encoder, scenes, config)]
+    else:
+        results = [part_map := part_map_probe(scenes, config)]
+    return LabView(header + rows_markdown([row for result in results for row in result_rows(result)]),
+                   location=None if location is None else panel_of([location_pictures(location, encoder.name)]),
+                   part_map=None if part_map is None else panel_of([part_map_pictures(part_map, encoder.name)]),
+                   numbers={type(result).__name__: result_numbers(result) for result in results})
+
+
+def cka_view(encoder_a: Encoder, encoder_b: Encoder, config: LabConfig | None = None,
+             progress: ProgressFn | None = None) -> LabView:
+    """Layer-by-layer CKA between two encoders on held-out scenes, as a figure, a picture and the same-block values."""
+    comparison = cka_probe(encoder_a, encoder_b, config or LabConfig(), progress)
+    figure, picture = cka_pictures(comparison)
+    same_block = ", ".join(f"{v:.2f}" for v in comparison.diagonal)
+    text = (untrained_warning([encoder_a, encoder_b]) + f"{comparison.result.describe()}, scenes drawn at "
+            f"{comparison.image_size} px, seed {comparison.seed}. Same-block CKA from the first block: {same_block}.")
+    return LabView(text, cka_figure=figure, cka_picture=picture,
+                   numbers={"matrix": comparison.result.matrix.round(4).tolist(), "diagonal": comparison.diagonal})
+
+
+
+def probes_view(encoders: dict[str, Encoder], probe: str, config: LabConfig | None = None,
+                progress: ProgressFn | None = None) -> LabView:
+    """One of `PROBES` on several encoders: their texts one after another and their pictures stacked."""
+    views = {name: probe_view(encoder, probe, config, progress) for name, encoder in encoders.items()}
+    stacked = {kind: [[(getattr(v, kind), name)] for name, v in views.items() if getattr(v, kind) is not None]
+               for kind in ("location", "part_map")}
+    return LabView("\n\n".join(v.markdown for v in views.values()), location=panel_of(stacked["location"]),
+                   part_map=panel_of(stacked["part_map"]), numbers={name: v.numbers for name, v in views.items()})

@@ -1,0 +1,108 @@
+"""BagSSL: how much of an image embedding is the average of its local parts.
+
+Three measurements (Chen et al., "Bag of Image Patch Embedding Behind the Success of Self-Supervised
+Learning", 2022):
+
+* `embedding_vs_patch_mean`: per block, the cosine between the image embedding (the class token; at the
+  end, the model's own pre-logits output) and the mean of the patch tokens.
+* `bag_of_crops`: the image is tiled into square crops of a fixed size (in pixels of the image as the
+  model sees it; the last row and column are aligned to the image edge so the tiles cover it); each crop
+  is embedded on its own, resized to the model's input size; the crop embeddings are averaged and
+  compared, by cosine, with the full-image embedding. A crop as large as the image is the image itself.
+* `patch_to_embedding`: each final patch token's cosine to the image embedding — which patches the
+  image embedding is made of.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ssl_core.features.encoder import Encoder, PatchFeatures, ProgressFn
+
+
+@dataclass
+class LayerAgreement:
+    layers: list[int]  # block indices; the last entry is the model's final output ("final")
+    cosine: list[float]  # cos(image embedding, mean of patch tokens) per entry
+    uses_class_token: bool  # False for pooled models, where the two agree by construction
+
+
+def embedding_vs_patch_mean(features: PatchFeatures) -> LayerAgreement:
+    """Needs features extracted with ``layers="all"``."""
+    layers = sorted(features.layer_tokens)
+    cosines = []
+    for layer in layers:
+        patch_mean = features.layer_tokens[layer].reshape(-1, features.layer_tokens[layer].shape[-1]).mean(0)
+        prefix = features.layer_prefix_tokens[layer]
+        image = prefix[0] if features.has_class_token and prefix.shape[0] else patch_mean
+        cosines.append(float(F.cosine_similarity(image, patch_mean, dim=0)))
+    final_mean = features.patch_tokens.reshape(-1, features.patch_tokens.shape[-1]).mean(0)
+    embedding = features.image_embedding
+    if embedding.shape == final_mean.shape:
+        cosines.append(float(F.cosine_similarity(embedding, final_mean, dim=0)))
+        layers = [*layers, -1]
+    return LayerAgreement(layers, cosines, features.has_class_token)
+
+
+def patch_to_embedding(features: PatchFeatures) -> torch.Tensor:
+    """Cosine of each final patch token [h, w, D] with the image embedding [D]. Returns [h, w]."""
+    tokens = features.patch_tokens
+    if tokens.shape[-1] != features.image_embedding.shape[-1]:
+        raise ValueError("the image embedding and the patch tokens have different widths")
+    return F.normalize(tokens, dim=-1) @ F.normalize(features.image_embedding, dim=0)
+
+
+def tile_boxes(width: int, height: int, crop: int) -> list[tuple[int, int, int, int]]:
+    """Square boxes (left, top, right, bottom) of side ``crop`` covering the image, edges aligned."""
+    crop = min(crop, width, height)
+    xs = list(range(0, width - crop + 1, crop))
+    ys = list(range(0, height - crop + 1, crop))
+    if xs[-1] + crop < width:
+        xs.append(width - crop)
+    if ys[-1] + crop < height:
+        ys.append(height - crop)
+    return [(x, y, x + crop, y + crop) for y in ys for x in xs]
+
+
+@dataclass
+class BagOfCrops:
+    crop_sizes: list[int]  # pixels; the last is the full image
+    cosine: list[float]  # cos(mean of crop embeddings, full-image embedding) per crop size
+    num_crops: list[int]
+    full_image: bool  # the last size is the whole image
+
+
+def bag_of_crops(encoder: Encoder, image: Image.Image, crop_sizes: Sequence[int] = (32, 64, 96, 128),
+                 progress: ProgressFn | None = None) -> BagOfCrops:
+    """Embed crops of each size on their own and compare their average with the full-image embedding."""
+    seen = encoder.prepare(image)  # the image as the model sees it; crop sizes are in its pixels
+    [full] = encoder.extract([seen])
+    target = full.image_embedding
+    width, height = seen.size
+    sizes = sorted({int(s) for s in crop_sizes if 0 < s < min(width, height)})
+    boxes = {s: tile_boxes(width, height, s) for s in sizes}
+    total, done = sum(len(b) for b in boxes.values()), 0
+    cosines, counts = [], []
+    for size in sizes:
+        crops = [seen.crop(box) for box in boxes[size]]
+        embeddings = torch.stack([f.image_embedding for f in encoder.extract(crops)])  # [n, D]
+        cosines.append(float(F.cosine_similarity(embeddings.mean(0), target, dim=0)))
+        counts.append(len(crops))
+        done += len(crops)
+        if progress is not None:
+            progress(done, total)
+    # the whole image as its own single crop: the bag equals the full image
+    [again] = encoder.extract([seen.crop((0, 0, width, height))])
+    cosines.append(float(F.cosine_similarity(again.image_embedding, target, dim=0)))
+    counts.append(1)
+    return BagOfCrops([*sizes, int(min(width, height))], cosines, counts, True)
+
+
+def bag_tables(result: BagOfCrops) -> np.ndarray:
+    """[sizes, 3] rows of (crop size, crops, cosine) for export."""
+    return np.array([[s, n, c] for s, n, c in zip(result.crop_sizes, result.num_crops, result.cosine)], dtype=np.float64)

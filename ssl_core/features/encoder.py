@@ -1,0 +1,367 @@
+"""Load any timm ViT by a short name and turn images into patch representations.
+
+    encoder = load_encoder("dino-vits16")                  # or a bundled name, a timm id, weights=FILE
+    [features] = encoder.extract([image], layers=[3, 7], attention=True)
+    features.patch_tokens        # [h, w, D]  last layer, after the model's final norm
+    features.layer_tokens[3]     # [h, w, D]  residual stream after block 3 (not normed)
+    features.attention           # [L, heads, T, T] with T = prefix + h*w
+
+Images of any size and aspect ratio are resized by `ssl_core.data.images.ResizePolicy` and run with timm's
+``dynamic_img_size`` (position embeddings resampled to the grid). Models without dynamic sizes (BEiT) are
+rebuilt once per new grid with their relative position tables resampled by timm. On a GPU the forward
+runs under bf16 autocast; batches that run out of GPU memory are split in half and retried. Results are
+cached in memory by model, weights, image content and settings, so asking again costs no forward pass.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence, TypeVar
+
+import numpy as np
+import timm
+import torch
+from PIL import Image
+from torch import nn
+
+from ssl_core.analyses.attention import capture_attention, check_attention
+from ssl_core.features.cache import LRUCache
+from ssl_core.data.images import ImageSource, ResizePolicy, image_fingerprint, load_image
+from ssl_core.models.registry import ModelSpec, resolve_spec, with_image_size
+from ssl_core.models.weights import file_fingerprint, fit_state_dict, read_state_dict, resolve_weights_file
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class PatchFeatures:
+    """What one forward pass tells about one image. Shared through the cache: treat as read-only."""
+
+    patch_tokens: torch.Tensor  # [h, w, D] last layer, after the model's final norm
+    prefix_tokens: torch.Tensor  # [P, D] class and register tokens, last layer (P = 0 for pooled models)
+    image_embedding: torch.Tensor  # [D] the model's image embedding (class token or pooled, pre-logits)
+    grid_hw: tuple[int, int]
+    patch_size: int
+    has_class_token: bool
+    num_registers: int
+    image: np.ndarray  # [H, W, 3] uint8: the processed image the tokens were computed on
+    layer_tokens: dict[int, torch.Tensor] = field(default_factory=dict)  # {block: [h, w, D]} not normed
+    layer_prefix_tokens: dict[int, torch.Tensor] = field(default_factory=dict)  # {block: [P, D]}
+    attention: torch.Tensor | None = None  # [L, heads, T, T], T = P + h*w
+    model_key: str = ""
+
+    @property
+    def num_prefix(self) -> int:
+        return int(self.prefix_tokens.shape[0])
+
+    @property
+    def cls_token(self) -> torch.Tensor | None:  # [D]
+        return self.prefix_tokens[0] if self.has_class_token else None
+
+    @property
+    def register_tokens(self) -> torch.Tensor:  # [R, D]
+        start = 1 if self.has_class_token else 0
+        return self.prefix_tokens[start:start + self.num_registers]
+
+    def tokens(self, layer: int | None = None) -> torch.Tensor:
+        """Patch tokens [h, w, D] of a block (None: the final, normed output)."""
+        if layer is None:
+            return self.patch_tokens
+        if layer not in self.layer_tokens:
+            raise KeyError(f"layer {layer} was not extracted (have {sorted(self.layer_tokens)})")
+        return self.layer_tokens[layer]
+
+    def covers(self, layers: Iterable[int], attention: bool) -> bool:
+        return set(layers) <= set(self.layer_tokens) and (self.attention is not None or not attention)
+
+    def nbytes(self) -> int:
+        tensors = [self.patch_tokens, self.prefix_tokens, self.image_embedding, *self.layer_tokens.values(),
+                   *self.layer_prefix_tokens.values()] + ([self.attention] if self.attention is not None else [])
+        return sum(t.numel() * t.element_size() for t in tensors) + self.image.nbytes
+
+
+FEATURE_CACHE: LRUCache[PatchFeatures] = LRUCache(max_size=2 * 1024**3, size_of=PatchFeatures.nbytes)
+
+
+T = TypeVar("T")
+
+
+def split_on_oom(fn: Callable[[torch.Tensor], T], batch: torch.Tensor, join: Callable[[T, T], T]) -> T:
+    """``fn(batch)``; on GPU out-of-memory, split the batch in half, retry each half, and join the results."""
+    try:
+        return fn(batch)
+    except torch.OutOfMemoryError:
+        if batch.shape[0] == 1:
+            raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        half = batch.shape[0] // 2
+        return join(split_on_oom(fn, batch[:half], join), split_on_oom(fn, batch[half:], join))
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def build_model(spec: ModelSpec, **overrides) -> tuple[nn.Module, bool]:
+    """Create the timm model of a spec with random weights; returns (model, supports dynamic image size)."""
+    name = spec.hub_id or spec.arch
+    kwargs = dict(pretrained=False, num_classes=0, **spec.create_kwargs, **overrides)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # random-init models are the same every time
+        try:
+            return timm.create_model(name, dynamic_img_size=True, **kwargs), True
+        except TypeError as err:
+            if "dynamic_img_size" not in str(err):
+                raise
+            return timm.create_model(name, **kwargs), False
+
+
+class Encoder:
+    """One loaded ViT with one way to extract features (see the module docstring)."""
+
+    def __init__(self, spec: ModelSpec, model: nn.Module, dynamic: bool, weights_file: Path | None,
+                 device: torch.device, cache: LRUCache[PatchFeatures] | None = FEATURE_CACHE):
+        self.spec = spec
+        self.model = model.eval().to(device)
+        self.dynamic = dynamic
+        self.weights_file = weights_file
+        self.device = device
+        self.cache = cache
+        self.fingerprint = file_fingerprint(weights_file) if weights_file else "random-seed0"
+        self.patch_size = int(model.patch_embed.patch_size[0])
+        self.depth = len(model.blocks)
+        self.embed_dim = int(model.embed_dim)
+        self.num_heads = int(getattr(model.blocks[0].attn, "num_heads", 0))
+        self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 1))
+        self.has_class_token = bool(getattr(model, "has_class_token", getattr(model, "cls_token", None) is not None))
+        self.num_registers = int(getattr(model, "num_reg_tokens", 0))
+        cfg = getattr(model, "pretrained_cfg", {}) or {}
+        self.mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(3, 1, 1)
+        self.std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(3, 1, 1)
+        self.policy = ResizePolicy(short_side=spec.image_size, patch_size=self.patch_size)
+        self._grid_models: dict[tuple[int, int], nn.Module] = {}
+        self._lock = threading.RLock()
+
+    # ----------------------------------------------------------------------------------------- identity
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def key(self) -> str:
+        """Identifies model and weights (not the device): cache keys and index manifests use it."""
+        return f"{self.spec.hub_id or self.spec.arch}@{self.fingerprint}"
+
+    @property
+    def trained(self) -> bool:
+        return self.weights_file is not None
+
+    @property
+    def display_name(self) -> str:
+        return self.name if self.trained else f"{self.name} (untrained)"
+
+    @property
+    def weights_label(self) -> str:
+        if self.weights_file is None:
+            return "random init (untrained)"
+        return f"{self.spec.source}: {self.weights_file}"
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def describe(self) -> str:
+        state = "" if self.trained else " — UNTRAINED (random weights)"
+        return (f"{self.display_name}: {self.spec.arch}, patch {self.patch_size}, {self.depth} blocks, "
+                f"dim {self.embed_dim}, {self.num_params / 1e6:.1f}M params, images at {self.spec.image_size} px "
+                f"short side, on {self.device.type}{state}")
+
+    # ----------------------------------------------------------------------------------------- inputs
+    def prepare(self, source: ImageSource | Image.Image) -> Image.Image:
+        """Load (if needed) and resize an image the way this encoder sees it."""
+        image = source if isinstance(source, Image.Image) and source.mode == "RGB" else load_image(source)
+        return self.policy.apply(image)
+
+    def to_tensor(self, image: Image.Image) -> torch.Tensor:
+        """A processed RGB image as a normalised float tensor [3, H, W]."""
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)  # [3, H, W]
+        return self.normalize(pixels[None])[0]
+
+    def resolve_layers(self, layers: Sequence[int] | str | None) -> tuple[int, ...]:
+        """Block indices (negative counts from the end; "all" is every block) as sorted non-negative ints."""
+        if layers is None:
+            return ()
+        if isinstance(layers, str):
+            if layers != "all":
+                raise ValueError(f"layers must be a list of block indices or 'all', not {layers!r}")
+            return tuple(range(self.depth))
+        out = set()
+        for layer in layers:
+            index = int(layer) + self.depth if int(layer) < 0 else int(layer)
+            if not 0 <= index < self.depth:
+                raise ValueError(f"layer {layer} is out of range for a {self.depth}-block model")
+            out.add(index)
+        return tuple(sorted(out))
+
+    # ----------------------------------------------------------------------------------------- extraction
+    def extract(self, images: Sequence[ImageSource | Image.Image], layers: Sequence[int] | str | None = (),
+                attention: bool = False, batch_size: int = 16, progress: ProgressFn | None = None,
+                ) -> list[PatchFeatures]:
+        """Features for each image (see `PatchFeatures`), from the cache where possible.
+
+        Raises `ImageLoadError` for an input that is not a readable image (nothing is computed then).
+        """
+        processed = [self.prepare(image) for image in images]
+        wanted = self.resolve_layers(layers)
+        results: list[PatchFeatures | None] = [None] * len(processed)
+        todo: dict[tuple[int, int], list[int]] = defaultdict(list)  # processed size -> image indices
+        plans: dict[int, tuple[tuple[int, ...], bool]] = {}
+        for i, image in enumerate(processed):
+            key = (self.key, image_fingerprint(image))
+            cached = self.cache.get(key) if self.cache is not None else None
+            if cached is not None and cached.covers(wanted, attention):
+                results[i] = cached
+                continue
+            if cached is not None:  # extend what is cached rather than lose it
+                plans[i] = (tuple(sorted(set(wanted) | set(cached.layer_tokens))), attention or cached.attention is not None)
+            todo[image.size].append(i)
+        total, done = sum(len(v) for v in todo.values()), 0
+        for size, indices in todo.items():
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start:start + batch_size]
+                chunk_layers = tuple(sorted(set().union(*(plans.get(i, (wanted, attention))[0] for i in chunk))))
+                chunk_attention = any(plans.get(i, (wanted, attention))[1] for i in chunk)
+                batch = torch.stack([self.to_tensor(processed[i]) for i in chunk])  # [B, 3, H, W]
+                for i, feats in zip(chunk, self._forward_split(batch, chunk_layers, chunk_attention)):
+                    feats.image = np.asarray(processed[i], dtype=np.uint8)
+                    results[i] = feats
+                    if self.cache is not None:
+                        self.cache.put((self.key, image_fingerprint(processed[i])), feats)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, total)
+        return results  # type: ignore[return-value]
+
+    def _forward_split(self, batch: torch.Tensor, layers: tuple[int, ...], attention: bool) -> list[PatchFeatures]:
+        return split_on_oom(lambda part: self.forward_batch(part, layers, attention), batch, lambda a, b: a + b)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def forward_batch(self, batch: torch.Tensor, layers: tuple[int, ...] = (), attention: bool = False,
+                      ) -> list[PatchFeatures]:
+        """One forward pass over same-size images. batch: [B, 3, H, W] normalised."""
+        B, _, H, W = batch.shape
+        p = self.patch_size
+        grid = (H // p, W // p)
+        model = self.model_for_grid(grid)
+        P = self.num_prefix_tokens
+        indices = list(layers) if layers else [self.depth - 1]
+        with self._lock, torch.inference_mode(), self.autocast():
+            x = batch.to(self.device, non_blocking=True)
+            capture = capture_attention(model) if attention else contextlib.nullcontext([])
+            with capture as maps:
+                final, intermediates = model.forward_intermediates(
+                    x, indices=indices, return_prefix_tokens=P > 0, norm=False, output_fmt="NLC",
+                    intermediates_only=False)
+            embedding = model.forward_head(final, pre_logits=True)  # [B, D]
+            attn = check_attention(maps, self.depth, P + grid[0] * grid[1]) if attention else None  # [B, L, H, T, T]
+        final = final.float().cpu()  # [B, P + h*w, D]
+        embedding = embedding.float().cpu()
+        per_layer = {}
+        for layer, item in zip(indices, intermediates):
+            tokens, prefix = item if P > 0 else (item, None)
+            per_layer[layer] = (tokens.float().cpu(), None if prefix is None else prefix.float().cpu())
+        out = []
+        for b in range(B):
+            out.append(PatchFeatures(
+                patch_tokens=final[b, P:].reshape(grid[0], grid[1], -1),
+                prefix_tokens=final[b, :P],
+                image_embedding=embedding[b],
+                grid_hw=grid,
+                patch_size=p,
+                has_class_token=self.has_class_token,
+                num_registers=self.num_registers,
+                image=np.zeros((H, W, 3), np.uint8),
+                layer_tokens={l: t[b].reshape(grid[0], grid[1], -1) for l, (t, _) in per_layer.items() if l in layers},
+                layer_prefix_tokens={l: (pt[b] if pt is not None else final.new_zeros(0, t.shape[-1]))
+                                     for l, (t, pt) in per_layer.items() if l in layers},
+                attention=attn[b].cpu() if attn is not None else None,
+                model_key=self.key,
+            ))
+        return out
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels [B, 3, H, W] (on any device) -> normalised float input on that device."""
+        mean, std = self.mean.to(pixels.device), self.std.to(pixels.device)
+        return (pixels.float() / 255.0 - mean) / std
+
+    def forward_patch_tokens(self, x: torch.Tensor, layer: int | None = None,
+                             forward_features: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """Only the patch tokens of one layer, with timm's fused attention: the gallery's fast path.
+
+        x: [B, 3, H, W] normalised, on the device. layer None is the final normed output. Returns
+        [B, h*w, D] on the device. ``forward_features`` replaces the model's own (e.g. a compiled one).
+        """
+        model = self.model_for_grid((x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size))
+        with torch.inference_mode(), self.autocast():
+            if layer is None:
+                return (forward_features or model.forward_features)(x)[:, self.num_prefix_tokens:]
+            [tokens] = model.forward_intermediates(x, indices=[layer], norm=False, output_fmt="NLC",
+                                                   intermediates_only=True)
+            return tokens  # prefix tokens already stripped by timm
+
+    def model_for_grid(self, grid_hw: tuple[int, int]) -> nn.Module:
+        """The model to run on a grid: itself when it takes any size, else a copy built for that grid."""
+        native = tuple(self.model.patch_embed.grid_size)
+        if self.dynamic or tuple(grid_hw) == native:
+            return self.model
+        with self._lock:
+            model = self._grid_models.get(tuple(grid_hw))
+            if model is None:
+                size = (grid_hw[0] * self.patch_size, grid_hw[1] * self.patch_size)
+                model, _ = build_model(self.spec, img_size=size)
+                fit_state_dict(model, self.model.state_dict(), name=f"{self.name} resized to {size}")
+                if len(self._grid_models) >= 4:
+                    self._grid_models.pop(next(iter(self._grid_models)))
+                self._grid_models[tuple(grid_hw)] = model = model.eval().to(self.device)
+            return model
+
+
+def load_encoder(name: str, weights: str | Path | None = None, device: str | torch.device | None = None,
+                 image_size: int | None = None, cache: LRUCache[PatchFeatures] | None = FEATURE_CACHE,
+                 pretrained: bool = True) -> Encoder:
+    """Load an encoder by short name or timm id, with weights from the hub, a local file or assets/.
+
+    ``pretrained=False`` gives the architecture with seeded random weights (tests, speed benchmarks).
+    Raises `WeightsUnavailableError` (offline, within seconds) or `CheckpointError` (weights that do not fit).
+    """
+    spec = with_image_size(resolve_spec(name), image_size)
+    weights_file = resolve_weights_file(spec, weights) if pretrained or weights is not None else None
+    model, dynamic = build_model(spec)
+    if weights_file is not None:
+        fit_state_dict(model, read_state_dict(weights_file), spec.checkpoint_format, name=str(weights_file))
+    return Encoder(spec, model, dynamic, weights_file, torch.device(device) if device else default_device(), cache)
+
+
+def grid_for(encoder: Encoder, width: int, height: int) -> tuple[int, int]:
+    """The patch grid (h, w) an image of this size gets."""
+    w, h = encoder.policy.target_size(width, height)
+    return h // encoder.patch_size, w // encoder.patch_size
+
+
+def count_params(spec: ModelSpec) -> int:
+    """Parameters of a spec's architecture, counted without allocating weights."""
+    with torch.device("meta"):
+        model, _ = build_model(spec)
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["Encoder", "PatchFeatures", "load_encoder", "build_model", "default_device", "FEATURE_CACHE",
+           "grid_for", "count_params"]

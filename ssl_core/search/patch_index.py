@@ -1,0 +1,830 @@
+"""Nearest-patch search over a gallery: every patch of every image, embedded by one encoder, stored with FAISS.
+
+    index, report = PatchIndex.build(["photos/"], encoder, layer=None)   # None: final normed tokens
+    index.save("photos.index")                                           # atomic (temp dir, then rename)
+    index = PatchIndex.load("photos.index")
+    query = index.embed_query(encoder, "cat.jpg")                        # refused for another model/layer
+    hits = index.search_patch(query, row=3, col=5, k=10)                 # [PatchHit(score, image, row, col)]
+
+Policy:
+
+* **Vectors.** Patch tokens are L2-normalised (``faiss.normalize_L2``): inner product is cosine similarity.
+  They are stored as float16 codes inside FAISS (``ScalarQuantizer.QT_fp16``) for every index kind, which
+  halves memory and disk against float32; scores differ from float32 by about 1e-4. Vectors can be read back
+  (`PatchIndex.vectors`) for maps and rebuilds, so no second copy is kept.
+* **Kinds.** ``exact``: a flat scan (``IndexScalarQuantizer``, the fp16 form of ``IndexFlatIP``; on this CPU it
+  scans faster than float32 ``IndexFlatIP`` because the scan is memory-bound). ``ivf``: IVF with fp16 lists,
+  ``2*sqrt(N)`` lists trained on a seeded sample. ``hnsw``: HNSW (M=32) over fp16 storage. ``auto``: exact up
+  to `AUTO_EXACT_LIMIT` vectors, IVF above (re-decided, and the index rebuilt, when an ``add`` crosses it).
+  Approximate kinds are **tuned at build time**: ``nprobe`` / ``efSearch`` is the smallest power of two whose
+  recall@10 against an exhaustive search reaches `RECALL_TARGET` plus a margin for sampling error on a seeded
+  sample of 200 stored vectors used as queries (each one's own entry left out); the value and the recall reached
+  are kept in the manifest. An IVF index that grows to 4x the size it was
+  trained at is retrained.
+* **GPU.** With a CUDA device, searches are exhaustive on the GPU (fp16; exact beats approximate there): FAISS's
+  ``GpuIndexFlatIP`` when the installed FAISS has GPU support, else a chunked torch matmul + top-k
+  (`exact_search_torch`, which also computes the ground truth for tuning on the CPU).
+* **Files** (a directory): ``index.faiss`` (absent while empty), ``patches.npz`` (per vector: ``image_id`` int32,
+  ``row`` int16, ``col`` int16; an image's patches are contiguous and row-major) and ``manifest.json`` (format
+  version, model name, encoder key = architecture@weights fingerprint, image size, patch size, layer, dim,
+  count, kinds, tuning, and the images with their content hashes, grids and first vector). One index holds one
+  layer: the layer of every vector is the manifest's. Writes go to a temporary directory next to the target,
+  which then replaces it by rename; a write that fails leaves the previous index as it was.
+* **Incremental.** ``add`` embeds only files not indexed yet (by resolved path and content hash); a file whose
+  content changed is re-embedded and its old vectors dropped. Bad images are listed and skipped.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from ssl_core.features.encoder import Encoder, PatchFeatures, default_device
+from ssl_core.data.images import ImageSource, ResizePolicy, expand_image_paths, load_image
+from ssl_core.features.pipeline import PipelineConfig, embed_files
+from ssl_core.models.weights import file_fingerprint
+
+ProgressFn = Callable[[int, int], None]
+
+FORMAT_VERSION = 1
+KINDS = ("auto", "exact", "ivf", "hnsw")
+AUTO_EXACT_LIMIT = 200_000  # vectors; an exact scan of this many 384-d fp16 vectors takes ~15 ms per query on 2 cores
+RECALL_TARGET = 0.95
+TUNE_MARGIN = 0.01  # tuning aims this far above the target: 200 sampled queries measure recall to about +-0.007
+TUNE_QUERIES = 200
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
+IVF_RETRAIN_GROWTH = 4.0
+INDEX_FILE, PATCHES_FILE, MANIFEST_FILE = "index.faiss", "patches.npz", "manifest.json"
+
+
+class IndexMismatchError(ValueError):
+    """A query or an addition made with another model, weights, layer or image size than the index was built with."""
+
+
+class IndexFormatError(ValueError):
+    """A directory that is not a readable patch index (missing files, another format version, inconsistent counts)."""
+
+
+# --------------------------------------------------------------------------------------------------- patch tables
+def grid_positions(grid_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column of each patch of a grid, row-major: ([h*w], [h*w]) int."""
+    h, w = grid_hw
+    rows, cols = np.divmod(np.arange(h * w), w)
+    return rows, cols
+
+
+def normalize_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (float32, contiguous, a copy); zero rows stay zero."""
+    import faiss
+
+    out = np.ascontiguousarray(vectors, dtype=np.float32).copy()
+    faiss.normalize_L2(out)
+    return out
+
+
+def patch_vectors(features: PatchFeatures, layer: int | None) -> np.ndarray:
+    """An image's patch tokens at a layer (None: final normed output) as unit rows [h*w, D] float32, row-major."""
+    tokens = features.tokens(layer)  # [h, w, D]
+    return normalize_rows(tokens.reshape(-1, tokens.shape[-1]).numpy())
+
+
+@dataclass
+class PatchTable:
+    """Patches of several images as rows: what the index stores and what maps are drawn from."""
+
+    vectors: np.ndarray  # [N, D] unit rows (float16 or float32)
+    image_ids: np.ndarray  # [N] int: position in `names`
+    rows: np.ndarray  # [N] int
+    cols: np.ndarray  # [N] int
+    names: list[str]  # image names or paths
+    grids: list[tuple[int, int]]  # (h, w) per image
+
+    @classmethod
+    def from_features(cls, names: Sequence[str], features: Sequence[PatchFeatures], layer: int | None) -> "PatchTable":
+        grids = [tuple(f.grid_hw) for f in features]
+        positions = [grid_positions(g) for g in grids]
+        dim = features[0].patch_tokens.shape[-1] if features else 0
+        return cls(
+            vectors=np.concatenate([patch_vectors(f, layer) for f in features]) if features else np.zeros((0, dim), np.float32),
+            image_ids=np.concatenate([np.full(g[0] * g[1], i, np.int32) for i, g in enumerate(grids)] or [np.zeros(0, np.int32)]),
+            rows=np.concatenate([r for r, _ in positions] or [np.zeros(0, np.int64)]),
+            cols=np.concatenate([c for _, c in positions] or [np.zeros(0, np.int64)]),
+            names=list(names), grids=grids,
+        )
+
+    @classmethod
+    def embed(cls, encoder: Encoder, names: Sequence[str], images: Sequence[ImageSource], layer: int | None = None,
+              attention: bool = False, progress: ProgressFn | None = None) -> tuple["PatchTable", list[PatchFeatures]]:
+        """Extract images with an encoder at a layer (and attention, on request): the table and the features."""
+        features = encoder.extract(list(images), layers=() if layer is None else (layer,), attention=attention,
+                                   progress=progress)
+        return cls.from_features(names, features, None if layer is None else encoder.resolve_layers([layer])[0]), features
+
+    def __len__(self) -> int:
+        return int(self.vectors.shape[0])
+
+    def subset(self, keep: np.ndarray) -> "PatchTable":
+        """The rows at indices ``keep`` (same image list)."""
+        return PatchTable(self.vectors[keep], self.image_ids[keep], self.rows[keep], self.cols[keep], self.names, self.grids)
+
+    def heights_widths(self) -> tuple[np.ndarray, np.ndarray]:
+        """Grid height and width of each row's image ([N], [N])."""
+        grids = np.array(self.grids, dtype=np.int64).reshape(-1, 2)
+        return grids[self.image_ids, 0], grids[self.image_ids, 1]
+
+
+# --------------------------------------------------------------------------------------------------- exact search in torch
+def exact_search_torch(database: torch.Tensor, queries: torch.Tensor, k: int, chunk_rows: int = 65_536,
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exhaustive inner-product top-k, database in chunks.
+
+    database: [N, D] any float dtype, any device; queries: [q, D]. Each chunk is cast to the queries' dtype and
+    device (fp16 on a GPU, float32 on a CPU), so a float16 database on the CPU can be searched on a GPU.
+    Returns (scores [q, k'] float32, ids [q, k'] int64), best first, k' = min(k, N).
+    """
+    q = queries.shape[0]
+    best_scores = queries.new_empty((q, 0), dtype=torch.float32)
+    best_ids = torch.empty((q, 0), dtype=torch.long, device=queries.device)
+    for start in range(0, database.shape[0], chunk_rows):
+        block = database[start:start + chunk_rows].to(device=queries.device, dtype=queries.dtype)  # [c, D]
+        scores = (queries @ block.T).float()  # [q, c]
+        top_scores, top_ids = scores.topk(min(k, scores.shape[1]), dim=1)
+        merged_scores = torch.cat([best_scores, top_scores], 1)
+        merged_ids = torch.cat([best_ids, top_ids + start], 1)
+        best_scores, order = merged_scores.topk(min(k, merged_scores.shape[1]), dim=1)
+        best_ids = merged_ids.gather(1, order)
+    return best_scores, best_ids
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean share of each row of ``truth`` [q, k] (ids) that appears in the same row of ``found`` [q, k'] ."""
+    hits = [len(set(f[f >= 0].tolist()) & set(t.tolist())) / max(len(t), 1) for f, t in zip(found, truth)]
+    return float(np.mean(hits)) if hits else 1.0
+
+
+# --------------------------------------------------------------------------------------------------- FAISS indexes
+def resolve_kind(kind: str, count: int) -> str:
+    """The concrete index kind for a requested one ("auto" depends on the vector count)."""
+    if kind not in KINDS:
+        raise ValueError(f"index kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    if kind == "auto":
+        return "exact" if count <= AUTO_EXACT_LIMIT else "ivf"
+    return kind
+
+
+def ivf_list_count(count: int) -> int:
+    """Inverted lists for ``count`` vectors: 2*sqrt(N), with at least 39 training vectors per list."""
+    return int(max(1, min(2 * np.sqrt(count), count // 39)))
+
+
+@dataclass
+class VectorIndex:
+    """One FAISS index over unit vectors (fp16 codes) with the search setting it was tuned to."""
+
+    index: object  # faiss.Index
+    kind: str  # "exact" | "ivf" | "hnsw"
+    search_param: int = 0  # nprobe (ivf) or efSearch (hnsw); 0 for exact
+    recall: float | None = None  # recall@10 measured when tuned
+    trained_count: int = 0  # vectors the index was trained (ivf) or built on
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    def search_parameters(self):
+        import faiss
+
+        if self.kind == "ivf":
+            return faiss.SearchParametersIVF(nprobe=self.search_param)
+        if self.kind == "hnsw":
+            return faiss.SearchParametersHNSW(efSearch=self.search_param)
+        return None
+
+    def search(self, queries: np.ndarray, k: int, search_param: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """queries: [q, D] unit float32 -> (scores [q, k] float32, ids [q, k] int64; -1 where fewer results)."""
+        if search_param is not None:
+            return VectorIndex(self.index, self.kind, search_param).search(queries, k)
+        params = self.search_parameters()
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        return self.index.search(queries, k) if params is None else self.index.search(queries, k, params=params)
+
+    def add(self, vectors: np.ndarray, chunk_rows: int = 65_536) -> None:
+        for start in range(0, vectors.shape[0], chunk_rows):
+            self.index.add(np.ascontiguousarray(vectors[start:start + chunk_rows], dtype=np.float32))
+
+    def _direct_map(self) -> None:
+        """IVF indexes need a map from ids to list entries before vectors can be read back."""
+        import faiss
+
+        if self.kind == "ivf":
+            ivf = faiss.extract_index_ivf(self.index)
+            if ivf.direct_map.type == faiss.DirectMap.NoMap:
+                ivf.make_direct_map()
+
+    def vector(self, i: int) -> np.ndarray:
+        """One stored vector [D] float16."""
+        self._direct_map()
+        return self.index.reconstruct(int(i)).astype(np.float16)
+
+    def vectors(self, chunk_rows: int = 65_536) -> np.ndarray:
+        """The stored vectors [N, D] float16 (decoded from the fp16 codes, exact)."""
+        self._direct_map()
+        out = np.empty((self.ntotal, self.dim), np.float16)
+        for start in range(0, self.ntotal, chunk_rows):
+            stop = min(start + chunk_rows, self.ntotal)
+            out[start:stop] = self.index.reconstruct_n(start, stop - start)
+        return out
+
+    def tune(self, vectors: np.ndarray, target: float = RECALL_TARGET, k: int = 10, seed: int = 0) -> None:
+        """Pick the smallest power-of-two nprobe/efSearch whose recall@k reaches ``target`` on a sample of ``vectors``.
+
+        The sampled vectors are the queries; each one's own entry is left out of both the exhaustive and the
+        approximate results (finding itself is trivial), so the recall is that of its other neighbours, as for a
+        query that is not in the index.
+        """
+        if self.kind == "exact":
+            self.recall = 1.0
+            return
+        sample = np.sort(np.random.default_rng(seed).choice(vectors.shape[0], min(TUNE_QUERIES, vectors.shape[0]), replace=False))
+        queries = np.asarray(vectors[sample], dtype=np.float32)
+        _, truth = exact_search_torch(torch.from_numpy(np.asarray(vectors)), torch.from_numpy(queries), k + 1)
+        truth = _without(truth.numpy(), sample, k)
+        limit = faiss_ivf_lists(self.index) if self.kind == "ivf" else 1024
+        candidates = [2**i for i in range(0, 11) if 2**i < limit] + [limit]
+        if self.kind == "hnsw":  # stored vectors as queries flatter HNSW (their own node is in the graph): start at 32
+            candidates = [c for c in candidates if c >= 32]
+        for value in candidates:
+            found = _without(self.search(queries, k + 1, search_param=value)[1], sample, k)
+            self.search_param, self.recall = value, recall_at_k(found, truth)
+            if self.recall >= target + TUNE_MARGIN:
+                break
+
+
+def _without(ids: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
+    """Result rows ids [q, k+1] without each query's own id own[q], cut to k columns."""
+    return np.array([[i for i in row if i != self_id][:k] for row, self_id in zip(ids.tolist(), own.tolist())])
+
+
+def faiss_ivf_lists(index) -> int:
+    import faiss
+
+    return int(faiss.extract_index_ivf(index).nlist)
+
+
+def make_vector_index(vectors: np.ndarray, kind: str, seed: int = 0, recall_target: float = RECALL_TARGET) -> VectorIndex:
+    """Build and tune a FAISS index of a concrete or "auto" kind over unit vectors [N, D] (float16 or float32)."""
+    import faiss
+
+    count, dim = vectors.shape
+    kind = resolve_kind(kind, count)
+    fp16 = faiss.ScalarQuantizer.QT_fp16
+    ip = faiss.METRIC_INNER_PRODUCT
+    if kind == "exact":
+        index = faiss.IndexScalarQuantizer(dim, fp16, ip)
+    elif kind == "ivf":
+        nlist = ivf_list_count(count)
+        index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, nlist, fp16, ip, False)
+        index.cp.niter = 10
+        index.cp.seed = seed
+        rng = np.random.default_rng(seed)
+        sample = np.sort(rng.choice(count, min(count, 40 * nlist), replace=False))
+        index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
+    else:
+        index = faiss.IndexHNSWSQ(dim, fp16, HNSW_M, ip)
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    built = VectorIndex(index, kind, trained_count=count)
+    built.add(vectors)
+    built.tune(vectors, target=recall_target, seed=seed)
+    return built
+
+
+# --------------------------------------------------------------------------------------------------- GPU search
+def faiss_has_gpu() -> bool:
+    import faiss
+
+    return "GPU" in faiss.get_compile_options() and faiss.get_num_gpus() > 0
+
+
+class DeviceSearch:
+    """Exhaustive fp16 search on a CUDA device: FAISS's GPU flat index where FAISS has GPU support, else torch."""
+
+    def __init__(self, vectors: np.ndarray, device: torch.device):
+        self.device = device
+        self.gpu_index = None
+        if faiss_has_gpu():
+            import faiss
+
+            config = faiss.GpuIndexFlatConfig()
+            config.useFloat16 = True
+            config.device = device.index or 0
+            self.resources = faiss.StandardGpuResources()
+            self.gpu_index = faiss.GpuIndexFlatIP(self.resources, vectors.shape[1], config)
+            VectorIndex(self.gpu_index, "exact").add(vectors)
+        else:
+            self.database = torch.from_numpy(np.asarray(vectors, np.float16)).to(device)  # [N, D] fp16
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.gpu_index is not None:
+            return self.gpu_index.search(np.ascontiguousarray(queries, np.float32), min(k, 2048))  # FAISS GPU: k <= 2048
+        scores, ids = exact_search_torch(self.database, torch.from_numpy(queries).to(self.device, torch.float16), k)
+        return scores.cpu().numpy(), ids.cpu().numpy()
+
+
+# --------------------------------------------------------------------------------------------------- the gallery index
+@dataclass
+class IndexedImage:
+    path: str  # resolved path
+    hash: str  # content hash of the file (blake2b)
+    grid_hw: tuple[int, int]
+    first: int  # its patches are vectors first .. first + h*w - 1
+
+    @property
+    def count(self) -> int:
+        return self.grid_hw[0] * self.grid_hw[1]
+
+
+@dataclass
+class IndexManifest:
+    model: str  # short name or timm id
+    model_key: str  # Encoder.key: architecture@weights fingerprint
+    fingerprint: str
+    weights: str
+    image_size: int  # short side images were resized to
+    patch_size: int
+    layer: int | None  # block index, or None for the final normed tokens
+    dim: int
+    kind_requested: str  # "auto" | "exact" | "ivf" | "hnsw"
+    kind: str = ""  # the concrete kind built ("" while empty)
+    count: int = 0
+    search_param: int = 0
+    recall: float | None = None
+    trained_count: int = 0
+    images: list[IndexedImage] = field(default_factory=list)
+    format_version: int = FORMAT_VERSION
+    created: str = ""
+    updated: str = ""
+    faiss_version: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> "IndexManifest":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise IndexFormatError(f"{where}: the manifest is not valid JSON ({err})") from None
+        version = data.get("format_version") if isinstance(data, dict) else None
+        if version != FORMAT_VERSION:
+            raise IndexFormatError(f"{where}: index format version {version!r}, this PatchLens reads {FORMAT_VERSION}")
+        try:
+            data["images"] = [IndexedImage(i["path"], i["hash"], tuple(i["grid_hw"]), int(i["first"])) for i in data["images"]]
+            return cls(**data)
+        except (KeyError, TypeError) as err:
+            raise IndexFormatError(f"{where}: the manifest lacks or mangles a field ({err})") from None
+
+    def describe_embedding(self) -> str:
+        layer = "final normed tokens" if self.layer is None else f"block {self.layer}"
+        return f"{self.model} ({self.model_key}) at {layer}, images at {self.image_size} px"
+
+
+@dataclass(frozen=True)
+class PatchHit:
+    score: float  # cosine similarity
+    image: str  # path of the gallery image
+    row: int
+    col: int
+    image_index: int  # position in `PatchIndex.images`
+    vector_id: int
+
+
+@dataclass(frozen=True)
+class ImageHit:
+    image: str
+    image_index: int
+    votes: int  # query patches whose top matches include a patch of this image
+    score: float  # the best score between any query patch and any patch of this image
+    query_row: int  # the best pair: query patch ...
+    query_col: int
+    row: int  # ... and its match in this image
+    col: int
+
+
+@dataclass
+class QueryImage:
+    """A query image embedded the way the index was built."""
+
+    name: str
+    features: PatchFeatures
+    vectors: np.ndarray  # [h, w, D] unit float32
+    image_index: int | None  # its position in the index when it is an indexed file (same path and content)
+
+    @property
+    def grid_hw(self) -> tuple[int, int]:
+        return self.features.grid_hw
+
+
+@dataclass
+class AddReport:
+    added: list[str] = field(default_factory=list)  # newly indexed files
+    replaced: list[str] = field(default_factory=list)  # files whose content changed: re-embedded
+    unchanged: list[str] = field(default_factory=list)  # already indexed with the same content: not embedded
+    failed: list[str] = field(default_factory=list)  # "path: reason" for inputs that are not readable images
+    patches_added: int = 0
+    rebuilt: bool = False  # the FAISS index was rebuilt (kind changed, retrained, or vectors dropped)
+
+    def summary(self) -> str:
+        parts = [f"{len(self.added)} images added ({self.patches_added} patches)"]
+        if self.replaced:
+            parts.append(f"{len(self.replaced)} changed and re-embedded")
+        if self.unchanged:
+            parts.append(f"{len(self.unchanged)} already indexed")
+        if self.failed:
+            parts.append(f"{len(self.failed)} skipped as unreadable")
+        return ", ".join(parts)
+
+
+class PatchIndex:
+    """Every patch of a gallery, embedded by one encoder at one layer, searchable by cosine similarity."""
+
+    def __init__(self, manifest: IndexManifest, vector_index: VectorIndex | None, device: str | torch.device | None = None):
+        self.manifest = manifest
+        self.vector_index = vector_index
+        self.device = torch.device(device) if device is not None else default_device()
+        self._device_search: DeviceSearch | None = None
+        self._reindex_images()
+
+    def _reindex_images(self) -> None:
+        images = self.manifest.images
+        self._by_path = {image.path: i for i, image in enumerate(images)}
+        self._image_ids = np.concatenate([np.full(im.count, i, np.int32) for i, im in enumerate(images)] or [np.zeros(0, np.int32)])
+        positions = [grid_positions(im.grid_hw) for im in images]
+        self._rows = np.concatenate([r for r, _ in positions] or [np.zeros(0, np.int64)]).astype(np.int16)
+        self._cols = np.concatenate([c for _, c in positions] or [np.zeros(0, np.int64)]).astype(np.int16)
+        self._device_search = None
+
+    # ----------------------------------------------------------------------------------------- creation
+    @classmethod
+    def create(cls, encoder: Encoder, layer: int | None = None, kind: str = "auto",
+               device: str | torch.device | None = None) -> "PatchIndex":
+        """An empty index for an encoder at a layer (None: the final normed tokens)."""
+        import faiss
+
+        resolve_kind(kind, 0)
+        resolved = None if layer is None else encoder.resolve_layers([layer])[0]
+        now = _now()
+        manifest = IndexManifest(
+            model=encoder.name, model_key=encoder.key, fingerprint=encoder.fingerprint, weights=encoder.weights_label,
+            image_size=encoder.spec.image_size, patch_size=encoder.patch_size, layer=resolved, dim=encoder.embed_dim,
+            kind_requested=kind, created=now, updated=now, faiss_version=faiss.__version__)
+        return cls(manifest, None, device)
+
+    @classmethod
+    def build(cls, sources: Sequence[str | os.PathLike], encoder: Encoder, layer: int | None = None, kind: str = "auto",
+              progress: ProgressFn | None = None, batch_size: int = 16, device: str | torch.device | None = None,
+              ) -> tuple["PatchIndex", AddReport]:
+        """Index the images of files and folders (searched recursively); bad images are reported and skipped."""
+        index = cls.create(encoder, layer, kind, device)
+        return index, index.add(sources, encoder, progress, batch_size)
+
+    # ----------------------------------------------------------------------------------------- identity
+    @property
+    def images(self) -> list[IndexedImage]:
+        return self.manifest.images
+
+    @property
+    def layer(self) -> int | None:
+        return self.manifest.layer
+
+    @property
+    def kind(self) -> str:
+        return self.manifest.kind
+
+    def __len__(self) -> int:
+        return self.manifest.count
+
+    def describe(self) -> str:
+        m = self.manifest
+        tuning = ""
+        if m.kind in ("ivf", "hnsw"):
+            name = "nprobe" if m.kind == "ivf" else "efSearch"
+            tuning = f", {name} {m.search_param} (recall@10 {m.recall:.3f} on a sample)"
+        return (f"{m.count:,} patches of {len(m.images)} images · {m.describe_embedding()} · "
+                f"{m.kind or 'empty'} index{tuning}")
+
+    def matches(self, encoder: Encoder, layer: int | None | str = "index") -> bool:
+        try:
+            self.check_encoder(encoder, layer)
+            return True
+        except IndexMismatchError:
+            return False
+
+    def check_encoder(self, encoder: Encoder, layer: int | None | str = "index") -> None:
+        """Refuse an encoder (and layer; "index": the index's own) that differs from the one the index was built with."""
+        m = self.manifest
+        wanted = m.layer if layer == "index" else (None if layer is None else encoder.resolve_layers([layer])[0])
+        problems = []
+        if encoder.key != m.model_key:
+            problems.append(f"model {encoder.name} ({encoder.key})")
+        if wanted != m.layer:
+            problems.append("final normed tokens" if wanted is None else f"block {wanted}")
+        if encoder.spec.image_size != m.image_size:
+            problems.append(f"images at {encoder.spec.image_size} px")
+        if problems:
+            raise IndexMismatchError(
+                f"this index was built with {m.describe_embedding()}; the query uses {', '.join(problems)}. "
+                f"Choose the index's model and layer, or build an index for this one.")
+
+    # ----------------------------------------------------------------------------------------- adding
+    def add(self, sources: Sequence[str | os.PathLike], encoder: Encoder, progress: ProgressFn | None = None,
+            batch_size: int = 16, workers: int | None = None) -> AddReport:
+        """Embed and add the images not indexed yet (see the module docstring); nothing changes on failure.
+
+        Images are embedded by `ssl_core.features.pipeline.embed_files` (decoding in worker processes, batches by grid).
+        """
+        self.check_encoder(encoder)
+        report = AddReport()
+        todo: dict[str, str] = {}  # resolved path -> content hash
+        for path in expand_image_paths(list(sources)):
+            resolved = str(path.resolve())
+            if resolved in todo:
+                continue
+            content = file_fingerprint(path) if path.is_file() else ""
+            known = self._by_path.get(resolved)
+            if known is not None and self.images[known].hash == content:
+                report.unchanged.append(resolved)
+                continue
+            todo[resolved] = content
+        paths = list(todo)
+        new_images: list[IndexedImage] = []
+        new_vectors: list[np.ndarray] = []
+        config = PipelineConfig(batch_size=batch_size, layer=self.layer, workers=workers)
+        for batch in embed_files(encoder, paths, config, progress=progress):  # streamed batch by batch
+            report.failed += batch.failed
+            for item in batch.items:
+                new_images.append(IndexedImage(item.path, todo[item.path], tuple(item.grid_hw), 0))
+                new_vectors.append(normalize_rows(item.tokens.float().numpy()).astype(np.float16))
+                (report.replaced if item.path in self._by_path else report.added).append(item.path)
+        if progress is not None and not paths:
+            progress(0, 0)
+        report.patches_added = sum(v.shape[0] for v in new_vectors)
+        if new_images:
+            report.rebuilt = self._append(new_images, new_vectors)
+        return report
+
+    def _append(self, new_images: list[IndexedImage], new_vectors: list[np.ndarray]) -> bool:
+        """Add embedded images (replacing same-path ones); returns whether the FAISS index was rebuilt."""
+        replaced = {self._by_path[im.path] for im in new_images if im.path in self._by_path}
+        kept = [im for i, im in enumerate(self.images) if i not in replaced]
+        count = sum(im.count for im in kept) + sum(v.shape[0] for v in new_vectors)
+        current = self.vector_index
+        kind = resolve_kind(self.manifest.kind_requested, count)
+        rebuild = (current is None or bool(replaced) or kind != current.kind
+                   or (kind == "ivf" and count > IVF_RETRAIN_GROWTH * current.trained_count))
+        added = np.concatenate(new_vectors)
+        if rebuild:
+            old = current.vectors() if current is not None else np.zeros((0, self.manifest.dim), np.float16)
+            keep = np.ones(old.shape[0], bool)
+            for i in replaced:
+                image = self.images[i]
+                keep[image.first:image.first + image.count] = False
+            vector_index = make_vector_index(np.concatenate([old[keep], added]), kind)
+        else:
+            vector_index = current
+            vector_index.add(added)
+        first = 0
+        images = []
+        for image in kept + new_images:
+            images.append(IndexedImage(image.path, image.hash, image.grid_hw, first))
+            first += image.count
+        m = self.manifest
+        m.images, m.count, m.kind = images, first, vector_index.kind
+        m.search_param, m.recall, m.trained_count = vector_index.search_param, vector_index.recall, vector_index.trained_count
+        m.updated = _now()
+        self.vector_index = vector_index
+        self._reindex_images()
+        return rebuild
+
+    # ----------------------------------------------------------------------------------------- saving and loading
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write the index to a directory, atomically: a temporary directory beside it replaces it by rename."""
+        import faiss
+
+        target = Path(directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
+        staging.mkdir()
+        try:
+            if self.vector_index is not None:
+                faiss.write_index(self.vector_index.index, str(staging / INDEX_FILE))
+            np.savez(staging / PATCHES_FILE, image_id=self._image_ids, row=self._rows, col=self._cols)
+            (staging / MANIFEST_FILE).write_text(self.manifest.to_json())
+            _fsync_files(staging)
+            backup = target.parent / f".{target.name}.previous"
+            if backup.exists():
+                shutil.rmtree(backup)
+            if target.exists():
+                os.rename(target, backup)
+            os.rename(staging, target)
+            shutil.rmtree(backup, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return target
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, device: str | torch.device | None = None) -> "PatchIndex":
+        """Read an index directory (checking its manifest and files)."""
+        import faiss
+
+        where = Path(directory)
+        if not where.is_dir():
+            backup = where.parent / f".{where.name}.previous"  # a save interrupted between its two renames
+            if not (backup / MANIFEST_FILE).is_file():
+                raise IndexFormatError(f"{where}: no such index directory")
+            where = backup
+        if not (where / MANIFEST_FILE).is_file():
+            raise IndexFormatError(f"{where}: not a patch index (no {MANIFEST_FILE})")
+        manifest = IndexManifest.from_json((where / MANIFEST_FILE).read_text(), str(where))
+        vector_index = None
+        if manifest.count:
+            if not (where / INDEX_FILE).is_file():
+                raise IndexFormatError(f"{where}: {INDEX_FILE} is missing")
+            index = faiss.read_index(str(where / INDEX_FILE))
+            vector_index = VectorIndex(index, manifest.kind, manifest.search_param, manifest.recall, manifest.trained_count)
+            if vector_index.ntotal != manifest.count or vector_index.dim != manifest.dim:
+                raise IndexFormatError(f"{where}: {INDEX_FILE} holds {vector_index.ntotal} vectors of dim {vector_index.dim}, "
+                                       f"the manifest says {manifest.count} of dim {manifest.dim}")
+        out = cls(manifest, vector_index, device)
+        with np.load(where / PATCHES_FILE, allow_pickle=False) as patches:
+            if not (np.array_equal(patches["image_id"], out._image_ids) and np.array_equal(patches["row"], out._rows)
+                    and np.array_equal(patches["col"], out._cols)):
+                raise IndexFormatError(f"{where}: {PATCHES_FILE} does not match the manifest's images")
+        return out
+
+    # ----------------------------------------------------------------------------------------- reading back
+    def vectors(self) -> np.ndarray:
+        """All stored vectors [N, D] float16 (unit rows)."""
+        if self.vector_index is None:
+            return np.zeros((0, self.manifest.dim), np.float16)
+        return self.vector_index.vectors()
+
+    def table(self, limit: int | None = None, seed: int = 0) -> PatchTable:
+        """The stored patches as a table; with ``limit``, a seeded random sample of that many (in index order)."""
+        ids = np.arange(len(self))
+        if limit is not None and len(self) > limit:
+            ids = np.sort(np.random.default_rng(seed).choice(len(self), limit, replace=False))
+        return PatchTable(self.vectors()[ids], self._image_ids[ids], self._rows[ids].astype(np.int64),
+                          self._cols[ids].astype(np.int64), [im.path for im in self.images],
+                          [im.grid_hw for im in self.images])
+
+    def resize_policy(self) -> ResizePolicy:
+        return ResizePolicy(short_side=self.manifest.image_size, patch_size=self.manifest.patch_size)
+
+    def processed_image(self, image_index: int) -> np.ndarray:
+        """A gallery image as the encoder saw it [H, W, 3] uint8 (its patch grid matches the index's rows and cols)."""
+        return np.asarray(self.resize_policy().apply(load_image(self.images[image_index].path)), dtype=np.uint8)
+
+    # ----------------------------------------------------------------------------------------- searching
+    def embed_query(self, encoder: Encoder, image: ImageSource, layer: int | None | str = "index") -> QueryImage:
+        """Embed a query image with the index's model and layer (`IndexMismatchError` for another one)."""
+        self.check_encoder(encoder, layer)
+        [features] = encoder.extract([image], layers=() if self.layer is None else (self.layer,))
+        tokens = patch_vectors(features, self.layer).reshape(*features.grid_hw, -1)
+        image_index = None
+        if isinstance(image, (str, os.PathLike)):
+            resolved = str(Path(image).resolve())
+            known = self._by_path.get(resolved)
+            if known is not None and self.images[known].hash == file_fingerprint(resolved):
+                image_index = known
+        if image_index is None and len(self):
+            image_index = self._find_indexed(tokens)
+        name = str(image) if isinstance(image, (str, os.PathLike)) else "query image"
+        return QueryImage(name, features, tokens, image_index)
+
+    def _find_indexed(self, tokens: np.ndarray, min_score: float = 0.999) -> int | None:
+        """The indexed image whose patches are these tokens [h, w, D] (an in-memory copy of an indexed file)."""
+        h, w = tokens.shape[:2]
+        [first_hits] = self.search_vectors(tokens[0, 0][None].astype(np.float32), k=5)
+        for hit in first_hits:
+            image = self.images[hit.image_index]
+            if hit.score < min_score or (hit.row, hit.col) != (0, 0) or tuple(image.grid_hw) != (h, w):
+                continue
+            last = self.vector_index.vector(image.first + image.count - 1).astype(np.float32)
+            if float(last @ tokens[-1, -1]) >= min_score:
+                return hit.image_index
+        return None
+
+    def search_vectors(self, queries: np.ndarray, k: int = 10, exclude_image: int | None = None) -> list[list[PatchHit]]:
+        """Top-k patches for each unit query vector [q, D], best first; optionally leaving one image out."""
+        if self.vector_index is None:
+            raise ValueError("the index is empty: add images first")
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if queries.shape[1] != self.manifest.dim:
+            raise ValueError(f"query vectors have dim {queries.shape[1]}, the index {self.manifest.dim}")
+        excluded = self.images[exclude_image].count if exclude_image is not None else 0
+        fetch = min(int(k) + excluded, len(self))
+        scores, ids = self._search_raw(queries, fetch)
+        out = []
+        for row_scores, row_ids in zip(scores, ids):
+            hits = []
+            for score, vid in zip(row_scores.tolist(), row_ids.tolist()):
+                if vid < 0 or (exclude_image is not None and self._image_ids[vid] == exclude_image):
+                    continue
+                image_id = int(self._image_ids[vid])
+                hits.append(PatchHit(float(score), self.images[image_id].path, int(self._rows[vid]), int(self._cols[vid]),
+                                     image_id, int(vid)))
+                if len(hits) == k:
+                    break
+            out.append(hits)
+        return out
+
+    def _search_raw(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.device.type == "cuda":
+            if self._device_search is None:
+                self._device_search = DeviceSearch(self.vectors(), self.device)
+            return self._device_search.search(queries, k)
+        return self.vector_index.search(queries, k)
+
+    def search_patch(self, query: QueryImage, row: int, col: int, k: int = 10,
+                     exclude_query_image: bool = False) -> list[PatchHit]:
+        """The k gallery patches nearest to one patch of the query image."""
+        h, w = query.grid_hw
+        if not (0 <= row < h and 0 <= col < w):
+            raise ValueError(f"patch ({row}, {col}) is outside the query's {h}x{w} grid")
+        return self.search_vectors(query.vectors[row, col][None], k, self._excluded(query, exclude_query_image))[0]
+
+    def search_region(self, query: QueryImage, cells: np.ndarray | Iterable[tuple[int, int]], k: int = 10,
+                      exclude_query_image: bool = False) -> list[PatchHit]:
+        """The k gallery patches nearest to the mean direction of a region: a bool mask [h, w] or (row, col) pairs."""
+        mask = np.zeros(query.grid_hw, bool)
+        if isinstance(cells, np.ndarray) and cells.dtype == bool:
+            if cells.shape != mask.shape:
+                raise ValueError(f"region mask of shape {cells.shape} for a {mask.shape} grid")
+            mask = cells
+        else:
+            for row, col in cells:
+                mask[row, col] = True
+        if not mask.any():
+            raise ValueError("the region holds no patches")
+        mean = normalize_rows(query.vectors[mask].mean(0, keepdims=True))
+        return self.search_vectors(mean, k, self._excluded(query, exclude_query_image))[0]
+
+    def search_image(self, query: QueryImage, k: int = 10, per_patch: int = 20,
+                     exclude_query_image: bool = False) -> list[ImageHit]:
+        """Gallery images ranked by how many query patches find one of their ``per_patch`` nearest patches in them.
+
+        Ties are broken by the best single patch score. Voting is robust to one generic patch (sky, wall) matching
+        well everywhere, which a ranking by the best score alone is not.
+        """
+        flat = query.vectors.reshape(-1, query.vectors.shape[-1])
+        results = self.search_vectors(flat, per_patch, self._excluded(query, exclude_query_image))
+        votes: dict[int, int] = {}
+        best: dict[int, tuple[float, int, PatchHit]] = {}
+        for query_id, hits in enumerate(results):
+            for image_id in {hit.image_index for hit in hits}:
+                votes[image_id] = votes.get(image_id, 0) + 1
+            for hit in hits:
+                if hit.image_index not in best or hit.score > best[hit.image_index][0]:
+                    best[hit.image_index] = (hit.score, query_id, hit)
+        w = query.grid_hw[1]
+        ranked = sorted(votes, key=lambda i: (votes[i], best[i][0]), reverse=True)[:k]
+        out = []
+        for image_id in ranked:
+            score, query_id, hit = best[image_id]
+            out.append(ImageHit(hit.image, image_id, votes[image_id], score, query_id // w, query_id % w, hit.row, hit.col))
+        return out
+
+    def _excluded(self, query: QueryImage, exclude_query_image: bool) -> int | None:
+        return query.image_index if exclude_query_image else None
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _fsync_files(directory: Path) -> None:
+    """Flush a directory's files to disk before it is renamed into place."""
+    for path in directory.iterdir():
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+
+
+__all__ = ["PatchIndex", "PatchHit", "ImageHit", "QueryImage", "AddReport", "IndexManifest", "IndexedImage",
+           "IndexMismatchError", "IndexFormatError", "VectorIndex", "make_vector_index", "exact_search_torch",
+           "recall_at_k", "PatchTable", "patch_vectors", "grid_positions", "normalize_rows", "resolve_kind",
+           "AUTO_EXACT_LIMIT", "RECALL_TARGET"]
