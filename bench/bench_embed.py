@@ -50,7 +50,7 @@ def write_jpegs(folder: Path, count: int) -> list[str]:
 
 
 def plain_loop(model, paths, batch_size, device) -> float:
-    from timm.data import resolve_data_config, create_transform
+    from timm.data import create_transform, resolve_data_config
 
     transform = create_transform(**resolve_data_config({}, model=model))
     start = time.perf_counter()

@@ -27,8 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import record  # noqa: E402
 
-from ssl_core.search.patch_index import HNSW_M, exact_search_torch, ivf_list_count, make_vector_index, recall_at_k  # noqa: E402
 from ssl_core.render.tables import markdown_table  # noqa: E402
+from ssl_core.search.patch_index import HNSW_M, exact_search_torch, ivf_list_count, make_vector_index, recall_at_k  # noqa: E402
 
 SUBSPACE = 16  # each cluster's own dimensions
 GROUP = 20  # clusters per group: centres of a group lie near each other, so neighbouring clusters overlap

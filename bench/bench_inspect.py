@@ -23,8 +23,8 @@ from machine import record  # noqa: E402
 
 from app.views import inspect as handlers  # noqa: E402
 from ssl_core import load_encoder  # noqa: E402
-from ssl_core.models.registry import bundled_names, default_model_name  # noqa: E402
 from ssl_core.features.cache import LRUCache  # noqa: E402
+from ssl_core.models.registry import bundled_names, default_model_name  # noqa: E402
 from ssl_core.render.tables import markdown_table  # noqa: E402
 
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.ui.state import AppConfig, BadRequest, ModelPool, load_uploads
 from app.views import inspect as handlers
-from app.ui.state import AppConfig, ModelPool, UserError, load_uploads
 
 
 def test_overview_returns_image_pca_and_attention_at_display_size(tiny_encoder, image_333x517):
@@ -60,12 +60,12 @@ def test_paths_outside_allowed_folders_are_refused(tmp_path):
     (tmp_path / "secret.pth").write_bytes(b"x")
     config = AppConfig(allow_dirs=[allowed])
     assert config.check_readable(allowed / "w.safetensors") == (allowed / "w.safetensors").resolve()
-    with pytest.raises(UserError, match="outside the allowed folders"):
+    with pytest.raises(BadRequest, match="outside the allowed folders"):
         config.check_readable(tmp_path / "secret.pth")
-    with pytest.raises(UserError, match="outside the allowed folders"):
+    with pytest.raises(BadRequest, match="outside the allowed folders"):
         config.check_readable(allowed / ".." / "secret.pth")  # no escaping with ..
     (allowed / "link.pth").symlink_to(tmp_path / "secret.pth")
-    with pytest.raises(UserError, match="outside the allowed folders"):
+    with pytest.raises(BadRequest, match="outside the allowed folders"):
         config.check_readable(allowed / "link.pth")  # nor through a symbolic link
 
 
@@ -114,8 +114,8 @@ def test_parts_of_each_image_on_its_own_need_k_patches_in_every_image(tiny_encod
 
 def test_removing_the_position_mean_brings_out_the_bundled_mae_parts():
     from ssl_core import load_encoder
-    from ssl_core.models.registry import ASSETS_DIR, bundled_names
     from ssl_core.analyses.parts import agreement_with_truth
+    from ssl_core.models.registry import ASSETS_DIR, bundled_names
 
     if "patchlens-mae" not in bundled_names():
         pytest.skip("the bundled patchlens-mae weights are missing")

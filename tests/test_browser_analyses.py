@@ -3,9 +3,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from browser import (LiveApp, fetch_image, image_from_element, open_app, requires_browser, screenshot,
-                     wait_for_gallery_change)
+from browser import (
+    LiveApp,
+    fetch_image,
+    image_from_element,
+    open_app,
+    requires_browser,
+    screenshot,
+    wait_for_gallery_change,
+)
 
 pytestmark = [pytest.mark.browser, requires_browser]
 

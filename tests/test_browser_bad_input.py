@@ -5,9 +5,8 @@ import os
 
 import pytest
 import torch
-from PIL import Image
-
 from browser import LiveApp, image_from_element, open_app, requires_browser, screenshot
+from PIL import Image
 
 pytestmark = [pytest.mark.browser, requires_browser]
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from browser import LiveApp, build_index_and_search, image_from_element, open_app, requires_browser, screenshot
 
 pytestmark = [pytest.mark.browser, requires_browser]

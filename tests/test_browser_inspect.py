@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from browser import LiveApp, image_from_element, open_app, requires_browser, screenshot
+from PIL import Image
 
 pytestmark = [pytest.mark.browser, requires_browser]
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from browser import LiveApp, image_from_element, open_app, requires_browser, screenshot, src_of, wait_for_new_image
 
 pytestmark = [pytest.mark.browser, requires_browser]

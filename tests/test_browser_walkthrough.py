@@ -4,10 +4,19 @@ are saved to tests/artifacts/ (the README shows some)."""
 from __future__ import annotations
 
 import pytest
+from browser import (
+    LiveApp,
+    build_index_and_search,
+    image_from_element,
+    open_app,
+    requires_browser,
+    screenshot,
+    src_of,
+    wait_for_gallery_change,
+    wait_for_new_image,
+)
 from PIL import Image
 
-from browser import (LiveApp, build_index_and_search, image_from_element, open_app, requires_browser, screenshot,
-                     src_of, wait_for_gallery_change, wait_for_new_image)
 from ssl_core.models.registry import bundled_names
 
 pytestmark = [pytest.mark.browser, requires_browser,

@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from app.views import compare as handlers_compare
 from app.ui.state import AppConfig, LoadedImage
+from app.views import compare as handlers_compare
 from ssl_core import load_encoder
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssl_core.data.images import ImageLoadError, ResizePolicy, expand_image_paths, load_image, load_images_reporting
+from ssl_core.data.images import ResizePolicy, expand_image_paths, load_image, load_images_reporting
+from ssl_core.errors import ImageLoadError
 
 
 def _png_bytes(image: Image.Image, **kw) -> bytes:

@@ -6,12 +6,19 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import smooth_image
 from PIL import Image
 
-from conftest import smooth_image
+from ssl_core.errors import IndexMismatch
 from ssl_core.search import patch_index as index_module
-from ssl_core.search.patch_index import (DeviceSearch, IndexMismatchError, PatchIndex, exact_search_torch, ivf_list_count,
-                            make_vector_index, recall_at_k)
+from ssl_core.search.patch_index import (
+    DeviceSearch,
+    PatchIndex,
+    exact_search_torch,
+    ivf_list_count,
+    make_vector_index,
+    recall_at_k,
+)
 
 
 def mixture(n: int, dim: int, clusters: int, seed: int) -> np.ndarray:
@@ -175,16 +182,16 @@ def test_query_with_another_model_layer_or_size_is_refused(tiny_encoder, gallery
     index.save(tmp_path / "idx")
     index = PatchIndex.load(tmp_path / "idx")
     assert index.layer == 3 and index.search_patch(index.embed_query(tiny_encoder, paths[0]), 0, 0, k=1)[0].score > 0.99
-    with pytest.raises(IndexMismatchError, match="built with random-tiny .* at block 3.*the query uses final normed tokens"):
+    with pytest.raises(IndexMismatch, match="built with random-tiny .* at block 3.*the query uses final normed tokens"):
         index.embed_query(tiny_encoder, paths[0], layer=None)
     weights = tmp_path / "other.safetensors"
     save_file({k: v + 0.01 for k, v in tiny_encoder.model.state_dict().items()}, str(weights))
     other = load_encoder("random-tiny", weights=weights, device="cpu", cache=None)
-    with pytest.raises(IndexMismatchError, match="the query uses model random-tiny \\(patchlens_vit_tiny_p8@"):
+    with pytest.raises(IndexMismatch, match="the query uses model random-tiny \\(patchlens_vit_tiny_p8@"):
         index.embed_query(other, paths[0])
-    with pytest.raises(IndexMismatchError, match="images at 64 px"):
+    with pytest.raises(IndexMismatch, match="images at 64 px"):
         index.embed_query(load_encoder("random-tiny", device="cpu", image_size=64, cache=None), paths[0])
-    with pytest.raises(IndexMismatchError):
+    with pytest.raises(IndexMismatch):
         index.add([paths[0]], other)
 
 
@@ -245,7 +252,8 @@ def test_auto_kind_becomes_approximate_above_the_limit(tiny_encoder, gallery, mo
 
 # ------------------------------------------------------------------------------------------------- gallery handlers
 def test_search_click_shows_crops_and_the_source(tiny_encoder, built, tmp_path):
-    from app.views import gallery as handlers_gallery, inspect as handlers
+    from app.views import gallery as handlers_gallery
+    from app.views import inspect as handlers
 
     folder, paths, index, _ = built
     index.save(tmp_path / "idx")
@@ -263,9 +271,9 @@ def test_search_click_shows_crops_and_the_source(tiny_encoder, built, tmp_path):
 
 
 def test_an_in_memory_copy_of_an_indexed_image_is_recognised_and_left_out(tiny_encoder, tmp_path):
+    from conftest import smooth_image
     from PIL import Image
 
-    from conftest import smooth_image
     from ssl_core.search.patch_index import PatchIndex
     paths = []
     for i in range(3):

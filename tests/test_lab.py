@@ -11,9 +11,21 @@ import torch
 
 from ssl_core import load_encoder
 from ssl_core.data import partsworld
-from ssl_core.lab import (LabConfig, cka_probe, encode_scenes, forward_with_positions, heldout_seeds, knn_accuracy,
-                          mim_kind, mim_probe, part_map_agreement, part_probe, run_lab, scene_part_labels,
-                          swap_positions)
+from ssl_core.lab import (
+    LabConfig,
+    cka_probe,
+    encode_scenes,
+    forward_with_positions,
+    heldout_seeds,
+    knn_accuracy,
+    mim_kind,
+    mim_probe,
+    part_map_agreement,
+    part_probe,
+    run_lab,
+    scene_part_labels,
+    swap_positions,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = LabConfig(n_train=60, n_test=40, patch_train_images=30, patch_test_images=20, part_map_images=12,

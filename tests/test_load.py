@@ -10,9 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import psutil
 import pytest
-from PIL import Image
-
 from browser import LiveApp
+from PIL import Image
 
 CLIENTS, REQUESTS_PER_CLIENT = 5, 4
 

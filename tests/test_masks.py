@@ -4,8 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ssl_core.mim.masks import (MaskSpec, block_mask, custom_mask, grid_mask, parse_mask_spec, random_mask,
-                            toggle_cells)
+from ssl_core.mim.masks import MaskSpec, block_mask, custom_mask, grid_mask, parse_mask_spec, random_mask, toggle_cells
 
 
 def hidden_neighbour_share(mask: np.ndarray) -> float:

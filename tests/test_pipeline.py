@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import smooth_image
 from PIL import Image
 
-from conftest import smooth_image
 from ssl_core.features.pipeline import PipelineConfig, embed_files
 
 

@@ -6,16 +6,21 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import smooth_image
 from PIL import Image
 
 from app.views.inspect import patch_at
-from app.views.reconstruct import (context_drift_view, encoder_display_grid, mae_display_grid, reconstruct_view,
-                              toggle_patch)
+from app.views.reconstruct import (
+    context_drift_view,
+    encoder_display_grid,
+    mae_display_grid,
+    reconstruct_view,
+    toggle_patch,
+)
 from ssl_core.analyses.context import context_drift, encode_visible
 from ssl_core.mim.mae import build_mae, save_mae
 from ssl_core.mim.masks import custom_mask, random_mask
 from ssl_core.mim.reconstruct import MASK_FILL, predicted_images, prepare_image, reconstruct, square_crop
-from conftest import smooth_image
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +146,8 @@ def test_cli_writes_the_pictures_and_metrics(tmp_path, image_file, tiny_mae, mon
 def test_cae_predicted_alignment_is_defined_exactly_on_hidden_patches():
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    from ssl_core.mim.cae import CAEConfig, CAEModel
     from ssl_core.analyses.context import predicted_alignment
+    from ssl_core.mim.cae import CAEConfig, CAEModel
 
     cae = CAEModel(CAEConfig()).eval()
     mask = random_mask(cae.grid_hw, 0.5, seed=2)

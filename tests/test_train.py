@@ -113,8 +113,8 @@ def test_mae_and_cae_files_load_whole_with_their_decoders(tmp_path):
 
 
 def test_cae_refuses_a_file_without_its_metadata(tmp_path):
+    from ssl_core.errors import CheckpointError
     from ssl_core.mim.cae import load_cae
-    from ssl_core.models.weights import CheckpointError
 
     run = train("supervised", out_dir=tmp_path, steps=1, batch_size=2, seed=0, device="cpu", image_size=32)
     with pytest.raises(CheckpointError, match="not a PatchLens CAE file"):

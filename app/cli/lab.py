@@ -16,7 +16,6 @@ from pathlib import Path
 
 from app.cli.main import command, tqdm_progress
 
-
 READING_NOTES = """How to read the numbers:
 
 - About four patches in five are background, so a part probe's plain accuracy sits near the background rate for

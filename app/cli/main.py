@@ -56,9 +56,9 @@ def _models(parser: argparse.ArgumentParser):
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     def run(args: argparse.Namespace) -> int:
+        from ssl_core.features.encoder import count_params
         from ssl_core.models.registry import all_specs, default_model_name
         from ssl_core.models.weights import available_offline
-        from ssl_core.features.encoder import count_params
 
         default = default_model_name()
         rows = []
@@ -93,8 +93,8 @@ def _embed(parser: argparse.ArgumentParser):
     parser.add_argument("--batch-size", type=int, default=16)
 
     def run(args: argparse.Namespace) -> int:
-        from ssl_core.features.export import save_features_npz
         from ssl_core.data.images import expand_image_paths, load_images_reporting
+        from ssl_core.features.export import save_features_npz
 
         encoder = load_model_from_args(args)
         print(encoder.describe(), file=sys.stderr)
@@ -167,11 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     args = build_parser().parse_args(argv)
-    from ssl_core import CheckpointError, ImageLoadError, WeightsUnavailableError
+    from ssl_core import CheckpointError, ImageLoadError, ModelUnavailable
 
     try:
         return int(args._run(args) or 0)
-    except (WeightsUnavailableError, CheckpointError, ImageLoadError, KeyError, ValueError) as err:
+    except (ModelUnavailable, CheckpointError, ImageLoadError, KeyError, ValueError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         print(f"patchlens {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -13,23 +13,21 @@ from typing import Callable
 import gradio as gr
 import numpy as np
 
-from ssl_core import CheckpointError, ImageLoadError, WeightsUnavailableError
-from ssl_core.render import draw
-from ssl_core.analyses.attention import AttentionUnavailableError
+from app.ui.state import AppConfig, LoadedImage, ModelPool, example_paths, load_image_bytes, load_uploads, write_images
+from app.views import compare as handlers_compare
+from app.views import gallery as handlers_gallery
+from app.views import inspect as handlers
+from app.views import lab as handlers_lab
+from app.views import reconstruct as handlers_mim
+from ssl_core.errors import BadRequest, PatchLensError
 from ssl_core.lab import LabConfig
-from ssl_core.models.registry import all_specs, bundled_names, default_model_name
-
 from ssl_core.mim.mae import DEFAULT_MAE, MAE_SOURCES
-
-from app.views import compare as handlers_compare, gallery as handlers_gallery, inspect as handlers, lab as handlers_lab, reconstruct as handlers_mim
-from app.ui.state import (AppConfig, LoadedImage, ModelPool, UserError, example_paths, load_image_bytes, load_uploads,
-                    write_images)
+from ssl_core.models.registry import all_specs, bundled_names, default_model_name
+from ssl_core.render import draw
 
 log = logging.getLogger("patchlens")
 LAB_EVERYTHING = "the whole Lab (every measure, CKA between the first two)"
 LAB_CKA = "CKA between two encoders, block by block"
-EXPECTED_ERRORS = (UserError, ImageLoadError, WeightsUnavailableError, CheckpointError, AttentionUnavailableError,
-                   KeyError, ValueError)
 
 INTRO = """# PatchLens
 Look inside vision transformers one patch at a time. Add images (or the examples), choose a model, and explore.
@@ -89,16 +87,15 @@ HTML report.""",
 
 
 def ui_errors(fn: Callable) -> Callable:
-    """Show expected errors as readable messages, and unexpected ones without a stack trace."""
+    """A `PatchLensError` is shown as its message; anything else is a bug: a short message, traceback logged."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except EXPECTED_ERRORS as err:
-            message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-            raise gr.Error(str(message), print_exception=False) from None
+        except PatchLensError as err:
+            raise gr.Error(str(err), print_exception=False) from None
         except Exception as err:  # noqa: BLE001
             log.error("unexpected error in %s:\n%s", fn.__name__, traceback.format_exc())
             raise gr.Error(f"Something went wrong ({type(err).__name__}: {err}). The app is still running; "
@@ -133,7 +130,7 @@ class PatchLensApp:
             weights = str(self.config.check_readable(weights_path.strip(), "weights file"))
         size = int(image_size) if image_size else None
         if size is not None and not 16 <= size <= 1024:
-            raise UserError(f"The short side must be between 16 and 1024 pixels (or 0 for the model's own), not {size}.")
+            raise BadRequest(f"The short side must be between 16 and 1024 pixels (or 0 for the model's own), not {size}.")
         return self.pool.get(model or self.config.default_model, weights, size)
 
     def export(self, arrays: dict[str, np.ndarray], stem: str) -> str | None:
@@ -239,11 +236,11 @@ class PatchLensApp:
     def run_bagssl(self, images, selected, crop_text, *model_args, progress=gr.Progress()):
         image = _pick(images, selected)
         if image is None:
-            raise UserError("Add an image first.")
+            raise BadRequest("Add an image first.")
         try:
             sizes = [int(s) for s in str(crop_text).replace(" ", "").split(",") if s]
         except ValueError:
-            raise UserError(f"Crop sizes must be whole numbers separated by commas, not {crop_text!r}.") from None
+            raise BadRequest(f"Crop sizes must be whole numbers separated by commas, not {crop_text!r}.") from None
         encoder = self.encoder(*model_args)
         result = handlers.bagssl_view(encoder, image.image, sizes, progress=progress_callback(progress, "embedding crops"))
         return (result.figures["layers"], result.figures["crops"], result.pictures["patch_to_embedding"], result.info,
@@ -297,11 +294,11 @@ class PatchLensApp:
         encoder = self.encoder(*model_args)
         if source == "server folder":
             if not folder or not folder.strip():
-                raise UserError("Name a folder on the server (it must lie under a --allow-dir folder).")
+                raise BadRequest("Name a folder on the server (it must lie under a --allow-dir folder).")
             sources = [str(self.config.check_readable(folder.strip(), "gallery folder"))]
         else:
             if not images:
-                raise UserError("Add images first, or index a server folder.")
+                raise BadRequest("Add images first, or index a server folder.")
             sources = write_images(images, Path(tempfile.mkdtemp(dir=self.export_dir)))
         chosen = handlers.parse_layer(layer)
         if current is not None and current.matches(encoder, chosen):  # same model and layer: add incrementally
@@ -313,14 +310,14 @@ class PatchLensApp:
 
     def load_gallery_index(self, path):
         if not path or not path.strip():
-            raise UserError("Name the index folder to load (under --allow-dir).")
+            raise BadRequest("Name the index folder to load (under --allow-dir).")
         return handlers_gallery.load_index(str(self.config.check_readable(path.strip(), "index folder")))
 
     def save_gallery_index(self, index, path):
         if index is None:
-            raise UserError("Build or load an index first.")
+            raise BadRequest("Build or load an index first.")
         if not path or not path.strip():
-            raise UserError("Name a folder to save the index to (under --allow-dir).")
+            raise BadRequest("Name a folder to save the index to (under --allow-dir).")
         target = self.config.check_writable(path.strip(), "index folder")
         index.save(target)
         return f"Saved to {target} · {index.describe()}"
@@ -335,9 +332,9 @@ class PatchLensApp:
                        evt: gr.SelectData):
         image = _pick(images, selected)
         if index is None:
-            raise UserError("Build or load an index first, then click a patch of the query image.")
+            raise BadRequest("Build or load an index first, then click a patch of the query image.")
         if image is None:
-            raise UserError("Add an image to query with.")
+            raise BadRequest("Add an image to query with.")
         encoder = self.encoder(model, weights_upload, weights_path, image_size)
         view = handlers_gallery.search_click(index, encoder, image.image, *evt.index[:2], int(k))
         return view.query, view.gallery, view.source, view.info
@@ -346,11 +343,11 @@ class PatchLensApp:
         callback = progress_callback(progress, "mapping patches")
         if source == "the index":
             if index is None:
-                raise UserError("Build or load an index first, or map the loaded images.")
+                raise BadRequest("Build or load an index first, or map the loaded images.")
             view = handlers_gallery.map_of_index(index, method, colour, progress=callback)
         else:
             if not images:
-                raise UserError("Add images first.")
+                raise BadRequest("Add images first.")
             pictures, names = self._images_or_none(images)
             view = handlers_gallery.map_of_images(self.encoder(*model_args), pictures, names, handlers.parse_layer(layer),
                                                   method, colour, progress=callback)
@@ -358,12 +355,12 @@ class PatchLensApp:
 
     def pick_map_point(self, view, evt: gr.SelectData):
         if view is None:
-            raise UserError("Draw a map first.")
+            raise BadRequest("Draw a map first.")
         return handlers_gallery.pick_point(view, *evt.index[:2])
 
     def run_cka(self, images, model_a, model_b, pooling, debiased, progress=gr.Progress()):
         if not images:
-            raise UserError("Add images first: CKA compares two encoders over the loaded images.")
+            raise BadRequest("Add images first: CKA compares two encoders over the loaded images.")
         pictures, _ = self._images_or_none(images)
         result = handlers_gallery.cka_view(self.pool.get(model_a), self.pool.get(model_b), pictures, pooling,
                                            debiased=debiased, progress=progress_callback(progress, "embedding"))
@@ -373,13 +370,13 @@ class PatchLensApp:
     def run_lab(self, models, probe, n_train, n_test, seed, progress=gr.Progress()):
         models = [m for m in (models or []) if m]
         if not models:
-            raise UserError("Choose at least one encoder.")
+            raise BadRequest("Choose at least one encoder.")
         config = handlers_lab.lab_config(n_train or 1, n_test or 1, seed or 0)
         encoders = {name: self.pool.get(name) for name in models}
         callback = progress_callback(progress, "measuring")
         if probe == LAB_CKA:
             if len(encoders) != 2:
-                raise UserError("CKA compares two encoders: choose exactly two.")
+                raise BadRequest("CKA compares two encoders: choose exactly two.")
             view = handlers_lab.cka_view(*encoders.values(), config, callback)
         elif probe == LAB_EVERYTHING:
             view = handlers_lab.lab_view(encoders, config, callback)
@@ -393,10 +390,10 @@ class PatchLensApp:
     def run_compare(self, images, selected, models, k, click, *model_args, progress=gr.Progress()):
         image = _pick(images, selected)
         if image is None:
-            raise UserError("Add an image first.")
+            raise BadRequest("Add an image first.")
         models = [m for m in (models or []) if m]
         if not 2 <= len(models) <= 4:
-            raise UserError("Choose two to four encoders to compare.")
+            raise BadRequest("Choose two to four encoders to compare.")
         main_model = model_args[0] if model_args and model_args[0] else self.config.default_model
         encoders = []
         for i, name in enumerate(models):

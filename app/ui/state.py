@@ -10,19 +10,16 @@ from typing import Callable
 
 from PIL import Image
 
+from ssl_core.data.images import DEFAULT_MAX_PIXELS, load_image
+from ssl_core.errors import BadRequest, ImageLoadError
 from ssl_core.features.cache import LRUCache
 from ssl_core.features.encoder import Encoder, load_encoder
-from ssl_core.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
-from ssl_core.mim.mae import MaskedAutoencoder, open_mae
 from ssl_core.mim.cae import load_cae
+from ssl_core.mim.mae import MaskedAutoencoder, open_mae
 from ssl_core.models.registry import ASSETS_DIR, BUNDLED_DIR
 
 log = logging.getLogger("patchlens")
 EXAMPLES_DIR = ASSETS_DIR / "examples"
-
-
-class UserError(Exception):
-    """A problem the user can fix; its message is shown in the UI as it is."""
 
 
 @dataclass
@@ -35,14 +32,14 @@ class AppConfig:
     upload_dirs: list[Path] = field(default_factory=list)  # where the web server keeps uploads (always allowed)
 
     def check_readable(self, path: str | os.PathLike, what: str = "file") -> Path:
-        """The resolved path if it lies under an allowed folder, else a `UserError` saying so."""
+        """The resolved path if it lies under an allowed folder, else a `BadRequest` saying so."""
         resolved = Path(path).expanduser().resolve()
         roots = [d.resolve() for d in [*self.allow_dirs, *self.upload_dirs, EXAMPLES_DIR]]
         if not any(resolved == root or root in resolved.parents for root in roots):
             allowed = ", ".join(str(d) for d in self.allow_dirs) or "none (start with --allow-dir DIR)"
-            raise UserError(f"Not allowed to read {what} {path}: it is outside the allowed folders ({allowed}).")
+            raise BadRequest(f"Not allowed to read {what} {path}: it is outside the allowed folders ({allowed}).")
         if not resolved.exists():
-            raise UserError(f"No such {what}: {path}")
+            raise BadRequest(f"No such {what}: {path}")
         return resolved
 
     def check_writable(self, path: str | os.PathLike, what: str = "folder") -> Path:
@@ -50,7 +47,7 @@ class AppConfig:
         resolved = Path(path).expanduser().resolve()
         if not any(resolved == d.resolve() or d.resolve() in resolved.parents for d in self.allow_dirs):
             allowed = ", ".join(str(d) for d in self.allow_dirs) or "none (start with --allow-dir DIR)"
-            raise UserError(f"Not allowed to write {what} {path}: it is outside the allowed folders ({allowed}).")
+            raise BadRequest(f"Not allowed to write {what} {path}: it is outside the allowed folders ({allowed}).")
         return resolved
 
     def check_upload_size(self, path: str | os.PathLike) -> None:
@@ -58,7 +55,7 @@ class AppConfig:
 
     def check_size(self, size: int, name: str) -> None:
         if size > self.max_upload_mb * 1024 * 1024:
-            raise UserError(f"{name} is {size / 2**20:.1f} MB, over the upload limit of {self.max_upload_mb:g} MB.")
+            raise BadRequest(f"{name} is {size / 2**20:.1f} MB, over the upload limit of {self.max_upload_mb:g} MB.")
 
 
 class ModelPool:
@@ -113,7 +110,7 @@ def load_uploads(paths: list[str], config: AppConfig) -> tuple[list[LoadedImage]
         try:
             config.check_upload_size(path)
             loaded.append(LoadedImage(name, load_image(path, max_pixels=config.max_pixels, name=name)))
-        except (UserError, ImageLoadError) as err:
+        except (BadRequest, ImageLoadError) as err:
             problems.append(str(err))
     return loaded, problems
 

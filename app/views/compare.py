@@ -17,15 +17,14 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from ssl_core.render import draw
+from app.views.inspect import DISPLAY_MIN_SIDE
 from ssl_core.analyses.attention import class_attention_map, rollout_map
 from ssl_core.analyses.bagssl import embedding_vs_patch_mean, patch_to_embedding
-from ssl_core.features.encoder import Encoder, PatchFeatures
 from ssl_core.analyses.parts import part_maps
 from ssl_core.analyses.pca import pca_rgb
 from ssl_core.analyses.similarity import patch_similarity
-
-from app.views.inspect import DISPLAY_MIN_SIDE
+from ssl_core.features.encoder import Encoder, PatchFeatures
+from ssl_core.render import draw
 
 ROWS = ("PCA", "similarity", "parts", "attention", "rollout", "patch · embedding")
 

@@ -9,22 +9,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
-from ssl_core.render import draw
-from ssl_core.analyses.cka import compare_encoders
-from ssl_core.features.encoder import Encoder
-from ssl_core.render.figures import ScatterPicture, cka_figure, map_picture, umap_figure
-from ssl_core.data.images import ImageSource
-from ssl_core.search.patch_index import MANIFEST_FILE, PatchHit, PatchIndex, PatchTable
-from ssl_core.analyses.maps import Colouring, PatchMap, attention_per_patch, colour_patches, map_patches
-
 from app.views.inspect import DISPLAY_MIN_SIDE, ViewResult, display_factor, patch_at, to_display, untrained_note
+from ssl_core.analyses.cka import compare_encoders
+from ssl_core.analyses.maps import Colouring, PatchMap, attention_per_patch, colour_patches, map_patches
+from ssl_core.data.images import ImageSource
+from ssl_core.features.encoder import Encoder
+from ssl_core.progress import ProgressFn
+from ssl_core.render import draw
+from ssl_core.render.figures import ScatterPicture, cka_figure, map_picture, umap_figure
+from ssl_core.search.patch_index import MANIFEST_FILE, PatchHit, PatchIndex, PatchTable
 
-ProgressFn = Callable[[int, int], None]
 BOX_COLOUR = (0, 255, 255)
 CROP_CONTEXT = 2  # patches of context around a hit on each side
 CROP_MIN_SIDE = 128

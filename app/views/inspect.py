@@ -14,15 +14,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ssl_core.data import partsworld
-from ssl_core.render import draw
 from ssl_core.analyses.attention import class_attention_map, mass_mask, rollout_map
 from ssl_core.analyses.bagssl import bag_of_crops, bag_tables, embedding_vs_patch_mean, patch_to_embedding
-from ssl_core.features.encoder import Encoder, PatchFeatures
 from ssl_core.analyses.parts import agreement_with_truth, part_maps, remove_position_mean
 from ssl_core.analyses.pca import foreground_mask, pca_rgb
-from ssl_core.render.figures import bag_of_crops_figure, layer_agreement_figure
 from ssl_core.analyses.similarity import patch_similarity
+from ssl_core.data import partsworld
+from ssl_core.features.encoder import Encoder, PatchFeatures
+from ssl_core.render import draw
+from ssl_core.render.figures import bag_of_crops_figure, layer_agreement_figure
 
 DISPLAY_MIN_SIDE = 320
 FINAL_LAYER = "final (normed)"

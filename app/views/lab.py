@@ -8,18 +8,35 @@ parts, with the ARI), a CKA figure (plotly) and the same as a picture, and the n
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from ssl_core.render import draw
 from ssl_core.features.encoder import Encoder
+from ssl_core.lab import (
+    CKAComparison,
+    LabConfig,
+    LabReport,
+    LocationResult,
+    PartMapResult,
+    cka_probe,
+    encode_scenes,
+    findings,
+    knn_probe,
+    location_probe,
+    mim_probe,
+    object_probe,
+    part_map_probe,
+    part_probe,
+    result_numbers,
+    result_rows,
+    rows_markdown,
+    run_lab,
+)
+from ssl_core.progress import ProgressFn
+from ssl_core.render import draw
 from ssl_core.render.figures import cka_figure, heatmap_picture
-from ssl_core.lab import (CKAComparison, LabConfig, LabReport, LocationResult, PartMapResult, cka_probe, encode_scenes,
-                          findings, knn_probe, location_probe, mim_probe, object_probe, part_map_probe, part_probe,
-                          result_numbers, result_rows, rows_markdown, run_lab)
 
-ProgressFn = Callable[[int, int], None]
 Captioned = tuple[np.ndarray, str]
 PROBES = ("object vs part probes", "k-NN: class token, patch mean, bag of crops", "location probe (swapped positions)",
           "part map vs ground truth", "reconstruction and alignment (MAE / CAE)")

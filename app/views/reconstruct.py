@@ -12,13 +12,14 @@ import numpy as np
 from PIL import Image
 
 from app.views.inspect import patch_at, to_display
-from ssl_core.render import draw
 from ssl_core.analyses.context import context_drift, predicted_alignment
-from ssl_core.features.encoder import Encoder
 from ssl_core.data.images import ImageSource
+from ssl_core.features.encoder import Encoder
 from ssl_core.mim.mae import MaskedAutoencoder
 from ssl_core.mim.masks import Cell, MaskSpec, toggle_cells
 from ssl_core.mim.reconstruct import MASK_FILL, ReconstructionResult, fill_patches, prepare_image, reconstruct
+from ssl_core.render import draw
+
 
 @dataclass(frozen=True)
 class DisplayGrid:

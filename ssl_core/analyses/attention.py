@@ -13,9 +13,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-
-class AttentionUnavailableError(RuntimeError):
-    """The model's attention weights could not be captured (an architecture without the explicit path)."""
+from ssl_core.errors import AttentionUnavailableError, BadRequest
 
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:
@@ -82,7 +80,7 @@ def _fuse_heads(attention: torch.Tensor, head_fusion: str) -> torch.Tensor:
         return attention.amax(1)
     if head_fusion == "min":
         return attention.amin(1)
-    raise ValueError(f"head_fusion must be mean, max or min, not {head_fusion!r}")
+    raise BadRequest(f"head_fusion must be mean, max or min, not {head_fusion!r}")
 
 
 def query_attention_to_patches(attention_rows: torch.Tensor, num_prefix: int, grid_hw: tuple[int, int]) -> torch.Tensor:
@@ -103,7 +101,7 @@ def mass_mask(weights: torch.Tensor, keep_mass: float) -> torch.Tensor:
     ``keep_mass * weights.sum()``.
     """
     if not 0.0 <= keep_mass <= 1.0:
-        raise ValueError(f"keep_mass must be in [0, 1], got {keep_mass}")
+        raise BadRequest(f"keep_mass must be in [0, 1], got {keep_mass}")
     flat = weights.flatten().double()
     order = torch.argsort(flat, descending=True)
     cumulative = torch.cumsum(flat[order], 0) / flat.sum().clamp_min(1e-12)

@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ssl_core.features.encoder import Encoder, PatchFeatures, ProgressFn
+from ssl_core.errors import BadRequest
+from ssl_core.features.encoder import Encoder, PatchFeatures
+from ssl_core.progress import ProgressFn
 
 
 @dataclass
@@ -53,7 +55,7 @@ def patch_to_embedding(features: PatchFeatures) -> torch.Tensor:
     """Cosine of each final patch token [h, w, D] with the image embedding [D]. Returns [h, w]."""
     tokens = features.patch_tokens
     if tokens.shape[-1] != features.image_embedding.shape[-1]:
-        raise ValueError("the image embedding and the patch tokens have different widths")
+        raise BadRequest("the image embedding and the patch tokens have different widths")
     return F.normalize(tokens, dim=-1) @ F.normalize(features.image_embedding, dim=0)
 
 

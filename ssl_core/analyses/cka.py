@@ -26,13 +26,15 @@ summarised per image in one of two ways, so encoders of any patch size and image
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-ProgressFn = Callable[[int, int], None]
+from ssl_core.errors import BadRequest
+from ssl_core.progress import ProgressFn
+
 POOLINGS = ("grid", "mean")
 
 
@@ -49,7 +51,7 @@ class _Centred:
 def _prepare(x: torch.Tensor | np.ndarray) -> _Centred:
     x = torch.as_tensor(x).double()
     if x.ndim != 2:
-        raise ValueError(f"a representation must be [n, d], got shape {tuple(x.shape)}")
+        raise BadRequest(f"a representation must be [n, d], got shape {tuple(x.shape)}")
     x = x - x.mean(0, keepdim=True)
     n, d = x.shape
     return _Centred(x, x @ x.T if n <= d else None, (x * x).sum(1))
@@ -74,9 +76,9 @@ def _hsic(a: _Centred, b: _Centred, debiased: bool) -> float:
 
 def _check_pair(n_a: int, n_b: int, debiased: bool) -> None:
     if n_a != n_b:
-        raise ValueError(f"representations must have the same number of rows (examples), got {n_a} and {n_b}")
+        raise BadRequest(f"representations must have the same number of rows (examples), got {n_a} and {n_b}")
     if n_a < (4 if debiased else 2):
-        raise ValueError(f"CKA needs at least {4 if debiased else 2} examples{' (debiased)' if debiased else ''}, got {n_a}")
+        raise BadRequest(f"CKA needs at least {4 if debiased else 2} examples{' (debiased)' if debiased else ''}, got {n_a}")
 
 
 def _cka(a: _Centred, b: _Centred, self_a: float, self_b: float, debiased: bool) -> float:
@@ -127,7 +129,7 @@ def pool_tokens(tokens: torch.Tensor, pooling: str = "grid", grid_size: int = 4)
     if pooling == "grid":
         pooled = F.adaptive_avg_pool2d(tokens.permute(2, 0, 1)[None].float(), grid_size)  # [1, D, g, g]
         return pooled[0].flatten(1).T  # [g*g, D]
-    raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
+    raise BadRequest(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
 
 
 def layer_representations(encoder, images: Sequence, pooling: str = "grid", grid_size: int = 4, batch_size: int = 8,
@@ -167,7 +169,7 @@ def compare_encoders(encoder_a, encoder_b, images: Sequence, pooling: str = "gri
                      debiased: bool = False, progress: ProgressFn | None = None) -> CKAResult:
     """The layer-by-layer CKA map between two encoders over the same images (one may be the other)."""
     if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
+        raise BadRequest(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
     same = encoder_b is encoder_a
     total = len(images) * (1 if same else 2)
 

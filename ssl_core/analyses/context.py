@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from PIL import Image
 from timm.models.vision_transformer import VisionTransformer
 
-from ssl_core.features.encoder import Encoder
 from ssl_core.data.images import ImageSource
+from ssl_core.errors import BadRequest
+from ssl_core.features.encoder import Encoder
 from ssl_core.mim.mae import embed_patches, encode_tokens, random_masking
 
 
@@ -42,13 +43,13 @@ def context_drift(encoder: Encoder, image: ImageSource | Image.Image, mask: np.n
     grid = (processed.size[1] // encoder.patch_size, processed.size[0] // encoder.patch_size)
     mask = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask, dtype=bool)
     if mask.shape != grid:
-        raise ValueError(f"mask is {mask.shape[0]}x{mask.shape[1]} patches; {encoder.name} sees this image as "
+        raise BadRequest(f"mask is {mask.shape[0]}x{mask.shape[1]} patches; {encoder.name} sees this image as "
                          f"{grid[0]}x{grid[1]} patches")
     if mask.all():
-        raise ValueError("the mask hides every patch: no visible patch is left to compare")
+        raise BadRequest("the mask hides every patch: no visible patch is left to compare")
     vit = encoder.model_for_grid(grid)
     if not isinstance(vit, VisionTransformer):
-        raise ValueError(f"{encoder.name} ({type(vit).__name__}) cannot drop tokens: context drift needs a timm "
+        raise BadRequest(f"{encoder.name} ({type(vit).__name__}) cannot drop tokens: context drift needs a timm "
                          f"VisionTransformer with absolute position embeddings")
     imgs = encoder.to_tensor(processed)[None].to(encoder.device)  # [1, 3, H, W]
     hidden = torch.from_numpy(mask.reshape(1, -1)).to(encoder.device)  # [1, L]
@@ -73,7 +74,7 @@ def predicted_alignment(cae, image: ImageSource | Image.Image, mask: np.ndarray)
 
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != tuple(cae.grid_hw):
-        raise ValueError(f"mask is {mask.shape[0]}x{mask.shape[1]} patches; this CAE's grid is {cae.grid_hw[0]}x{cae.grid_hw[1]}")
+        raise BadRequest(f"mask is {mask.shape[0]}x{mask.shape[1]} patches; this CAE's grid is {cae.grid_hw[0]}x{cae.grid_hw[1]}")
     if not mask.any():
         return np.full(mask.shape, np.nan)
     device = next(cae.parameters()).device

@@ -15,12 +15,14 @@ Policy:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
-ProgressFn = Callable[[int, int], None]
+from ssl_core.errors import BadRequest
+from ssl_core.progress import ProgressFn
+
 METHODS = ("umap", "pca")
 COLOURINGS = ("image", "part", "position", "attention")
 DEFAULT_FIT_LIMIT = 20_000
@@ -49,11 +51,11 @@ def map_patches(vectors: np.ndarray, method: str = "umap", seed: int = 0, fit_li
                 n_neighbors: int = 15, min_dist: float = 0.1, progress: ProgressFn | None = None) -> PatchMap:
     """A 2-D map of patch vectors [N, D] (see the module docstring); progress counts points placed."""
     if method not in METHODS:
-        raise ValueError(f"map method must be one of {', '.join(METHODS)}, not {method!r}")
+        raise BadRequest(f"map method must be one of {', '.join(METHODS)}, not {method!r}")
     x = np.asarray(vectors, dtype=np.float32)
     total = x.shape[0]
     if total < 3:
-        raise ValueError(f"a map needs at least 3 patches, got {total}")
+        raise BadRequest(f"a map needs at least 3 patches, got {total}")
     fit_ids = np.arange(total)
     if total > fit_limit:
         fit_ids = np.sort(np.random.default_rng(seed).choice(total, fit_limit, replace=False))
@@ -147,9 +149,9 @@ def colour_patches(table, by: str, attention: np.ndarray | None = None, parts: i
         return colour_by_position(table.rows, table.cols, *table.heights_widths())
     if by == "attention":
         if attention is None:
-            raise ValueError("colouring by attention needs attention values (not stored in an index: map images instead)")
+            raise BadRequest("colouring by attention needs attention values (not stored in an index: map images instead)")
         return colour_by_attention(attention)
-    raise ValueError(f"colour by must be one of {', '.join(COLOURINGS)}, not {by!r}")
+    raise BadRequest(f"colour by must be one of {', '.join(COLOURINGS)}, not {by!r}")
 
 
 def attention_per_patch(features: Sequence) -> np.ndarray:
@@ -162,7 +164,7 @@ def attention_per_patch(features: Sequence) -> np.ndarray:
     maps = []
     for f in features:
         if f.attention is None:
-            raise ValueError("features were extracted without attention (use attention=True)")
+            raise BadRequest("features were extracted without attention (use attention=True)")
         maps.append(class_attention_map(f.attention, f.num_prefix, f.grid_hw).reshape(-1).numpy())
     return np.concatenate(maps) if maps else np.zeros(0)
 

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ssl_core.errors import BadRequest
+
 
 @dataclass
 class KMeansResult:
@@ -24,7 +26,7 @@ class KMeansResult:
 def kmeans(x: torch.Tensor, k: int, seed: int = 0, iters: int = 50, n_init: int = 3) -> KMeansResult:
     """Spherical k-means of x [N, D]; the best of ``n_init`` seeded k-means++ starts."""
     if not 1 <= k <= x.shape[0]:
-        raise ValueError(f"k must be between 1 and the number of points ({x.shape[0]}), got {k}")
+        raise BadRequest(f"k must be between 1 and the number of points ({x.shape[0]}), got {k}")
     points = F.normalize(x.float(), dim=-1)
     generator = torch.Generator().manual_seed(seed)
     best: KMeansResult | None = None
@@ -138,6 +140,6 @@ def agreement_with_truth(clusters: np.ndarray | torch.Tensor, truth: np.ndarray,
     clusters = np.asarray(clusters).ravel()
     truth = np.asarray(truth).ravel()
     if clusters.shape != truth.shape:
-        raise ValueError(f"{clusters.size} cluster labels cannot be compared with {truth.size} ground-truth labels")
+        raise BadRequest(f"{clusters.size} cluster labels cannot be compared with {truth.size} ground-truth labels")
     shuffled = np.random.default_rng(seed).permutation(clusters)
     return Agreement(float(adjusted_rand_score(truth, clusters)), float(adjusted_rand_score(truth, shuffled)))

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ssl_core.errors import BadRequest
+
 
 def cosine_maps(query: torch.Tensor, grids: list[torch.Tensor]) -> list[torch.Tensor]:
     """Cosine of a query vector [D] with every patch of each grid [h, w, D]. Returns [h, w] per grid."""
@@ -15,5 +17,5 @@ def patch_similarity(grids: list[torch.Tensor], source: int, row: int, col: int)
     """Similarity maps of patch (row, col) of grid ``source`` against all grids (its own included)."""
     h, w, _ = grids[source].shape
     if not (0 <= row < h and 0 <= col < w):
-        raise ValueError(f"patch ({row}, {col}) is outside the {h}x{w} grid")
+        raise BadRequest(f"patch ({row}, {col}) is outside the {h}x{w} grid")
     return cosine_maps(grids[source][row, col], grids)

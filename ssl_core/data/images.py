@@ -32,17 +32,10 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ssl_core.errors import ImageLoadError
+
 DEFAULT_MAX_PIXELS = 64_000_000
 ImageSource = Union[str, os.PathLike, bytes, bytearray, np.ndarray, Image.Image]
-
-
-class ImageLoadError(ValueError):
-    """An input could not be read as an image. The message names the input and the reason."""
-
-    def __init__(self, name: str, reason: str):
-        super().__init__(f"{name}: {reason}")
-        self.name = name
-        self.reason = reason
 
 
 def describe_source(source: ImageSource) -> str:

@@ -30,6 +30,8 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from ssl_core.errors import BadRequest
+
 CLASS_NAMES: tuple[str, ...] = ("car", "cart", "house", "table", "animal", "bird")
 PART_NAMES: tuple[str, ...] = (
     "background", "car_body", "cabin", "window", "wheel", "tray", "handle", "wall", "roof", "door", "tabletop",
@@ -174,7 +176,7 @@ class PartsWorld:
     def sample(self, seed: int, size: int = 96) -> PartsSample:
         """The scene of ``seed`` drawn at ``size`` x ``size`` pixels."""
         if size < 16:
-            raise ValueError(f"size must be at least 16 pixels, got {size}")
+            raise BadRequest(f"size must be at least 16 pixels, got {size}")
         rng = np.random.default_rng(seed)
         canvas = _Canvas(size)
         background = self.draw_background(rng, size)
@@ -269,7 +271,7 @@ def pattern(kind: str, ys: np.ndarray, xs: np.ndarray, color_a: np.ndarray, colo
     elif kind in ("gradient", "shade"):
         phase = (along - along.min()) / max(float(np.ptp(along)), 1.0)
     else:
-        raise ValueError(f"unknown pattern kind '{kind}'")
+        raise BadRequest(f"unknown pattern kind '{kind}'")
     return color_a + phase[:, None] * (np.asarray(color_b, np.float32) - color_a)
 
 
@@ -285,7 +287,7 @@ class _Canvas:
 
     def add_style(self, part: DrawnPart, rng: np.random.Generator) -> int:
         if len(self.parts) >= 255:
-            raise ValueError("too many parts in one sample (at most 255 drawing layers)")
+            raise BadRequest("too many parts in one sample (at most 255 drawing layers)")
         self.parts.append(part)
         color = np.array(part.color, np.float32)
         self.second_colors.append(color * 0.55 if part.texture != "shade" else (color * 1.35 + 20).clip(0, 255))
@@ -343,9 +345,9 @@ def patch_labels(part_map: np.ndarray | torch.Tensor, patch_size: int, num_label
     *lead, H, W = labels.shape
     p = int(patch_size)
     if p < 1 or H % p or W % p:
-        raise ValueError(f"part_map of size {H}x{W} is not a whole number of {patch_size}-pixel patches")
+        raise BadRequest(f"part_map of size {H}x{W} is not a whole number of {patch_size}-pixel patches")
     if labels.size and (labels.min() < 0 or labels.max() >= num_labels):
-        raise ValueError(f"part_map labels must lie in [0, {num_labels}), got [{labels.min()}, {labels.max()}]")
+        raise BadRequest(f"part_map labels must lie in [0, {num_labels}), got [{labels.min()}, {labels.max()}]")
     h, w = H // p, W // p
     blocks = labels.reshape(-1, h, p, w, p).transpose(0, 1, 3, 2, 4).reshape(-1, p * p)  # [patches, p*p]
     keys = np.arange(blocks.shape[0])[:, None] * num_labels + blocks
@@ -420,7 +422,7 @@ class PartsWorldStream(IterableDataset):
 
     def __init__(self, seed: int = 0, size: int = 96, world: PartsWorld = DEFAULT_WORLD):
         if not 0 <= seed < 1 << 29:
-            raise ValueError(f"seed must be in [0, 2**29), got {seed}")
+            raise BadRequest(f"seed must be in [0, 2**29), got {seed}")
         self.seed, self.size, self.world = int(seed), int(size), world
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:

@@ -28,12 +28,12 @@ from PIL import Image
 from torch import nn
 
 from ssl_core.analyses.attention import capture_attention, check_attention
-from ssl_core.features.cache import LRUCache
 from ssl_core.data.images import ImageSource, ResizePolicy, image_fingerprint, load_image
+from ssl_core.errors import BadRequest
+from ssl_core.features.cache import LRUCache
 from ssl_core.models.registry import ModelSpec, resolve_spec, with_image_size
 from ssl_core.models.weights import file_fingerprint, fit_state_dict, read_state_dict, resolve_weights_file
-
-ProgressFn = Callable[[int, int], None]
+from ssl_core.progress import ProgressFn
 
 
 @dataclass
@@ -71,7 +71,7 @@ class PatchFeatures:
         if layer is None:
             return self.patch_tokens
         if layer not in self.layer_tokens:
-            raise KeyError(f"layer {layer} was not extracted (have {sorted(self.layer_tokens)})")
+            raise BadRequest(f"layer {layer} was not extracted (have {sorted(self.layer_tokens)})")
         return self.layer_tokens[layer]
 
     def covers(self, layers: Iterable[int], attention: bool) -> bool:
@@ -197,13 +197,13 @@ class Encoder:
             return ()
         if isinstance(layers, str):
             if layers != "all":
-                raise ValueError(f"layers must be a list of block indices or 'all', not {layers!r}")
+                raise BadRequest(f"layers must be a list of block indices or 'all', not {layers!r}")
             return tuple(range(self.depth))
         out = set()
         for layer in layers:
             index = int(layer) + self.depth if int(layer) < 0 else int(layer)
             if not 0 <= index < self.depth:
-                raise ValueError(f"layer {layer} is out of range for a {self.depth}-block model")
+                raise BadRequest(f"layer {layer} is out of range for a {self.depth}-block model")
             out.add(index)
         return tuple(sorted(out))
 
@@ -340,7 +340,7 @@ def load_encoder(name: str, weights: str | Path | None = None, device: str | tor
     """Load an encoder by short name or timm id, with weights from the hub, a local file or assets/.
 
     ``pretrained=False`` gives the architecture with seeded random weights (tests, speed benchmarks).
-    Raises `WeightsUnavailableError` (offline, within seconds) or `CheckpointError` (weights that do not fit).
+    Raises `ModelUnavailable` (offline, within seconds) or `CheckpointError` (weights that do not fit).
     """
     spec = with_image_size(resolve_spec(name), image_size)
     weights_file = resolve_weights_file(spec, weights) if pretrained or weights is not None else None

@@ -33,8 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ssl_core.features.encoder import Encoder, ProgressFn, split_on_oom
-from ssl_core.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, ResizePolicy, load_image
+from ssl_core.data.images import DEFAULT_MAX_PIXELS, ResizePolicy, load_image
+from ssl_core.errors import ImageLoadError
+from ssl_core.features.encoder import Encoder, split_on_oom
+from ssl_core.progress import ProgressFn
 
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".jfif")
 

@@ -58,13 +58,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ssl_core.data import partsworld
 from ssl_core.analyses.bagssl import tile_boxes
 from ssl_core.analyses.cka import CKAResult, compare_encoders
-from ssl_core.features.encoder import Encoder, PatchFeatures, ProgressFn
+from ssl_core.analyses.parts import agreement_with_truth, part_maps, remove_position_mean
+from ssl_core.data import partsworld
+from ssl_core.errors import BadRequest
+from ssl_core.features.encoder import Encoder, PatchFeatures
 from ssl_core.mim.mae import embed_patches, encode_tokens
 from ssl_core.mim.masks import random_mask
-from ssl_core.analyses.parts import agreement_with_truth, part_maps, remove_position_mean
+from ssl_core.progress import ProgressFn
 from ssl_core.render.tables import markdown_table
 from ssl_core.train.dilemma import patch_position_table
 
@@ -99,17 +101,17 @@ class LabConfig:
         for name in ("n_train", "n_test", "batch_size", "patch_train_images", "patch_test_images", "max_probe_patches",
                      "max_iter", "knn_k", "part_map_images", "cka_images", "mim_images"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"LabConfig.{name} must be at least 1, got {getattr(self, name)}")
+                raise BadRequest(f"LabConfig.{name} must be at least 1, got {getattr(self, name)}")
         if self.n_train < 2 or self.n_test < 2:
-            raise ValueError(f"LabConfig needs n_train and n_test of at least 2, got {self.n_train} and {self.n_test}")
+            raise BadRequest(f"LabConfig needs n_train and n_test of at least 2, got {self.n_train} and {self.n_test}")
         if not 0 <= self.seed < 1 << 29:
-            raise ValueError(f"LabConfig.seed must be in [0, 2**29), got {self.seed}")
+            raise BadRequest(f"LabConfig.seed must be in [0, 2**29), got {self.seed}")
         if not 0 < self.crop_fraction <= 1:
-            raise ValueError(f"LabConfig.crop_fraction must be in (0, 1], got {self.crop_fraction}")
+            raise BadRequest(f"LabConfig.crop_fraction must be in (0, 1], got {self.crop_fraction}")
         if not 0 < self.swap_ratio < 1:
-            raise ValueError(f"LabConfig.swap_ratio must be in (0, 1), got {self.swap_ratio}")
+            raise BadRequest(f"LabConfig.swap_ratio must be in (0, 1), got {self.swap_ratio}")
         if self.mask_ratio is not None and not 0 < self.mask_ratio < 1:
-            raise ValueError(f"LabConfig.mask_ratio must be in (0, 1), got {self.mask_ratio}")
+            raise BadRequest(f"LabConfig.mask_ratio must be in (0, 1), got {self.mask_ratio}")
 
     def describe(self) -> str:
         return (f"seed {self.seed}: {self.n_train} train / {self.n_test} test held-out scenes; patch probes on "
@@ -123,7 +125,7 @@ class LabConfig:
 def heldout_seeds(config: LabConfig, split: str, count: int | None = None) -> list[int]:
     """Sample seeds of the held-out ``"train"`` or ``"test"`` scenes (the first ``count``; default all)."""
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+        raise BadRequest(f"split must be 'train' or 'test', not {split!r}")
     first = partsworld.HELDOUT_OFFSET + config.seed * SPLIT_STRIDE + (TEST_OFFSET if split == "test" else 0)
     n = config.n_train if split == "train" else config.n_test
     return [first + i for i in range(n if count is None else count)]
@@ -200,7 +202,7 @@ def fit_linear_probe(x: np.ndarray, y: np.ndarray, seed: int, max_iter: int):
     from sklearn.preprocessing import StandardScaler
 
     if len(np.unique(y)) < 2:
-        raise ValueError("a linear probe needs at least two classes in its training labels")
+        raise BadRequest("a linear probe needs at least two classes in its training labels")
     from threadpoolctl import threadpool_limits
 
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter, random_state=seed))
@@ -290,7 +292,7 @@ def bag_of_crops_embeddings(encoder: Encoder, images: Sequence[Image.Image], cro
     """
     width, height = images[0].size
     if any(image.size != (width, height) for image in images):
-        raise ValueError("bag_of_crops_embeddings needs images of one size")
+        raise BadRequest("bag_of_crops_embeddings needs images of one size")
     boxes = tile_boxes(width, height, crop_side(min(width, height), encoder.patch_size, crop_fraction))
     crops = [image.crop(box) for image in images for box in boxes]
     embeddings = []
@@ -352,7 +354,7 @@ def forward_with_positions(vit, imgs: torch.Tensor, position_ids: torch.Tensor) 
     """
     tokens, prefix, grid = embed_patches(vit, imgs)  # tokens: [N, L, D] with their own position embeddings
     if tuple(position_ids.shape) != tuple(tokens.shape[:2]):
-        raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}, expected {tuple(tokens.shape[:2])} "
+        raise BadRequest(f"position_ids has shape {tuple(position_ids.shape)}, expected {tuple(tokens.shape[:2])} "
                          f"(images, patches)")
     table = patch_position_table(vit, grid)[0]  # [L, D]
     tokens = tokens + (table[position_ids.to(tokens.device)] - table)  # swap in the other patch's position
@@ -474,11 +476,11 @@ def part_map_agreement(grids: Sequence[torch.Tensor], truth: Sequence[np.ndarray
     ``k`` defaults to the number of distinct labels in ``truth``; ``images`` (optional) keeps the first for display.
     """
     if len(grids) != len(truth) or not grids:
-        raise ValueError(f"part_map_agreement needs one label map per grid, got {len(grids)} grids and {len(truth)} maps")
+        raise BadRequest(f"part_map_agreement needs one label map per grid, got {len(grids)} grids and {len(truth)} maps")
     truth = [np.asarray(t, np.int64) for t in truth]
     for grid, labels in zip(grids, truth):
         if tuple(grid.shape[:2]) != labels.shape:
-            raise ValueError(f"a label map of shape {labels.shape} does not match its {tuple(grid.shape[:2])} grid")
+            raise BadRequest(f"a label map of shape {labels.shape} does not match its {tuple(grid.shape[:2])} grid")
     k = int(k or len(np.unique(np.concatenate([t.ravel() for t in truth]))))
     clusters = [c.numpy() for c in part_maps(list(grids), k, seed).labels]
     per_image = [agreement_with_truth(c, t, seed + i) for i, (c, t) in enumerate(zip(clusters, truth))]
@@ -923,12 +925,12 @@ def run_lab(encoders: dict[str, Encoder], config: LabConfig | None = None, progr
     """The whole Lab on each encoder, and CKA maps between pairs (default `default_cka_pairs`)."""
     config = config or LabConfig()
     if not encoders:
-        raise ValueError("run_lab needs at least one encoder")
+        raise BadRequest("run_lab needs at least one encoder")
     pairs = default_cka_pairs(list(encoders)) if cka_pairs is None else list(cka_pairs)
     for a, b in pairs:
         for name in (a, b):
             if name not in encoders:
-                raise KeyError(f"CKA pair ({a}, {b}) names '{name}', which is not among the encoders "
+                raise BadRequest(f"CKA pair ({a}, {b}) names '{name}', which is not among the encoders "
                                f"({', '.join(encoders)})")
     units = [encoder_lab_units(e, config) for e in encoders.values()] + [2 * config.cka_images] * len(pairs)
     tracker = _Tracker(sum(units), progress)

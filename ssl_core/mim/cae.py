@@ -27,8 +27,16 @@ from timm.layers import Mlp
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from ssl_core.mim.mae import embed_patches, encode_tokens, patch_statistics, patchify, random_masking, sincos_pos_embed_2d
-from ssl_core.models.weights import CheckpointError, check_fits, read_state_dict, safetensors_metadata
+from ssl_core.errors import BadRequest, CheckpointError
+from ssl_core.mim.mae import (
+    embed_patches,
+    encode_tokens,
+    patch_statistics,
+    patchify,
+    random_masking,
+    sincos_pos_embed_2d,
+)
+from ssl_core.models.weights import check_fits, read_state_dict, safetensors_metadata
 
 METADATA_KEY = "patchlens_cae"
 EXTRA_PREFIXES = ("mask_token", "regressor.", "decoder.")
@@ -79,7 +87,7 @@ class CrossAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+            raise BadRequest(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.q, self.k, self.v = (nn.Linear(dim, dim, bias=qkv_bias) for _ in range(3))
         self.proj = nn.Linear(dim, dim)
@@ -159,7 +167,7 @@ class CAEModel(nn.Module):
     def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float, mask: torch.Tensor | None = None) -> EncodedView:
         """Mask the patches of imgs [N, 3, H, W] and encode the visible ones (see `EncodedView`)."""
         if tuple(imgs.shape[-2:]) != (self.img_size, self.img_size):
-            raise ValueError(f"images are {imgs.shape[-2]}x{imgs.shape[-1]} px; this CAE takes {self.img_size}x{self.img_size}")
+            raise BadRequest(f"images are {imgs.shape[-2]}x{imgs.shape[-1]} px; this CAE takes {self.img_size}x{self.img_size}")
         x, prefix, _ = embed_patches(self.encoder, imgs)  # x: [N, L, D], prefix: [N, P, D]
         visible, mask, ids_restore = random_masking(x, mask_ratio, mask)  # visible: [N, K, D]
         ids_shuffle = torch.argsort(ids_restore, dim=1)

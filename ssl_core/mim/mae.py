@@ -40,10 +40,18 @@ from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
+from ssl_core.errors import BadRequest, CheckpointError, ModelUnavailable
 from ssl_core.models import zoo  # noqa: F401  (registers patchlens_vit_tiny_p8 with timm)
 from ssl_core.models.registry import BUNDLED_DIR, ModelSpec
-from ssl_core.models.weights import (TENSOR_SUFFIXES, CheckpointError, WeightsUnavailableError, _fetch_from_hf, check_fits,
-                             fetch_url, offline_hint, read_state_dict, safetensors_metadata)
+from ssl_core.models.weights import (
+    TENSOR_SUFFIXES,
+    _fetch_from_hf,
+    check_fits,
+    fetch_url,
+    offline_hint,
+    read_state_dict,
+    safetensors_metadata,
+)
 
 METADATA_KEY = "patchlens_mae"
 MAE_EPS = 1e-6  # LayerNorm eps of the official MAE release (and of timm's ViT)
@@ -59,7 +67,7 @@ def patchify(imgs: torch.Tensor, patch_size: int) -> torch.Tensor:
     N, C, H, W = imgs.shape
     p = patch_size
     if H % p or W % p:
-        raise ValueError(f"image size {H}x{W} is not a multiple of the patch size {p}")
+        raise BadRequest(f"image size {H}x{W} is not a multiple of the patch size {p}")
     h, w = H // p, W // p
     x = imgs.reshape(N, C, h, p, w, p)
     x = torch.einsum("nchpwq->nhwpqc", x)
@@ -72,7 +80,7 @@ def unpatchify(x: torch.Tensor, patch_size: int, grid_hw: tuple[int, int]) -> to
     h, w = grid_hw
     N, L, D = x.shape
     if L != h * w or D % (p * p):
-        raise ValueError(f"{L} patches of {D} values do not fit a {h}x{w} grid of {p}-pixel patches")
+        raise BadRequest(f"{L} patches of {D} values do not fit a {h}x{w} grid of {p}-pixel patches")
     C = D // (p * p)
     x = x.reshape(N, h, w, p, p, C)
     x = torch.einsum("nhwpqc->nchpwq", x)
@@ -117,21 +125,21 @@ def check_mask(mask: torch.Tensor, batch: int, num_patches: int) -> torch.Tensor
     if mask.ndim == 1:
         mask = mask.unsqueeze(0).expand(batch, -1)
     if tuple(mask.shape) != (batch, num_patches):
-        raise ValueError(f"mask has shape {tuple(mask.shape)}, expected [{batch}, {num_patches}] (images, patches)")
+        raise BadRequest(f"mask has shape {tuple(mask.shape)}, expected [{batch}, {num_patches}] (images, patches)")
     if mask.dtype != torch.bool:
         if not bool(((mask == 0) | (mask == 1)).all()):
-            raise ValueError("mask values must be 0 (visible) or 1 (hidden)")
+            raise BadRequest("mask values must be 0 (visible) or 1 (hidden)")
         mask = mask.bool()
     counts = mask.sum(dim=1)
     if bool((counts != counts[0]).any()):
-        raise ValueError(f"every image's mask must hide the same number of patches (got {counts.tolist()})")
+        raise BadRequest(f"every image's mask must hide the same number of patches (got {counts.tolist()})")
     return mask
 
 
 def sincos_pos_embed_2d(embed_dim: int, grid_hw: tuple[int, int], num_prefix: int = 1) -> torch.Tensor:
     """MAE's fixed 2D sin-cos position embedding [1, num_prefix + h*w, D] (zeros for the prefix tokens)."""
     if embed_dim % 4:
-        raise ValueError(f"the sin-cos position embedding needs a dimension divisible by 4, not {embed_dim}")
+        raise BadRequest(f"the sin-cos position embedding needs a dimension divisible by 4, not {embed_dim}")
     h, w = grid_hw
     omega = 1.0 / 10000 ** (torch.arange(embed_dim // 4, dtype=torch.float64) / (embed_dim / 4))  # [D/4]
 
@@ -219,7 +227,7 @@ class MaskedAutoencoder(nn.Module):
         if not isinstance(encoder, VisionTransformer):
             raise TypeError(f"the MAE encoder must be a timm VisionTransformer, not {type(encoder).__name__}")
         if getattr(encoder, "dynamic_img_size", False):
-            raise ValueError("build the MAE encoder without dynamic_img_size: MAE works at its native image size")
+            raise BadRequest("build the MAE encoder without dynamic_img_size: MAE works at its native image size")
         self.encoder = encoder
         self.patch_size = int(encoder.patch_embed.patch_size[0])
         self.grid_hw = tuple(int(s) for s in encoder.patch_embed.grid_size)
@@ -289,7 +297,7 @@ class MaskedAutoencoder(nn.Module):
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """imgs: [N, 3, H, W] -> latent [N, P+K, D], mask [N, L], ids_restore [N, L]"""
         if tuple(imgs.shape[-2:]) != (self.img_size, self.img_size):
-            raise ValueError(f"images are {imgs.shape[-2]}x{imgs.shape[-1]} px; this MAE takes "
+            raise BadRequest(f"images are {imgs.shape[-2]}x{imgs.shape[-1]} px; this MAE takes "
                              f"{self.img_size}x{self.img_size}")
         x, prefix, _ = embed_patches(self.encoder, imgs)  # x: [N, L, D], prefix: [N, P, D]
         x, mask, ids_restore = random_masking(x, mask_ratio, mask)  # x: [N, K, D]
@@ -353,7 +361,7 @@ def build_mae(arch: str = "patchlens_vit_tiny_p8", decoder_dim: int = 128, decod
               **encoder_kwargs) -> MaskedAutoencoder:
     """A randomly initialised MAE over a timm ViT architecture (``encoder_kwargs`` go to timm.create_model)."""
     if not timm.is_model(arch):
-        raise KeyError(f"unknown timm architecture '{arch}'")
+        raise BadRequest(f"unknown timm architecture '{arch}'")
     encoder = timm.create_model(arch, pretrained=False, num_classes=0, **encoder_kwargs)
     if encoder.pos_embed is not None:  # as MAE: a fixed 2D sin-cos position embedding
         embedded_prefix = 0 if encoder.no_embed_class else encoder.num_prefix_tokens
@@ -607,7 +615,7 @@ def load_mae(source: str | os.PathLike, arch: str | None = None, norm_pix_loss: 
 
     ``arch`` names the timm architecture of the encoder (default: a plain ViT of the checkpoint's dims, or the
     one recorded in bundled metadata); ``norm_pix_loss`` overrides whether targets are normalised pixels.
-    Raises `WeightsUnavailableError` (offline / missing file, within seconds) or `CheckpointError`.
+    Raises `ModelUnavailable` (offline / missing file, within seconds) or `CheckpointError`.
     """
     text = str(source)
     named = MAE_SOURCES.get(text)
@@ -615,7 +623,7 @@ def load_mae(source: str | os.PathLike, arch: str | None = None, norm_pix_loss: 
     if named is not None and named.kind == "bundled":
         path = BUNDLED_DIR / named.location
         if not path.is_file():
-            raise WeightsUnavailableError(
+            raise ModelUnavailable(
                 f"the bundled MAE '{named.name}' is missing ({path}): it has not been trained or installed yet. "
                 f"Name another MAE ({', '.join(n for n in MAE_SOURCES if n != named.name)}) or a local file.")
     elif (named is not None and named.kind == "url") or text.startswith(("http://", "https://")):
@@ -629,7 +637,7 @@ def load_mae(source: str | os.PathLike, arch: str | None = None, norm_pix_loss: 
     else:
         path = Path(text).expanduser()
         if not path.is_file():
-            raise WeightsUnavailableError(f"MAE checkpoint not found: '{text}' is neither a known MAE name "
+            raise ModelUnavailable(f"MAE checkpoint not found: '{text}' is neither a known MAE name "
                                           f"({', '.join(MAE_SOURCES)}), a URL, a hub repository nor a file. "
                                           + offline_hint(text))
         hints["norm_pix_loss"] = _norm_pix_from_name(path.name)
@@ -662,7 +670,7 @@ def open_mae(name: str | None = None, weights: str | os.PathLike | None = None,
 
     if weights is not None:
         if name and name not in MAE_SOURCES and not timm.is_model(name):
-            raise ValueError(f"with a weights file, the model must be a timm architecture for its encoder or "
+            raise BadRequest(f"with a weights file, the model must be a timm architecture for its encoder or "
                              f"left out, not '{name}'")
         mae = load_mae(weights, arch=name if name and name not in MAE_SOURCES else None)
     else:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ssl_core.errors import BadRequest
+
 MASK_KINDS = ("random", "block", "grid", "custom")
 Cell = tuple[int, int]
 
@@ -24,7 +26,7 @@ Cell = tuple[int, int]
 def hidden_count(grid_hw: tuple[int, int], ratio: float) -> int:
     """How many patches a ratio hides: round(ratio * h * w)."""
     if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"mask ratio must lie in [0, 1], not {ratio}")
+        raise BadRequest(f"mask ratio must lie in [0, 1], not {ratio}")
     return int(round(ratio * grid_hw[0] * grid_hw[1]))
 
 
@@ -70,7 +72,7 @@ def block_mask(grid_hw: tuple[int, int], ratio: float, seed: int = 0, min_block:
 def grid_mask(grid_hw: tuple[int, int], spacing: int = 2, offset: Cell = (0, 0)) -> np.ndarray:
     """One visible patch per spacing x spacing cell (at ``offset`` within it), the rest hidden. -> [h, w] bool"""
     if spacing < 1:
-        raise ValueError(f"grid spacing must be at least 1, not {spacing}")
+        raise BadRequest(f"grid spacing must be at least 1, not {spacing}")
     rows, cols = np.indices(grid_hw)
     return ~((rows % spacing == offset[0] % spacing) & (cols % spacing == offset[1] % spacing))
 
@@ -81,7 +83,7 @@ def custom_mask(grid_hw: tuple[int, int], hidden: set[Cell] | frozenset[Cell]) -
     mask = np.zeros((h, w), dtype=bool)
     for row, col in hidden:
         if not (0 <= row < h and 0 <= col < w):
-            raise ValueError(f"patch ({row}, {col}) lies outside the {h}x{w} patch grid")
+            raise BadRequest(f"patch ({row}, {col}) lies outside the {h}x{w} patch grid")
         mask[row, col] = True
     return mask
 
@@ -101,7 +103,7 @@ class MaskSpec:
 
     def __post_init__(self):
         if self.kind not in MASK_KINDS:
-            raise ValueError(f"unknown mask kind '{self.kind}' (choose from {', '.join(MASK_KINDS)})")
+            raise BadRequest(f"unknown mask kind '{self.kind}' (choose from {', '.join(MASK_KINDS)})")
         hidden_count((1, 1), self.ratio)  # validates the ratio
 
     def build(self, grid_hw: tuple[int, int], seed: int = 0) -> np.ndarray:
@@ -133,8 +135,8 @@ def parse_mask_spec(text: str) -> MaskSpec:
         if kind == "custom":
             cells = frozenset(tuple(int(v) for v in pair.split(",")) for pair in arg.split(";") if pair.strip())
             if any(len(cell) != 2 for cell in cells):
-                raise ValueError("each cell is row,col")
+                raise BadRequest("each cell is row,col")
             return MaskSpec("custom", cells=cells)
     except ValueError as err:
-        raise ValueError(f"bad mask '{text}': {err}") from None
-    raise ValueError(f"bad mask '{text}': use random:RATIO, block:RATIO, grid or custom:r,c;r,c")
+        raise BadRequest(f"bad mask '{text}': {err}") from None
+    raise BadRequest(f"bad mask '{text}': use random:RATIO, block:RATIO, grid or custom:r,c;r,c")

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from ssl_core.data.images import ImageSource, load_image
+from ssl_core.errors import BadRequest
 from ssl_core.mim.mae import MaskedAutoencoder, patch_statistics
 
 MASK_FILL = (128, 128, 128)  # how hidden patches look in the masked input
@@ -98,7 +99,7 @@ def reconstruct(mae: MaskedAutoencoder, image: ImageSource | Image.Image | np.nd
     """Hide ``mask`` [h, w] (True = hidden) of an image and let the MAE fill it in."""
     mask = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask, dtype=bool)
     if mask.shape != mae.grid_hw:
-        raise ValueError(f"mask is {mask.shape[0]}x{mask.shape[1]} patches; this MAE's grid is "
+        raise BadRequest(f"mask is {mask.shape[0]}x{mask.shape[1]} patches; this MAE's grid is "
                          f"{mae.grid_hw[0]}x{mae.grid_hw[1]}")
     picture = prepare_image(mae, image)  # [S, S, 3]
     device = next(mae.parameters()).device

@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ssl_core.errors import BadRequest
+
 ASSETS_DIR = Path(os.environ.get("PATCHLENS_ASSETS", Path(__file__).resolve().parents[2] / "assets"))
 BUNDLED_DIR = ASSETS_DIR / "models"
 
@@ -130,7 +132,7 @@ def resolve_spec(name: str) -> ModelSpec:
     arch = name.split(".")[0]
     if not timm.is_model(arch):
         known = ", ".join(s.name for s in all_specs())
-        raise KeyError(f"unknown model '{name}': not a PatchLens name ({known}) nor a timm model id")
+        raise BadRequest(f"unknown model '{name}': not a PatchLens name ({known}) nor a timm model id")
     pretrained_ids = list(timm.models.get_arch_pretrained_cfgs(arch))  # "arch.tag", the default first
     full_id = name if "." in name else (pretrained_ids[0] if pretrained_ids else arch)
     cfg = timm.models.get_pretrained_cfg(full_id)

@@ -16,18 +16,11 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from ssl_core.errors import CheckpointError, ModelUnavailable
 from ssl_core.models.registry import ModelSpec
 
 CONNECT_TIMEOUT_S = 3.0
 TENSOR_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".tar", ".ckpt")
-
-
-class WeightsUnavailableError(RuntimeError):
-    """The weights of a model could not be fetched (offline, unreachable host, or no such file)."""
-
-
-class CheckpointError(ValueError):
-    """A weights file does not fit the model: missing keys, wrong shapes, or not a state dict."""
 
 
 def offline_hint(name: str) -> str:
@@ -211,12 +204,12 @@ def fetch_hub_weights(spec: ModelSpec) -> Path:
 
     cfg = get_pretrained_cfg(spec.hub_id)
     if cfg is None:
-        raise WeightsUnavailableError(f"'{spec.hub_id}' has no pretrained weights in timm. {offline_hint(spec.name)}")
+        raise ModelUnavailable(f"'{spec.hub_id}' has no pretrained weights in timm. {offline_hint(spec.name)}")
     if cfg.hf_hub_id:
         return _fetch_from_hf(spec, cfg.hf_hub_id, cfg.hf_hub_filename)
     if cfg.url:
         return fetch_url(spec, cfg.url)
-    raise WeightsUnavailableError(f"timm names no download for '{spec.hub_id}'. {offline_hint(spec.name)}")
+    raise ModelUnavailable(f"timm names no download for '{spec.hub_id}'. {offline_hint(spec.name)}")
 
 
 def _hub_filenames(filename: str | None) -> list[str]:
@@ -243,7 +236,7 @@ def _fetch_from_hf(spec: ModelSpec, repo_id: str, filename: str | None) -> Path:
             except Exception as err:  # noqa: BLE001
                 errors.append(f"{candidate}: {type(err).__name__}")
         reason = "download failed (" + "; ".join(errors) + ")"
-    raise WeightsUnavailableError(
+    raise ModelUnavailable(
         f"Could not fetch the weights of '{spec.name}' ({spec.hub_id}) from the Hugging Face Hub "
         f"(repository {repo_id}): {reason}. {offline_hint(spec.name)}"
     )
@@ -266,7 +259,7 @@ def fetch_url(spec: ModelSpec, url: str) -> Path:
             return target
         except Exception as err:  # noqa: BLE001
             reason = f"download failed ({type(err).__name__}: {err})"
-    raise WeightsUnavailableError(
+    raise ModelUnavailable(
         f"Could not fetch the weights of '{spec.name}' from {url}: {reason}. {offline_hint(spec.name)}"
     )
 
@@ -276,14 +269,14 @@ def resolve_weights_file(spec: ModelSpec, weights: str | os.PathLike | None) -> 
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise WeightsUnavailableError(f"weights file not found: {path}")
+            raise ModelUnavailable(f"weights file not found: {path}")
         return path
     if spec.source == "random":
         return None
     if spec.source == "bundled":
         if spec.bundled_path and spec.bundled_path.is_file():
             return spec.bundled_path
-        raise WeightsUnavailableError(
+        raise ModelUnavailable(
             f"the bundled weights of '{spec.name}' are missing ({spec.bundled_path}); reinstall PatchLens "
             f"or train them with `patchlens train`."
         )

@@ -15,8 +15,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ssl_core.analyses.bagssl import BagOfCrops, LayerAgreement
-from ssl_core.render.draw import PALETTE, _font, apply_colormap, upsample
 from ssl_core.analyses.maps import Colouring, PatchMap, nearest_point
+from ssl_core.errors import BadRequest
+from ssl_core.render.draw import PALETTE, _font, apply_colormap, upsample
 
 SCALAR_CMAP = "inferno"
 LEGEND_MAX = 20
@@ -30,7 +31,7 @@ def colouring_rgb(colouring: Colouring) -> np.ndarray:
         return apply_colormap(colouring.values, cmap=SCALAR_CMAP)
     if colouring.kind == "rgb":
         return (np.clip(colouring.values, 0, 1) * 255).round().astype(np.uint8)
-    raise ValueError(f"unknown colouring kind {colouring.kind!r}")
+    raise BadRequest(f"unknown colouring kind {colouring.kind!r}")
 
 
 def legend_entries(colouring: Colouring) -> list[tuple[int, str, tuple[int, int, int]]]:

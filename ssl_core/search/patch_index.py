@@ -42,17 +42,17 @@ import shutil
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
-from ssl_core.features.encoder import Encoder, PatchFeatures, default_device
 from ssl_core.data.images import ImageSource, ResizePolicy, expand_image_paths, load_image
+from ssl_core.errors import BadRequest, IndexFormatError, IndexMismatch
+from ssl_core.features.encoder import Encoder, PatchFeatures, default_device
 from ssl_core.features.pipeline import PipelineConfig, embed_files
 from ssl_core.models.weights import file_fingerprint
-
-ProgressFn = Callable[[int, int], None]
+from ssl_core.progress import ProgressFn
 
 FORMAT_VERSION = 1
 KINDS = ("auto", "exact", "ivf", "hnsw")
@@ -64,14 +64,6 @@ HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 IVF_RETRAIN_GROWTH = 4.0
 INDEX_FILE, PATCHES_FILE, MANIFEST_FILE = "index.faiss", "patches.npz", "manifest.json"
-
-
-class IndexMismatchError(ValueError):
-    """A query or an addition made with another model, weights, layer or image size than the index was built with."""
-
-
-class IndexFormatError(ValueError):
-    """A directory that is not a readable patch index (missing files, another format version, inconsistent counts)."""
 
 
 # --------------------------------------------------------------------------------------------------- patch tables
@@ -175,7 +167,7 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
 def resolve_kind(kind: str, count: int) -> str:
     """The concrete index kind for a requested one ("auto" depends on the vector count)."""
     if kind not in KINDS:
-        raise ValueError(f"index kind must be one of {', '.join(KINDS)}, not {kind!r}")
+        raise BadRequest(f"index kind must be one of {', '.join(KINDS)}, not {kind!r}")
     if kind == "auto":
         return "exact" if count <= AUTO_EXACT_LIMIT else "ivf"
     return kind
@@ -529,7 +521,7 @@ class PatchIndex:
         try:
             self.check_encoder(encoder, layer)
             return True
-        except IndexMismatchError:
+        except IndexMismatch:
             return False
 
     def check_encoder(self, encoder: Encoder, layer: int | None | str = "index") -> None:
@@ -544,7 +536,7 @@ class PatchIndex:
         if encoder.spec.image_size != m.image_size:
             problems.append(f"images at {encoder.spec.image_size} px")
         if problems:
-            raise IndexMismatchError(
+            raise IndexMismatch(
                 f"this index was built with {m.describe_embedding()}; the query uses {', '.join(problems)}. "
                 f"Choose the index's model and layer, or build an index for this one.")
 
@@ -700,7 +692,7 @@ class PatchIndex:
 
     # ----------------------------------------------------------------------------------------- searching
     def embed_query(self, encoder: Encoder, image: ImageSource, layer: int | None | str = "index") -> QueryImage:
-        """Embed a query image with the index's model and layer (`IndexMismatchError` for another one)."""
+        """Embed a query image with the index's model and layer (`IndexMismatch` for another one)."""
         self.check_encoder(encoder, layer)
         [features] = encoder.extract([image], layers=() if self.layer is None else (self.layer,))
         tokens = patch_vectors(features, self.layer).reshape(*features.grid_hw, -1)
@@ -731,10 +723,10 @@ class PatchIndex:
     def search_vectors(self, queries: np.ndarray, k: int = 10, exclude_image: int | None = None) -> list[list[PatchHit]]:
         """Top-k patches for each unit query vector [q, D], best first; optionally leaving one image out."""
         if self.vector_index is None:
-            raise ValueError("the index is empty: add images first")
+            raise BadRequest("the index is empty: add images first")
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if queries.shape[1] != self.manifest.dim:
-            raise ValueError(f"query vectors have dim {queries.shape[1]}, the index {self.manifest.dim}")
+            raise BadRequest(f"query vectors have dim {queries.shape[1]}, the index {self.manifest.dim}")
         excluded = self.images[exclude_image].count if exclude_image is not None else 0
         fetch = min(int(k) + excluded, len(self))
         scores, ids = self._search_raw(queries, fetch)
@@ -764,7 +756,7 @@ class PatchIndex:
         """The k gallery patches nearest to one patch of the query image."""
         h, w = query.grid_hw
         if not (0 <= row < h and 0 <= col < w):
-            raise ValueError(f"patch ({row}, {col}) is outside the query's {h}x{w} grid")
+            raise BadRequest(f"patch ({row}, {col}) is outside the query's {h}x{w} grid")
         return self.search_vectors(query.vectors[row, col][None], k, self._excluded(query, exclude_query_image))[0]
 
     def search_region(self, query: QueryImage, cells: np.ndarray | Iterable[tuple[int, int]], k: int = 10,
@@ -773,13 +765,13 @@ class PatchIndex:
         mask = np.zeros(query.grid_hw, bool)
         if isinstance(cells, np.ndarray) and cells.dtype == bool:
             if cells.shape != mask.shape:
-                raise ValueError(f"region mask of shape {cells.shape} for a {mask.shape} grid")
+                raise BadRequest(f"region mask of shape {cells.shape} for a {mask.shape} grid")
             mask = cells
         else:
             for row, col in cells:
                 mask[row, col] = True
         if not mask.any():
-            raise ValueError("the region holds no patches")
+            raise BadRequest("the region holds no patches")
         mean = normalize_rows(query.vectors[mask].mean(0, keepdims=True))
         return self.search_vectors(mean, k, self._excluded(query, exclude_query_image))[0]
 
@@ -825,6 +817,6 @@ def _fsync_files(directory: Path) -> None:
 
 
 __all__ = ["PatchIndex", "PatchHit", "ImageHit", "QueryImage", "AddReport", "IndexManifest", "IndexedImage",
-           "IndexMismatchError", "IndexFormatError", "VectorIndex", "make_vector_index", "exact_search_torch",
+           "VectorIndex", "make_vector_index", "exact_search_torch",
            "recall_at_k", "PatchTable", "patch_vectors", "grid_positions", "normalize_rows", "resolve_kind",
            "AUTO_EXACT_LIMIT", "RECALL_TARGET"]

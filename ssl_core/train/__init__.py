@@ -17,8 +17,10 @@ from pathlib import Path
 
 import torch
 
+from ssl_core.errors import BadRequest
 from ssl_core.models.registry import BUNDLED_DIR
-from ssl_core.train.common import Objective, ProgressFn, TrainConfig, TrainResult, run_training
+from ssl_core.progress import ProgressFn
+from ssl_core.train.common import Objective, TrainConfig, TrainResult, run_training
 
 OBJECTIVES: dict[str, str] = {  # method -> module:class
     "supervised": "ssl_core.train.supervised:SupervisedObjective",
@@ -34,7 +36,7 @@ DEFAULT_NAMES = {"supervised": "patchlens-sup", "dino": "patchlens-dino", "mae":
 
 def check_method(method: str) -> str:
     if method not in OBJECTIVES:
-        raise ValueError(f"unknown training method '{method}' (choose from {', '.join(METHODS)})")
+        raise BadRequest(f"unknown training method '{method}' (choose from {', '.join(METHODS)})")
     return method
 
 

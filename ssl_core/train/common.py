@@ -21,17 +21,17 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
+from ssl_core.errors import BadRequest
 from ssl_core.models.registry import BUNDLED_DIR
+from ssl_core.progress import ProgressFn
 from ssl_core.system import hardware
-
-ProgressFn = Callable[[int, int], None]
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -62,9 +62,9 @@ class TrainConfig:
         self.out_dir = Path(self.out_dir)
         for key in ("steps", "batch_size", "image_size", "log_every"):
             if int(getattr(self, key)) < 1:
-                raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
+                raise BadRequest(f"{key} must be at least 1, got {getattr(self, key)}")
         if self.batch_size < 2:
-            raise ValueError(f"batch_size must be at least 2, got {self.batch_size}")
+            raise BadRequest(f"batch_size must be at least 2, got {self.batch_size}")
 
     @property
     def warmup(self) -> int:

@@ -24,8 +24,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_core.train.common import (Objective, StepOutput, TrainConfig, build_encoder, color_jitter, cosine_ramp, embedding_spread,
-                     normalize, random_resized_crop, to_unit)
+from ssl_core.train.common import (
+    Objective,
+    StepOutput,
+    TrainConfig,
+    build_encoder,
+    color_jitter,
+    cosine_ramp,
+    embedding_spread,
+    normalize,
+    random_resized_crop,
+    to_unit,
+)
 
 
 def normalized_entropy(probs: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_core.data.partsworld import CLASS_NAMES
-from ssl_core.train.common import Objective, StepOutput, TrainConfig, build_encoder, color_jitter, normalize, random_resized_crop, to_unit
+from ssl_core.train.common import (
+    Objective,
+    StepOutput,
+    TrainConfig,
+    build_encoder,
+    color_jitter,
+    normalize,
+    random_resized_crop,
+    to_unit,
+)
 
 
 class SupervisedObjective(Objective):
