@@ -11,11 +11,11 @@ import torch
 
 from ssl_core import load_encoder
 from ssl_core.data import partsworld
+from ssl_core.features.vit_tokens import forward_with_positions, swap_positions
 from ssl_core.lab import (
     LabConfig,
     cka_probe,
     encode_scenes,
-    forward_with_positions,
     heldout_seeds,
     knn_accuracy,
     mim_kind,
@@ -24,7 +24,6 @@ from ssl_core.lab import (
     part_probe,
     run_lab,
     scene_part_labels,
-    swap_positions,
 )
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,7 +17,8 @@ from app.views.reconstruct import (
     reconstruct_view,
     toggle_patch,
 )
-from ssl_core.analyses.context import context_drift, encode_visible
+from ssl_core.analyses.context import context_drift
+from ssl_core.features.vit_tokens import encode_visible
 from ssl_core.mim.mae import build_mae, save_mae
 from ssl_core.mim.masks import custom_mask, random_mask
 from ssl_core.mim.reconstruct import MASK_FILL, predicted_images, prepare_image, reconstruct, square_crop

@@ -9,7 +9,8 @@ import torch
 from safetensors import safe_open
 
 from ssl_core import load_encoder
-from ssl_core.train import DEFAULT_NAMES, METHODS, train
+from ssl_core.models.registry import bundled_name_for
+from ssl_core.train import METHODS, train
 from ssl_core.train.common import color_jitter, embedding_spread, lr_at, random_resized_crop
 
 # Small and quick: 48 px images (a 6x6 grid), batch 8, a high enough rate to see the loss fall in a few steps.
@@ -61,7 +62,7 @@ def test_each_method_learns_on_a_cpu_and_saves_weights_that_load(method, tmp_pat
         dtypes = {f.get_tensor(k).dtype for k in f.keys()}
     assert meta["method"] == method and meta["steps"] == "14" and meta["seed"] == "0" and float(meta["loss"]) > 0
     assert dtypes == {torch.float16}
-    encoder = load_encoder(DEFAULT_NAMES[method], weights=result.weights_path, device="cpu", cache=None)
+    encoder = load_encoder(bundled_name_for(method), weights=result.weights_path, device="cpu", cache=None)
     random = load_encoder("random-tiny", device="cpu", cache=None)
     assert not torch.equal(encoder.model.blocks[0].attn.qkv.weight, random.model.blocks[0].attn.qkv.weight)
     [features] = encoder.extract([torch.randint(0, 255, (96, 96, 3), dtype=torch.uint8).numpy()])
@@ -122,7 +123,7 @@ def test_cae_refuses_a_file_without_its_metadata(tmp_path):
 
 
 def test_misplaced_tokens_carry_another_kept_tokens_position():
-    from ssl_core.train.dilemma import misplace_tokens
+    from ssl_core.features.vit_tokens import misplace_tokens
 
     torch.manual_seed(0)
     N, L, D = 3, 36, 8

@@ -19,7 +19,7 @@ from app.cli.main import add_model_args, command
 
 @command("reconstruct", "hide patches of an image and let an MAE reconstruct them")
 def _reconstruct(parser: argparse.ArgumentParser):
-    from ssl_core.mim.mae import DEFAULT_MAE, MAE_SOURCES
+    from ssl_core.models.registry import DEFAULT_MAE, MAE_SOURCES
 
     parser.add_argument("image", help="image file")
     add_model_args(parser)

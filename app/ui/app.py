@@ -21,8 +21,7 @@ from app.views import lab as handlers_lab
 from app.views import reconstruct as handlers_mim
 from ssl_core.errors import BadRequest, PatchLensError
 from ssl_core.lab import LabConfig
-from ssl_core.mim.mae import DEFAULT_MAE, MAE_SOURCES
-from ssl_core.models.registry import all_specs, bundled_names, default_model_name
+from ssl_core.models.registry import DEFAULT_MAE, MAE_SOURCES, all_specs, bundled_names, default_model_name
 from ssl_core.render import draw
 
 log = logging.getLogger("patchlens")

@@ -16,7 +16,7 @@ from ssl_core.features.cache import LRUCache
 from ssl_core.features.encoder import Encoder, load_encoder
 from ssl_core.mim.cae import load_cae
 from ssl_core.mim.mae import MaskedAutoencoder, open_mae
-from ssl_core.models.registry import ASSETS_DIR, BUNDLED_DIR
+from ssl_core.models.registry import ASSETS_DIR, DEFAULT_CAE, resolve_spec
 
 log = logging.getLogger("patchlens")
 EXAMPLES_DIR = ASSETS_DIR / "examples"
@@ -75,7 +75,7 @@ class ModelPool:
 
     def get_cae(self):
         """The bundled CAE (encoder + latent regressor + decoder), or None where it is not installed."""
-        path = BUNDLED_DIR / "patchlens-cae.safetensors"
+        path = resolve_spec(DEFAULT_CAE).bundled_path
         return self._get(("cae", str(path)), lambda: load_cae(path)) if path.is_file() else None
 
     def _get(self, key: tuple, load: Callable[[], object]):

@@ -18,19 +18,7 @@ from timm.models.vision_transformer import VisionTransformer
 from ssl_core.data.images import ImageSource
 from ssl_core.errors import BadRequest
 from ssl_core.features.encoder import Encoder
-from ssl_core.mim.mae import embed_patches, encode_tokens, random_masking
-
-
-def encode_visible(vit: VisionTransformer, imgs: torch.Tensor, hidden: torch.Tensor | None = None) -> torch.Tensor:
-    """Last-layer (normed) patch tokens of the visible patches only, in patch order.
-
-    imgs: [N, 3, H, W] normalised; hidden: [N, L] bool (True = dropped, same count per image) or None for all.
-    -> [N, K, D] with K = L - hidden count.
-    """
-    x, prefix, _ = embed_patches(vit, imgs)  # x: [N, L, D]
-    if hidden is not None:
-        x, _, _ = random_masking(x, 0.0, mask=hidden)  # x: [N, K, D], visible patches in order
-    return encode_tokens(vit, prefix, x)[:, prefix.shape[1]:]
+from ssl_core.features.vit_tokens import encode_visible
 
 
 def context_drift(encoder: Encoder, image: ImageSource | Image.Image, mask: np.ndarray | torch.Tensor) -> np.ndarray:

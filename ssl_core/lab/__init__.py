@@ -64,11 +64,10 @@ from ssl_core.analyses.parts import agreement_with_truth, part_maps, remove_posi
 from ssl_core.data import partsworld
 from ssl_core.errors import BadRequest
 from ssl_core.features.encoder import Encoder, PatchFeatures
-from ssl_core.mim.mae import embed_patches, encode_tokens
+from ssl_core.features.vit_tokens import forward_with_positions, swap_positions
 from ssl_core.mim.masks import random_mask
 from ssl_core.progress import ProgressFn
 from ssl_core.render.tables import markdown_table
-from ssl_core.train.dilemma import patch_position_table
 
 SPLIT_STRIDE = 1 << 32  # held-out scenes of Lab seed s start at HELDOUT_OFFSET + s * SPLIT_STRIDE
 TEST_OFFSET = 1 << 31  # test scenes follow train scenes at this offset, so they do not depend on n_train
@@ -346,33 +345,6 @@ def knn_probe(encoder: Encoder, scenes: EncodedScenes, config: LabConfig, progre
 
 
 # --------------------------------------------------------------------------------------------------- location probe
-def forward_with_positions(vit, imgs: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-    """Final tokens [N, P+L, D] (normed) when patch token i carries the position embedding of patch
-    ``position_ids[n, i]`` instead of its own. imgs: [N, 3, H, W] normalised; position_ids: [N, L] int64.
-
-    With ``position_ids[n] = arange(L)`` this is ``vit.forward_features(imgs)`` (in eval mode).
-    """
-    tokens, prefix, grid = embed_patches(vit, imgs)  # tokens: [N, L, D] with their own position embeddings
-    if tuple(position_ids.shape) != tuple(tokens.shape[:2]):
-        raise BadRequest(f"position_ids has shape {tuple(position_ids.shape)}, expected {tuple(tokens.shape[:2])} "
-                         f"(images, patches)")
-    table = patch_position_table(vit, grid)[0]  # [L, D]
-    tokens = tokens + (table[position_ids.to(tokens.device)] - table)  # swap in the other patch's position
-    return encode_tokens(vit, prefix, tokens)
-
-
-def swap_positions(num_patches: int, ratio: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Position ids [L] where round(ratio * L) random patches (at least 2) trade position embeddings in a
-    cycle, each taking the next one's (as DILEMMA does), so every chosen patch carries a wrong one; and the
-    swapped patches [L] bool."""
-    count = min(num_patches, max(2, round(ratio * num_patches)))
-    chosen = torch.randperm(num_patches, generator=generator)[:count]
-    position_ids = torch.arange(num_patches)
-    position_ids[chosen] = chosen.roll(1)
-    swapped = torch.zeros(num_patches, dtype=torch.bool)
-    swapped[chosen] = True
-    return position_ids, swapped
-
 
 def location_support(encoder: Encoder) -> str | None:
     """None when the location probe runs on this encoder, else why not."""
@@ -961,6 +933,6 @@ class _Tracker:
 __all__ = ["LabConfig", "LabReport", "EncoderLab", "EncodedScenes", "ProbeResult", "KNNResult", "LocationResult",
            "PartMapResult", "CKAComparison", "MIMResult", "heldout_seeds", "heldout_scenes", "scene_size",
            "encode_scenes", "object_probe", "part_probe", "knn_probe", "knn_accuracy", "bag_of_crops_embeddings",
-           "forward_with_positions", "swap_positions", "location_probe", "part_map_agreement", "grid_blocks",
+           "location_probe", "part_map_agreement", "grid_blocks",
            "part_map_probe", "cka_probe", "mim_probe", "mim_kind", "run_encoder_lab", "run_lab", "default_cka_pairs",
            "findings", "result_rows", "rows_markdown", "result_numbers"]

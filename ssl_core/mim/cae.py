@@ -28,14 +28,8 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from ssl_core.errors import BadRequest, CheckpointError
-from ssl_core.mim.mae import (
-    embed_patches,
-    encode_tokens,
-    patch_statistics,
-    patchify,
-    random_masking,
-    sincos_pos_embed_2d,
-)
+from ssl_core.features.vit_tokens import embed_patches, encode_tokens, random_masking
+from ssl_core.mim.mae import patch_statistics, patchify, sincos_pos_embed_2d
 from ssl_core.models.weights import check_fits, read_state_dict, safetensors_metadata
 
 METADATA_KEY = "patchlens_cae"
@@ -135,7 +129,6 @@ class CAEModel(nn.Module):
 
     def __init__(self, config: CAEConfig = CAEConfig()):
         super().__init__()
-        from ssl_core.models import zoo  # noqa: F401  (registers patchlens_vit_tiny_p8 with timm)
 
         self.config = config
         self.encoder = timm.create_model(config.arch, pretrained=False, num_classes=0, img_size=config.img_size)

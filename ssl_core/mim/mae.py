@@ -36,13 +36,12 @@ from pathlib import Path
 import timm
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from ssl_core.errors import BadRequest, CheckpointError, ModelUnavailable
-from ssl_core.models import zoo  # noqa: F401  (registers patchlens_vit_tiny_p8 with timm)
-from ssl_core.models.registry import BUNDLED_DIR, ModelSpec
+from ssl_core.features.vit_tokens import embed_patches, encode_tokens, random_masking
+from ssl_core.models.registry import BUNDLED_DIR, DEFAULT_MAE, MAE_SOURCES, ModelSpec
 from ssl_core.models.weights import (
     TENSOR_SUFFIXES,
     _fetch_from_hf,
@@ -94,47 +93,6 @@ def patch_statistics(target: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Ten
     return mean, (var + eps) ** 0.5
 
 
-def random_masking(x: torch.Tensor, mask_ratio: float, mask: torch.Tensor | None = None,
-                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Keep a subset of patch tokens, by per-sample random shuffling (or by a given mask).
-
-    x: [N, L, D]; mask: optional [N, L] (bool or 0/1, 1 = hidden) with the same hidden count in every row.
-    Returns x_kept [N, K, D], mask [N, L] float (0 keep, 1 remove), ids_restore [N, L].
-    """
-    N, L, D = x.shape
-    if mask is None:
-        len_keep = int(L * (1 - mask_ratio))
-        noise = torch.rand(N, L, device=x.device, generator=generator)  # noise in [0, 1]
-        ids_shuffle = torch.argsort(noise, dim=1)  # ascend: small is keep, large is remove
-    else:
-        mask = check_mask(mask, N, L).to(x.device)
-        len_keep = L - int(mask[0].sum())
-        ids_shuffle = torch.argsort(mask.to(torch.int8), dim=1, stable=True)  # visible first, in patch order
-    ids_restore = torch.argsort(ids_shuffle, dim=1)
-    ids_keep = ids_shuffle[:, :len_keep]
-    x_kept = torch.gather(x, dim=1, index=ids_keep.unsqueeze(-1).repeat(1, 1, D))
-    binary = torch.ones(N, L, device=x.device)
-    binary[:, :len_keep] = 0
-    binary = torch.gather(binary, dim=1, index=ids_restore)  # unshuffle: the binary mask in patch order
-    return x_kept, binary, ids_restore
-
-
-def check_mask(mask: torch.Tensor, batch: int, num_patches: int) -> torch.Tensor:
-    """A user mask as bool [N, L], or ValueError saying what is wrong with it."""
-    mask = torch.as_tensor(mask)
-    if mask.ndim == 1:
-        mask = mask.unsqueeze(0).expand(batch, -1)
-    if tuple(mask.shape) != (batch, num_patches):
-        raise BadRequest(f"mask has shape {tuple(mask.shape)}, expected [{batch}, {num_patches}] (images, patches)")
-    if mask.dtype != torch.bool:
-        if not bool(((mask == 0) | (mask == 1)).all()):
-            raise BadRequest("mask values must be 0 (visible) or 1 (hidden)")
-        mask = mask.bool()
-    counts = mask.sum(dim=1)
-    if bool((counts != counts[0]).any()):
-        raise BadRequest(f"every image's mask must hide the same number of patches (got {counts.tolist()})")
-    return mask
-
 
 def sincos_pos_embed_2d(embed_dim: int, grid_hw: tuple[int, int], num_prefix: int = 1) -> torch.Tensor:
     """MAE's fixed 2D sin-cos position embedding [1, num_prefix + h*w, D] (zeros for the prefix tokens)."""
@@ -155,40 +113,6 @@ def sincos_pos_embed_2d(embed_dim: int, grid_hw: tuple[int, int], num_prefix: in
 
 
 # ------------------------------------------------------------------------------------------- timm ViT pieces
-def embed_patches(vit: VisionTransformer, imgs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
-    """Patch tokens with their position embedding, and the prefix (class, register) tokens with theirs.
-
-    imgs: [N, 3, H, W] -> patches [N, L, D], prefix [N, P, D], grid (h, w). Position embeddings are resampled
-    (as timm does) when the grid differs from the model's own.
-    """
-    x = vit.patch_embed(imgs)
-    if x.ndim == 4:  # dynamic_img_size: [N, h, w, D]
-        grid = (int(x.shape[1]), int(x.shape[2]))
-        x = x.flatten(1, 2)
-    else:
-        grid = tuple(int(s) for s in vit.patch_embed.grid_size)
-    N = x.shape[0]
-    prefix = [t.expand(N, -1, -1) for t in (vit.cls_token, vit.reg_token) if t is not None]
-    prefix = torch.cat(prefix, dim=1) if prefix else x.new_zeros(N, 0, x.shape[-1])  # [N, P, D]
-    if vit.pos_embed is None:
-        return x, prefix, grid
-    embedded_prefix = 0 if vit.no_embed_class else prefix.shape[1]
-    pos = vit.pos_embed
-    if grid != tuple(vit.patch_embed.grid_size):
-        pos = resample_abs_pos_embed(pos, new_size=grid, old_size=vit.patch_embed.grid_size,
-                                     num_prefix_tokens=embedded_prefix)
-    x = x + pos[:, embedded_prefix:]
-    if embedded_prefix:
-        prefix = prefix + pos[:, :embedded_prefix]
-    return x, prefix, grid
-
-
-def encode_tokens(vit: VisionTransformer, prefix: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
-    """Run the blocks over prefix + (any subset of) patch tokens. [N, P, D], [N, K, D] -> [N, P+K, D], normed."""
-    x = vit.norm_pre(torch.cat([prefix, patches], dim=1))
-    x = vit.blocks(x)
-    return vit.norm(x)
-
 
 # ------------------------------------------------------------------------------------------- the model
 @dataclass
@@ -561,30 +485,6 @@ def mae_from_state_dict(state_dict: dict[str, torch.Tensor], hints: dict | None 
 
 
 # ------------------------------------------------------------------------------------------- sources
-@dataclass(frozen=True)
-class MAESource:
-    """A named MAE checkpoint that carries its decoder."""
-
-    name: str
-    kind: str  # "bundled" | "url" | "hf"
-    location: str  # file name under assets/models, URL, or hub repository
-    description: str = ""
-    norm_pix_loss: bool | None = None  # None: read from the checkpoint (bundled metadata, HF config)
-
-
-DEFAULT_MAE = "patchlens-mae"
-_FB = "https://dl.fbaipublicfiles.com/mae"
-MAE_SOURCES: dict[str, MAESource] = {s.name: s for s in (
-    MAESource("patchlens-mae", "bundled", "patchlens-mae.safetensors", "PatchLens's bundled tiny MAE (offline)"),
-    MAESource("mae-vitb16-visualize", "url", f"{_FB}/visualize/mae_visualize_vit_base.pth",
-              "official MAE ViT-B/16 visualisation checkpoint (pixel targets)", False),
-    MAESource("mae-vitl16-visualize", "url", f"{_FB}/visualize/mae_visualize_vit_large.pth",
-              "official MAE ViT-L/16 visualisation checkpoint (pixel targets)", False),
-    MAESource("mae-vitb16-normpix", "url", f"{_FB}/pretrain/mae_pretrain_vit_base_full.pth",
-              "official MAE ViT-B/16 pre-training checkpoint with decoder (normalised-pixel targets)", True),
-    MAESource("mae-vitb16-hf", "hf", "facebook/vit-mae-base", "Hugging Face ViTMAEForPreTraining ViT-B/16"),
-    MAESource("mae-vitl16-hf", "hf", "facebook/vit-mae-large", "Hugging Face ViTMAEForPreTraining ViT-L/16"),
-)}
 
 
 def _norm_pix_from_name(filename: str) -> bool | None:
@@ -678,8 +578,7 @@ def open_mae(name: str | None = None, weights: str | os.PathLike | None = None,
     return mae.eval().to(torch.device(device) if device else default_device())
 
 
-__all__ = ["MaskedAutoencoder", "MAEConfig", "METADATA_KEY", "DEFAULT_MAE", "MAESource", "MAE_SOURCES", "build_mae", "load_mae", "open_mae", "save_mae",
+__all__ = ["MaskedAutoencoder", "MAEConfig", "METADATA_KEY", "build_mae", "load_mae", "open_mae", "save_mae",
            "mae_config", "mae_from_config", "infer_config",
            "official_state_dict", "load_official_state_dict", "official_from_hf", "mae_from_state_dict",
-           "patchify", "unpatchify", "random_masking", "patch_statistics", "embed_patches", "encode_tokens",
-           "sincos_pos_embed_2d"]
+           "patchify", "unpatchify", "patch_statistics", "sincos_pos_embed_2d"]

@@ -36,6 +36,8 @@ class ModelSpec:
     bundled_file: str | None = None  # file name under assets/models for source == "bundled"
     image_size: int = 224  # short side images are resized to
     create_kwargs: dict = field(default_factory=dict)  # extra timm.create_model arguments
+    paradigm: str = ""  # what the training asks of the tokens: one of PARADIGMS ("" = not known)
+    method: str | None = None  # bundled models: the `patchlens train` method that makes them
 
     @property
     def bundled_path(self) -> Path | None:
@@ -55,9 +57,12 @@ class ModelSpec:
         return self.name if self.trained else f"{self.name} (untrained)"
 
 
-def _hub(name: str, hub_id: str, family: str, objective: str, **kw) -> ModelSpec:
+PARADIGMS = ("supervised", "joint-embedding", "mim", "location", "image-text", "none")
+
+
+def _hub(name: str, hub_id: str, family: str, objective: str, paradigm: str, **kw) -> ModelSpec:
     return ModelSpec(name=name, arch=hub_id.split(".")[0], source="hub", hub_id=hub_id, family=family,
-                     objective=objective, **kw)
+                     objective=objective, paradigm=paradigm, **kw)
 
 
 SSL_DINO = "self-distillation (joint-embedding)"
@@ -67,55 +72,103 @@ MIM_TOKENS = "masked image modeling (tokens)"
 SUPERVISED = "supervised classification"
 
 CURATED: tuple[ModelSpec, ...] = (
-    _hub("dino-vits16", "vit_small_patch16_224.dino", "DINO", SSL_DINO),
-    _hub("dino-vitb16", "vit_base_patch16_224.dino", "DINO", SSL_DINO),
-    _hub("dinov2-vits14", "vit_small_patch14_dinov2.lvd142m", "DINOv2", SSL_DINOV2),
-    _hub("dinov2-vitb14", "vit_base_patch14_dinov2.lvd142m", "DINOv2", SSL_DINOV2),
-    _hub("dinov2-vits14-reg", "vit_small_patch14_reg4_dinov2.lvd142m", "DINOv2", SSL_DINOV2),
-    _hub("dinov2-vitb14-reg", "vit_base_patch14_reg4_dinov2.lvd142m", "DINOv2", SSL_DINOV2),
-    _hub("mae-vitb16", "vit_base_patch16_224.mae", "MAE", MIM_PIXELS),
-    _hub("sup-vitb16", "vit_base_patch16_224.augreg_in21k_ft_in1k", "supervised (AugReg)", SUPERVISED),
-    _hub("deit-b16", "deit_base_patch16_224.fb_in1k", "supervised (DeiT)", SUPERVISED),
-    _hub("clip-vitb16", "vit_base_patch16_clip_224.openai", "CLIP", "image-text contrastive"),
-    _hub("beitv2-vitb16", "beitv2_base_patch16_224.in1k_ft_in1k", "BEiT v2", MIM_TOKENS + ", fine-tuned"),
+    _hub("dino-vits16", "vit_small_patch16_224.dino", "DINO", SSL_DINO, "joint-embedding"),
+    _hub("dino-vitb16", "vit_base_patch16_224.dino", "DINO", SSL_DINO, "joint-embedding"),
+    _hub("dinov2-vits14", "vit_small_patch14_dinov2.lvd142m", "DINOv2", SSL_DINOV2, "joint-embedding"),
+    _hub("dinov2-vitb14", "vit_base_patch14_dinov2.lvd142m", "DINOv2", SSL_DINOV2, "joint-embedding"),
+    _hub("dinov2-vits14-reg", "vit_small_patch14_reg4_dinov2.lvd142m", "DINOv2", SSL_DINOV2, "joint-embedding"),
+    _hub("dinov2-vitb14-reg", "vit_base_patch14_reg4_dinov2.lvd142m", "DINOv2", SSL_DINOV2, "joint-embedding"),
+    _hub("mae-vitb16", "vit_base_patch16_224.mae", "MAE", MIM_PIXELS, "mim"),
+    _hub("sup-vitb16", "vit_base_patch16_224.augreg_in21k_ft_in1k", "supervised (AugReg)", SUPERVISED, "supervised"),
+    _hub("deit-b16", "deit_base_patch16_224.fb_in1k", "supervised (DeiT)", SUPERVISED, "supervised"),
+    _hub("clip-vitb16", "vit_base_patch16_clip_224.openai", "CLIP", "image-text contrastive", "image-text"),
+    _hub("beitv2-vitb16", "beitv2_base_patch16_224.in1k_ft_in1k", "BEiT v2", MIM_TOKENS + ", fine-tuned", "mim"),
     ModelSpec(
         name="mocov3-vitb16", arch="vit_base_patch16_224", source="url", family="MoCo v3",
-        objective="contrastive (joint-embedding)", checkpoint_format="mocov3",
+        objective="contrastive (joint-embedding)", checkpoint_format="mocov3", paradigm="joint-embedding",
         url="https://dl.fbaipublicfiles.com/moco-v3/vit-b-300ep/vit-b-300ep.pth.tar",
     ),
     ModelSpec(
         name="ibot-vitb16", arch="vit_base_patch16_224", source="url", family="iBOT",
         objective="self-distillation + masked token prediction", checkpoint_format="ibot",
+        paradigm="joint-embedding",
         url="https://lf3-nlp-opensource.bytetos.com/obj/nlp-opensource/archive/2022/ibot/vitb_16/checkpoint_teacher.pth",
     ),
 )
 
 RANDOM_TINY = ModelSpec(
     name="random-tiny", arch="patchlens_vit_tiny_p8", source="random", family="random init",
-    objective="none (random weights)", image_size=96,
+    objective="none (random weights)", image_size=96, paradigm="none",
 )
 
-_EXTRA: dict[str, ModelSpec] = {}
+BUNDLED_ARCH = "patchlens_vit_tiny_p8"  # registered with timm by `ssl_core.models.zoo`
 
 
-def register_spec(spec: ModelSpec) -> ModelSpec:
-    """Add a spec to the table (used by the bundled zoo)."""
-    _EXTRA[spec.name] = spec
-    return spec
+def _bundled(name: str, method: str, family: str, objective: str, paradigm: str) -> ModelSpec:
+    return ModelSpec(name=name, arch=BUNDLED_ARCH, source="bundled", family=f"PatchLens {family}", objective=objective,
+                     bundled_file=f"{name}.safetensors", image_size=96, paradigm=paradigm, method=method)
+
+
+BUNDLED: tuple[ModelSpec, ...] = (  # trained on the parts world by `patchlens train --method METHOD`
+    _bundled("patchlens-sup", "supervised", "supervised", "supervised classification of the object class",
+             "supervised"),
+    _bundled("patchlens-dino", "dino", "DINO", "self-distillation (joint-embedding, contrastive family)",
+             "joint-embedding"),
+    _bundled("patchlens-mae", "mae", "MAE", "masked image modeling (pixels), with its decoder", "mim"),
+    _bundled("patchlens-cae", "cae", "CAE",
+             "masked image modeling in representation space (latent regressor + decoder)", "mim"),
+    _bundled("patchlens-dilemma", "dilemma", "DILEMMA",
+             "self-distillation + detecting tokens with wrong positional embeddings", "location"),
+)
+# The app's default: the best all-round bundled model in docs/lab.md (highest object and part probes; its part maps
+# follow the ground-truth parts, while the MAE's and CAE's last-block tokens cluster by grid position).
+DEFAULT_BUNDLED = "patchlens-sup"
+
+
+@dataclass(frozen=True)
+class MAESource:
+    """A named MAE checkpoint that carries its decoder (the Reconstruct view and `patchlens reconstruct`)."""
+
+    name: str
+    kind: str  # "bundled" | "url" | "hf"
+    location: str  # file name under assets/models, URL, or hub repository
+    description: str = ""
+    norm_pix_loss: bool | None = None  # None: read from the checkpoint (bundled metadata, HF config)
+
+
+DEFAULT_MAE = "patchlens-mae"
+DEFAULT_CAE = "patchlens-cae"  # the CAE whose latent regressor the Reconstruct view shows
+_FB = "https://dl.fbaipublicfiles.com/mae"
+MAE_SOURCES: dict[str, MAESource] = {s.name: s for s in (
+    MAESource(DEFAULT_MAE, "bundled", f"{DEFAULT_MAE}.safetensors", "PatchLens's bundled tiny MAE (offline)"),
+    MAESource("mae-vitb16-visualize", "url", f"{_FB}/visualize/mae_visualize_vit_base.pth",
+              "official MAE ViT-B/16 visualisation checkpoint (pixel targets)", False),
+    MAESource("mae-vitl16-visualize", "url", f"{_FB}/visualize/mae_visualize_vit_large.pth",
+              "official MAE ViT-L/16 visualisation checkpoint (pixel targets)", False),
+    MAESource("mae-vitb16-normpix", "url", f"{_FB}/pretrain/mae_pretrain_vit_base_full.pth",
+              "official MAE ViT-B/16 pre-training checkpoint with decoder (normalised-pixel targets)", True),
+    MAESource("mae-vitb16-hf", "hf", "facebook/vit-mae-base", "Hugging Face ViTMAEForPreTraining ViT-B/16"),
+    MAESource("mae-vitl16-hf", "hf", "facebook/vit-mae-large", "Hugging Face ViTMAEForPreTraining ViT-L/16"),
+)}
 
 
 def all_specs() -> list[ModelSpec]:
-    from ssl_core.models import zoo  # noqa: F401  (registers the bundled models)
-
-    return [*_EXTRA.values(), RANDOM_TINY, *CURATED]
+    return [*BUNDLED, RANDOM_TINY, *CURATED]
 
 
 def default_model_name() -> str:
     """The bundled default model when its weights are present, else the untrained placeholder."""
-    from ssl_core.models.zoo import DEFAULT_BUNDLED
-
     spec = resolve_spec(DEFAULT_BUNDLED)
     return spec.name if spec.trained else RANDOM_TINY.name
+
+
+def bundled_name_for(method: str) -> str:
+    """The bundled model a training method makes (``"dino"`` -> ``"patchlens-dino"``)."""
+    for spec in BUNDLED:
+        if spec.method == method:
+            return spec.name
+    raise BadRequest(f"no bundled model is trained with '{method}' (methods: "
+                     f"{', '.join(str(s.method) for s in BUNDLED)})")
 
 
 def bundled_names(trained_only: bool = True) -> list[str]:

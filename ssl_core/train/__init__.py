@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ssl_core.errors import BadRequest
-from ssl_core.models.registry import BUNDLED_DIR
+from ssl_core.models.registry import BUNDLED_DIR, bundled_name_for
 from ssl_core.progress import ProgressFn
 from ssl_core.train.common import Objective, TrainConfig, TrainResult, run_training
 
@@ -30,8 +30,6 @@ OBJECTIVES: dict[str, str] = {  # method -> module:class
     "dilemma": "ssl_core.train.dilemma:DILEMMAObjective",
 }
 METHODS = tuple(OBJECTIVES)
-DEFAULT_NAMES = {"supervised": "patchlens-sup", "dino": "patchlens-dino", "mae": "patchlens-mae",
-                 "cae": "patchlens-cae", "dilemma": "patchlens-dilemma"}
 
 
 def check_method(method: str) -> str:
@@ -53,7 +51,7 @@ def train(method: str, out_dir: str | Path = BUNDLED_DIR, steps: int = 1000, bat
 
     ``options`` are further `TrainConfig` fields (lr, image_size, threads, workers, log_every, command ...).
     """
-    name = name or DEFAULT_NAMES[check_method(method)]
+    name = name or bundled_name_for(check_method(method))
     arguments = [repr(method)] + [f"{k}={v!r}" for k, v in dict(
         out_dir=str(out_dir), steps=steps, batch_size=batch_size, seed=seed, name=name, **options).items()]
     options.setdefault("command", "python -c " + shlex.quote(
@@ -67,4 +65,4 @@ def train(method: str, out_dir: str | Path = BUNDLED_DIR, steps: int = 1000, bat
     return run_training(build_objective(config), config, target, progress)
 
 
-__all__ = ["train", "build_objective", "TrainConfig", "TrainResult", "Objective", "METHODS", "DEFAULT_NAMES"]
+__all__ = ["train", "build_objective", "TrainConfig", "TrainResult", "Objective", "METHODS"]

@@ -14,45 +14,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.layers import resample_abs_pos_embed
 from torch import nn
 
-from ssl_core.mim.mae import embed_patches, encode_tokens
+from ssl_core.features.vit_tokens import embed_patches, encode_tokens, misplace_tokens, patch_position_table
 from ssl_core.train.common import TrainConfig
 from ssl_core.train.dino import DINOObjective
-
-
-def patch_position_table(vit: nn.Module, grid_hw: tuple[int, int]) -> torch.Tensor:
-    """The patch position embeddings [1, h*w, D] of a timm ViT for a grid (resampled as timm does)."""
-    embedded_prefix = 0 if vit.no_embed_class else vit.num_prefix_tokens
-    pos = vit.pos_embed
-    if tuple(grid_hw) != tuple(vit.patch_embed.grid_size):
-        pos = resample_abs_pos_embed(pos, new_size=list(grid_hw), old_size=vit.patch_embed.grid_size,
-                                     num_prefix_tokens=embedded_prefix)
-    return pos[:, embedded_prefix:]
-
-
-def misplace_tokens(tokens: torch.Tensor, positions: torch.Tensor, keep_ratio: float, swap_ratio: float,
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep a random subset of tokens; some of them trade position embeddings in a cycle.
-
-    tokens: [N, L, D] with their own position embeddings added; positions: [1, L, D].
-    Returns kept tokens [N, K, D] (in random order) and swapped [N, K] float (1 = wrong position).
-    """
-    N, L, D = tokens.shape
-    K = max(2, round(L * keep_ratio))
-    S = min(K, max(2, round(K * swap_ratio)))
-    ids_keep = torch.argsort(torch.rand(N, L, device=tokens.device), dim=1)[:, :K]  # a random subset, random order
-    ids_position = ids_keep.clone()
-    ids_position[:, :S] = ids_keep[:, :S].roll(1, dims=1)  # the first S take their neighbour's position
-
-    def gather(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        return torch.gather(x.expand(N, -1, -1), 1, ids.unsqueeze(-1).expand(-1, -1, D))
-
-    kept = gather(tokens, ids_keep) - gather(positions, ids_keep) + gather(positions, ids_position)
-    swapped = torch.zeros(N, K, device=tokens.device)
-    swapped[:, :S] = 1.0
-    return kept, swapped
 
 
 class DILEMMAObjective(DINOObjective):
