@@ -27,9 +27,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ssl_core.analyses.attention import capture_attention, check_attention
 from ssl_core.data.images import ImageSource, ResizePolicy, image_fingerprint, load_image
 from ssl_core.errors import BadRequest
+from ssl_core.features.attention_hooks import capture_attention, check_attention
 from ssl_core.features.cache import LRUCache
 from ssl_core.models.registry import ModelSpec, resolve_spec, with_image_size
 from ssl_core.models.weights import file_fingerprint, fit_state_dict, read_state_dict, resolve_weights_file
