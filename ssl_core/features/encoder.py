@@ -125,6 +125,10 @@ class Encoder:
 
     def __init__(self, spec: ModelSpec, model: nn.Module, dynamic: bool, weights_file: Path | None,
                  device: torch.device, cache: LRUCache[PatchFeatures] | None = FEATURE_CACHE):
+        if not all(hasattr(model, part) for part in ("patch_embed", "blocks", "forward_intermediates")):
+            raise BadRequest(f"'{spec.name}' ({type(model).__name__}) is not a ViT with a fixed patch grid that "
+                             f"PatchLens can read (it needs patch_embed, blocks and forward_intermediates); "
+                             f"NaFlexViT ids are not supported: use the fixed-grid id of the same weights")
         self.spec = spec
         self.model = model.eval().to(device)
         self.dynamic = dynamic
@@ -138,13 +142,14 @@ class Encoder:
         self.num_heads = int(getattr(model.blocks[0].attn, "num_heads", 0))
         self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 1))
         self.has_class_token = bool(getattr(model, "has_class_token", getattr(model, "cls_token", None) is not None))
-        self.num_registers = int(getattr(model, "num_reg_tokens", 0))
+        # timm's Eva models (DINOv3, EVA-02, PE) have no num_reg_tokens: registers are the prefix past the class token
+        self.num_registers = self.num_prefix_tokens - int(self.has_class_token)
         cfg = getattr(model, "pretrained_cfg", {}) or {}
         self.mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(3, 1, 1)
         self.std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(3, 1, 1)
         self.policy = ResizePolicy(short_side=spec.image_size, patch_size=self.patch_size)
         self._grid_models: dict[tuple[int, int], nn.Module] = {}
-        self._lock = threading.RLock()
+        self.lock = threading.RLock()
 
     # ----------------------------------------------------------------------------------------- identity
     @property
@@ -263,7 +268,7 @@ class Encoder:
         model = self.model_for_grid(grid)
         P = self.num_prefix_tokens
         indices = list(layers) if layers else [self.depth - 1]
-        with self._lock, torch.inference_mode(), self.autocast():
+        with self.lock, torch.inference_mode(), self.autocast():
             x = batch.to(self.device, non_blocking=True)
             capture = capture_attention(model) if attention else contextlib.nullcontext([])
             with capture as maps:
@@ -322,7 +327,7 @@ class Encoder:
         native = tuple(self.model.patch_embed.grid_size)
         if self.dynamic or tuple(grid_hw) == native:
             return self.model
-        with self._lock:
+        with self.lock:
             model = self._grid_models.get(tuple(grid_hw))
             if model is None:
                 size = (grid_hw[0] * self.patch_size, grid_hw[1] * self.patch_size)

@@ -57,7 +57,7 @@ class ModelSpec:
         return self.name if self.trained else f"{self.name} (untrained)"
 
 
-PARADIGMS = ("supervised", "joint-embedding", "mim", "location", "image-text", "none")
+PARADIGMS = ("supervised", "joint-embedding", "mim", "location", "image-text", "autoregressive", "none")
 
 
 def _hub(name: str, hub_id: str, family: str, objective: str, paradigm: str, **kw) -> ModelSpec:
@@ -70,6 +70,13 @@ SSL_DINOV2 = "self-distillation + masked token prediction"
 MIM_PIXELS = "masked image modeling (pixels)"
 MIM_TOKENS = "masked image modeling (tokens)"
 SUPERVISED = "supervised classification"
+SSL_DINOV3 = "self-distillation + masked token prediction + Gram anchoring"
+SIGLIP = "image-text contrastive (sigmoid loss)"
+PE_CORE = "image-text contrastive"
+PE_SPATIAL = "image-text contrastive, distilled for dense features"
+MIM_FEATURES = "masked image modeling (CLIP features)"
+AIM = "autoregressive (image patches + text)"
+TIPS = "image-text contrastive + self-distillation + masked modeling"
 
 CURATED: tuple[ModelSpec, ...] = (
     _hub("dino-vits16", "vit_small_patch16_224.dino", "DINO", SSL_DINO, "joint-embedding"),
@@ -83,6 +90,29 @@ CURATED: tuple[ModelSpec, ...] = (
     _hub("deit-b16", "deit_base_patch16_224.fb_in1k", "supervised (DeiT)", SUPERVISED, "supervised"),
     _hub("clip-vitb16", "vit_base_patch16_clip_224.openai", "CLIP", "image-text contrastive", "image-text"),
     _hub("beitv2-vitb16", "beitv2_base_patch16_224.in1k_ft_in1k", "BEiT v2", MIM_TOKENS + ", fine-tuned", "mim"),
+    # 2025-26 encoders (timm >= 1.0.20). DINOv3, EVA-02 and PE are timm `Eva` models with rotary position embeddings.
+    *(_hub(f"dinov3-vit{size}16", f"vit_{arch}_patch16_dinov3.lvd1689m", "DINOv3", SSL_DINOV3, "joint-embedding")
+      for size, arch in (("s", "small"), ("b", "base"), ("l", "large"))),
+    _hub("dinov3-vits16plus", "vit_small_plus_patch16_dinov3.lvd1689m", "DINOv3", SSL_DINOV3, "joint-embedding"),
+    _hub("dinov3-vith16plus", "vit_huge_plus_patch16_dinov3.lvd1689m", "DINOv3", SSL_DINOV3, "joint-embedding"),
+    *(_hub(f"siglip2-vitb16-{px}", f"vit_base_patch16_siglip_{px}.v2_webli", "SigLIP 2", SIGLIP, "image-text",
+           image_size=px) for px in (224, 384, 512)),
+    _hub("siglip2-so400m14", "vit_so400m_patch14_siglip_224.v2_webli", "SigLIP 2", SIGLIP, "image-text"),
+    _hub("siglip2-so400m14-378", "vit_so400m_patch14_siglip_378.v2_webli", "SigLIP 2", SIGLIP, "image-text",
+         image_size=378),
+    *(_hub(f"pe-spatial-{size}16", f"vit_pe_spatial_{arch}_patch16_512.fb", "Perception Encoder (spatial)",
+           PE_SPATIAL, "image-text", image_size=512) for size, arch in (("t", "tiny"), ("s", "small"), ("b", "base"))),
+    _hub("pe-core-t16", "vit_pe_core_tiny_patch16_384.fb", "Perception Encoder (core)", PE_CORE, "image-text",
+         image_size=384),
+    _hub("pe-core-s16", "vit_pe_core_small_patch16_384.fb", "Perception Encoder (core)", PE_CORE, "image-text",
+         image_size=384),
+    _hub("pe-core-b16", "vit_pe_core_base_patch16_224.fb", "Perception Encoder (core)", PE_CORE, "image-text"),
+    _hub("pe-core-l14", "vit_pe_core_large_patch14_336.fb", "Perception Encoder (core)", PE_CORE, "image-text",
+         image_size=336),
+    *(_hub(f"eva02-vit{size}14", f"eva02_{arch}_patch14_224.mim_in22k", "EVA-02", MIM_FEATURES, "mim")
+      for size, arch in (("t", "tiny"), ("s", "small"), ("b", "base"))),
+    _hub("aimv2-vitl14", "aimv2_large_patch14_224.apple_pt", "AIMv2", AIM, "autoregressive"),
+    _hub("tipsv2-vitb14", "vit_base_patch14_reg1_tipsv2.webli", "TIPSv2", TIPS, "image-text", image_size=448),
     ModelSpec(
         name="mocov3-vitb16", arch="vit_base_patch16_224", source="url", family="MoCo v3",
         objective="contrastive (joint-embedding)", checkpoint_format="mocov3", paradigm="joint-embedding",
