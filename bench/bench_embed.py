@@ -63,8 +63,8 @@ def plain_loop(model, paths, batch_size, device) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
-def ceiling(model, batch_size, device, repeats) -> float:
-    x = torch.randn(batch_size, 3, 224, 224, device=device)
+def ceiling(model, batch_size, device, repeats, size: int = 224) -> float:
+    x = torch.randn(batch_size, 3, size, size, device=device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
         model.forward_features(x)

@@ -1,0 +1,248 @@
+"""The stages of `gpu_check.py`: each takes the `Context` and returns rows (dicts) for the report.
+
+A row with a ``passed`` key is a check; rows without are measurements. Sizes come from the context: the GPU
+run uses the real ones (ViT-S/16 and ViT-B/16 at 224 px, 10M x 768 search), the smoke run tiny ones on the CPU.
+"""
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bench_embed import GFLOPS_PER_IMAGE, ceiling, pipeline, plain_loop, write_jpegs
+from ssl_core import load_encoder
+from ssl_core.analyses.attention import rollout
+from ssl_core.features.encoder import count_params, split_on_oom
+from ssl_core.models.registry import all_specs
+
+NOMINAL_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0}  # dense, SXM where it applies
+
+
+@dataclass
+class Context:
+    smoke: bool
+    device: torch.device
+    scratch: Path
+    out: Path
+    zoo_seconds: float
+
+    @classmethod
+    def make(cls, smoke: bool, scratch: Path, out: Path, zoo_seconds: float | None) -> "Context":
+        device = torch.device("cpu" if smoke else "cuda")
+        return cls(smoke, device, scratch, out, zoo_seconds if zoo_seconds is not None else (40.0 if smoke else 300.0))
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+
+def timed(fn, context: Context, repeats: int) -> list[float]:
+    """Seconds per call of fn over ``repeats`` calls after one warm-up."""
+    fn()
+    context.sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        context.sync()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def pictures(count: int, height: int, width: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [(rng.random((height, width, 3)) * 255).astype(np.uint8) for _ in range(count)]
+
+
+# --------------------------------------------------------------------------------------------- correctness
+def family_representatives(smoke: bool) -> list[str]:
+    """The smallest model of each family in the registry (the bundled zoo shares one architecture)."""
+    by_family: dict[str, tuple[int, str]] = {}
+    for spec in all_specs():
+        family = "PatchLens" if spec.arch == "patchlens_vit_tiny_p8" else spec.family
+        size = count_params(spec)
+        if family not in by_family or size < by_family[family][0]:
+            by_family[family] = (size, spec.name)
+    chosen = sorted(by_family.values())
+    return [name for size, name in chosen if not smoke or size < 25_000_000][: 3 if smoke else None]
+
+
+def families(context: Context) -> list[dict]:
+    """Per family: patch tokens, attention and rollout on the device (bf16 autocast on a GPU) against the CPU."""
+    rows = []
+    images = pictures(2, 90, 140)
+    for name in family_representatives(context.smoke):
+        size = 64 if context.smoke else None
+        cpu = load_encoder(name, pretrained=False, device="cpu", image_size=size, cache=None)
+        dev = load_encoder(name, pretrained=False, device=str(context.device), image_size=size, cache=None)
+        reference, result = cpu.extract(images, attention=True), dev.extract(images, attention=True)
+        cosine = torch.cat([F.cosine_similarity(a.patch_tokens.flatten(0, 1), b.patch_tokens.flatten(0, 1), dim=-1)
+                            for a, b in zip(reference, result)])
+        attention = max(float((a.attention - b.attention).abs().max()) for a, b in zip(reference, result))
+        rolled = max(float((rollout(a.attention) - rollout(b.attention)).abs().max()) for a, b in zip(reference, result))
+        rows.append({"model": name, "family": cpu.spec.family, "grid": "x".join(map(str, reference[0].grid_hw)),
+                     "token cosine mean": float(cosine.mean()), "token cosine min": float(cosine.min()),
+                     "attention max abs diff": attention, "rollout max abs diff": rolled,
+                     "passed": bool(cosine.mean() >= 0.99 and attention < 0.05 and rolled < 0.05)})
+        del cpu, dev
+    return rows
+
+
+def oom_split(context: Context) -> list[dict]:
+    """A batch too large for the memory is split and retried, and gives the tokens of a small unsplit batch."""
+    encoder = load_encoder("random-tiny" if context.smoke else "dino-vits16", pretrained=False,
+                           device=str(context.device), cache=None)
+    size = encoder.policy.short_side
+    batch_size = 8 if context.smoke else 1024
+    x = torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
+    sizes: list[int] = []
+
+    def forward(part: torch.Tensor):
+        sizes.append(part.shape[0])
+        if context.smoke and part.shape[0] > 2:  # no memory limit to hit on a CPU: an OOM is raised instead
+            raise torch.OutOfMemoryError("smoke: simulated out-of-memory")
+        return encoder.forward_batch(part, (), True)
+
+    if not context.smoke:
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, 3 * 2**30 / total))  # 3 GiB: batch 1024 cannot fit
+    try:
+        split = split_on_oom(forward, x, lambda a, b: a + b)
+    finally:
+        if not context.smoke:
+            torch.cuda.set_per_process_memory_fraction(1.0)
+    alone = encoder.forward_batch(x[:2], (), True)
+    difference = max(float((a.patch_tokens - b.patch_tokens).abs().max()) for a, b in zip(split[:2], alone))
+    splits = sum(1 for s in sizes if s < batch_size)
+    return [{"model": encoder.name, "batch": batch_size, "forward calls": len(sizes), "smallest part": min(sizes),
+             "max abs diff vs unsplit": difference, "passed": bool(splits > 0 and len(split) == batch_size
+                                                                   and difference < 0.05)}]
+
+
+def jpeg_decode(context: Context) -> list[dict]:
+    """Batched torchvision decode (nvJPEG on a GPU) + resize against PIL decode + the encoder's resize."""
+    from PIL import Image
+
+    from ssl_core.features.pipeline import decode_jpegs
+    from ssl_core.data.images import load_image
+    from torchvision.io import read_file
+
+    encoder = load_encoder("random-tiny" if context.smoke else "dino-vits16", pretrained=False,
+                           device=str(context.device), cache=None)
+    paths = write_jpegs(context.scratch, 8 if context.smoke else 64)
+    decoded, failed = decode_jpegs([read_file(p) for p in paths], paths, encoder.policy, context.device)
+    diffs = []
+    for path, pixels in decoded:
+        reference = np.asarray(encoder.policy.apply(load_image(path)), dtype=np.float32)
+        ours = pixels.permute(1, 2, 0).cpu().numpy().astype(np.float32)
+        diffs.append(float(np.abs(reference - ours).mean()))
+    size = Image.open(paths[0]).size
+    return [{"images": len(paths), "source size": f"{size[0]}x{size[1]}", "failed": len(failed),
+             "mean abs diff (0-255)": statistics.mean(diffs), "max per-image": max(diffs),
+             "passed": bool(not failed and max(diffs) < 6.0)}]
+
+
+def compiled(context: Context) -> list[dict]:
+    """torch.compile'd forward_features against eager (inductor on a GPU; the eager backend in the smoke run)."""
+    encoder = load_encoder("random-tiny" if context.smoke else "vit_base_patch16_224", pretrained=False,
+                           device=str(context.device), cache=None)
+    size = encoder.policy.short_side
+    x = torch.randn(4 if context.smoke else 64, 3, size, size, device=context.device)
+    fn = torch.compile(encoder.model.forward_features, dynamic=False, backend="eager" if context.smoke else "inductor")
+    eager = encoder.forward_patch_tokens(x)
+    start = time.perf_counter()
+    ours = encoder.forward_patch_tokens(x, forward_features=fn)
+    context.sync()
+    first = time.perf_counter() - start
+    cosine = F.cosine_similarity(eager.float().flatten(0, 1), ours.float().flatten(0, 1), dim=-1)
+    return [{"model": encoder.name, "compile + first call s": first, "cosine min": float(cosine.min()),
+             "passed": bool(cosine.min() >= 0.999)}]
+
+
+# --------------------------------------------------------------------------------------------- speed
+def peak_tflops(context: Context) -> tuple[float, float | None]:
+    """(measured bf16 matmul TFLOP/s, nominal dense bf16 peak of this GPU or None)."""
+    if context.device.type != "cuda":
+        return 0.0, None
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    seconds = statistics.median(timed(lambda: a @ a, context, 20))
+    name = torch.cuda.get_device_name(0)
+    nominal = next((v for k, v in NOMINAL_BF16_TFLOPS.items() if k in name), None)
+    return 2 * n ** 3 / seconds / 1e12, nominal
+
+
+def throughput(context: Context) -> list[dict]:
+    """Plain fp32 loop / timm bf16 ceiling / PatchLens pipeline (PIL workers, then batched JPEG decode)."""
+    import timm
+
+    models = [("random-tiny", "patchlens_vit_tiny_p8")] if context.smoke else [
+        ("vit_small_patch16_224", "vit_small_patch16_224"), ("vit_base_patch16_224", "vit_base_patch16_224")]
+    count, batch = (16, 8) if context.smoke else (2048, 256)
+    measured, nominal = peak_tflops(context)
+    rows = []
+    with tempfile.TemporaryDirectory(dir=context.scratch) as folder:
+        paths = write_jpegs(Path(folder), count)
+        for name, arch in models:
+            encoder = load_encoder(name, pretrained=False, device=str(context.device), cache=None)
+            plain_model = timm.create_model(arch, pretrained=False).eval().to(context.device)
+            plain = plain_loop(plain_model, paths[: max(batch, count // 4)], 32, context.device)
+            top = ceiling(plain_model, batch, context.device, 4 if context.smoke else 20, encoder.policy.short_side)
+            pipeline(encoder, paths[:batch], batch, None, "pil", False)  # warm-up
+            ours = pipeline(encoder, paths, batch, None, "pil", False)
+            jpeg = pipeline(encoder, paths, batch, None, "jpeg", False)
+            row = {"model": name, "plain fp32 loop img/s": plain, "timm bf16 ceiling img/s": top,
+                   "PatchLens (PIL workers) img/s": ours, "PatchLens (batched JPEG decode) img/s": jpeg,
+                   "best / plain": max(ours, jpeg) / plain}
+            gflops = GFLOPS_PER_IMAGE.get(arch)
+            if gflops and measured:
+                row["MFU vs measured matmul"] = max(ours, jpeg) * gflops / 1000 / measured
+                if nominal:
+                    row["MFU vs nominal peak"] = max(ours, jpeg) * gflops / 1000 / nominal
+            rows.append(row)
+    rows.append({"model": "bf16 matmul 8192^3", "measured TFLOP/s": measured, "nominal TFLOP/s": nominal or "unknown"})
+    return rows
+
+
+def exact_search(context: Context) -> list[dict]:
+    """Exhaustive top-10 over N x D float16 vectors on the device: 1 query and 196 queries (one image's patches)."""
+    from ssl_core.search.patch_index import exact_search_torch
+
+    n, d = (100_000, 64) if context.smoke else (10_000_000, 768)
+    dtype = torch.float32 if context.smoke else torch.float16
+    database = torch.empty(n, d, device=context.device, dtype=dtype)
+    generator = torch.Generator(device=context.device).manual_seed(0)
+    for start in range(0, n, 1_000_000):  # generated in slices: no float32 copy of the whole set
+        block = torch.randn(min(1_000_000, n - start), d, device=context.device, generator=generator)
+        database[start:start + block.shape[0]] = F.normalize(block, dim=1).to(dtype)
+    rows = []
+    for q in (1, 196):
+        ids = torch.randint(0, n, (q,), device=context.device, generator=generator)
+        queries = database[ids]
+        chunk = max(65_536, min(n, int(8 * 2**30 // (q * 4))))  # score blocks of at most 8 GiB
+        times = timed(lambda: exact_search_torch(database, queries, 10, chunk_rows=chunk), context, 20)
+        _, found = exact_search_torch(database, queries, 10, chunk_rows=chunk)
+        rows.append({"vectors": n, "dim": d, "queries": q, "median ms": 1000 * statistics.median(times),
+                     "p95 ms": 1000 * float(np.percentile(times, 95)), "top-1 is the query itself":
+                     float((found[:, 0] == ids).float().mean()), "passed": bool((found[:, 0] == ids).all())})
+    del database
+    return rows
+
+
+def faiss_gpu(context: Context) -> list[dict]:
+    try:
+        import faiss
+    except ImportError:
+        return [{"faiss": "not installed (its GPU wheel needs ~0.5 GB of CUDA libraries): skipped"}]
+    gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    return [{"faiss": faiss.__version__, "GPUs seen by FAISS": gpus}]
+
+
+STAGES = {"families": families, "oom_split": oom_split, "jpeg_decode": jpeg_decode, "compile": compiled,
+          "throughput": throughput, "exact_search": exact_search, "faiss_gpu": faiss_gpu}
