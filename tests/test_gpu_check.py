@@ -1,0 +1,27 @@
+"""The GPU check's CPU smoke run: the one-call script runs end to end, so it cannot rot between GPU days."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_gpu_check_cpu_smoke(tmp_path: Path) -> None:
+    env = dict(os.environ, PY=sys.executable)
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--cpu-smoke", "--out", str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["smoke"] is True
+    stages = {s["name"]: s for s in report["stages"]}
+    assert {"families", "oom_split", "jpeg_decode", "compile", "throughput", "exact_search"} <= set(stages)
+    assert all(s["error"] is None for s in stages.values()), [s["error"] for s in stages.values() if s["error"]]
+    assert stages["oom_split"]["rows"][0]["forward calls"] > 1  # the split really happened
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_check.json", "gpu_check.md"]
