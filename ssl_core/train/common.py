@@ -25,10 +25,10 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from ssl_core.errors import BadRequest
+from ssl_core.features.pixels import normalize_pixels
 from ssl_core.models.registry import BUNDLED_DIR
 from ssl_core.progress import ProgressFn
 from ssl_core.system import hardware
@@ -115,10 +115,8 @@ def to_unit(images: torch.Tensor) -> torch.Tensor:
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
-    """[0, 1] RGB [B, 3, H, W] -> ImageNet-normalised, as the bundled models take it."""
-    mean = x.new_tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1)
-    std = x.new_tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+    """[0, 1] RGB [B, 3, H, W] -> ImageNet-normalised, as the bundled models take it (`normalize_pixels`)."""
+    return normalize_pixels(x)
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator | None) -> torch.Tensor:
