@@ -9,6 +9,8 @@ full grid (BEiT's relative position bias) cannot drop tokens and are refused.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -20,6 +22,9 @@ from ssl_core.errors import BadRequest
 from ssl_core.features.encoder import Encoder
 from ssl_core.features.pixels import normalize_pixels
 from ssl_core.features.vit_tokens import encode_visible
+
+if TYPE_CHECKING:
+    from ssl_core.mim.cae import CAEModel
 
 
 def context_drift(encoder: Encoder, image: ImageSource | Image.Image, mask: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -51,7 +56,7 @@ def context_drift(encoder: Encoder, image: ImageSource | Image.Image, mask: np.n
     return drift.reshape(grid)
 
 
-def predicted_alignment(cae, image: ImageSource | Image.Image, mask: np.ndarray) -> np.ndarray:
+def predicted_alignment(cae: CAEModel, image: ImageSource | Image.Image, mask: np.ndarray) -> np.ndarray:
     """CAE's representation-space prediction, per hidden patch: the cosine between the latent the regressor
     predicts from the visible patches and the encoder's own latent of that patch. -> [h, w], NaN where visible.
 

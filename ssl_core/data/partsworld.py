@@ -136,6 +136,7 @@ class PartsWorldDataset(Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        """Sample ``first_seed + index`` as tensors (`sample_tensors`: image [3, S, S] uint8, label [], part_map [S, S])."""
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} samples")
         return sample_tensors(self.first_seed + index, self.size, self.world)
@@ -154,6 +155,7 @@ class PartsWorldStream(IterableDataset):
         self.seed, self.size, self.world = int(seed), int(size), world
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Samples as tensors (`sample_tensors`: image [3, S, S] uint8, label [], part_map [S, S]), endlessly."""
         info = get_worker_info()
         index, step = (info.id, info.num_workers) if info is not None else (0, 1)
         first = self.seed * TRAIN_STREAM_STRIDE

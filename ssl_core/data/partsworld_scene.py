@@ -50,6 +50,7 @@ PART_COLORS: dict[str, tuple[int, int, int]] = {
 # ------------------------------------------------------------------------------------------------ shapes
 # Shapes are polygons [K, 2] in an object's own frame: x to the right, y down, the object within about [-1, 1].
 def rect(cx: float, cy: float, w: float, h: float) -> np.ndarray:
+    """An axis-aligned rectangle of centre (cx, cy) and size w x h: [4, 2]."""
     return np.array([(cx - w / 2, cy - h / 2), (cx + w / 2, cy - h / 2), (cx + w / 2, cy + h / 2), (cx - w / 2, cy + h / 2)])
 
 
@@ -58,15 +59,17 @@ _UNIT_CIRCLE = np.stack([np.cos(np.linspace(0, 2 * np.pi, 24, endpoint=False)),
 
 
 def ellipse(cx: float, cy: float, rx: float, ry: float) -> np.ndarray:
+    """An ellipse of centre (cx, cy) and radii rx, ry as a 24-gon: [24, 2]."""
     return _UNIT_CIRCLE * (rx, ry) + (cx, cy)
 
 
 def polygon(*points: tuple[float, float]) -> np.ndarray:
+    """The polygon through the given (x, y) points: [K, 2]."""
     return np.array(points, dtype=float)
 
 
 def bar(x0: float, y0: float, x1: float, y1: float, width: float) -> np.ndarray:
-    """A thick segment from (x0, y0) to (x1, y1)."""
+    """A thick segment from (x0, y0) to (x1, y1): [4, 2]."""
     d = np.array([x1 - x0, y1 - y0])
     n = np.array([-d[1], d[0]]) / (np.linalg.norm(d) + 1e-9) * width / 2
     return np.array([(x0, y0) + n, (x1, y1) + n, (x1, y1) - n, (x0, y0) - n])
@@ -286,7 +289,10 @@ class _Canvas:
         self.pen.polygon([tuple(p) for p in points.tolist()], fill=layer)
 
     def render(self, background: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(image, part map, instance map) read from the one layer map."""
+        """(image [S, S, 3] uint8, part map [S, S] uint8, instance map [S, S] uint8) read from the one layer map.
+
+        background: [S, S, 3] float, shown where no layer was drawn.
+        """
         layers = np.asarray(self.layers)
         flat_layers = layers.ravel()
         color_lut = np.array([(0, 0, 0)] + [p.color for p in self.parts], np.float32)

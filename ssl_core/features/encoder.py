@@ -107,7 +107,7 @@ def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def build_model(spec: ModelSpec, **overrides) -> tuple[nn.Module, bool]:
+def build_model(spec: ModelSpec, **overrides: object) -> tuple[nn.Module, bool]:
     """Create the timm model of a spec with random weights; returns (model, supports dynamic image size)."""
     name = spec.hub_id or spec.arch
     kwargs = dict(pretrained=False, num_classes=0, **spec.create_kwargs, **overrides)

@@ -234,6 +234,7 @@ class MaskedAutoencoder(nn.Module):
 
     def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75, mask: torch.Tensor | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`forward_loss`: imgs [N, 3, H, W] -> loss [], pred [N, L, p*p*3], mask [N, L]"""
         return self.forward_loss(imgs, mask_ratio, mask)
 
 
@@ -250,7 +251,7 @@ def _init_linear_and_norm(m: nn.Module) -> None:
 # ------------------------------------------------------------------------------------------- building
 def build_mae(arch: str = "patchlens_vit_tiny_p8", decoder_dim: int = 128, decoder_depth: int = 2,
               decoder_heads: int = 4, norm_pix_loss: bool = True, decoder_mlp_ratio: float = 4.0,
-              **encoder_kwargs) -> MaskedAutoencoder:
+              **encoder_kwargs: object) -> MaskedAutoencoder:
     """A randomly initialised MAE over a timm ViT architecture (``encoder_kwargs`` go to timm.create_model)."""
     if not timm.is_model(arch):
         raise BadRequest(f"unknown timm architecture '{arch}'")

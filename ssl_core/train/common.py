@@ -58,7 +58,7 @@ class TrainConfig:
     log_every: int = 10
     command: str = ""  # how the run was started, for the model card
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
         for key in ("steps", "batch_size", "image_size", "log_every"):
             if int(getattr(self, key)) < 1:
@@ -120,6 +120,7 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator | None) -> torch.Tensor:
+    """n draws from U[low, high): [n]."""
     return torch.rand(n, generator=generator) * (high - low) + low
 
 
@@ -154,7 +155,7 @@ def color_jitter(x: torch.Tensor, brightness: float = 0.4, contrast: float = 0.4
     probability ``p_gray``. x: [B, 3, H, W] in [0, 1] -> same, clipped to [0, 1]."""
     B = x.shape[0]
 
-    def factors(strength: float) -> torch.Tensor:
+    def factors(strength: float) -> torch.Tensor:  # [B, 1, 1, 1]: 1 +- strength with probability p, else 1
         f = _uniform(B, 1 - strength, 1 + strength, generator)
         return torch.where(torch.rand(B, generator=generator) < p, f, torch.ones(B)).to(x).view(B, 1, 1, 1)
 
