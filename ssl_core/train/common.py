@@ -314,7 +314,7 @@ def write_model_card(result: TrainResult, config: TrainConfig, device: torch.dev
     lines = [
         f"# {result.name}",
         "",
-        f"A `{config.arch}` encoder trained by PatchLens on the parts world (`ssl_core/partsworld.py`) with the "
+        f"A `{config.arch}` encoder trained by PatchLens on the parts world (`ssl_core/data/partsworld.py`) with the "
         f"**{config.method}** objective ({(objective.__doc__ or '').strip().splitlines()[0]}).",
         "",
         f"- command: `{config.command}`",
