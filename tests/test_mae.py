@@ -9,16 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from ssl_core import CheckpointError, load_encoder
-from ssl_core.mim.mae import (
-    MAEConfig,
-    build_mae,
-    load_mae,
-    mae_from_config,
-    official_state_dict,
-    patchify,
-    save_mae,
-    unpatchify,
-)
+from ssl_core.mim.mae import MAEConfig, build_mae, mae_from_config, official_state_dict, patchify, save_mae, unpatchify
+from ssl_core.mim.mae_checkpoints import load_mae
 
 # ViT-Ti width so the head counts come from the table of released sizes, as they do for real official files.
 TINY = MAEConfig(embed_dim=192, depth=2, num_heads=3, patch_size=8, img_size=32, decoder_dim=128, decoder_depth=1,

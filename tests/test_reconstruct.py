@@ -138,7 +138,7 @@ def test_cli_writes_the_pictures_and_metrics(tmp_path, image_file, tiny_mae, mon
     assert np.array(metrics["hidden"]).sum() == 2 and metrics["hidden"][5][5] == 1
     assert metrics["loss_hidden"] == pytest.approx((metrics["error_map"][0][1] + metrics["error_map"][5][5]) / 2, rel=1e-4)
 
-    monkeypatch.setattr("ssl_core.mim.mae.BUNDLED_DIR", tmp_path / "no-models")
+    monkeypatch.setattr("ssl_core.mim.mae_checkpoints.BUNDLED_DIR", tmp_path / "no-models")
     capsys.readouterr()
     assert main(["reconstruct", image_file(), "--out", str(out)]) == 2
     assert "bundled MAE 'patchlens-mae' is missing" in capsys.readouterr().err

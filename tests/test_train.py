@@ -89,7 +89,7 @@ def test_supervised_run_is_repeatable_for_a_seed(tmp_path):
 
 def test_mae_and_cae_files_load_whole_with_their_decoders(tmp_path):
     from ssl_core.mim.cae import load_cae
-    from ssl_core.mim.mae import load_mae
+    from ssl_core.mim.mae_checkpoints import load_mae
 
     mae_run = train("mae", out_dir=tmp_path, steps=2, batch_size=4, seed=0, device="cpu", image_size=48)
     mae = load_mae(mae_run.weights_path)

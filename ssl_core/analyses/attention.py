@@ -28,6 +28,7 @@ def rollout(attention: torch.Tensor, residual_weight: float = 0.5, head_fusion: 
 
 
 def _fuse_heads(attention: torch.Tensor, head_fusion: str) -> torch.Tensor:
+    """[L, heads, T, T] -> [L, T, T] (mean, max or min over the heads)."""
     if head_fusion == "mean":
         return attention.mean(1)
     if head_fusion == "max":

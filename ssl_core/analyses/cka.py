@@ -26,7 +26,7 @@ summarised per image in one of two ways, so encoders of any patch size and image
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -34,6 +34,10 @@ import torch.nn.functional as F
 
 from ssl_core.errors import BadRequest
 from ssl_core.progress import ProgressFn
+
+if TYPE_CHECKING:
+    from ssl_core.data.images import ImageSource
+    from ssl_core.features.encoder import Encoder
 
 POOLINGS = ("grid", "mean")
 
@@ -132,7 +136,7 @@ def pool_tokens(tokens: torch.Tensor, pooling: str = "grid", grid_size: int = 4)
     raise BadRequest(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
 
 
-def layer_representations(encoder, images: Sequence, pooling: str = "grid", grid_size: int = 4, batch_size: int = 8,
+def layer_representations(encoder: Encoder, images: Sequence[ImageSource], pooling: str = "grid", grid_size: int = 4, batch_size: int = 8,
                           progress: ProgressFn | None = None) -> list[torch.Tensor]:
     """Per block of ``encoder``, the pooled residual stream of every image: a list of [n, D] (see the module docstring)."""
     per_layer: list[list[torch.Tensor]] = [[] for _ in range(encoder.depth)]
@@ -165,7 +169,7 @@ class CKAResult:
                 f"after each block, {self.images} images, {how} ({self.samples} samples)")
 
 
-def compare_encoders(encoder_a, encoder_b, images: Sequence, pooling: str = "grid", grid_size: int = 4,
+def compare_encoders(encoder_a: Encoder, encoder_b: Encoder, images: Sequence[ImageSource], pooling: str = "grid", grid_size: int = 4,
                      debiased: bool = False, progress: ProgressFn | None = None) -> CKAResult:
     """The layer-by-layer CKA map between two encoders over the same images (one may be the other)."""
     if pooling not in POOLINGS:

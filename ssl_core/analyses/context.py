@@ -9,6 +9,8 @@ full grid (BEiT's relative position bias) cannot drop tokens and are refused.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -18,7 +20,11 @@ from timm.models.vision_transformer import VisionTransformer
 from ssl_core.data.images import ImageSource
 from ssl_core.errors import BadRequest
 from ssl_core.features.encoder import Encoder
+from ssl_core.features.pixels import normalize_pixels
 from ssl_core.features.vit_tokens import encode_visible
+
+if TYPE_CHECKING:
+    from ssl_core.mim.cae import CAEModel
 
 
 def context_drift(encoder: Encoder, image: ImageSource | Image.Image, mask: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -50,14 +56,12 @@ def context_drift(encoder: Encoder, image: ImageSource | Image.Image, mask: np.n
     return drift.reshape(grid)
 
 
-def predicted_alignment(cae, image: ImageSource | Image.Image, mask: np.ndarray) -> np.ndarray:
+def predicted_alignment(cae: CAEModel, image: ImageSource | Image.Image, mask: np.ndarray) -> np.ndarray:
     """CAE's representation-space prediction, per hidden patch: the cosine between the latent the regressor
     predicts from the visible patches and the encoder's own latent of that patch. -> [h, w], NaN where visible.
 
     ``cae`` is a `ssl_core.mim.cae.CAEModel`; the image is prepared like an MAE's (short side resized, centre crop).
     """
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-
     from ssl_core.mim.reconstruct import prepare_image
 
     mask = np.asarray(mask, dtype=bool)
@@ -67,8 +71,7 @@ def predicted_alignment(cae, image: ImageSource | Image.Image, mask: np.ndarray)
         return np.full(mask.shape, np.nan)
     device = next(cae.parameters()).device
     picture = prepare_image(cae, image).astype(np.float32) / 255.0  # [S, S, 3]
-    mean, std = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
-    imgs = ((torch.from_numpy(picture).permute(2, 0, 1) - mean) / std)[None].to(device)  # [1, 3, S, S]
+    imgs = normalize_pixels(torch.from_numpy(picture).permute(2, 0, 1))[None].to(device)  # [1, 3, S, S]
     hidden = torch.from_numpy(mask.reshape(1, -1)).to(device)
     with torch.inference_mode():
         predicted, target = cae.predict_masked_latents(imgs, hidden)  # [1, M, D] each, hidden patches in patch order

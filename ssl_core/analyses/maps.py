@@ -15,13 +15,17 @@ Policy:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 
 from ssl_core.errors import BadRequest
 from ssl_core.progress import ProgressFn
+
+if TYPE_CHECKING:
+    from ssl_core.features.encoder import PatchFeatures
+    from ssl_core.search.patch_index import PatchTable
 
 METHODS = ("umap", "pca")
 COLOURINGS = ("image", "part", "position", "attention")
@@ -136,7 +140,7 @@ def colour_by_attention(values: np.ndarray, title: str = "class-token attention 
     return Colouring("scalar", np.asarray(values, np.float64), title)
 
 
-def colour_patches(table, by: str, attention: np.ndarray | None = None, parts: int = 8, seed: int = 0) -> Colouring:
+def colour_patches(table: PatchTable, by: str, attention: np.ndarray | None = None, parts: int = 8, seed: int = 0) -> Colouring:
     """The colouring named ``by`` (one of `COLOURINGS`) for the rows of a `ssl_core.search.patch_index.PatchTable`.
 
     ``attention``: a value per row, needed for ``by="attention"`` (see `attention_per_patch`).
@@ -154,7 +158,7 @@ def colour_patches(table, by: str, attention: np.ndarray | None = None, parts: i
     raise BadRequest(f"colour by must be one of {', '.join(COLOURINGS)}, not {by!r}")
 
 
-def attention_per_patch(features: Sequence) -> np.ndarray:
+def attention_per_patch(features: Sequence[PatchFeatures]) -> np.ndarray:
     """Class-token attention to each patch (last layer, heads averaged), all images' patches row-major: [N].
 
     ``features``: `PatchFeatures` extracted with ``attention=True``.

@@ -50,6 +50,7 @@ def kmeans(x: torch.Tensor, k: int, seed: int = 0, iters: int = 50, n_init: int 
 
 
 def _kmeans_pp(points: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """k-means++ starting centroids [k, D] from unit points [N, D] (cosine distance)."""
     first = torch.randint(points.shape[0], (1,), generator=generator)
     chosen = [points[first[0]]]
     distance = (1 - points @ chosen[0]).clamp_min(0)

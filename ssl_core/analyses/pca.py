@@ -83,4 +83,5 @@ def foreground_mask(grids: list[torch.Tensor], threshold: float = 0.5, invert: b
 
 
 def _border(grid: torch.Tensor) -> torch.Tensor:
+    """The values on the edge of a map [h, w], as one vector [2w + 2(h-2)]."""
     return torch.cat([grid[0], grid[-1], grid[1:-1, 0], grid[1:-1, -1]])

@@ -14,7 +14,10 @@ def cosine_maps(query: torch.Tensor, grids: list[torch.Tensor]) -> list[torch.Te
 
 
 def patch_similarity(grids: list[torch.Tensor], source: int, row: int, col: int) -> list[torch.Tensor]:
-    """Similarity maps of patch (row, col) of grid ``source`` against all grids (its own included)."""
+    """Similarity maps of patch (row, col) of grid ``source`` against all grids (its own included).
+
+    grids: [h, w, D] each (sizes may differ) -> one [h, w] cosine map per grid.
+    """
     h, w, _ = grids[source].shape
     if not (0 <= row < h and 0 <= col < w):
         raise BadRequest(f"patch ({row}, {col}) is outside the {h}x{w} grid")

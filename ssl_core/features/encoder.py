@@ -31,6 +31,7 @@ from ssl_core.data.images import ImageSource, ResizePolicy, image_fingerprint, l
 from ssl_core.errors import BadRequest
 from ssl_core.features.attention_hooks import capture_attention, check_attention
 from ssl_core.features.cache import LRUCache
+from ssl_core.features.pixels import IMAGENET_MEAN, IMAGENET_STD, normalize_pixels
 from ssl_core.models.registry import ModelSpec, resolve_spec, with_image_size
 from ssl_core.models.weights import file_fingerprint, fit_state_dict, read_state_dict, resolve_weights_file
 from ssl_core.progress import ProgressFn
@@ -106,7 +107,7 @@ def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def build_model(spec: ModelSpec, **overrides) -> tuple[nn.Module, bool]:
+def build_model(spec: ModelSpec, **overrides: object) -> tuple[nn.Module, bool]:
     """Create the timm model of a spec with random weights; returns (model, supports dynamic image size)."""
     name = spec.hub_id or spec.arch
     kwargs = dict(pretrained=False, num_classes=0, **spec.create_kwargs, **overrides)
@@ -145,8 +146,8 @@ class Encoder:
         # timm's Eva models (DINOv3, EVA-02, PE) have no num_reg_tokens: registers are the prefix past the class token
         self.num_registers = self.num_prefix_tokens - int(self.has_class_token)
         cfg = getattr(model, "pretrained_cfg", {}) or {}
-        self.mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(3, 1, 1)
-        self.std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(3, 1, 1)
+        self.mean = torch.tensor(cfg.get("mean", IMAGENET_MEAN)).view(3, 1, 1)  # the model's own, else ImageNet's
+        self.std = torch.tensor(cfg.get("std", IMAGENET_STD)).view(3, 1, 1)
         self.policy = ResizePolicy(short_side=spec.image_size, patch_size=self.patch_size)
         self._grid_models: dict[tuple[int, int], nn.Module] = {}
         self.lock = threading.RLock()
@@ -304,8 +305,7 @@ class Encoder:
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 pixels [B, 3, H, W] (on any device) -> normalised float input on that device."""
-        mean, std = self.mean.to(pixels.device), self.std.to(pixels.device)
-        return (pixels.float() / 255.0 - mean) / std
+        return normalize_pixels(pixels.float() / 255.0, self.mean, self.std)
 
     def forward_patch_tokens(self, x: torch.Tensor, layer: int | None = None,
                              forward_features: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:

@@ -29,13 +29,14 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from ssl_core.features.encoder import Encoder, PatchFeatures
 
 
 def features_meta(encoder: Encoder) -> dict:
+    """What the ``meta`` entry records: model, weights and their fingerprint, image size, prefix tokens, versions."""
     import timm
-    import torch
 
     return {
         "model": encoder.name, "arch": encoder.spec.arch, "weights": encoder.weights_label,
@@ -74,20 +75,23 @@ def save_features_npz(path: str | os.PathLike, names: Sequence[str], features: S
     return path
 
 
-def _stack_tokens(grids: Sequence, dim: int) -> np.ndarray:
+def _stack_tokens(grids: Sequence[torch.Tensor], dim: int) -> np.ndarray:
+    """Token grids [h, w, D] of the images -> all their patches, row-major per image: [T, D] float32."""
     if not grids:
         return np.zeros((0, dim), np.float32)
     return np.concatenate([g.reshape(-1, g.shape[-1]).numpy() for g in grids]).astype(np.float32)
 
 
-def _stack_prefix(prefixes: Sequence, dim: int) -> np.ndarray:
+def _stack_prefix(prefixes: Sequence[torch.Tensor], dim: int) -> np.ndarray:
+    """Prefix tokens [P, D] of the images -> [N, P, D] float32."""
     if not prefixes:
         return np.zeros((0, 0, dim), np.float32)
     return np.stack([p.numpy() for p in prefixes]).astype(np.float32)
 
 
 def load_features_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read a file written by `save_features_npz` (meta parsed from JSON)."""
+    """Read a file written by `save_features_npz` (meta parsed from JSON): {key: array}, shapes as in the
+    module docstring (e.g. patch_tokens [T, D], grid_hw [N, 2])."""
     with np.load(path, allow_pickle=False) as data:
         out = {k: data[k] for k in data.files}
     out["meta"] = json.loads(str(out["meta"]))

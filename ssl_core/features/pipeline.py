@@ -26,7 +26,7 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ from ssl_core.features.encoder import Encoder, split_on_oom
 from ssl_core.progress import ProgressFn
 
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".jfif")
+T = TypeVar("T")
 
 
 @dataclass
@@ -79,7 +80,7 @@ class _Reader(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> tuple[str, str, torch.Tensor | str]:
         path = self.paths[i]
         try:
             if self.decode == "jpeg" and path.lower().endswith(JPEG_SUFFIXES):
@@ -94,7 +95,7 @@ class _Reader(Dataset):
             return "error", path, f"{path}: cannot read ({err.strerror or err})"
 
 
-def _identity(item):
+def _identity(item: T) -> T:
     return item
 
 
@@ -129,67 +130,98 @@ def embed_files(encoder: Encoder, paths: Sequence[str | os.PathLike], config: Pi
     """Embed image files batch by batch (see the module docstring); yields as batches finish."""
     config = config or PipelineConfig()
     paths = [str(p) for p in paths]
-    device = encoder.device
-    workers = config.num_workers()
-    loader = DataLoader(_Reader(paths, encoder.policy, config.decode, config.max_pixels), batch_size=None,
-                        num_workers=workers, collate_fn=_identity, prefetch_factor=4 if workers else None,
-                        persistent_workers=False)
-    forward_features = _compiled_forward(encoder) if config.compile and config.layer is None else None
-    buckets: dict[tuple[int, int], list[tuple[str, torch.Tensor]]] = defaultdict(list)
-    pending_jpegs: list[tuple[str, torch.Tensor]] = []
-    done = 0
-
-    def run(bucket: list[tuple[str, torch.Tensor]], failed: list[str]) -> EmbeddedBatch:
-        nonlocal done
-        pixels = torch.stack([t for _, t in bucket])  # [B, 3, H, W] uint8
-        if pixels.device.type == "cpu" and device.type == "cuda":
-            pixels = pixels.pin_memory()
-        x = encoder.normalize(pixels.to(device, non_blocking=True))
-
-        def forward(part: torch.Tensor) -> torch.Tensor:
-            return encoder.forward_patch_tokens(part, config.layer, forward_features).to("cpu", config.out_dtype)
-
-        tokens = split_on_oom(forward, x, lambda a, b: torch.cat([a, b]))  # [B, h*w, D]
-        grid = (pixels.shape[2] // encoder.patch_size, pixels.shape[3] // encoder.patch_size)
-        done += len(bucket) + len(failed)
-        if progress is not None:
-            progress(done, len(paths))
-        return EmbeddedBatch([EmbeddedImage(p, grid, t) for (p, _), t in zip(bucket, tokens)], failed)
-
-    def flush_jpegs() -> list[str]:
-        if not pending_jpegs:
-            return []
-        decoded, failed = decode_jpegs([t for _, t in pending_jpegs], [p for p, _ in pending_jpegs], encoder.policy, device)
-        pending_jpegs.clear()
-        for path, image in decoded:
-            buckets[tuple(image.shape[1:])].append((path, image))
-        return failed
-
+    runner = _BatchRunner(encoder, config, len(paths), progress)
     failed: list[str] = []
-    for kind, path, payload in loader:
+    for kind, path, payload in _reader_loader(paths, encoder.policy, config):
         if kind == "error":
             failed.append(payload)
             continue
-        if kind == "jpeg":
-            pending_jpegs.append((path, payload))
-            if len(pending_jpegs) >= config.batch_size:
-                failed += flush_jpegs()
-        else:
-            buckets[tuple(payload.shape[1:])].append((path, payload))
-        for size in [s for s, b in buckets.items() if len(b) >= config.batch_size]:
-            yield run(buckets.pop(size), failed)
+        failed += runner.add(kind, path, payload)
+        for size in runner.full_sizes():
+            yield runner.run(runner.buckets.pop(size), failed)
             failed = []
-    failed += flush_jpegs()
-    for size in list(buckets):
-        for start in range(0, len(buckets[size]), config.batch_size):
-            yield run(buckets[size][start:start + config.batch_size], failed)
-            failed = []
+    failed += runner.flush_jpegs()
+    for bucket in runner.remaining():
+        yield runner.run(bucket, failed)
+        failed = []
     if failed:
-        done += len(failed)
-        if progress is not None:
-            progress(done, len(paths))
+        runner.advance(len(failed))
         yield EmbeddedBatch([], failed)
 
 
+def _reader_loader(paths: list[str], policy: ResizePolicy, config: PipelineConfig) -> DataLoader:
+    """Stage 1: worker processes that read, decode and resize, one file per item (see `_Reader`)."""
+    workers = config.num_workers()
+    return DataLoader(_Reader(paths, policy, config.decode, config.max_pixels), batch_size=None,
+                      num_workers=workers, collate_fn=_identity, prefetch_factor=4 if workers else None,
+                      persistent_workers=False)
+
+
+class _BatchRunner:
+    """Stages 2-5 of `embed_files`: images bucketed by processed size, JPEG bytes awaiting a batched decode,
+    the forward pass of a full bucket, and the progress count."""
+
+    def __init__(self, encoder: Encoder, config: PipelineConfig, total: int, progress: ProgressFn | None):
+        self.encoder, self.config, self.total, self.progress = encoder, config, total, progress
+        self.device = encoder.device
+        self.forward_features = _compiled_forward(encoder) if config.compile and config.layer is None else None
+        self.buckets: dict[tuple[int, int], list[tuple[str, torch.Tensor]]] = defaultdict(list)  # [3, H, W] uint8
+        self.pending_jpegs: list[tuple[str, torch.Tensor]] = []  # encoded bytes [n] uint8
+        self.done = 0
+
+    def add(self, kind: str, path: str, payload: torch.Tensor) -> list[str]:
+        """Queue one decoded image ("pixels") or JPEG file ("jpeg"); returns files that failed to decode."""
+        if kind == "jpeg":
+            self.pending_jpegs.append((path, payload))
+            return self.flush_jpegs() if len(self.pending_jpegs) >= self.config.batch_size else []
+        self.buckets[tuple(payload.shape[1:])].append((path, payload))
+        return []
+
+    def full_sizes(self) -> list[tuple[int, int]]:
+        """Processed sizes (H, W) whose bucket holds a whole batch."""
+        return [size for size, bucket in self.buckets.items() if len(bucket) >= self.config.batch_size]
+
+    def remaining(self) -> Iterator[list[tuple[str, torch.Tensor]]]:
+        """What is left in the buckets at the end, in batches of at most ``batch_size``."""
+        for size in list(self.buckets):
+            for start in range(0, len(self.buckets[size]), self.config.batch_size):
+                yield self.buckets[size][start:start + self.config.batch_size]
+
+    def flush_jpegs(self) -> list[str]:
+        """Decode the pending JPEGs in one batch on the device and bucket them; returns the failures."""
+        if not self.pending_jpegs:
+            return []
+        pending = self.pending_jpegs
+        decoded, failed = decode_jpegs([t for _, t in pending], [p for p, _ in pending], self.encoder.policy,
+                                       self.device)
+        pending.clear()
+        for path, image in decoded:
+            self.buckets[tuple(image.shape[1:])].append((path, image))
+        return failed
+
+    def run(self, bucket: list[tuple[str, torch.Tensor]], failed: list[str]) -> EmbeddedBatch:
+        """Copy, normalise and embed one same-size bucket of [3, H, W] uint8 images."""
+        encoder, config = self.encoder, self.config
+        pixels = torch.stack([t for _, t in bucket])  # [B, 3, H, W] uint8
+        if pixels.device.type == "cpu" and self.device.type == "cuda":
+            pixels = pixels.pin_memory()
+        x = encoder.normalize(pixels.to(self.device, non_blocking=True))  # [B, 3, H, W] float
+
+        def forward(part: torch.Tensor) -> torch.Tensor:  # [b, 3, H, W] -> [b, h*w, D] out_dtype on the CPU
+            return encoder.forward_patch_tokens(part, config.layer, self.forward_features).to("cpu", config.out_dtype)
+
+        tokens = split_on_oom(forward, x, lambda a, b: torch.cat([a, b]))  # [B, h*w, D]
+        grid = (pixels.shape[2] // encoder.patch_size, pixels.shape[3] // encoder.patch_size)
+        self.advance(len(bucket) + len(failed))
+        return EmbeddedBatch([EmbeddedImage(p, grid, t) for (p, _), t in zip(bucket, tokens)], failed)
+
+    def advance(self, count: int) -> None:
+        """Count ``count`` more files as handled (embedded or failed) and report progress."""
+        self.done += count
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+
 def _compiled_forward(encoder: Encoder) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The encoder's ``forward_features`` under ``torch.compile``: [B, 3, H, W] -> [B, P + h*w, D]."""
     return torch.compile(encoder.model.forward_features, dynamic=False)

@@ -119,7 +119,7 @@ def misplace_tokens(tokens: torch.Tensor, positions: torch.Tensor, keep_ratio: f
     ids_position = ids_keep.clone()
     ids_position[:, :S] = ids_keep[:, :S].roll(1, dims=1)  # the first S take their neighbour's position
 
-    def gather(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    def gather(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:  # x: [N or 1, L, D], ids: [N, K] -> [N, K, D]
         return torch.gather(x.expand(N, -1, -1), 1, ids.unsqueeze(-1).expand(-1, -1, D))
 
     kept = gather(tokens, ids_keep) - gather(positions, ids_keep) + gather(positions, ids_position)
@@ -140,7 +140,7 @@ def encode_visible(vit: VisionTransformer, imgs: torch.Tensor, hidden: torch.Ten
     return encode_tokens(vit, prefix, x)[:, prefix.shape[1]:]
 
 
-def forward_with_positions(vit, imgs: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+def forward_with_positions(vit: VisionTransformer, imgs: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
     """Final tokens [N, P+L, D] (normed) when patch token i carries the position embedding of patch
     ``position_ids[n, i]`` instead of its own. imgs: [N, 3, H, W] normalised; position_ids: [N, L] int64.
 

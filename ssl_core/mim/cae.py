@@ -87,6 +87,7 @@ class CrossAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """query: [N, M, D], key and value: [N, T, D] -> [N, M, D]"""
         N, M, D = query.shape
         heads = lambda x: x.reshape(N, x.shape[1], self.num_heads, D // self.num_heads).transpose(1, 2)  # noqa: E731
         out = F.scaled_dot_product_attention(heads(self.q(query)), heads(self.k(key)), heads(self.v(value)))
@@ -104,6 +105,7 @@ class RegressorBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x_q: torch.Tensor, x_kv: torch.Tensor, pos_q: torch.Tensor, pos_kv: torch.Tensor) -> torch.Tensor:
+        """x_q, pos_q: [N, M, D]; x_kv, pos_kv: [N, T, D] -> updated queries [N, M, D]"""
         x_q = x_q + self.attn(self.norm_q(x_q + pos_q), self.norm_k(x_kv + pos_kv), self.norm_v(x_kv))
         return x_q + self.mlp(self.norm2(x_q))
 
@@ -245,6 +247,7 @@ def cae_state_dict(model: CAEModel) -> dict[str, torch.Tensor]:
 
 
 def cae_metadata(model: CAEModel) -> dict[str, str]:
+    """The metadata entry that lets `load_cae` rebuild the model: {METADATA_KEY: JSON `CAEConfig`}."""
     return {METADATA_KEY: json.dumps(asdict(model.config))}
 
 

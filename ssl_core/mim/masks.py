@@ -101,7 +101,7 @@ class MaskSpec:
     ratio: float = 0.75
     cells: frozenset[Cell] = field(default_factory=frozenset)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.kind not in MASK_KINDS:
             raise BadRequest(f"unknown mask kind '{self.kind}' (choose from {', '.join(MASK_KINDS)})")
         hidden_count((1, 1), self.ratio)  # validates the ratio

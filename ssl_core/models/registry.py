@@ -60,7 +60,7 @@ class ModelSpec:
 PARADIGMS = ("supervised", "joint-embedding", "mim", "location", "image-text", "autoregressive", "none")
 
 
-def _hub(name: str, hub_id: str, family: str, objective: str, paradigm: str, **kw) -> ModelSpec:
+def _hub(name: str, hub_id: str, family: str, objective: str, paradigm: str, **kw: object) -> ModelSpec:
     return ModelSpec(name=name, arch=hub_id.split(".")[0], source="hub", hub_id=hub_id, family=family,
                      objective=objective, paradigm=paradigm, **kw)
 

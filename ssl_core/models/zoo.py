@@ -18,6 +18,6 @@ default_cfgs = generate_default_cfgs({  # timm reads `default_cfgs` of the modul
 
 
 @register_model
-def patchlens_vit_tiny_p8(pretrained: bool = False, **kwargs) -> VisionTransformer:
+def patchlens_vit_tiny_p8(pretrained: bool = False, **kwargs: object) -> VisionTransformer:
     """ViT-Tiny width, 6 blocks, patch 8 at 96 px (a 12x12 patch grid): PatchLens's bundled encoder size."""
     return _create_vision_transformer("patchlens_vit_tiny_p8", pretrained=False, **dict(TINY_P8, **kwargs))

@@ -22,6 +22,7 @@ PALETTE = np.array([
 
 
 def as_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A tensor (any device, any float dtype) or array as a numpy array of the same shape (tensors as float32)."""
     return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
@@ -72,6 +73,7 @@ def overlay(image: np.ndarray, grid_rgb: np.ndarray, alpha: float = 0.6, smooth:
 
 def heatmap_overlay(image: np.ndarray, values: np.ndarray | torch.Tensor, vmin: float | None = None,
                     vmax: float | None = None, cmap: str = "inferno", alpha: float = 0.6, smooth: bool = True) -> np.ndarray:
+    """A scalar patch map [h, w], coloured (`apply_colormap`) and blended over an image [H, W, 3] -> [H, W, 3]."""
     return overlay(image, apply_colormap(values, vmin, vmax, cmap), alpha, smooth)
 
 
@@ -81,8 +83,9 @@ def mask_overlay(image: np.ndarray, mask: np.ndarray | torch.Tensor, dim: float 
     return np.where(keep, image, (image * dim).astype(np.uint8))
 
 
-def mark_patch(image: np.ndarray, row: int, col: int, patch_size: int, color=(255, 255, 255), width: int = 2) -> np.ndarray:
-    """Draw a box around one patch of an image."""
+def mark_patch(image: np.ndarray, row: int, col: int, patch_size: int, color: tuple[int, int, int] = (255, 255, 255),
+               width: int = 2) -> np.ndarray:
+    """Draw a box around one patch of an image. [H, W, 3] uint8 -> a copy, [H, W, 3]."""
     out = Image.fromarray(image.copy())
     x0, y0 = col * patch_size, row * patch_size
     ImageDraw.Draw(out).rectangle([x0, y0, x0 + patch_size - 1, y0 + patch_size - 1], outline=color, width=width)
@@ -90,7 +93,7 @@ def mark_patch(image: np.ndarray, row: int, col: int, patch_size: int, color=(25
 
 
 def enlarge(image: np.ndarray, min_side: int = 256) -> np.ndarray:
-    """Scale a small picture up (nearest) so patches stay visible in the UI."""
+    """Scale a small picture up (nearest) so patches stay visible in the UI. [H, W, 3] -> [kH, kW, 3], k >= 1."""
     h, w = image.shape[:2]
     factor = max(1, int(np.ceil(min_side / max(1, min(h, w)))))
     if factor == 1:
@@ -107,7 +110,10 @@ def _font(size: int = 14) -> ImageFont.ImageFont:
 
 def panel(images: Sequence[np.ndarray], titles: Sequence[str] | None = None, columns: int | None = None,
           cell: int = 224, pad: int = 6, title_height: int = 22) -> np.ndarray:
-    """Lay pictures out in a grid with titles, each scaled to fit a ``cell`` x ``cell`` box."""
+    """Lay pictures [H, W, 3] uint8 out in a grid with titles, each scaled to fit a ``cell`` x ``cell`` box.
+
+    -> one sheet [rows * (cell + title_height + pad) + pad, columns * (cell + pad) + pad, 3] uint8.
+    """
     n = len(images)
     columns = columns or n
     rows = (n + columns - 1) // columns
@@ -129,6 +135,7 @@ def panel(images: Sequence[np.ndarray], titles: Sequence[str] | None = None, col
 
 
 def to_png_bytes(image: np.ndarray) -> bytes:
+    """A picture [H, W, 3] uint8 as PNG file bytes."""
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     return buffer.getvalue()

@@ -9,15 +9,19 @@ a ``gr.Image`` does.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from ssl_core.analyses.bagssl import BagOfCrops, LayerAgreement
+from ssl_core.analyses.cka import CKAResult
 from ssl_core.analyses.maps import Colouring, PatchMap, nearest_point
 from ssl_core.errors import BadRequest
 from ssl_core.render.draw import PALETTE, _font, apply_colormap, upsample
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
 
 SCALAR_CMAP = "inferno"
 LEGEND_MAX = 20
@@ -43,7 +47,8 @@ def legend_entries(colouring: Colouring) -> list[tuple[int, str, tuple[int, int,
 
 
 # --------------------------------------------------------------------------------------------------- plotly
-def umap_figure(patch_map: PatchMap, colouring: Colouring, hover: Sequence[str] | None = None, height: int = 560):
+def umap_figure(patch_map: PatchMap, colouring: Colouring, hover: Sequence[str] | None = None, height: int = 560,
+                ) -> go.Figure:
     """An interactive scatter of a patch map; ``customdata`` holds each point's index."""
     import plotly.graph_objects as go
 
@@ -71,7 +76,7 @@ def umap_figure(patch_map: PatchMap, colouring: Colouring, hover: Sequence[str] 
     return fig
 
 
-def cka_figure(result, height: int = 520):
+def cka_figure(result: CKAResult, height: int = 520) -> go.Figure:
     """A CKA heatmap (`ssl_core.analyses.cka.CKAResult`): blocks of model A down the side, of model B along the bottom."""
     import plotly.graph_objects as go
 
@@ -184,7 +189,7 @@ __all__ = ["colouring_rgb", "legend_entries", "umap_figure", "cka_figure", "Scat
            "heatmap_picture"]
 
 
-def bag_of_crops_figure(results: dict[str, BagOfCrops]):
+def bag_of_crops_figure(results: dict[str, BagOfCrops]) -> go.Figure:
     """cos(mean of crop embeddings, image embedding) against crop size, one line per model."""
     import plotly.graph_objects as go
 
@@ -200,7 +205,7 @@ def bag_of_crops_figure(results: dict[str, BagOfCrops]):
     return fig
 
 
-def layer_agreement_figure(results: dict[str, LayerAgreement]):
+def layer_agreement_figure(results: dict[str, LayerAgreement]) -> go.Figure:
     """cos(image embedding, mean of patch tokens) per block, one line per model."""
     import plotly.graph_objects as go
 

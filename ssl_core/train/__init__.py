@@ -46,7 +46,7 @@ def build_objective(config: TrainConfig) -> Objective:
 
 def train(method: str, out_dir: str | Path = BUNDLED_DIR, steps: int = 1000, batch_size: int = 64, seed: int = 0,
           device: str | torch.device | None = None, progress: ProgressFn | None = None, name: str | None = None,
-          **options) -> TrainResult:
+          **options: object) -> TrainResult:
     """Train one bundled-size encoder with ``method`` and write its weights, loss log and model card to ``out_dir``.
 
     ``options`` are further `TrainConfig` fields (lr, image_size, threads, workers, log_every, command ...).

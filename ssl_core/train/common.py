@@ -25,10 +25,10 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from ssl_core.errors import BadRequest
+from ssl_core.features.pixels import normalize_pixels
 from ssl_core.models.registry import BUNDLED_DIR
 from ssl_core.progress import ProgressFn
 from ssl_core.system import hardware
@@ -58,7 +58,7 @@ class TrainConfig:
     log_every: int = 10
     command: str = ""  # how the run was started, for the model card
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
         for key in ("steps", "batch_size", "image_size", "log_every"):
             if int(getattr(self, key)) < 1:
@@ -115,13 +115,12 @@ def to_unit(images: torch.Tensor) -> torch.Tensor:
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
-    """[0, 1] RGB [B, 3, H, W] -> ImageNet-normalised, as the bundled models take it."""
-    mean = x.new_tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1)
-    std = x.new_tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+    """[0, 1] RGB [B, 3, H, W] -> ImageNet-normalised, as the bundled models take it (`normalize_pixels`)."""
+    return normalize_pixels(x)
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator | None) -> torch.Tensor:
+    """n draws from U[low, high): [n]."""
     return torch.rand(n, generator=generator) * (high - low) + low
 
 
@@ -156,7 +155,7 @@ def color_jitter(x: torch.Tensor, brightness: float = 0.4, contrast: float = 0.4
     probability ``p_gray``. x: [B, 3, H, W] in [0, 1] -> same, clipped to [0, 1]."""
     B = x.shape[0]
 
-    def factors(strength: float) -> torch.Tensor:
+    def factors(strength: float) -> torch.Tensor:  # [B, 1, 1, 1]: 1 +- strength with probability p, else 1
         f = _uniform(B, 1 - strength, 1 + strength, generator)
         return torch.where(torch.rand(B, generator=generator) < p, f, torch.ones(B)).to(x).view(B, 1, 1, 1)
 
@@ -315,7 +314,7 @@ def write_model_card(result: TrainResult, config: TrainConfig, device: torch.dev
     lines = [
         f"# {result.name}",
         "",
-        f"A `{config.arch}` encoder trained by PatchLens on the parts world (`ssl_core/partsworld.py`) with the "
+        f"A `{config.arch}` encoder trained by PatchLens on the parts world (`ssl_core/data/partsworld.py`) with the "
         f"**{config.method}** objective ({(objective.__doc__ or '').strip().splitlines()[0]}).",
         "",
         f"- command: `{config.command}`",

@@ -58,7 +58,8 @@ class DINOHead(nn.Module):
         nn.init.trunc_normal_(self.prototypes, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.normalize(self.mlp(x), dim=-1)
+        """x: [N, D] -> logits [N, out_dim]"""
+        x = F.normalize(self.mlp(x), dim=-1)  # [N, bottleneck]
         return F.linear(x, F.normalize(self.prototypes, dim=-1))
 
 
