@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from bench_embed import GFLOPS_PER_IMAGE, ceiling, pipeline, plain_loop, write_jpegs
+
 from ssl_core import load_encoder
 from ssl_core.analyses.attention import rollout
 from ssl_core.features.encoder import count_params, split_on_oom
@@ -128,10 +128,10 @@ def oom_split(context: Context) -> list[dict]:
 def jpeg_decode(context: Context) -> list[dict]:
     """Batched torchvision decode (nvJPEG on a GPU) + resize against PIL decode + the encoder's resize."""
     from PIL import Image
-
-    from ssl_core.features.pipeline import decode_jpegs
-    from ssl_core.data.images import load_image
     from torchvision.io import read_file
+
+    from ssl_core.data.images import load_image
+    from ssl_core.features.pipeline import decode_jpegs
 
     encoder = load_encoder("random-tiny" if context.smoke else "dino-vits16", pretrained=False,
                            device=str(context.device), cache=None)
@@ -231,7 +231,7 @@ def exact_search(context: Context) -> list[dict]:
         rows.append({"vectors": n, "dim": d, "queries": q, "median ms": 1000 * statistics.median(times),
                      "p95 ms": 1000 * float(np.percentile(times, 95)), "top-1 is the query itself":
                      float((found[:, 0] == ids).float().mean()), "passed": bool((found[:, 0] == ids).all())})
-    del database
+
     return rows
 
 
