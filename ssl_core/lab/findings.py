@@ -39,8 +39,8 @@ def part_aware_finding(report: LabReport) -> str:
     """Supervised best at object level, self-supervised better at part level (balanced accuracies)."""
     sup, ssl = trained_of(report, SUPERVISED), trained_of(report, SELF_SUPERVISED)
     if not sup or not ssl:
-        return ("**Part-aware SSL**: not tested (needs a trained supervised model and a trained self-supervised one: "
-                f"paradigm {', '.join(SELF_SUPERVISED)}).")
+        return ("**Part-aware SSL**: not tested (needs a trained supervised model and a trained self-supervised one, "
+                f"of the {', '.join(SELF_SUPERVISED[:-1])} or {SELF_SUPERVISED[-1]} paradigm).")
 
     def obj(e: EncoderLab) -> float:
         return e.object_probe.balanced_accuracy
