@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from ssl_core.lab.cka import CKAComparison
-from ssl_core.lab.report import EncoderLab, LabReport, _f
+from ssl_core.lab.report import EncoderLab, LabReport, fmt
 
 MARGIN = 0.02  # differences smaller than this are called ties
 SUPERVISED = ("supervised",)
@@ -153,7 +153,7 @@ def untrained_findings(report: LabReport) -> list[str]:
     """What an untrained ViT already gets, one sentence per untrained model."""
     return [f"**Random weights** ({e.name}): object probe {e.object_probe.balanced_accuracy:.3f} (chance "
             f"{e.object_probe.chance_balanced:.3f}), part probe {e.part_probe.balanced_accuracy:.3f} (chance "
-            f"{e.part_probe.chance_balanced:.3f}), location AUC {_f(e.location.auc)}, part-map ARI "
+            f"{e.part_probe.chance_balanced:.3f}), location AUC {fmt(e.location.auc)}, part-map ARI "
             f"{e.part_map.ari_per_image:.3f}: what an untrained ViT already gets from colours and layout."
             for e in report.encoders if not e.trained]
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from ssl_core.features.encoder import Encoder
 from ssl_core.lab.config import LabConfig
 from ssl_core.lab.scenes import EncodedScenes, as_images, patch_rows, scene_part_labels
 from ssl_core.progress import ProgressFn
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
 
 
 # --------------------------------------------------------------------------------------------------- linear probes
@@ -53,7 +56,7 @@ class ProbeResult:
     converged: bool
 
 
-def fit_linear_probe(x: np.ndarray, y: np.ndarray, seed: int, max_iter: int):
+def fit_linear_probe(x: np.ndarray, y: np.ndarray, seed: int, max_iter: int) -> Pipeline:
     """A standardise + logistic-regression pipeline fitted on x [n, D], y [n] (see the module docstring)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -67,8 +70,8 @@ def fit_linear_probe(x: np.ndarray, y: np.ndarray, seed: int, max_iter: int):
         return probe.fit(np.asarray(x, np.float64), np.asarray(y))
 
 
-def score_probe(probe, x: np.ndarray, y: np.ndarray, name: str, task: str, n_train: int, images: tuple[int, int],
-                seed: int) -> ProbeResult:
+def score_probe(probe: Pipeline, x: np.ndarray, y: np.ndarray, name: str, task: str, n_train: int,
+                images: tuple[int, int], seed: int) -> ProbeResult:
     """A fitted probe scored on x [m, D], y [m]; ``images`` are the (train, test) scenes the samples come from."""
     from sklearn.metrics import balanced_accuracy_score
 

@@ -18,56 +18,56 @@ from ssl_core.render.tables import markdown_table
 Row = tuple[str, str, str, str]  # (measure, value, chance, samples)
 
 
-def _f(value: float | None) -> str:
+def fmt(value: float | None) -> str:
     return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
-def _fc(value: float | None, chance: float | None) -> str:
+def fmt_chance(value: float | None, chance: float | None) -> str:
     """A value with its chance level (or baseline) in parentheses."""
-    return f"{_f(value)} ({_f(chance)})"
+    return f"{fmt(value)} ({fmt(chance)})"
 
 
 # --------------------------------------------------------------------------------------------------- rows per result
 def _probe_rows(result: ProbeResult) -> list[Row]:
     unit = "scenes" if result.n_train == result.n_train_images else (
         f"patches of {result.n_train_images} / {result.n_test_images} scenes")
-    return [(f"{result.name}: accuracy", _f(result.accuracy), _f(result.chance_accuracy),
+    return [(f"{result.name}: accuracy", fmt(result.accuracy), fmt(result.chance_accuracy),
              f"{result.n_train} / {result.n_test} {unit}"),
-            (f"{result.name}: balanced accuracy", _f(result.balanced_accuracy), _f(result.chance_balanced),
+            (f"{result.name}: balanced accuracy", fmt(result.balanced_accuracy), fmt(result.chance_balanced),
              f"{result.classes} classes, seed {result.seed}")]
 
 
 def _knn_rows(result: KNNResult) -> list[Row]:
-    return [("k-NN: class token", _f(result.class_token), _f(result.chance_accuracy),
+    return [("k-NN: class token", fmt(result.class_token), fmt(result.chance_accuracy),
              f"{result.n_train} / {result.n_test} scenes, k={result.k}, seed {result.seed}"),
-            ("k-NN: mean of patch tokens", _f(result.patch_mean), _f(result.chance_accuracy), ""),
-            ("k-NN: bag of crops", _f(result.bag_of_crops), _f(result.chance_accuracy),
+            ("k-NN: mean of patch tokens", fmt(result.patch_mean), fmt(result.chance_accuracy), ""),
+            ("k-NN: bag of crops", fmt(result.bag_of_crops), fmt(result.chance_accuracy),
              f"{result.crops_per_image} crops of {result.crop_size} px")]
 
 
 def _location_rows(result: LocationResult) -> list[Row]:
     if result.probe is None:
         return [("location probe", "skipped", "", result.skipped or "")]
-    return _probe_rows(result.probe) + [("location probe: ROC AUC", _f(result.auc), "0.500",
+    return _probe_rows(result.probe) + [("location probe: ROC AUC", fmt(result.auc), "0.500",
                                          f"{result.swap_ratio:.0%} of tokens swapped")]
 
 
 def _part_map_rows(result: PartMapResult) -> list[Row]:
-    return [("part map ARI (per scene)", _f(result.ari_per_image), _f(result.chance_per_image),
+    return [("part map ARI (per scene)", fmt(result.ari_per_image), fmt(result.chance_per_image),
              f"{result.images} scenes, k={result.k}, seed {result.seed}"),
-            ("part map ARI (pooled)", _f(result.ari_pooled), _f(result.chance_pooled), f"{result.patches} patches"),
-            ("part map ARI vs grid position", _f(result.position_ari_per_image), "", "4 x 4 blocks of the grid"),
-            ("part map ARI, position mean removed", _f(result.centred_ari_per_image), "",
+            ("part map ARI (pooled)", fmt(result.ari_pooled), fmt(result.chance_pooled), f"{result.patches} patches"),
+            ("part map ARI vs grid position", fmt(result.position_ari_per_image), "", "4 x 4 blocks of the grid"),
+            ("part map ARI, position mean removed", fmt(result.centred_ari_per_image), "",
              "each grid position's mean token over the scenes subtracted first")]
 
 
 def _mim_rows(result: MIMResult) -> list[Row]:
-    rows = [(f"{result.kind} reconstruction MSE (lower is better)", _f(result.reconstruction_mse),
-             _f(result.zero_prediction_mse) + " (predict 0)", f"{result.images} scenes, {result.hidden_patches} "
+    rows = [(f"{result.kind} reconstruction MSE (lower is better)", fmt(result.reconstruction_mse),
+             fmt(result.zero_prediction_mse) + " (predict 0)", f"{result.images} scenes, {result.hidden_patches} "
              f"hidden patches each ({result.mask_ratio:.0%}), seed {result.seed}")]
     if result.alignment_cosine is not None:
-        rows.append(("CAE latent alignment: cosine", _f(result.alignment_cosine),
-                     _f(result.mismatched_cosine) + " (other scenes)", f"alignment MSE {_f(result.alignment_mse)}"))
+        rows.append(("CAE latent alignment: cosine", fmt(result.alignment_cosine),
+                     fmt(result.mismatched_cosine) + " (other scenes)", f"alignment MSE {fmt(result.alignment_mse)}"))
     return rows
 
 
@@ -134,33 +134,34 @@ class EncoderLab:
 # --------------------------------------------------------------------------------------------------- summary tables
 def _probe_summary(e: EncoderLab) -> list[str]:
     o, p = e.object_probe, e.part_probe
-    return [e.label, _fc(o.accuracy, o.chance_accuracy), _fc(o.balanced_accuracy, o.chance_balanced),
-            _fc(p.accuracy, p.chance_accuracy), _fc(p.balanced_accuracy, p.chance_balanced)]
+    return [e.label, fmt_chance(o.accuracy, o.chance_accuracy), fmt_chance(o.balanced_accuracy, o.chance_balanced),
+            fmt_chance(p.accuracy, p.chance_accuracy), fmt_chance(p.balanced_accuracy, p.chance_balanced)]
 
 
 def _knn_summary(e: EncoderLab) -> list[str]:
     k = e.knn
-    return [e.label, _f(k.class_token), _f(k.patch_mean), f"{_f(k.bag_of_crops)} ({k.crops_per_image} x "
-            f"{k.crop_size} px)", _f(k.chance_accuracy)]
+    return [e.label, fmt(k.class_token), fmt(k.patch_mean), f"{fmt(k.bag_of_crops)} ({k.crops_per_image} x "
+            f"{k.crop_size} px)", fmt(k.chance_accuracy)]
 
 
 def _location_summary(e: EncoderLab) -> list[str]:
     probe = e.location.probe
     if probe is None:
         return [e.label, f"skipped: {e.location.skipped}", "", ""]
-    return [e.label, _fc(probe.accuracy, probe.chance_accuracy), _f(probe.balanced_accuracy), _f(e.location.auc)]
+    return [e.label, fmt_chance(probe.accuracy, probe.chance_accuracy), fmt(probe.balanced_accuracy),
+            fmt(e.location.auc)]
 
 
 def _part_map_summary(e: EncoderLab) -> list[str]:
     m = e.part_map
-    return [e.label, _fc(m.ari_per_image, m.chance_per_image), _fc(m.ari_pooled, m.chance_pooled),
-            _f(m.position_ari_per_image), _f(m.centred_ari_per_image), str(m.k)]
+    return [e.label, fmt_chance(m.ari_per_image, m.chance_per_image), fmt_chance(m.ari_pooled, m.chance_pooled),
+            fmt(m.position_ari_per_image), fmt(m.centred_ari_per_image), str(m.k)]
 
 
 def _mim_summary(e: EncoderLab) -> list[str]:
     m = e.mim
-    return [e.label, f"{m.mask_ratio:.0%} of {m.images} scenes", _fc(m.reconstruction_mse, m.zero_prediction_mse),
-            _fc(m.alignment_cosine, m.mismatched_cosine), _f(m.alignment_mse)]
+    return [e.label, f"{m.mask_ratio:.0%} of {m.images} scenes", fmt_chance(m.reconstruction_mse,
+            m.zero_prediction_mse), fmt_chance(m.alignment_cosine, m.mismatched_cosine), fmt(m.alignment_mse)]
 
 
 SUMMARIES: tuple[tuple[str, list[str], Callable[[EncoderLab], list[str]]], ...] = (
@@ -211,7 +212,7 @@ class LabReport:
         for comparison in self.cka:
             r = comparison.result
             out += _section(f"CKA: {r.model_a} (rows) vs {r.model_b} (columns)", ["", *r.labels_b],
-                            [[label, *(_f(v) for v in row)] for label, row in zip(r.labels_a, r.matrix)],
+                            [[label, *(fmt(v) for v in row)] for label, row in zip(r.labels_a, r.matrix)],
                             r.describe() + ".")
         out += ["", "### Per encoder"]
         for e in self.encoders:

@@ -21,7 +21,7 @@ from ssl_core.progress import ProgressFn
 class ProgressTracker:
     """Maps the progress of consecutive stages onto one (done, total) count."""
 
-    def __init__(self, total: int, progress: ProgressFn | None):
+    def __init__(self, total: int, progress: ProgressFn | None) -> None:
         self.total, self.progress, self.offset = max(1, total), progress, 0
 
     def stage(self, size: int) -> ProgressFn | None:
