@@ -116,6 +116,24 @@ def test_cka_of_an_encoder_with_a_separate_copy_of_itself_has_ones_on_the_diagon
     assert comparison.result.images == SMALL.cka_images and comparison.seed == SMALL.seed
 
 
+def test_no_measure_uses_more_scenes_than_its_split_holds(tiny_encoder):
+    config = replace(SMALL, n_train=6, n_test=4, patch_train_images=30, part_map_images=12, cka_images=48,
+                     mim_images=64, batch_size=8)
+    assert heldout_seeds(config, "test", 64) == heldout_seeds(config, "test") and len(heldout_seeds(config, "test")) == 4
+    seen = []
+    report = run_lab({"random-tiny": tiny_encoder}, config, progress=lambda done, total: seen.append((done, total)),
+                     cka_pairs=[("random-tiny", "random-tiny")])
+    [lab] = report.encoders
+    assert (lab.part_probe.n_train_images, lab.part_probe.n_test_images) == (6, 4) and lab.part_map.images == 4
+    assert lab.location.probe.n_train_images == 6 and report.cka[0].result.images == 4
+    # progress counts what is passed through a model: scenes and crop bags, swapped scenes, CKA scenes twice
+    assert seen[-1] == (38, 38) == (2 * (6 + 4) + (6 + 4) + 2 * 4,) * 2 and all(d <= t for d, t in seen)
+    markdown = report.to_markdown()
+    assert "part maps on the first 4 test scenes, CKA on the first 4 and MIM on the first 4." in markdown
+    assert "residual stream after each block, 4 images" in markdown and "| part map ARI (per scene) | " in markdown
+    assert "4 scenes, k=" in markdown
+
+
 def _save_cae(path: Path) -> Path:
     from safetensors.torch import save_file
 
@@ -143,6 +161,7 @@ def test_mim_probe_reads_mae_and_cae_files_and_reports_their_losses(tmp_path):
     assert cae.kind == "CAE" and cae.mask_ratio == 0.5 and cae.hidden_patches == 72
     assert -1 <= cae.mismatched_cosine <= 1 and -1 <= cae.alignment_cosine <= 1 and cae.alignment_mse > 0
     assert mim_probe(load_encoder("random-tiny", device="cpu", cache=None), config) is None
+    assert mim_probe(mae_encoder, replace(config, n_test=3)).images == 3  # never more than n_test
 
 
 def test_trained_mae_reconstructs_below_the_zero_baseline():

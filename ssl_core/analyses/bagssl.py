@@ -9,6 +9,8 @@ Learning", 2022):
   model sees it; the last row and column are aligned to the image edge so the tiles cover it); each crop
   is embedded on its own, resized to the model's input size; the crop embeddings are averaged and
   compared, by cosine, with the full-image embedding. A crop as large as the image is the image itself.
+  `bag_embeddings` is the averaging itself, for many same-size images at once; it can also embed each crop
+  at its own resolution (the Lab's k-NN from a bag of crops does, as DINO's local crops).
 * `patch_to_embedding`: each final patch token's cosine to the image embedding — which patches the
   image embedding is made of.
 """
@@ -71,6 +73,32 @@ def tile_boxes(width: int, height: int, crop: int) -> list[tuple[int, int, int, 
     return [(x, y, x + crop, y + crop) for y in ys for x in xs]
 
 
+def bag_embeddings(encoder: Encoder, images: Sequence[Image.Image], crop: int, resize: bool = True,
+                   batch_size: int = 16, progress: ProgressFn | None = None) -> torch.Tensor:
+    """Per image, the mean image embedding of its tiles of side ``crop`` (`tile_boxes`), each crop embedded on its
+    own: resized to the model's input size as any image (``resize``: `Encoder.extract`, cached), or at its own
+    resolution (the crop side must then be whole patches).
+
+    images: n images of one size, as the model sees them. Returns [n, D]; progress counts whole images.
+    """
+    width, height = images[0].size
+    if any(image.size != (width, height) for image in images):
+        raise BadRequest("a bag of crops needs images of one size")
+    boxes = tile_boxes(width, height, crop)
+    crops = [image.crop(box) for image in images for box in boxes]
+    embeddings = []
+    for start in range(0, len(crops), batch_size):
+        chunk = crops[start:start + batch_size]
+        if resize:
+            features = encoder.extract(chunk, batch_size=batch_size)
+        else:
+            features = encoder.forward_batch(torch.stack([encoder.to_tensor(c) for c in chunk]))  # [B, 3, c, c]
+        embeddings += [f.image_embedding for f in features]
+        if progress is not None:
+            progress(min(start + batch_size, len(crops)) // len(boxes), len(images))
+    return torch.stack(embeddings).reshape(len(images), len(boxes), -1).mean(1)  # [n, D]
+
+
 @dataclass
 class BagOfCrops:
     crop_sizes: list[int]  # pixels; the last is the full image
@@ -84,25 +112,20 @@ def bag_of_crops(encoder: Encoder, image: Image.Image, crop_sizes: Sequence[int]
     """Embed crops of each size on their own and compare their average with the full-image embedding."""
     seen = encoder.prepare(image)  # the image as the model sees it; crop sizes are in its pixels
     [full] = encoder.extract([seen])
-    target = full.image_embedding
+    target = full.image_embedding  # [D]
     width, height = seen.size
     sizes = sorted({int(s) for s in crop_sizes if 0 < s < min(width, height)})
-    boxes = {s: tile_boxes(width, height, s) for s in sizes}
-    total, done = sum(len(b) for b in boxes.values()), 0
-    cosines, counts = [], []
-    for size in sizes:
-        crops = [seen.crop(box) for box in boxes[size]]
-        embeddings = torch.stack([f.image_embedding for f in encoder.extract(crops)])  # [n, D]
-        cosines.append(float(F.cosine_similarity(embeddings.mean(0), target, dim=0)))
-        counts.append(len(crops))
-        done += len(crops)
+    counts = [len(tile_boxes(width, height, s)) for s in sizes]
+    cosines = []
+    for i, size in enumerate(sizes):
+        bag = bag_embeddings(encoder, [seen], size)[0]  # [D]
+        cosines.append(float(F.cosine_similarity(bag, target, dim=0)))
         if progress is not None:
-            progress(done, total)
+            progress(sum(counts[:i + 1]), sum(counts))
     # the whole image as its own single crop: the bag equals the full image
     [again] = encoder.extract([seen.crop((0, 0, width, height))])
     cosines.append(float(F.cosine_similarity(again.image_embedding, target, dim=0)))
-    counts.append(1)
-    return BagOfCrops([*sizes, int(min(width, height))], cosines, counts, True)
+    return BagOfCrops([*sizes, int(min(width, height))], cosines, [*counts, 1], True)
 
 
 def bag_tables(result: BagOfCrops) -> np.ndarray:
