@@ -177,5 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # `python -m app.cli.main`: run the imported module, whose command table the
+    from app.cli import main as cli  # subcommand modules fill (this file runs as __main__, a second copy)
+
+    raise SystemExit(cli.main())

@@ -34,7 +34,7 @@ def _reconstruct(parser: argparse.ArgumentParser):
         from PIL import Image
 
         from app.views.reconstruct import error_picture
-        from ssl_core.mim.mae import open_mae
+        from ssl_core.mim.mae_checkpoints import open_mae
         from ssl_core.mim.masks import parse_mask_spec
         from ssl_core.mim.reconstruct import reconstruct
 

@@ -15,7 +15,8 @@ from ssl_core.errors import BadRequest, ImageLoadError
 from ssl_core.features.cache import LRUCache
 from ssl_core.features.encoder import Encoder, load_encoder
 from ssl_core.mim.cae import load_cae
-from ssl_core.mim.mae import MaskedAutoencoder, open_mae
+from ssl_core.mim.mae import MaskedAutoencoder
+from ssl_core.mim.mae_checkpoints import open_mae
 from ssl_core.models.registry import ASSETS_DIR, DEFAULT_CAE, resolve_spec
 
 log = logging.getLogger("patchlens")

@@ -59,7 +59,7 @@ def mim_kind(encoder: Encoder) -> str | None:
 def load_mim_model(encoder: Encoder, kind: str, config: LabConfig) -> tuple[torch.nn.Module, float, bool]:
     """The MAE / CAE model of the encoder's weights file (on its device, eval), its mask ratio and norm_pix flag."""
     if kind == "MAE":
-        from ssl_core.mim.mae import load_mae
+        from ssl_core.mim.mae_checkpoints import load_mae
 
         model = load_mae(encoder.weights_file)
         ratio, norm_pix = config.mask_ratio or MAE_MASK_RATIO, bool(model.norm_pix_loss)

@@ -322,12 +322,3 @@ __all__ = ["MaskedAutoencoder", "MAEConfig", "METADATA_KEY", "MAE_EPS", "UNTRAIN
            "mae_config", "mae_from_config", "is_decoder_key", "official_state_dict", "patchify", "unpatchify",
            "patch_statistics", "sincos_pos_embed_2d"]
 
-
-def __getattr__(name: str) -> object:
-    """``load_mae`` and ``open_mae`` live in `ssl_core.mim.mae_checkpoints`; this keeps ``from ssl_core.mim.mae
-    import load_mae`` working for code not yet moved over (the Lab, the app). Lazy: no import cycle."""
-    if name in ("load_mae", "open_mae"):
-        from ssl_core.mim import mae_checkpoints
-
-        return getattr(mae_checkpoints, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
