@@ -244,5 +244,49 @@ def faiss_gpu(context: Context) -> list[dict]:
     return [{"faiss": faiss.__version__, "GPUs seen by FAISS": gpus}]
 
 
+# --------------------------------------------------------------------------------------------- the zoo
+def zoo(context: Context) -> list[dict]:
+    """Train the five bundled objectives within ``zoo_seconds`` in all, pack them into ``zoo.tar``, and score them
+    with the Lab's object probe and k-NN against an untrained baseline (on the device)."""
+    import tarfile
+
+    from ssl_core.models.registry import BUNDLED
+    from ssl_core.train import train
+
+    folder = context.scratch / "zoo"  # zoo_lab reads it
+    batch, image_size = (4, 32) if context.smoke else (256, 96)
+    rows = []
+    for spec in BUNDLED:
+        result = train(spec.method, out_dir=folder, steps=1_000_000, batch_size=batch, seed=0,
+                       device=str(context.device), name=spec.name, image_size=image_size,
+                       max_seconds=context.zoo_seconds / len(BUNDLED), log_every=10)
+        rows.append({"model": spec.name, "method": spec.method, "steps": result.steps, "seconds": result.wall_s,
+                     "images seen": result.steps * batch,
+                     "final losses": ", ".join(f"{k} {v:.3g}" for k, v in result.final_losses.items())})
+    with tarfile.open(context.out / "zoo.tar", "w") as archive:
+        for path in sorted(folder.iterdir()):
+            archive.add(path, arcname=path.name)
+    return rows
+
+
+def zoo_lab(context: Context) -> list[dict]:
+    """Object probe and k-NN (class token) of each new model and of the untrained baseline, on held-out scenes."""
+    from ssl_core.lab import LabConfig, encode_scenes, knn_probe, object_probe
+    from ssl_core.models.registry import BUNDLED
+
+    folder, image_size = context.scratch / "zoo", 32 if context.smoke else 96
+    config = LabConfig(n_train=40 if context.smoke else 300, n_test=20 if context.smoke else 150)
+    rows = []
+    for name, weights in [("random-tiny", None)] + [(s.name, folder / f"{s.name}.safetensors") for s in BUNDLED]:
+        encoder = load_encoder(name, weights=weights, pretrained=weights is not None, device=str(context.device),
+                               image_size=image_size, cache=None)
+        scenes = encode_scenes(encoder, config)
+        knn = knn_probe(encoder, scenes, config)
+        rows.append({"model": encoder.display_name, "object probe (balanced)": object_probe(scenes, config)
+                     .balanced_accuracy, "k-NN class token": knn.class_token, "k-NN chance": knn.chance_accuracy})
+    return rows
+
+
 STAGES = {"families": families, "oom_split": oom_split, "jpeg_decode": jpeg_decode, "compile": compiled,
-          "throughput": throughput, "exact_search": exact_search, "faiss_gpu": faiss_gpu}
+          "throughput": throughput, "exact_search": exact_search, "faiss_gpu": faiss_gpu, "zoo": zoo,
+          "zoo_lab": zoo_lab}

@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_gpu_check_cpu_smoke(tmp_path: Path) -> None:
     env = dict(os.environ, PY=sys.executable)
-    done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--cpu-smoke", "--out", str(tmp_path)],
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--cpu-smoke", "--zoo-seconds", "20",
+                           "--out", str(tmp_path)],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
@@ -24,4 +25,13 @@ def test_gpu_check_cpu_smoke(tmp_path: Path) -> None:
     assert {"families", "oom_split", "jpeg_decode", "compile", "throughput", "exact_search"} <= set(stages)
     assert all(s["error"] is None for s in stages.values()), [s["error"] for s in stages.values() if s["error"]]
     assert stages["oom_split"]["rows"][0]["forward calls"] > 1  # the split really happened
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_check.json", "gpu_check.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_check.json", "gpu_check.md", "zoo.tar"]
+    zoo = stages["zoo"]["rows"]
+    assert len(stages["zoo_lab"]["rows"]) == 6  # the untrained baseline and the five new models
+    assert [row["model"] for row in zoo] == ["patchlens-sup", "patchlens-dino", "patchlens-mae", "patchlens-cae",
+                                             "patchlens-dilemma"]
+    assert sum(row["seconds"] for row in zoo) < 60  # the budget (20 s) is kept, give or take a step
+    import tarfile
+
+    with tarfile.open(tmp_path / "zoo.tar") as archive:
+        assert len(archive.getnames()) == 15  # weights, card and loss log of each model

@@ -151,3 +151,18 @@ def test_cli_train_records_the_command_that_repeats_it(tmp_path, capsys):
             f"--name tiny-sup --image-size 32 --device cpu`") in card
     settings = json.loads(card.split("```json")[1].split("```")[0])
     assert settings["steps"] == 2 and settings["batch_size"] == 4
+
+
+def test_a_time_budget_shortens_the_run_and_its_schedule(tmp_path):
+    from ssl_core.train.common import CALIBRATION_STEPS, TrainConfig, planned_steps
+
+    config = TrainConfig(method="supervised", name="x", steps=1000, max_seconds=5.0)
+    assert planned_steps(config, CALIBRATION_STEPS, 1.0) == 50  # 0.1 s per step -> 50 steps fit in 5 s
+    assert planned_steps(config, CALIBRATION_STEPS, 0.001) == 1000  # never more than asked
+    assert planned_steps(TrainConfig(method="supervised", name="x", steps=1000), CALIBRATION_STEPS, 99.0) == 1000
+    result = train("supervised", out_dir=tmp_path, steps=10_000, batch_size=4, seed=0, device="cpu", image_size=32,
+                   log_every=1, max_seconds=1.5)
+    assert CALIBRATION_STEPS < result.steps < 10_000
+    assert len(result.history) == result.steps and result.history[-1]["step"] == result.steps
+    assert result.history[-1]["lr"] < 0.05 * max(r["lr"] for r in result.history)  # the cosine reached its end
+    assert f"steps: {result.steps} x batch 4" in result.card_path.read_text()

@@ -13,7 +13,7 @@ def train_command_line(args: argparse.Namespace) -> str:
     parts = ["patchlens", "train", "--method", args.method, "--out", args.out, "--steps", str(args.steps),
              "--batch-size", str(args.batch_size), "--seed", str(args.seed)]
     optional = {"--name": args.name, "--lr": args.lr, "--image-size": args.image_size, "--device": args.device,
-                "--threads": args.threads, "--workers": args.workers}
+                "--threads": args.threads, "--workers": args.workers, "--max-seconds": args.max_seconds}
     for flag, value in optional.items():
         if value is not None:
             parts += [flag, str(value)]
@@ -37,12 +37,15 @@ def _train(parser: argparse.ArgumentParser):
     parser.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when present)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--workers", type=int, default=None, help="image-generating DataLoader workers")
+    parser.add_argument("--max-seconds", type=float, default=None, help="wall-clock budget: after 10 timed steps the "
+                        "run is shortened to fit it (schedules follow the shorter run)")
 
     def run(args: argparse.Namespace) -> int:
         from ssl_core.train import train
 
         options = {k: v for k, v in {"lr": args.lr, "image_size": args.image_size, "threads": args.threads,
-                                     "workers": args.workers}.items() if v is not None}
+                                     "workers": args.workers, "max_seconds": args.max_seconds}.items()
+                   if v is not None}
         result = train(args.method, out_dir=args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                        device=args.device, name=args.name, progress=tqdm_progress(f"training {args.method}", unit="step"),
                        command=train_command_line(args), **options)

@@ -35,6 +35,7 @@ from ssl_core.system import hardware
 
 
 # ------------------------------------------------------------------------------------------------ config
+CALIBRATION_STEPS = 10  # steps timed before a run with max_seconds sets its total
 @dataclass
 class TrainConfig:
     """One training run. ``lr`` None takes the method's default; ``warmup_steps`` None is 10% of the steps."""
@@ -57,6 +58,7 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads (None: torch's default)
     log_every: int = 10
     command: str = ""  # how the run was started, for the model card
+    max_seconds: float | None = None  # wall-clock budget: fewer steps when the measured speed needs it
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -66,9 +68,9 @@ class TrainConfig:
         if self.batch_size < 2:
             raise BadRequest(f"batch_size must be at least 2, got {self.batch_size}")
 
-    @property
-    def warmup(self) -> int:
-        return int(self.warmup_steps) if self.warmup_steps is not None else max(1, self.steps // 10)
+    def warmup_for(self, total: int) -> int:
+        """Warm-up steps of a run of ``total`` steps."""
+        return int(self.warmup_steps) if self.warmup_steps is not None else max(1, total // 10)
 
 
 @dataclass
@@ -222,62 +224,108 @@ def batches(config: TrainConfig, device: torch.device) -> Iterator[tuple[torch.T
         yield batch["image"].to(device, non_blocking=True), batch["label"].to(device, non_blocking=True)
 
 
+class LossLog:
+    """Means of the step metrics over every ``log_every`` steps, written to ``<name>.losses.csv`` as they come."""
+
+    def __init__(self, path: Path, log_every: int):
+        self.path, self.log_every = path, log_every
+        self.history: list[dict[str, float]] = []
+        self.losses: list[float] = []
+        self._window: list[dict[str, float]] = []
+        self._file = open(path, "w", newline="")
+        self._writer: csv.DictWriter | None = None
+
+    def add(self, step: int, last: bool, lr: float, elapsed_s: float, metrics: dict[str, float]) -> None:
+        self.losses.append(metrics["loss"])
+        self._window.append(metrics)
+        if (step + 1) % self.log_every and not last:
+            return
+        row = {"step": step + 1, "lr": lr, "elapsed_s": round(elapsed_s, 2)}
+        row |= {k: sum(w[k] for w in self._window) / len(self._window) for k in self._window[0]}
+        self.history.append(row)
+        self._window = []
+        if self._writer is None:
+            self._writer = csv.DictWriter(self._file, fieldnames=list(row), lineterminator="\n")
+            self._writer.writeheader()
+        self._writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def final(self) -> dict[str, float]:
+        """Means over the last 10% of the steps (the loss) and of the logged rows (other metrics)."""
+        tail = max(1, len(self.losses) // 10)
+        final = {"loss": sum(self.losses[-tail:]) / tail}
+        rows = self.history[-max(1, len(self.history) // 10):]
+        for key in self.history[-1]:
+            if key not in ("step", "lr", "elapsed_s", "loss"):
+                final[key] = sum(r[key] for r in rows) / len(rows)
+        return final
+
+
+def planned_steps(config: TrainConfig, done: int, elapsed_s: float) -> int:
+    """The run's total steps: ``config.steps``, or fewer when ``max_seconds`` would be exceeded at the speed
+    measured over the first `CALIBRATION_STEPS` (schedules then follow the new total; set once, while warming up)."""
+    if config.max_seconds is None or done < CALIBRATION_STEPS:
+        return config.steps
+    return max(done + 1, min(config.steps, int(config.max_seconds / (elapsed_s / done))))
+
+
+def train_step(objective: Objective, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
+               step: int, total: int, lr: float, config: TrainConfig, device: torch.device) -> dict[str, float]:
+    """One optimiser step at learning rate ``lr``. images: [B, 3, S, S] uint8, labels: [B] -> the step's metrics."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with autocast(device):
+        out = objective(images, labels, step, total)
+    if not torch.isfinite(out.loss):
+        raise FloatingPointError(f"{config.method}: the loss is {float(out.loss)} at step {step}")
+    optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    grad_norm = nn.utils.clip_grad_norm_(objective.parameters(), config.grad_clip)
+    optimizer.step()
+    objective.after_step(step, total)
+    return {"loss": float(out.loss.detach()), "grad_norm": float(grad_norm), **out.metrics}
+
+
 def run_training(objective: Objective, config: TrainConfig, device: torch.device,
                  progress: ProgressFn | None = None) -> TrainResult:
-    """Train ``objective`` for ``config.steps`` steps, then write weights, loss log and model card."""
+    """Train ``objective`` for ``config.steps`` steps (fewer if ``max_seconds`` says so), then write weights,
+    loss log and model card."""
     objective.to(device).train()
-    groups = parameter_groups(objective, config.weight_decay)
-    optimizer = torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(parameter_groups(objective, config.weight_decay), lr=0.0, betas=(0.9, 0.95))
     peak = config.lr if config.lr is not None else objective.default_lr
     config.out_dir.mkdir(parents=True, exist_ok=True)
-    log_path = config.out_dir / f"{config.name}.losses.csv"
-    history: list[dict[str, float]] = []
-    window: list[dict[str, float]] = []
-    losses: list[float] = []
-    start = time.perf_counter()
-    with open(log_path, "w", newline="") as log_file:
-        writer = None
-        for step, (images, labels) in zip(range(config.steps), batches(config, device)):
-            lr = lr_at(step, config.steps, peak, config.warmup, config.min_lr_ratio)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with autocast(device):
-                out = objective(images, labels, step, config.steps)
-            if not torch.isfinite(out.loss):
-                raise FloatingPointError(f"{config.method}: the loss is {float(out.loss)} at step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_(objective.parameters(), config.grad_clip)
-            optimizer.step()
-            objective.after_step(step, config.steps)
-            losses.append(float(out.loss.detach()))
-            window.append({"loss": losses[-1], "grad_norm": float(grad_norm), **out.metrics})
-            if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-                row = {"step": step + 1, "lr": lr, "elapsed_s": round(time.perf_counter() - start, 2)}
-                row |= {k: sum(w[k] for w in window) / len(window) for k in window[0]}
-                history.append(row)
-                window = []
-                if writer is None:
-                    writer = csv.DictWriter(log_file, fieldnames=list(row), lineterminator="\n")
-                    writer.writeheader()
-                writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-                log_file.flush()
+    log = LossLog(config.out_dir / f"{config.name}.losses.csv", config.log_every)
+    start, total, step = time.perf_counter(), config.steps, 0
+    try:
+        for step, (images, labels) in enumerate(batches(config, device)):
+            if step == CALIBRATION_STEPS:
+                total = planned_steps(config, step, time.perf_counter() - start)
+            if step >= total:
+                break
+            lr = lr_at(step, total, peak, config.warmup_for(total), config.min_lr_ratio)
+            metrics = train_step(objective, optimizer, images, labels, step, total, lr, config, device)
+            log.add(step, step + 1 == total, lr, time.perf_counter() - start, metrics)
             if progress is not None:
-                progress(step + 1, config.steps)
-    wall_s = time.perf_counter() - start
-    tail = max(1, config.steps // 10)
-    final = {"loss": sum(losses[-tail:]) / len(losses[-tail:])}
-    for key in history[-1]:
-        if key not in ("step", "lr", "elapsed_s", "loss"):
-            rows = history[-max(1, len(history) // 10):]
-            final[key] = sum(r[key] for r in rows) / len(rows)
+                progress(step + 1, total)
+    finally:
+        log.close()
+    return finish_training(objective, config, device, log, total, time.perf_counter() - start)
+
+
+def finish_training(objective: Objective, config: TrainConfig, device: torch.device, log: LossLog, steps: int,
+                    wall_s: float) -> TrainResult:
+    """Write the weights and the model card of a finished run."""
+    final = log.final()
     state_dict, extra_metadata = objective.export()
     weights_path = save_weights(state_dict, config.out_dir / f"{config.name}.safetensors", {
-        "method": config.method, "steps": str(config.steps), "seed": str(config.seed), "loss": f"{final['loss']:.6g}",
+        "method": config.method, "steps": str(steps), "seed": str(config.seed), "loss": f"{final['loss']:.6g}",
         "arch": config.arch, "image_size": str(config.image_size), "command": config.command, **extra_metadata})
     result = TrainResult(name=config.name, method=config.method, weights_path=weights_path,
-                         card_path=config.out_dir / f"{config.name}.md", log_path=log_path, steps=config.steps,
-                         wall_s=wall_s, final_losses=final, history=history)
+                         card_path=config.out_dir / f"{config.name}.md", log_path=log.path, steps=steps,
+                         wall_s=wall_s, final_losses=final, history=log.history)
     write_model_card(result, config, device, objective)
     return result
 
@@ -293,14 +341,16 @@ def save_weights(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict
 
 
 # ------------------------------------------------------------------------------------------------ model card
-def budget_note(config: TrainConfig, device: torch.device, wall_s: float) -> str:
+def budget_note(config: TrainConfig, device: torch.device, steps: int, wall_s: float) -> str:
     minutes = wall_s / 60
-    retrain = (f"`patchlens train --method {config.method} --name {config.name} --steps {max(20000, config.steps * 10)} "
+    budget = f" (budget {config.max_seconds:.0f} s)" if config.max_seconds else ""
+    retrain = (f"`patchlens train --method {config.method} --name {config.name} --steps {max(20000, steps * 10)} "
                f"--batch-size 256`")
     if device.type == "cuda":
-        return f"Trained on a GPU ({torch.cuda.get_device_name(device)}) for {minutes:.1f} minutes."
+        return (f"Trained on a GPU ({torch.cuda.get_device_name(device)}) for {minutes:.1f} minutes{budget}: "
+                f"{steps} steps of {config.batch_size} images.")
     return (f"Trained on a {os.cpu_count()}-core CPU ({torch.get_num_threads()} thread(s)) for {minutes:.1f} minutes: "
-            f"a small budget ({config.steps} steps of {config.batch_size} images), so these features are far from "
+            f"a small budget{budget} ({steps} steps of {config.batch_size} images), so these features are far from "
             f"what the objective reaches with more compute. Retrain on a GPU with {retrain} for better features.")
 
 
@@ -321,16 +371,16 @@ def write_model_card(result: TrainResult, config: TrainConfig, device: torch.dev
         f"- seed: {config.seed}",
         f"- hardware: {hardware(device)}",
         f"- software: torch {torch.__version__}, timm {timm.__version__}, Python {platform.python_version()}",
-        f"- steps: {config.steps} x batch {config.batch_size} at {config.image_size} px "
-        f"({config.steps * config.batch_size} generated images)",
-        f"- wall time: {result.wall_s / 60:.1f} min ({result.wall_s / config.steps:.2f} s/step)",
+        f"- steps: {result.steps} x batch {config.batch_size} at {config.image_size} px "
+        f"({result.steps * config.batch_size} generated images)",
+        f"- wall time: {result.wall_s / 60:.1f} min ({result.wall_s / result.steps:.2f} s/step)",
         f"- final losses (mean over the last 10% of steps): {losses}",
         f"- trainable parameters during training: {params / 1e6:.2f}M (heads and decoders included)",
         f"- weights: `{result.weights_path.name}` (float16 safetensors); loss log: `{result.log_path.name}`",
         "",
         "## Budget",
         "",
-        budget_note(config, device, result.wall_s),
+        budget_note(config, device, result.steps, result.wall_s),
         "",
         "## Load",
         "",
