@@ -10,15 +10,9 @@ from conftest import smooth_image
 from PIL import Image
 
 from ssl_core.errors import IndexMismatch
-from ssl_core.search import patch_index as index_module
-from ssl_core.search.patch_index import (
-    DeviceSearch,
-    PatchIndex,
-    exact_search_torch,
-    ivf_list_count,
-    make_vector_index,
-    recall_at_k,
-)
+from ssl_core.search import vectors as vectors_module
+from ssl_core.search.patch_index import PatchIndex
+from ssl_core.search.vectors import DeviceSearch, exact_search_torch, ivf_list_count, make_vector_index, recall_at_k
 
 
 def mixture(n: int, dim: int, clusters: int, seed: int) -> np.ndarray:
@@ -243,7 +237,7 @@ def test_auto_kind_becomes_approximate_above_the_limit(tiny_encoder, gallery, mo
     folder, paths = gallery
     index, _ = PatchIndex.build(paths[:1], tiny_encoder)
     assert index.kind == "exact"
-    monkeypatch.setattr(index_module, "AUTO_EXACT_LIMIT", 200)
+    monkeypatch.setattr(vectors_module, "AUTO_EXACT_LIMIT", 200)
     report = index.add(paths[1:], tiny_encoder)
     assert report.rebuilt and index.kind == "ivf" and index.manifest.recall >= 0.95
     query = index.embed_query(tiny_encoder, paths[2])

@@ -168,8 +168,8 @@ def _umap(parser: argparse.ArgumentParser):
         from PIL import Image
 
         from ssl_core.analyses.maps import attention_per_patch, colour_patches, map_patches
+        from ssl_core.features.patch_table import PatchTable
         from ssl_core.render.figures import map_picture, umap_figure
-        from ssl_core.search.patch_index import PatchTable
 
         out = _check_output(args.out)
         encoder = load_model_from_args(args)
