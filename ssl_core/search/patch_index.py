@@ -1,8 +1,8 @@
 """Nearest-patch search over a gallery: every patch of every image, embedded by one encoder, stored with FAISS.
 
     index, report = PatchIndex.build(["photos/"], encoder, layer=None)   # None: final normed tokens
-    index.save("photos.index")                                           # atomic (temp dir, then rename)
-    index = PatchIndex.load("photos.index")
+    index.save("photos.index")                                           # commits a new generation
+    index = PatchIndex.load("photos.index")                              # every file checked
     query = index.embed_query(encoder, "cat.jpg")                        # refused for another model/layer
     hits = index.search_patch(query, row=3, col=5, k=10)                 # [PatchHit(score, image, row, col)]
 
@@ -12,157 +12,51 @@ Policy:
   HNSW, auto), their tuning and the GPU search are `ssl_core.search.vectors`. An ``auto`` index is re-decided, and
   rebuilt, when an ``add`` crosses `AUTO_EXACT_LIMIT`; an IVF index that grows to 4x the size it was trained at
   is retrained. The rows themselves come from `ssl_core.features.patch_table`.
-* **Files** (a directory): ``index.faiss`` (absent while empty), ``patches.npz`` (per vector: ``image_id`` int32,
-  ``row`` int16, ``col`` int16; an image's patches are contiguous and row-major) and ``manifest.json`` (format
-  version, model name, encoder key = architecture@weights fingerprint, image size, patch size, layer, dim,
-  count, kinds, tuning, and the images with their content hashes, grids and first vector). One index holds one
-  layer: the layer of every vector is the manifest's. Writes go to a temporary directory next to the target,
-  which then replaces it by rename; a write that fails leaves the previous index as it was.
+* **Files**: a folder of generations with one commit point, checksums of every file and a writer lock
+  (`ssl_core.search.storage`, `ssl_core.search.index_files`); the manifest and hits are `ssl_core.search.records`.
+  One index holds one layer: the layer of every vector is the manifest's. A save merges images other processes
+  committed since this index was loaded, so concurrent adds lose nothing.
 * **Incremental.** ``add`` embeds only files not indexed yet (by resolved path and content hash); a file whose
-  content changed is re-embedded and its old vectors dropped. Bad images are listed and skipped.
+  content changed is re-embedded and its old vectors dropped. Bad images are listed and skipped, and so are
+  symlink loops and symlinked folders (not followed; named in the report).
 """
 from __future__ import annotations
 
 import datetime
-import json
 import os
-import shutil
-import uuid
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 import torch
 
-from ssl_core.data.images import ImageSource, ResizePolicy, expand_image_paths, load_image
-from ssl_core.errors import BadRequest, IndexFormatError, IndexMismatch
-from ssl_core.features.encoder import Encoder, PatchFeatures, default_device
+from ssl_core.data.images import ImageSource, ResizePolicy, load_image
+from ssl_core.errors import BadRequest, IndexMismatch
+from ssl_core.features.encoder import Encoder, default_device
 from ssl_core.features.patch_table import PatchTable, grid_positions, normalize_rows, patch_vectors
 from ssl_core.features.pipeline import PipelineConfig, embed_files
 from ssl_core.models.weights import file_fingerprint
 from ssl_core.progress import ProgressFn
+from ssl_core.search.records import (
+    MANIFEST_FILE,
+    AddReport,
+    ImageHit,
+    IndexedImage,
+    IndexManifest,
+    PatchHit,
+    QueryImage,
+)
+from ssl_core.search.sources import gallery_files
+from ssl_core.search.storage import POINTER_FILE, is_index_directory
 from ssl_core.search.vectors import DeviceSearch, VectorIndex, make_vector_index, resolve_kind
 
-FORMAT_VERSION = 1
+if TYPE_CHECKING:
+    from ssl_core.search.index_files import IndexOrigin
+
 IVF_RETRAIN_GROWTH = 4.0
-INDEX_FILE, PATCHES_FILE, MANIFEST_FILE = "index.faiss", "patches.npz", "manifest.json"
 
 
 # --------------------------------------------------------------------------------------------------- the gallery index
-@dataclass
-class IndexedImage:
-    path: str  # resolved path
-    hash: str  # content hash of the file (blake2b)
-    grid_hw: tuple[int, int]
-    first: int  # its patches are vectors first .. first + h*w - 1
-
-    @property
-    def count(self) -> int:
-        return self.grid_hw[0] * self.grid_hw[1]
-
-
-@dataclass
-class IndexManifest:
-    model: str  # short name or timm id
-    model_key: str  # Encoder.key: architecture@weights fingerprint
-    fingerprint: str
-    weights: str
-    image_size: int  # short side images were resized to
-    patch_size: int
-    layer: int | None  # block index, or None for the final normed tokens
-    dim: int
-    kind_requested: str  # "auto" | "exact" | "ivf" | "hnsw"
-    kind: str = ""  # the concrete kind built ("" while empty)
-    count: int = 0
-    search_param: int = 0
-    recall: float | None = None
-    trained_count: int = 0
-    images: list[IndexedImage] = field(default_factory=list)
-    format_version: int = FORMAT_VERSION
-    created: str = ""
-    updated: str = ""
-    faiss_version: str = ""
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
-
-    @classmethod
-    def from_json(cls, text: str, where: str) -> "IndexManifest":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise IndexFormatError(f"{where}: the manifest is not valid JSON ({err})") from None
-        version = data.get("format_version") if isinstance(data, dict) else None
-        if version != FORMAT_VERSION:
-            raise IndexFormatError(f"{where}: index format version {version!r}, this PatchLens reads {FORMAT_VERSION}")
-        try:
-            data["images"] = [IndexedImage(i["path"], i["hash"], tuple(i["grid_hw"]), int(i["first"])) for i in data["images"]]
-            return cls(**data)
-        except (KeyError, TypeError) as err:
-            raise IndexFormatError(f"{where}: the manifest lacks or mangles a field ({err})") from None
-
-    def describe_embedding(self) -> str:
-        layer = "final normed tokens" if self.layer is None else f"block {self.layer}"
-        return f"{self.model} ({self.model_key}) at {layer}, images at {self.image_size} px"
-
-
-@dataclass(frozen=True)
-class PatchHit:
-    score: float  # cosine similarity
-    image: str  # path of the gallery image
-    row: int
-    col: int
-    image_index: int  # position in `PatchIndex.images`
-    vector_id: int
-
-
-@dataclass(frozen=True)
-class ImageHit:
-    image: str
-    image_index: int
-    votes: int  # query patches whose top matches include a patch of this image
-    score: float  # the best score between any query patch and any patch of this image
-    query_row: int  # the best pair: query patch ...
-    query_col: int
-    row: int  # ... and its match in this image
-    col: int
-
-
-@dataclass
-class QueryImage:
-    """A query image embedded the way the index was built."""
-
-    name: str
-    features: PatchFeatures
-    vectors: np.ndarray  # [h, w, D] unit float32
-    image_index: int | None  # its position in the index when it is an indexed file (same path and content)
-
-    @property
-    def grid_hw(self) -> tuple[int, int]:
-        return self.features.grid_hw
-
-
-@dataclass
-class AddReport:
-    added: list[str] = field(default_factory=list)  # newly indexed files
-    replaced: list[str] = field(default_factory=list)  # files whose content changed: re-embedded
-    unchanged: list[str] = field(default_factory=list)  # already indexed with the same content: not embedded
-    failed: list[str] = field(default_factory=list)  # "path: reason" for inputs that are not readable images
-    patches_added: int = 0
-    rebuilt: bool = False  # the FAISS index was rebuilt (kind changed, retrained, or vectors dropped)
-
-    def summary(self) -> str:
-        parts = [f"{len(self.added)} images added ({self.patches_added} patches)"]
-        if self.replaced:
-            parts.append(f"{len(self.replaced)} changed and re-embedded")
-        if self.unchanged:
-            parts.append(f"{len(self.unchanged)} already indexed")
-        if self.failed:
-            parts.append(f"{len(self.failed)} skipped as unreadable")
-        return ", ".join(parts)
-
-
 class PatchIndex:
     """Every patch of a gallery, embedded by one encoder at one layer, searchable by cosine similarity."""
 
@@ -171,6 +65,7 @@ class PatchIndex:
         self.vector_index = vector_index
         self.device = torch.device(device) if device is not None else default_device()
         self._device_search: DeviceSearch | None = None
+        self.origin: IndexOrigin | None = None  # the folder and generation it was loaded from or saved to
         self._reindex_images()
 
     def _reindex_images(self) -> None:
@@ -242,16 +137,10 @@ class PatchIndex:
         """Refuse an encoder (and layer; "index": the index's own) that differs from the one the index was built with."""
         m = self.manifest
         wanted = m.layer if layer == "index" else (None if layer is None else encoder.resolve_layers([layer])[0])
-        problems = []
-        if encoder.key != m.model_key:
-            problems.append(f"model {encoder.name} ({encoder.key})")
-        if wanted != m.layer:
-            problems.append("final normed tokens" if wanted is None else f"block {wanted}")
-        if encoder.spec.image_size != m.image_size:
-            problems.append(f"images at {encoder.spec.image_size} px")
+        problems = m.differences(encoder, wanted)
         if problems:
             raise IndexMismatch(
-                f"this index was built with {m.describe_embedding()}; the query uses {', '.join(problems)}. "
+                f"this index was built with {m.describe_embedding()}; the query uses {'; '.join(problems)}. "
                 f"Choose the index's model and layer, or build an index for this one.")
 
     # ----------------------------------------------------------------------------------------- adding
@@ -264,7 +153,8 @@ class PatchIndex:
         self.check_encoder(encoder)
         report = AddReport()
         todo: dict[str, str] = {}  # resolved path -> content hash
-        for path in expand_image_paths(list(sources)):
+        paths, report.skipped = gallery_files(sources)
+        for path in paths:
             resolved = str(path.resolve())
             if resolved in todo:
                 continue
@@ -288,10 +178,10 @@ class PatchIndex:
             progress(0, 0)
         report.patches_added = sum(v.shape[0] for v in new_vectors)
         if new_images:
-            report.rebuilt = self._append(new_images, new_vectors)
+            report.rebuilt = self.append_embedded(new_images, new_vectors)
         return report
 
-    def _append(self, new_images: list[IndexedImage], new_vectors: list[np.ndarray]) -> bool:
+    def append_embedded(self, new_images: list[IndexedImage], new_vectors: list[np.ndarray]) -> bool:
         """Add embedded images (replacing same-path ones); returns whether the FAISS index was rebuilt."""
         replaced = {self._by_path[im.path] for im in new_images if im.path in self._by_path}
         kept = [im for i, im in enumerate(self.images) if i not in replaced]
@@ -326,60 +216,26 @@ class PatchIndex:
 
     # ----------------------------------------------------------------------------------------- saving and loading
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write the index to a directory, atomically: a temporary directory beside it replaces it by rename."""
-        import faiss
+        """Commit the index to a folder (see `ssl_core.search.index_files.save_index`); refused while empty."""
+        from ssl_core.search.index_files import save_index
 
-        target = Path(directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
-        staging.mkdir()
-        try:
-            if self.vector_index is not None:
-                faiss.write_index(self.vector_index.index, str(staging / INDEX_FILE))
-            np.savez(staging / PATCHES_FILE, image_id=self._image_ids, row=self._rows, col=self._cols)
-            (staging / MANIFEST_FILE).write_text(self.manifest.to_json())
-            _fsync_files(staging)
-            backup = target.parent / f".{target.name}.previous"
-            if backup.exists():
-                shutil.rmtree(backup)
-            if target.exists():
-                os.rename(target, backup)
-            os.rename(staging, target)
-            shutil.rmtree(backup, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return target
+        return save_index(self, directory)
 
     @classmethod
     def load(cls, directory: str | os.PathLike, device: str | torch.device | None = None) -> "PatchIndex":
-        """Read an index directory (checking its manifest and files)."""
-        import faiss
+        """Read an index folder, checking every file (see `ssl_core.search.index_files.load_index`)."""
+        from ssl_core.search.index_files import load_index
 
-        where = Path(directory)
-        if not where.is_dir():
-            backup = where.parent / f".{where.name}.previous"  # a save interrupted between its two renames
-            if not (backup / MANIFEST_FILE).is_file():
-                raise IndexFormatError(f"{where}: no such index directory")
-            where = backup
-        if not (where / MANIFEST_FILE).is_file():
-            raise IndexFormatError(f"{where}: not a patch index (no {MANIFEST_FILE})")
-        manifest = IndexManifest.from_json((where / MANIFEST_FILE).read_text(), str(where))
-        vector_index = None
-        if manifest.count:
-            if not (where / INDEX_FILE).is_file():
-                raise IndexFormatError(f"{where}: {INDEX_FILE} is missing")
-            index = faiss.read_index(str(where / INDEX_FILE))
-            vector_index = VectorIndex(index, manifest.kind, manifest.search_param, manifest.recall, manifest.trained_count)
-            if vector_index.ntotal != manifest.count or vector_index.dim != manifest.dim:
-                raise IndexFormatError(f"{where}: {INDEX_FILE} holds {vector_index.ntotal} vectors of dim {vector_index.dim}, "
-                                       f"the manifest says {manifest.count} of dim {manifest.dim}")
-        out = cls(manifest, vector_index, device)
-        with np.load(where / PATCHES_FILE, allow_pickle=False) as patches:
-            if not (np.array_equal(patches["image_id"], out._image_ids) and np.array_equal(patches["row"], out._rows)
-                    and np.array_equal(patches["col"], out._cols)):
-                raise IndexFormatError(f"{where}: {PATCHES_FILE} does not match the manifest's images")
-        return out
+        return load_index(directory, device)
+
+    def adopt(self, other: "PatchIndex") -> None:
+        """Take over another index's contents (after a merge)."""
+        self.manifest, self.vector_index = other.manifest, other.vector_index
+        self._reindex_images()
+
+    def patch_positions(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Image id [N] int32, row [N] int16 and col [N] int16 of every stored vector."""
+        return self._image_ids, self._rows, self._cols
 
     # ----------------------------------------------------------------------------------------- reading back
     def vectors(self) -> np.ndarray:
@@ -523,11 +379,5 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _fsync_files(directory: Path) -> None:
-    """Flush a directory's files to disk before it is renamed into place."""
-    for path in directory.iterdir():
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
-
-
-__all__ = ["PatchIndex", "PatchHit", "ImageHit", "QueryImage", "AddReport", "IndexManifest", "IndexedImage"]
+__all__ = ["PatchIndex", "PatchHit", "ImageHit", "QueryImage", "AddReport", "IndexManifest", "IndexedImage",
+           "gallery_files", "is_index_directory", "MANIFEST_FILE", "POINTER_FILE"]

@@ -134,6 +134,11 @@ class VectorIndex:
         self._direct_map()
         return self.index.reconstruct(int(i)).astype(np.float16)
 
+    def vector_range(self, start: int, count: int) -> np.ndarray:
+        """Stored vectors start .. start+count-1 [count, D] float16."""
+        self._direct_map()
+        return self.index.reconstruct_n(int(start), int(count)).astype(np.float16)
+
     def vectors(self, chunk_rows: int = 65_536) -> np.ndarray:
         """The stored vectors [N, D] float16 (decoded from the fp16 codes, exact)."""
         self._direct_map()
