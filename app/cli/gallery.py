@@ -280,3 +280,9 @@ def _cka(parser: argparse.ArgumentParser):
         print(f"{result.describe()}; wrote {out}", file=sys.stderr)
         return 0
     return run
+
+
+if __name__ == "__main__":  # `python -m app.cli.gallery index ...` (`python -m app.cli.main` registers a second COMMANDS)
+    from app.cli.main import main
+
+    raise SystemExit(main(sys.argv[1:]))
