@@ -1,4 +1,4 @@
-"""`patchlens index` and `embed` when there is nothing to do: non-zero exit, nothing written; links not followed named."""
+"""`patchlens index` and `embed` with nothing to do: non-zero exit, nothing written; links not followed are named."""
 from __future__ import annotations
 
 import json

@@ -27,7 +27,8 @@ def _tiff_bytes() -> bytes:
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_weights_that_are_no_checkpoint_say_what_they_are(tmp_path, suffix):
-    cases = {"random": (b"\x07" + random.Random(0).randbytes(2047), r"not a checkpoint: unrecognised bytes \(it starts with [0-9a-f ]+\)"),
+    cases = {"random": (b"\x07" + random.Random(0).randbytes(2047),
+                        r"not a checkpoint: unrecognised bytes \(it starts with [0-9a-f ]+\)"),
              "tiff": (_tiff_bytes(), "not a checkpoint: it starts like a TIFF image"),
              "text": (b"model weights: see the README\n" * 10, "not a checkpoint: it is text, not tensors")}
     for name, (data, message) in cases.items():

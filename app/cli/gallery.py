@@ -282,7 +282,7 @@ def _cka(parser: argparse.ArgumentParser):
     return run
 
 
-if __name__ == "__main__":  # `python -m app.cli.gallery index ...` (`python -m app.cli.main` registers a second COMMANDS)
+if __name__ == "__main__":  # `python -m app.cli.gallery index ...` (under `-m app.cli.main` these are not registered)
     from app.cli.main import main
 
     raise SystemExit(main(sys.argv[1:]))

@@ -68,8 +68,9 @@ def describe_non_checkpoint(head: bytes, safetensors: bool) -> str:
     image = _sniff_format(head)
     if image:
         return f"it starts like a {image} image"
-    for magic, kind in ((b"PK\x03\x04", "a zip archive (a PyTorch checkpoint? name it .pth)"), (b"%PDF", "a PDF document"),
-                        (b"\x1f\x8b", "gzip-compressed data (unpack it first)"), (b"\x80", "a Python pickle")):
+    for magic, kind in ((b"PK\x03\x04", "a zip archive (a PyTorch checkpoint? name it .pth)"),
+                        (b"%PDF", "a PDF document"), (b"\x1f\x8b", "gzip-compressed data (unpack it first)"),
+                        (b"\x80", "a Python pickle")):
         if head.startswith(magic):
             return f"it starts like {kind}"
     if head[8:9] == b"{" and not safetensors:

@@ -1,7 +1,7 @@
 """A `PatchIndex` on disk: each save commits a new generation (`ssl_core.search.storage`); loading checks everything.
 
 A generation holds ``index.faiss`` (absent while empty), ``patches.npz`` (per vector: ``image_id`` int32, ``row``
-int16, ``col`` int16) and ``manifest.json`` (`ssl_core.search.records.IndexManifest`, with the size and blake2b of
+int16, ``col`` int16) and ``manifest.json`` (`ssl_core.search.records.IndexManifest`, with the size and sha256 of
 both data files). Loading checks the commit record, the manifest against the checksum in it, each data file against
 the manifest, then that FAISS and the patch table agree with the manifest; any failure is an `IndexFormatError`
 naming the file.
@@ -150,7 +150,8 @@ def _read_vectors(folder: Path, manifest: IndexManifest) -> VectorIndex | None:
     try:
         index = faiss.read_index(str(folder / INDEX_FILE))
     except RuntimeError as err:
-        raise IndexFormatError(f"{folder / INDEX_FILE}: FAISS cannot read it ({str(err).splitlines()[0][:200]})") from None
+        reason = str(err).splitlines()[0][:200]
+        raise IndexFormatError(f"{folder / INDEX_FILE}: FAISS cannot read it ({reason})") from None
     vectors = VectorIndex(index, manifest.kind, manifest.search_param, manifest.recall, manifest.trained_count)
     if vectors.ntotal != manifest.count or vectors.dim != manifest.dim:
         raise IndexFormatError(f"{folder / INDEX_FILE}: holds {vectors.ntotal} vectors of dim {vectors.dim}, the "

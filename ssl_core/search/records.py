@@ -2,7 +2,7 @@
 
 The manifest (``manifest.json`` in each generation folder, see `ssl_core.search.storage`) names the embedding
 (model, encoder key = architecture@weights fingerprint, image size, patch size, layer, dim), the FAISS kind and
-tuning, the images with their content hashes, grids and first vector, and the size and blake2b of every data file
+tuning, the images with their content hashes, grids and first vector, and the size and sha256 of every data file
 of its generation. The commit record holds the manifest's own size and checksum, so an edited manifest is refused.
 """
 from __future__ import annotations
@@ -70,10 +70,12 @@ class IndexManifest:
         try:
             data["images"] = [IndexedImage(str(i["path"]), str(i["hash"]), (int(i["grid_hw"][0]), int(i["grid_hw"][1])),
                                            int(i["first"])) for i in data["images"]]
-            data["files"] = {str(name): FileRecord(int(r["size"]), str(r["blake2b"])) for name, r in data["files"].items()}
+            data["files"] = {str(name): FileRecord(int(r["size"]), str(r["sha256"]))
+                             for name, r in data["files"].items()}
             return cls(**data)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
-            raise IndexFormatError(f"{where}: the manifest lacks or mangles a field ({type(err).__name__}: {err})") from None
+            problem = f"{type(err).__name__}: {err}"
+            raise IndexFormatError(f"{where}: the manifest lacks or mangles a field ({problem})") from None
 
     def describe_embedding(self) -> str:
         layer = "final normed tokens" if self.layer is None else f"block {self.layer}"

@@ -14,7 +14,7 @@ from ssl_core.data.images import expand_image_paths
 
 
 def gallery_files(sources: Sequence[str | os.PathLike]) -> tuple[list[Path], list[str]]:
-    """(image files of files and folders as `expand_image_paths` finds them, ["path: reason" for links not followed])."""
+    """(image files of files and folders as `expand_image_paths` finds them, ["path: reason" for links skipped])."""
     paths: list[Path] = []
     skipped: list[str] = []
     for source in map(Path, sources):

@@ -3,7 +3,7 @@
 A folder holds generations; exactly one is committed, named by the pointer file::
 
     photos.index/
-      CURRENT           the commit point: the committed generation and the size and blake2b of its manifest
+      CURRENT           the commit point: the committed generation and the size and sha256 of its manifest
       gen-000007/       the committed generation: data files and a manifest listing their sizes and checksums
       .lock             the writer lock: pid, host and start time of the holder while a write runs (else empty)
 
@@ -53,12 +53,12 @@ class IndexLocked(BadRequest):
 @dataclass(frozen=True)
 class FileRecord:
     size: int  # bytes
-    blake2b: str  # hex digest (32 bytes)
+    sha256: str  # hex digest
 
 
 def file_record(path: Path) -> FileRecord:
-    """Size and blake2b-256 of a file, read in 4 MiB chunks."""
-    digest = hashlib.blake2b(digest_size=32)
+    """Size and sha256 of a file, read in 4 MiB chunks (sha256: about 2 GB/s with the CPU's SHA instructions)."""
+    digest = hashlib.sha256()
     size = 0
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -75,7 +75,7 @@ def check_file(path: Path, expected: FileRecord, label: str) -> None:
     if actual.size != expected.size:
         raise IndexFormatError(f"{path}: {label} is damaged: {actual.size:,} bytes, {expected.size:,} were written "
                                f"(truncated or extended)")
-    if actual.blake2b != expected.blake2b:
+    if actual.sha256 != expected.sha256:
         raise IndexFormatError(f"{path}: {label} is damaged: its checksum does not match the one recorded when it "
                                f"was written (the bytes were altered)")
 
@@ -117,7 +117,8 @@ def read_pointer(directory: Path) -> Pointer:
         data = json.loads(path.read_bytes())
         body = {k: data[k] for k in ("format_version", "generation", "manifest")}
         intact = data["check"] == _check(body)
-        pointer = Pointer(str(body["generation"]), FileRecord(int(body["manifest"]["size"]), str(body["manifest"]["blake2b"])))
+        manifest = FileRecord(int(body["manifest"]["size"]), str(body["manifest"]["sha256"]))
+        pointer = Pointer(str(body["generation"]), manifest)
     except (ValueError, KeyError, TypeError) as err:
         raise IndexFormatError(f"{path}: the commit record is damaged ({type(err).__name__}: {err})") from None
     if not intact:

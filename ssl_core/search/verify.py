@@ -1,4 +1,4 @@
-"""Checking an index folder: every file against its recorded size and checksum, and (deep) its vectors against the model.
+"""Checking an index folder: each file against its recorded size and checksum, and (deep) its vectors against the model.
 
     report = verify_index("photos.index")                                    # what loading checks, as a report
     report = verify_index("photos.index", encoder_for=load_manifest_model)   # deep: re-embed a sample of images
@@ -46,8 +46,8 @@ class VerifyReport:
 
     def summary(self) -> str:
         size = sum(self.files.values())
-        lines = [f"{self.directory}: generation {self.generation}, {len(self.files)} files ({size:,} bytes) match their "
-                 f"checksums; {self.images} images, {self.patches:,} patches"]
+        lines = [f"{self.directory}: generation {self.generation}, {len(self.files)} files ({size:,} bytes) match "
+                 f"their checksums; {self.images} images, {self.patches:,} patches"]
         if self.deep:
             worst = "" if self.worst_cosine is None else f", lowest cosine {self.worst_cosine:.4f}"
             lines.append(f"re-embedded {len(self.sampled)} images{worst}; {len(self.unavailable)} not at hand")
@@ -95,7 +95,8 @@ def deep_check(index: PatchIndex, encoder: Encoder, report: VerifyReport, sample
         [features] = encoder.extract([image.path], layers=() if m.layer is None else (m.layer,))
         report.sampled.append(image.path)
         if tuple(features.grid_hw) != tuple(image.grid_hw):
-            report.problems.append(f"{image.path}: re-embedded as a {features.grid_hw} grid, indexed as {image.grid_hw}")
+            report.problems.append(f"{image.path}: re-embedded as a {features.grid_hw} grid, indexed as "
+                                   f"{image.grid_hw}")
             continue
         stored = index.vector_index.vector_range(image.first, image.count).astype(np.float32)  # [h*w, D]
         cosines = (patch_vectors(features, m.layer) * stored).sum(1)  # both unit rows
