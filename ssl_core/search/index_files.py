@@ -24,6 +24,7 @@ from ssl_core.errors import BadRequest, IndexFormatError, IndexMismatch
 from ssl_core.search.patch_index import PatchIndex
 from ssl_core.search.records import INDEX_FILE, MANIFEST_FILE, PATCHES_FILE, IndexedImage, IndexManifest
 from ssl_core.search.storage import (
+    POINTER_FILE,
     FileRecord,
     Pointer,
     WriterLock,
@@ -59,17 +60,27 @@ def save_index(index: PatchIndex, directory: str | os.PathLike, lock_timeout: fl
         raise BadRequest("the index is empty (no image was indexed); nothing was saved")
     target = Path(directory)
     check_writable_target(target)
-    target.mkdir(parents=True, exist_ok=True)
-    with WriterLock(target, timeout=lock_timeout):
+    lock = WriterLock(target, timeout=lock_timeout)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except OSError as err:
+        raise BadRequest(f"{target}: cannot write an index there ({err.strerror or err})") from None
+    try:
         crash_point("locked")
         origin = index.origin
         if origin is not None and origin.directory == target.resolve():
-            committed = read_pointer(target) if (target / "CURRENT").exists() else None
+            committed = read_pointer(target) if (target / POINTER_FILE).exists() else None
             if committed is not None and committed.generation != origin.generation:
                 index.adopt(merged(index, _read(target, committed, index.device), origin))
         pointer = write_generation(target, lambda folder: _write_data(index, folder),
                                    lambda folder, records: _write_manifest(index.manifest, folder, records))
-        index.origin = origin_of(index, target, pointer.generation)
+    except OSError as err:  # a full disk, a folder made read-only meanwhile ...: the commit point was not reached
+        raise BadRequest(f"{target}: writing the index failed ({err.strerror or err}); the committed index is "
+                         f"unchanged") from None
+    finally:
+        lock.release()
+    index.origin = origin_of(index, target, pointer.generation)
     return target
 
 

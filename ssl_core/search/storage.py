@@ -23,6 +23,7 @@ import datetime
 import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -43,6 +44,7 @@ CRASH_STEPS = ("locked", "generation-created", "data-written", "manifest-written
 _GENERATION = re.compile(r"gen-(\d{6,})")
 _POINTER_TEMP = re.compile(r"\.CURRENT\.tmp-[0-9a-f]+")
 _crash_counts: dict[str, int] = {}
+logger = logging.getLogger(__name__)
 
 
 class IndexLocked(BadRequest):
@@ -182,6 +184,8 @@ class WriterLock:
                                       f"finish within {self.timeout:.0f} s; nothing was written") from None
                 time.sleep(self.poll)
         self.stale_holder = _describe_holder(os.pread(fd, 4096, 0)) if os.fstat(fd).st_size else ""
+        if self.stale_holder:
+            logger.warning("%s: broke a stale lock left by a writer that died (%s)", self.path.parent, self.stale_holder)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(me).encode(), 0)
@@ -305,6 +309,9 @@ def check_writable_target(directory: Path) -> None:
     ours = {POINTER_FILE, LOCK_FILE}
     foreign = [p.name for p in directory.iterdir() if p.name not in ours and not _GENERATION.fullmatch(p.name)
                and not _POINTER_TEMP.fullmatch(p.name)]
+    if "manifest.json" in foreign:
+        raise BadRequest(f"{directory}: holds an index of format version 1 (an older PatchLens); write the new index "
+                         f"to another folder, or delete this one first")
     if foreign:
         raise BadRequest(f"{directory}: the folder holds other files ({', '.join(sorted(foreign)[:5])}), so it is not "
                          f"an index folder; choose a new or empty folder for the index")
