@@ -7,7 +7,7 @@ about as far as any other and recall says little): a Gaussian mixture of N/500 c
 its own random subspace around its centre, plus isotropic noise, L2-normalised. Centres come in groups of 20 that lie
 near each other, so neighbouring clusters overlap and an inverted list does not simply hold one cluster. Queries
 are new draws from the same mixture, not stored vectors. Recall@10 is measured against an exhaustive float32 matmul
-over the stored vectors. The index is `ssl_core.search.patch_index.make_vector_index` as `PatchIndex` builds it (fp16 storage;
+over the stored vectors. The index is `ssl_core.search.vectors.make_vector_index` as `PatchIndex` builds it (fp16 storage;
 approximate kinds tuned to recall 0.95 on a sample of stored vectors, which is part of the build time).
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import record  # noqa: E402
 
 from ssl_core.render.tables import markdown_table  # noqa: E402
-from ssl_core.search.patch_index import HNSW_M, exact_search_torch, ivf_list_count, make_vector_index, recall_at_k  # noqa: E402
+from ssl_core.search.vectors import HNSW_M, exact_search_torch, ivf_list_count, make_vector_index, recall_at_k  # noqa: E402
 
 SUBSPACE = 16  # each cluster's own dimensions
 GROUP = 20  # clusters per group: centres of a group lie near each other, so neighbouring clusters overlap

@@ -10,15 +10,9 @@ from conftest import smooth_image
 from PIL import Image
 
 from ssl_core.errors import IndexMismatch
-from ssl_core.search import patch_index as index_module
-from ssl_core.search.patch_index import (
-    DeviceSearch,
-    PatchIndex,
-    exact_search_torch,
-    ivf_list_count,
-    make_vector_index,
-    recall_at_k,
-)
+from ssl_core.search import vectors as vectors_module
+from ssl_core.search.patch_index import PatchIndex
+from ssl_core.search.vectors import DeviceSearch, exact_search_torch, ivf_list_count, make_vector_index, recall_at_k
 
 
 def mixture(n: int, dim: int, clusters: int, seed: int) -> np.ndarray:
@@ -142,11 +136,13 @@ def test_build_search_save_load(tiny_encoder, built, tmp_path):
     assert len(others) == 10 and all(h.image != paths[1] for h in others)
 
     saved = index.save(tmp_path / "idx")
-    assert {p.name for p in saved.iterdir()} == {"index.faiss", "patches.npz", "manifest.json"}
-    manifest = json.loads((saved / "manifest.json").read_text())
+    assert {p.name for p in saved.iterdir()} == {"CURRENT", "gen-000001", ".lock"}
+    generation = saved / json.loads((saved / "CURRENT").read_text())["generation"]
+    assert {p.name for p in generation.iterdir()} == {"index.faiss", "patches.npz", "manifest.json"}
+    manifest = json.loads((generation / "manifest.json").read_text())
     assert manifest["model_key"] == tiny_encoder.key and manifest["layer"] is None and manifest["count"] == len(index)
-    assert manifest["dim"] == 192 and manifest["format_version"] == 1 and len(manifest["images"][0]["hash"]) == 24
-    assert (saved / "index.faiss").stat().st_size < len(index) * 192 * 2 + 4096  # fp16 codes: 2 bytes a value
+    assert manifest["dim"] == 192 and manifest["format_version"] == 2 and len(manifest["images"][0]["hash"]) == 24
+    assert (generation / "index.faiss").stat().st_size < len(index) * 192 * 2 + 4096  # fp16 codes: 2 bytes a value
     loaded = PatchIndex.load(saved)
     assert loaded.manifest == index.manifest
     np.testing.assert_array_equal(loaded.vectors(), index.vectors())
@@ -187,7 +183,8 @@ def test_query_with_another_model_layer_or_size_is_refused(tiny_encoder, gallery
     weights = tmp_path / "other.safetensors"
     save_file({k: v + 0.01 for k, v in tiny_encoder.model.state_dict().items()}, str(weights))
     other = load_encoder("random-tiny", weights=weights, device="cpu", cache=None)
-    with pytest.raises(IndexMismatch, match="the query uses model random-tiny \\(patchlens_vit_tiny_p8@"):
+    with pytest.raises(IndexMismatch, match="the query uses other weights for random-tiny: fingerprint "
+                       f"{other.fingerprint}, the index's {tiny_encoder.fingerprint}"):
         index.embed_query(other, paths[0])
     with pytest.raises(IndexMismatch, match="images at 64 px"):
         index.embed_query(load_encoder("random-tiny", device="cpu", image_size=64, cache=None), paths[0])
@@ -209,11 +206,10 @@ def test_interrupted_write_leaves_the_previous_index_loadable(tiny_encoder, gall
         index.save(target)
     monkeypatch.undo()
     assert len(PatchIndex.load(target)) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["gallery", "idx"]  # no temporary directory left behind
+    assert sorted(p.name for p in target.iterdir()) == [".lock", "CURRENT", "gen-000001"]  # the next open cleaned up
     index.save(target)
     assert len(PatchIndex.load(target)) == len(index) > before
-    target.rename(tmp_path / ".idx.previous")  # a crash between the two renames of a save
-    assert len(PatchIndex.load(target)) == len(index)
+    assert sorted(p.name for p in target.iterdir()) == [".lock", "CURRENT", "gen-000002"]
 
 
 def test_incremental_add_embeds_only_new_or_changed_files(tiny_encoder, gallery, tmp_path, monkeypatch):
@@ -243,7 +239,7 @@ def test_auto_kind_becomes_approximate_above_the_limit(tiny_encoder, gallery, mo
     folder, paths = gallery
     index, _ = PatchIndex.build(paths[:1], tiny_encoder)
     assert index.kind == "exact"
-    monkeypatch.setattr(index_module, "AUTO_EXACT_LIMIT", 200)
+    monkeypatch.setattr(vectors_module, "AUTO_EXACT_LIMIT", 200)
     report = index.add(paths[1:], tiny_encoder)
     assert report.rebuilt and index.kind == "ivf" and index.manifest.recall >= 0.95
     query = index.embed_query(tiny_encoder, paths[2])

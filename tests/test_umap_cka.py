@@ -9,8 +9,8 @@ from PIL import Image
 
 from ssl_core.analyses.cka import cka_matrix, compare_encoders, layer_representations, linear_cka
 from ssl_core.analyses.maps import CORNER_COLOURS, colour_by_position, colour_patches, map_patches, nearest_point
+from ssl_core.features.patch_table import PatchTable
 from ssl_core.render.figures import colouring_rgb, map_picture, scatter_picture
-from ssl_core.search.patch_index import PatchTable
 
 
 def clusters(n: int, dim: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Gallery subcommands: ``patchlens index build|add|search|info``, ``patchlens umap`` and ``patchlens cka``.
+"""Gallery subcommands: ``patchlens index build|add|search|info|verify``, ``patchlens umap`` and ``patchlens cka``.
 
 Registered with `app.cli.main.command` when this module is imported (``app.cli.main.COMMAND_MODULES``).
 """
@@ -72,24 +72,49 @@ def _index(parser: argparse.ArgumentParser):
     add_model_args(search)  # default: the index's model
     info = sub.add_parser("info", help="describe an index")
     info.add_argument("dir")
+    verify = sub.add_parser("verify", help="check every file of an index against its checksum; --deep: re-embed a "
+                            "sample of indexed images and compare their stored vectors")
+    verify.add_argument("dir", help="index directory")
+    verify.add_argument("--deep", action="store_true", help="re-embed a sample of the indexed images that are at hand")
+    verify.add_argument("--sample", type=int, default=8, help="images re-embedded by --deep")
+    add_model_args(verify)  # default: the index's model
 
     def run(args: argparse.Namespace) -> int:
-        return {"build": _index_build, "add": _index_add, "search": _index_search, "info": _index_info}[args.index_command](args)
+        return {"build": _index_build, "add": _index_add, "search": _index_search, "info": _index_info,
+                "verify": _index_verify}[args.index_command](args)
     return run
+
+
+def _report_problems(report) -> None:
+    for problem in report.failed + report.skipped:
+        print(f"skipped {problem}", file=sys.stderr)
+
+
+def _nothing_reason(report, sources: list[str]) -> str:
+    if report.failed:
+        return f"{len(report.failed)} new image files could not be read"
+    if report.skipped:
+        return f"only symlinks that are not followed in {', '.join(sources)}"
+    return f"no image files in {', '.join(sources)}"
 
 
 def _index_build(args: argparse.Namespace) -> int:
     from ssl_core.search.patch_index import PatchIndex
+    from ssl_core.search.storage import check_writable_target
 
+    check_writable_target(Path(args.out))  # before any embedding
     encoder = load_model_from_args(args)
     print(encoder.describe(), file=sys.stderr)
     index, report = PatchIndex.build(args.folder, encoder, _layer_arg(args.layer), args.kind,
                                      progress=tqdm_progress("indexing"), batch_size=args.batch_size)
-    for problem in report.failed:
-        print(f"skipped {problem}", file=sys.stderr)
+    _report_problems(report)
+    if not len(index):
+        print(f"patchlens index build: error: nothing indexed ({_nothing_reason(report, args.folder)}); "
+              f"nothing was written", file=sys.stderr)
+        return 1
     path = index.save(args.out)
     print(f"{report.summary()}; wrote {path}: {index.describe()}", file=sys.stderr)
-    return 0 if len(index) else 1
+    return 0
 
 
 def _index_encoder(args: argparse.Namespace, index):
@@ -104,10 +129,16 @@ def _index_add(args: argparse.Namespace) -> int:
 
     index = PatchIndex.load(args.dir)
     report = index.add(args.images, _index_encoder(args, index), progress=tqdm_progress("indexing"), batch_size=args.batch_size)
-    for problem in report.failed:
-        print(f"skipped {problem}", file=sys.stderr)
-    if report.added or report.replaced:
-        index.save(args.dir)
+    _report_problems(report)
+    if not report.changed and (report.failed or not report.unchanged):
+        print(f"patchlens index add: error: nothing added ({_nothing_reason(report, args.images)}); the index is "
+              f"unchanged", file=sys.stderr)
+        return 1
+    if report.changed:
+        expected = len(index.images)
+        index.save(args.dir)  # merged with what other processes committed since it was loaded
+        if len(index.images) != expected:
+            print(f"merged with {len(index.images) - expected} images another process added meanwhile", file=sys.stderr)
     print(f"{report.summary()}; {index.describe()}", file=sys.stderr)
     return 0
 
@@ -148,6 +179,19 @@ def _index_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _index_verify(args: argparse.Namespace) -> int:
+    from ssl_core.errors import IndexFormatError
+    from ssl_core.search.verify import verify_index
+
+    try:
+        report = verify_index(args.dir, (lambda index: _index_encoder(args, index)) if args.deep else None, args.sample)
+    except IndexFormatError as err:
+        print(f"patchlens index verify: DAMAGED: {err}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
 # ------------------------------------------------------------------------------------------------- umap
 @command("umap", "a 2-D map (UMAP or PCA) of the patch embeddings of images, as .html or .png")
 def _umap(parser: argparse.ArgumentParser):
@@ -168,8 +212,8 @@ def _umap(parser: argparse.ArgumentParser):
         from PIL import Image
 
         from ssl_core.analyses.maps import attention_per_patch, colour_patches, map_patches
+        from ssl_core.features.patch_table import PatchTable
         from ssl_core.render.figures import map_picture, umap_figure
-        from ssl_core.search.patch_index import PatchTable
 
         out = _check_output(args.out)
         encoder = load_model_from_args(args)
@@ -236,3 +280,9 @@ def _cka(parser: argparse.ArgumentParser):
         print(f"{result.describe()}; wrote {out}", file=sys.stderr)
         return 0
     return run
+
+
+if __name__ == "__main__":  # `python -m app.cli.gallery index ...` (under `-m app.cli.main` these are not registered)
+    from app.cli.main import main
+
+    raise SystemExit(main(sys.argv[1:]))

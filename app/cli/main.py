@@ -110,10 +110,14 @@ def _embed(parser: argparse.ArgumentParser):
             features += encoder.extract([image for _, image in loaded], layers=resolved, batch_size=args.batch_size)
             names += [name for name, _ in loaded]
             progress(min(start + args.batch_size, len(paths)), len(paths))
+        if not features:
+            reason = f"none of the {len(failed)} inputs is a readable image" if failed else "no image files found"
+            print(f"patchlens embed: error: {reason}; nothing was written", file=sys.stderr)
+            return 1
         path = save_features_npz(args.out, names, features, encoder, resolved, failed)
         print(f"wrote {len(features)} images ({sum(f.grid_hw[0] * f.grid_hw[1] for f in features)} patches) to {path}"
               + (f"; skipped {len(failed)} bad inputs" if failed else ""), file=sys.stderr)
-        return 0 if features or not failed else 1
+        return 0
     return run
 
 

@@ -19,10 +19,12 @@ from ssl_core.analyses.cka import compare_encoders
 from ssl_core.analyses.maps import Colouring, PatchMap, attention_per_patch, colour_patches, map_patches
 from ssl_core.data.images import ImageSource
 from ssl_core.features.encoder import Encoder
+from ssl_core.features.patch_table import PatchTable
 from ssl_core.progress import ProgressFn
 from ssl_core.render import draw
 from ssl_core.render.figures import ScatterPicture, cka_figure, map_picture, umap_figure
-from ssl_core.search.patch_index import MANIFEST_FILE, PatchHit, PatchIndex, PatchTable
+from ssl_core.search.patch_index import POINTER_FILE as MANIFEST_FILE  # the file that marks an index folder
+from ssl_core.search.patch_index import PatchHit, PatchIndex
 
 BOX_COLOUR = (0, 255, 255)
 CROP_CONTEXT = 2  # patches of context around a hit on each side

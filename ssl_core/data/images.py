@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,8 +89,11 @@ def decode_image_bytes(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIX
         if kind:
             raise ImageLoadError(name, f"corrupt image data: it starts like a {kind} file but cannot be parsed") from None
         raise ImageLoadError(name, "not an image file (unrecognised format)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageLoadError(name, f"too many pixels: {err}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:  # PIL's own guard, below ours
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        pixels = int(found.group(1)) if found else max_pixels + 1
+        limit = f"the limit of {max_pixels:,}" if pixels > max_pixels else "what the image decoder accepts"
+        raise ImageLoadError(name, f"too many pixels: {pixels:,} is over {limit}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         reason = str(err) or type(err).__name__
         if "truncated" in reason or isinstance(err, EOFError):

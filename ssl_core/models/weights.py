@@ -39,6 +39,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: no such weights file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: the weights file is empty")
+    with open(path, "rb") as f:
+        head = f.read(512)
+    not_weights = describe_non_checkpoint(head, path.suffix == ".safetensors")
+    if not_weights:
+        raise CheckpointError(f"{path}: not a checkpoint: {not_weights}")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -46,12 +51,44 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             return load_file(str(path), device="cpu")
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001  (every reader failure becomes one clear error)
-        kind = type(err).__name__
-        text = str(err).splitlines()[0][:300] if str(err) else kind
-        if "weights_only" in str(err) or "Unsupported global" in str(err) or "pickle" in str(err).lower():
-            text = f"it holds pickled Python objects, which are not loaded for safety ({text})"
-        raise CheckpointError(f"{path}: cannot read weights: {text}") from None
+        raise CheckpointError(f"{path}: cannot read weights: {_reader_failure(err)}") from None
     return unwrap_state_dict(obj, str(path))
+
+
+def describe_non_checkpoint(head: bytes, safetensors: bool) -> str:
+    """What a file that cannot be a checkpoint starts like, from its first bytes ("" when it could be one)."""
+    from ssl_core.data.images import _sniff_format  # the image signatures image loading knows
+
+    if safetensors:
+        if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (100 << 20):
+            return ""
+    elif head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05") \
+            or head[257:262] == b"ustar":  # torch zip, legacy pickle, legacy tar
+        return ""
+    image = _sniff_format(head)
+    if image:
+        return f"it starts like a {image} image"
+    for magic, kind in ((b"PK\x03\x04", "a zip archive (a PyTorch checkpoint? name it .pth)"),
+                        (b"%PDF", "a PDF document"), (b"\x1f\x8b", "gzip-compressed data (unpack it first)"),
+                        (b"\x80", "a Python pickle")):
+        if head.startswith(magic):
+            return f"it starts like {kind}"
+    if head[8:9] == b"{" and not safetensors:
+        return "it starts like a .safetensors file (name it .safetensors)"
+    if head.lstrip()[:1] in (b"<", b"{", b"[") or all(32 <= c < 127 or c in (9, 10, 13) for c in head[:64]):
+        return "it is text, not tensors"
+    return f"unrecognised bytes (it starts with {head[:8].hex(' ')})"
+
+
+def _reader_failure(err: Exception) -> str:
+    """The useful line of a safetensors or torch.load failure; pickled objects named as such."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    boilerplate = ("Weights only load failed", "Check the documentation", "Please file an issue")
+    useful = [line for line in lines if not line.startswith(boilerplate)] or lines or [type(err).__name__]
+    text = useful[0][:300]
+    if "GLOBAL" in str(err) or "Unsupported global" in str(err):
+        return f"it holds pickled Python objects, which are not loaded for safety ({text})"
+    return f"the file is damaged or not a PyTorch checkpoint ({text})"
 
 
 def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:

@@ -1,454 +1,62 @@
 """Nearest-patch search over a gallery: every patch of every image, embedded by one encoder, stored with FAISS.
 
     index, report = PatchIndex.build(["photos/"], encoder, layer=None)   # None: final normed tokens
-    index.save("photos.index")                                           # atomic (temp dir, then rename)
-    index = PatchIndex.load("photos.index")
+    index.save("photos.index")                                           # commits a new generation
+    index = PatchIndex.load("photos.index")                              # every file checked
     query = index.embed_query(encoder, "cat.jpg")                        # refused for another model/layer
     hits = index.search_patch(query, row=3, col=5, k=10)                 # [PatchHit(score, image, row, col)]
 
 Policy:
 
-* **Vectors.** Patch tokens are L2-normalised (``faiss.normalize_L2``): inner product is cosine similarity.
-  They are stored as float16 codes inside FAISS (``ScalarQuantizer.QT_fp16``) for every index kind, which
-  halves memory and disk against float32; scores differ from float32 by about 1e-4. Vectors can be read back
-  (`PatchIndex.vectors`) for maps and rebuilds, so no second copy is kept.
-* **Kinds.** ``exact``: a flat scan (``IndexScalarQuantizer``, the fp16 form of ``IndexFlatIP``; on this CPU it
-  scans faster than float32 ``IndexFlatIP`` because the scan is memory-bound). ``ivf``: IVF with fp16 lists,
-  ``2*sqrt(N)`` lists trained on a seeded sample. ``hnsw``: HNSW (M=32) over fp16 storage. ``auto``: exact up
-  to `AUTO_EXACT_LIMIT` vectors, IVF above (re-decided, and the index rebuilt, when an ``add`` crosses it).
-  Approximate kinds are **tuned at build time**: ``nprobe`` / ``efSearch`` is the smallest power of two whose
-  recall@10 against an exhaustive search reaches `RECALL_TARGET` plus a margin for sampling error on a seeded
-  sample of 200 stored vectors used as queries (each one's own entry left out); the value and the recall reached
-  are kept in the manifest. An IVF index that grows to 4x the size it was
-  trained at is retrained.
-* **GPU.** With a CUDA device, searches are exhaustive on the GPU (fp16; exact beats approximate there): FAISS's
-  ``GpuIndexFlatIP`` when the installed FAISS has GPU support, else a chunked torch matmul + top-k
-  (`exact_search_torch`, which also computes the ground truth for tuning on the CPU).
-* **Files** (a directory): ``index.faiss`` (absent while empty), ``patches.npz`` (per vector: ``image_id`` int32,
-  ``row`` int16, ``col`` int16; an image's patches are contiguous and row-major) and ``manifest.json`` (format
-  version, model name, encoder key = architecture@weights fingerprint, image size, patch size, layer, dim,
-  count, kinds, tuning, and the images with their content hashes, grids and first vector). One index holds one
-  layer: the layer of every vector is the manifest's. Writes go to a temporary directory next to the target,
-  which then replaces it by rename; a write that fails leaves the previous index as it was.
+* **Vectors** are unit rows (inner product = cosine) stored as fp16 codes in FAISS; the index kinds (exact, IVF,
+  HNSW, auto), their tuning and the GPU search are `ssl_core.search.vectors`. An ``auto`` index is re-decided, and
+  rebuilt, when an ``add`` crosses `AUTO_EXACT_LIMIT`; an IVF index that grows to 4x the size it was trained at
+  is retrained. The rows themselves come from `ssl_core.features.patch_table`.
+* **Files**: a folder of generations with one commit point, checksums of every file and a writer lock
+  (`ssl_core.search.storage`, `ssl_core.search.index_files`); the manifest and hits are `ssl_core.search.records`.
+  One index holds one layer: the layer of every vector is the manifest's. A save merges images other processes
+  committed since this index was loaded, so concurrent adds lose nothing.
 * **Incremental.** ``add`` embeds only files not indexed yet (by resolved path and content hash); a file whose
-  content changed is re-embedded and its old vectors dropped. Bad images are listed and skipped.
+  content changed is re-embedded and its old vectors dropped. Bad images are listed and skipped, and so are
+  symlink loops and symlinked folders (not followed; named in the report).
 """
 from __future__ import annotations
 
 import datetime
-import json
 import os
-import shutil
-import uuid
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 import torch
 
-from ssl_core.data.images import ImageSource, ResizePolicy, expand_image_paths, load_image
-from ssl_core.errors import BadRequest, IndexFormatError, IndexMismatch
-from ssl_core.features.encoder import Encoder, PatchFeatures, default_device
+from ssl_core.data.images import ImageSource, ResizePolicy, load_image
+from ssl_core.errors import BadRequest, IndexMismatch
+from ssl_core.features.encoder import Encoder, default_device
+from ssl_core.features.patch_table import PatchTable, grid_positions, normalize_rows, patch_vectors
 from ssl_core.features.pipeline import PipelineConfig, embed_files
 from ssl_core.models.weights import file_fingerprint
 from ssl_core.progress import ProgressFn
+from ssl_core.search.records import (
+    MANIFEST_FILE,
+    AddReport,
+    ImageHit,
+    IndexedImage,
+    IndexManifest,
+    PatchHit,
+    QueryImage,
+)
+from ssl_core.search.sources import gallery_files
+from ssl_core.search.storage import POINTER_FILE, is_index_directory
+from ssl_core.search.vectors import DeviceSearch, VectorIndex, make_vector_index, resolve_kind
 
-FORMAT_VERSION = 1
-KINDS = ("auto", "exact", "ivf", "hnsw")
-AUTO_EXACT_LIMIT = 200_000  # vectors; an exact scan of this many 384-d fp16 vectors takes ~15 ms per query on 2 cores
-RECALL_TARGET = 0.95
-TUNE_MARGIN = 0.01  # tuning aims this far above the target: 200 sampled queries measure recall to about +-0.007
-TUNE_QUERIES = 200
-HNSW_M = 32
-HNSW_EF_CONSTRUCTION = 80
+if TYPE_CHECKING:
+    from ssl_core.search.index_files import IndexOrigin
+
 IVF_RETRAIN_GROWTH = 4.0
-INDEX_FILE, PATCHES_FILE, MANIFEST_FILE = "index.faiss", "patches.npz", "manifest.json"
-
-
-# --------------------------------------------------------------------------------------------------- patch tables
-def grid_positions(grid_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column of each patch of a grid, row-major: ([h*w], [h*w]) int."""
-    h, w = grid_hw
-    rows, cols = np.divmod(np.arange(h * w), w)
-    return rows, cols
-
-
-def normalize_rows(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (float32, contiguous, a copy); zero rows stay zero."""
-    import faiss
-
-    out = np.ascontiguousarray(vectors, dtype=np.float32).copy()
-    faiss.normalize_L2(out)
-    return out
-
-
-def patch_vectors(features: PatchFeatures, layer: int | None) -> np.ndarray:
-    """An image's patch tokens at a layer (None: final normed output) as unit rows [h*w, D] float32, row-major."""
-    tokens = features.tokens(layer)  # [h, w, D]
-    return normalize_rows(tokens.reshape(-1, tokens.shape[-1]).numpy())
-
-
-@dataclass
-class PatchTable:
-    """Patches of several images as rows: what the index stores and what maps are drawn from."""
-
-    vectors: np.ndarray  # [N, D] unit rows (float16 or float32)
-    image_ids: np.ndarray  # [N] int: position in `names`
-    rows: np.ndarray  # [N] int
-    cols: np.ndarray  # [N] int
-    names: list[str]  # image names or paths
-    grids: list[tuple[int, int]]  # (h, w) per image
-
-    @classmethod
-    def from_features(cls, names: Sequence[str], features: Sequence[PatchFeatures], layer: int | None) -> "PatchTable":
-        grids = [tuple(f.grid_hw) for f in features]
-        positions = [grid_positions(g) for g in grids]
-        dim = features[0].patch_tokens.shape[-1] if features else 0
-        return cls(
-            vectors=np.concatenate([patch_vectors(f, layer) for f in features]) if features else np.zeros((0, dim), np.float32),
-            image_ids=np.concatenate([np.full(g[0] * g[1], i, np.int32) for i, g in enumerate(grids)] or [np.zeros(0, np.int32)]),
-            rows=np.concatenate([r for r, _ in positions] or [np.zeros(0, np.int64)]),
-            cols=np.concatenate([c for _, c in positions] or [np.zeros(0, np.int64)]),
-            names=list(names), grids=grids,
-        )
-
-    @classmethod
-    def embed(cls, encoder: Encoder, names: Sequence[str], images: Sequence[ImageSource], layer: int | None = None,
-              attention: bool = False, progress: ProgressFn | None = None) -> tuple["PatchTable", list[PatchFeatures]]:
-        """Extract images with an encoder at a layer (and attention, on request): the table and the features."""
-        features = encoder.extract(list(images), layers=() if layer is None else (layer,), attention=attention,
-                                   progress=progress)
-        return cls.from_features(names, features, None if layer is None else encoder.resolve_layers([layer])[0]), features
-
-    def __len__(self) -> int:
-        return int(self.vectors.shape[0])
-
-    def subset(self, keep: np.ndarray) -> "PatchTable":
-        """The rows at indices ``keep`` (same image list)."""
-        return PatchTable(self.vectors[keep], self.image_ids[keep], self.rows[keep], self.cols[keep], self.names, self.grids)
-
-    def heights_widths(self) -> tuple[np.ndarray, np.ndarray]:
-        """Grid height and width of each row's image ([N], [N])."""
-        grids = np.array(self.grids, dtype=np.int64).reshape(-1, 2)
-        return grids[self.image_ids, 0], grids[self.image_ids, 1]
-
-
-# --------------------------------------------------------------------------------------------------- exact search in torch
-def exact_search_torch(database: torch.Tensor, queries: torch.Tensor, k: int, chunk_rows: int = 65_536,
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exhaustive inner-product top-k, database in chunks.
-
-    database: [N, D] any float dtype, any device; queries: [q, D]. Each chunk is cast to the queries' dtype and
-    device (fp16 on a GPU, float32 on a CPU), so a float16 database on the CPU can be searched on a GPU.
-    Returns (scores [q, k'] float32, ids [q, k'] int64), best first, k' = min(k, N).
-    """
-    q = queries.shape[0]
-    best_scores = queries.new_empty((q, 0), dtype=torch.float32)
-    best_ids = torch.empty((q, 0), dtype=torch.long, device=queries.device)
-    for start in range(0, database.shape[0], chunk_rows):
-        block = database[start:start + chunk_rows].to(device=queries.device, dtype=queries.dtype)  # [c, D]
-        scores = (queries @ block.T).float()  # [q, c]
-        top_scores, top_ids = scores.topk(min(k, scores.shape[1]), dim=1)
-        merged_scores = torch.cat([best_scores, top_scores], 1)
-        merged_ids = torch.cat([best_ids, top_ids + start], 1)
-        best_scores, order = merged_scores.topk(min(k, merged_scores.shape[1]), dim=1)
-        best_ids = merged_ids.gather(1, order)
-    return best_scores, best_ids
-
-
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean share of each row of ``truth`` [q, k] (ids) that appears in the same row of ``found`` [q, k'] ."""
-    hits = [len(set(f[f >= 0].tolist()) & set(t.tolist())) / max(len(t), 1) for f, t in zip(found, truth)]
-    return float(np.mean(hits)) if hits else 1.0
-
-
-# --------------------------------------------------------------------------------------------------- FAISS indexes
-def resolve_kind(kind: str, count: int) -> str:
-    """The concrete index kind for a requested one ("auto" depends on the vector count)."""
-    if kind not in KINDS:
-        raise BadRequest(f"index kind must be one of {', '.join(KINDS)}, not {kind!r}")
-    if kind == "auto":
-        return "exact" if count <= AUTO_EXACT_LIMIT else "ivf"
-    return kind
-
-
-def ivf_list_count(count: int) -> int:
-    """Inverted lists for ``count`` vectors: 2*sqrt(N), with at least 39 training vectors per list."""
-    return int(max(1, min(2 * np.sqrt(count), count // 39)))
-
-
-@dataclass
-class VectorIndex:
-    """One FAISS index over unit vectors (fp16 codes) with the search setting it was tuned to."""
-
-    index: object  # faiss.Index
-    kind: str  # "exact" | "ivf" | "hnsw"
-    search_param: int = 0  # nprobe (ivf) or efSearch (hnsw); 0 for exact
-    recall: float | None = None  # recall@10 measured when tuned
-    trained_count: int = 0  # vectors the index was trained (ivf) or built on
-
-    @property
-    def ntotal(self) -> int:
-        return int(self.index.ntotal)
-
-    @property
-    def dim(self) -> int:
-        return int(self.index.d)
-
-    def search_parameters(self):
-        import faiss
-
-        if self.kind == "ivf":
-            return faiss.SearchParametersIVF(nprobe=self.search_param)
-        if self.kind == "hnsw":
-            return faiss.SearchParametersHNSW(efSearch=self.search_param)
-        return None
-
-    def search(self, queries: np.ndarray, k: int, search_param: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """queries: [q, D] unit float32 -> (scores [q, k] float32, ids [q, k] int64; -1 where fewer results)."""
-        if search_param is not None:
-            return VectorIndex(self.index, self.kind, search_param).search(queries, k)
-        params = self.search_parameters()
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        return self.index.search(queries, k) if params is None else self.index.search(queries, k, params=params)
-
-    def add(self, vectors: np.ndarray, chunk_rows: int = 65_536) -> None:
-        for start in range(0, vectors.shape[0], chunk_rows):
-            self.index.add(np.ascontiguousarray(vectors[start:start + chunk_rows], dtype=np.float32))
-
-    def _direct_map(self) -> None:
-        """IVF indexes need a map from ids to list entries before vectors can be read back."""
-        import faiss
-
-        if self.kind == "ivf":
-            ivf = faiss.extract_index_ivf(self.index)
-            if ivf.direct_map.type == faiss.DirectMap.NoMap:
-                ivf.make_direct_map()
-
-    def vector(self, i: int) -> np.ndarray:
-        """One stored vector [D] float16."""
-        self._direct_map()
-        return self.index.reconstruct(int(i)).astype(np.float16)
-
-    def vectors(self, chunk_rows: int = 65_536) -> np.ndarray:
-        """The stored vectors [N, D] float16 (decoded from the fp16 codes, exact)."""
-        self._direct_map()
-        out = np.empty((self.ntotal, self.dim), np.float16)
-        for start in range(0, self.ntotal, chunk_rows):
-            stop = min(start + chunk_rows, self.ntotal)
-            out[start:stop] = self.index.reconstruct_n(start, stop - start)
-        return out
-
-    def tune(self, vectors: np.ndarray, target: float = RECALL_TARGET, k: int = 10, seed: int = 0) -> None:
-        """Pick the smallest power-of-two nprobe/efSearch whose recall@k reaches ``target`` on a sample of ``vectors``.
-
-        The sampled vectors are the queries; each one's own entry is left out of both the exhaustive and the
-        approximate results (finding itself is trivial), so the recall is that of its other neighbours, as for a
-        query that is not in the index.
-        """
-        if self.kind == "exact":
-            self.recall = 1.0
-            return
-        sample = np.sort(np.random.default_rng(seed).choice(vectors.shape[0], min(TUNE_QUERIES, vectors.shape[0]), replace=False))
-        queries = np.asarray(vectors[sample], dtype=np.float32)
-        _, truth = exact_search_torch(torch.from_numpy(np.asarray(vectors)), torch.from_numpy(queries), k + 1)
-        truth = _without(truth.numpy(), sample, k)
-        limit = faiss_ivf_lists(self.index) if self.kind == "ivf" else 1024
-        candidates = [2**i for i in range(0, 11) if 2**i < limit] + [limit]
-        if self.kind == "hnsw":  # stored vectors as queries flatter HNSW (their own node is in the graph): start at 32
-            candidates = [c for c in candidates if c >= 32]
-        for value in candidates:
-            found = _without(self.search(queries, k + 1, search_param=value)[1], sample, k)
-            self.search_param, self.recall = value, recall_at_k(found, truth)
-            if self.recall >= target + TUNE_MARGIN:
-                break
-
-
-def _without(ids: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
-    """Result rows ids [q, k+1] without each query's own id own[q], cut to k columns."""
-    return np.array([[i for i in row if i != self_id][:k] for row, self_id in zip(ids.tolist(), own.tolist())])
-
-
-def faiss_ivf_lists(index) -> int:
-    import faiss
-
-    return int(faiss.extract_index_ivf(index).nlist)
-
-
-def make_vector_index(vectors: np.ndarray, kind: str, seed: int = 0, recall_target: float = RECALL_TARGET) -> VectorIndex:
-    """Build and tune a FAISS index of a concrete or "auto" kind over unit vectors [N, D] (float16 or float32)."""
-    import faiss
-
-    count, dim = vectors.shape
-    kind = resolve_kind(kind, count)
-    fp16 = faiss.ScalarQuantizer.QT_fp16
-    ip = faiss.METRIC_INNER_PRODUCT
-    if kind == "exact":
-        index = faiss.IndexScalarQuantizer(dim, fp16, ip)
-    elif kind == "ivf":
-        nlist = ivf_list_count(count)
-        index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, nlist, fp16, ip, False)
-        index.cp.niter = 10
-        index.cp.seed = seed
-        rng = np.random.default_rng(seed)
-        sample = np.sort(rng.choice(count, min(count, 40 * nlist), replace=False))
-        index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
-    else:
-        index = faiss.IndexHNSWSQ(dim, fp16, HNSW_M, ip)
-        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-    built = VectorIndex(index, kind, trained_count=count)
-    built.add(vectors)
-    built.tune(vectors, target=recall_target, seed=seed)
-    return built
-
-
-# --------------------------------------------------------------------------------------------------- GPU search
-def faiss_has_gpu() -> bool:
-    import faiss
-
-    return "GPU" in faiss.get_compile_options() and faiss.get_num_gpus() > 0
-
-
-class DeviceSearch:
-    """Exhaustive fp16 search on a CUDA device: FAISS's GPU flat index where FAISS has GPU support, else torch."""
-
-    def __init__(self, vectors: np.ndarray, device: torch.device):
-        self.device = device
-        self.gpu_index = None
-        if faiss_has_gpu():
-            import faiss
-
-            config = faiss.GpuIndexFlatConfig()
-            config.useFloat16 = True
-            config.device = device.index or 0
-            self.resources = faiss.StandardGpuResources()
-            self.gpu_index = faiss.GpuIndexFlatIP(self.resources, vectors.shape[1], config)
-            VectorIndex(self.gpu_index, "exact").add(vectors)
-        else:
-            self.database = torch.from_numpy(np.asarray(vectors, np.float16)).to(device)  # [N, D] fp16
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if self.gpu_index is not None:
-            return self.gpu_index.search(np.ascontiguousarray(queries, np.float32), min(k, 2048))  # FAISS GPU: k <= 2048
-        scores, ids = exact_search_torch(self.database, torch.from_numpy(queries).to(self.device, torch.float16), k)
-        return scores.cpu().numpy(), ids.cpu().numpy()
 
 
 # --------------------------------------------------------------------------------------------------- the gallery index
-@dataclass
-class IndexedImage:
-    path: str  # resolved path
-    hash: str  # content hash of the file (blake2b)
-    grid_hw: tuple[int, int]
-    first: int  # its patches are vectors first .. first + h*w - 1
-
-    @property
-    def count(self) -> int:
-        return self.grid_hw[0] * self.grid_hw[1]
-
-
-@dataclass
-class IndexManifest:
-    model: str  # short name or timm id
-    model_key: str  # Encoder.key: architecture@weights fingerprint
-    fingerprint: str
-    weights: str
-    image_size: int  # short side images were resized to
-    patch_size: int
-    layer: int | None  # block index, or None for the final normed tokens
-    dim: int
-    kind_requested: str  # "auto" | "exact" | "ivf" | "hnsw"
-    kind: str = ""  # the concrete kind built ("" while empty)
-    count: int = 0
-    search_param: int = 0
-    recall: float | None = None
-    trained_count: int = 0
-    images: list[IndexedImage] = field(default_factory=list)
-    format_version: int = FORMAT_VERSION
-    created: str = ""
-    updated: str = ""
-    faiss_version: str = ""
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
-
-    @classmethod
-    def from_json(cls, text: str, where: str) -> "IndexManifest":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise IndexFormatError(f"{where}: the manifest is not valid JSON ({err})") from None
-        version = data.get("format_version") if isinstance(data, dict) else None
-        if version != FORMAT_VERSION:
-            raise IndexFormatError(f"{where}: index format version {version!r}, this PatchLens reads {FORMAT_VERSION}")
-        try:
-            data["images"] = [IndexedImage(i["path"], i["hash"], tuple(i["grid_hw"]), int(i["first"])) for i in data["images"]]
-            return cls(**data)
-        except (KeyError, TypeError) as err:
-            raise IndexFormatError(f"{where}: the manifest lacks or mangles a field ({err})") from None
-
-    def describe_embedding(self) -> str:
-        layer = "final normed tokens" if self.layer is None else f"block {self.layer}"
-        return f"{self.model} ({self.model_key}) at {layer}, images at {self.image_size} px"
-
-
-@dataclass(frozen=True)
-class PatchHit:
-    score: float  # cosine similarity
-    image: str  # path of the gallery image
-    row: int
-    col: int
-    image_index: int  # position in `PatchIndex.images`
-    vector_id: int
-
-
-@dataclass(frozen=True)
-class ImageHit:
-    image: str
-    image_index: int
-    votes: int  # query patches whose top matches include a patch of this image
-    score: float  # the best score between any query patch and any patch of this image
-    query_row: int  # the best pair: query patch ...
-    query_col: int
-    row: int  # ... and its match in this image
-    col: int
-
-
-@dataclass
-class QueryImage:
-    """A query image embedded the way the index was built."""
-
-    name: str
-    features: PatchFeatures
-    vectors: np.ndarray  # [h, w, D] unit float32
-    image_index: int | None  # its position in the index when it is an indexed file (same path and content)
-
-    @property
-    def grid_hw(self) -> tuple[int, int]:
-        return self.features.grid_hw
-
-
-@dataclass
-class AddReport:
-    added: list[str] = field(default_factory=list)  # newly indexed files
-    replaced: list[str] = field(default_factory=list)  # files whose content changed: re-embedded
-    unchanged: list[str] = field(default_factory=list)  # already indexed with the same content: not embedded
-    failed: list[str] = field(default_factory=list)  # "path: reason" for inputs that are not readable images
-    patches_added: int = 0
-    rebuilt: bool = False  # the FAISS index was rebuilt (kind changed, retrained, or vectors dropped)
-
-    def summary(self) -> str:
-        parts = [f"{len(self.added)} images added ({self.patches_added} patches)"]
-        if self.replaced:
-            parts.append(f"{len(self.replaced)} changed and re-embedded")
-        if self.unchanged:
-            parts.append(f"{len(self.unchanged)} already indexed")
-        if self.failed:
-            parts.append(f"{len(self.failed)} skipped as unreadable")
-        return ", ".join(parts)
-
-
 class PatchIndex:
     """Every patch of a gallery, embedded by one encoder at one layer, searchable by cosine similarity."""
 
@@ -457,6 +65,7 @@ class PatchIndex:
         self.vector_index = vector_index
         self.device = torch.device(device) if device is not None else default_device()
         self._device_search: DeviceSearch | None = None
+        self.origin: IndexOrigin | None = None  # the folder and generation it was loaded from or saved to
         self._reindex_images()
 
     def _reindex_images(self) -> None:
@@ -528,16 +137,10 @@ class PatchIndex:
         """Refuse an encoder (and layer; "index": the index's own) that differs from the one the index was built with."""
         m = self.manifest
         wanted = m.layer if layer == "index" else (None if layer is None else encoder.resolve_layers([layer])[0])
-        problems = []
-        if encoder.key != m.model_key:
-            problems.append(f"model {encoder.name} ({encoder.key})")
-        if wanted != m.layer:
-            problems.append("final normed tokens" if wanted is None else f"block {wanted}")
-        if encoder.spec.image_size != m.image_size:
-            problems.append(f"images at {encoder.spec.image_size} px")
+        problems = m.differences(encoder, wanted)
         if problems:
             raise IndexMismatch(
-                f"this index was built with {m.describe_embedding()}; the query uses {', '.join(problems)}. "
+                f"this index was built with {m.describe_embedding()}; the query uses {'; '.join(problems)}. "
                 f"Choose the index's model and layer, or build an index for this one.")
 
     # ----------------------------------------------------------------------------------------- adding
@@ -550,7 +153,8 @@ class PatchIndex:
         self.check_encoder(encoder)
         report = AddReport()
         todo: dict[str, str] = {}  # resolved path -> content hash
-        for path in expand_image_paths(list(sources)):
+        paths, report.skipped = gallery_files(sources)
+        for path in paths:
             resolved = str(path.resolve())
             if resolved in todo:
                 continue
@@ -574,10 +178,10 @@ class PatchIndex:
             progress(0, 0)
         report.patches_added = sum(v.shape[0] for v in new_vectors)
         if new_images:
-            report.rebuilt = self._append(new_images, new_vectors)
+            report.rebuilt = self.append_embedded(new_images, new_vectors)
         return report
 
-    def _append(self, new_images: list[IndexedImage], new_vectors: list[np.ndarray]) -> bool:
+    def append_embedded(self, new_images: list[IndexedImage], new_vectors: list[np.ndarray]) -> bool:
         """Add embedded images (replacing same-path ones); returns whether the FAISS index was rebuilt."""
         replaced = {self._by_path[im.path] for im in new_images if im.path in self._by_path}
         kept = [im for i, im in enumerate(self.images) if i not in replaced]
@@ -612,60 +216,26 @@ class PatchIndex:
 
     # ----------------------------------------------------------------------------------------- saving and loading
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write the index to a directory, atomically: a temporary directory beside it replaces it by rename."""
-        import faiss
+        """Commit the index to a folder (see `ssl_core.search.index_files.save_index`); refused while empty."""
+        from ssl_core.search.index_files import save_index
 
-        target = Path(directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
-        staging.mkdir()
-        try:
-            if self.vector_index is not None:
-                faiss.write_index(self.vector_index.index, str(staging / INDEX_FILE))
-            np.savez(staging / PATCHES_FILE, image_id=self._image_ids, row=self._rows, col=self._cols)
-            (staging / MANIFEST_FILE).write_text(self.manifest.to_json())
-            _fsync_files(staging)
-            backup = target.parent / f".{target.name}.previous"
-            if backup.exists():
-                shutil.rmtree(backup)
-            if target.exists():
-                os.rename(target, backup)
-            os.rename(staging, target)
-            shutil.rmtree(backup, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return target
+        return save_index(self, directory)
 
     @classmethod
     def load(cls, directory: str | os.PathLike, device: str | torch.device | None = None) -> "PatchIndex":
-        """Read an index directory (checking its manifest and files)."""
-        import faiss
+        """Read an index folder, checking every file (see `ssl_core.search.index_files.load_index`)."""
+        from ssl_core.search.index_files import load_index
 
-        where = Path(directory)
-        if not where.is_dir():
-            backup = where.parent / f".{where.name}.previous"  # a save interrupted between its two renames
-            if not (backup / MANIFEST_FILE).is_file():
-                raise IndexFormatError(f"{where}: no such index directory")
-            where = backup
-        if not (where / MANIFEST_FILE).is_file():
-            raise IndexFormatError(f"{where}: not a patch index (no {MANIFEST_FILE})")
-        manifest = IndexManifest.from_json((where / MANIFEST_FILE).read_text(), str(where))
-        vector_index = None
-        if manifest.count:
-            if not (where / INDEX_FILE).is_file():
-                raise IndexFormatError(f"{where}: {INDEX_FILE} is missing")
-            index = faiss.read_index(str(where / INDEX_FILE))
-            vector_index = VectorIndex(index, manifest.kind, manifest.search_param, manifest.recall, manifest.trained_count)
-            if vector_index.ntotal != manifest.count or vector_index.dim != manifest.dim:
-                raise IndexFormatError(f"{where}: {INDEX_FILE} holds {vector_index.ntotal} vectors of dim {vector_index.dim}, "
-                                       f"the manifest says {manifest.count} of dim {manifest.dim}")
-        out = cls(manifest, vector_index, device)
-        with np.load(where / PATCHES_FILE, allow_pickle=False) as patches:
-            if not (np.array_equal(patches["image_id"], out._image_ids) and np.array_equal(patches["row"], out._rows)
-                    and np.array_equal(patches["col"], out._cols)):
-                raise IndexFormatError(f"{where}: {PATCHES_FILE} does not match the manifest's images")
-        return out
+        return load_index(directory, device)
+
+    def adopt(self, other: "PatchIndex") -> None:
+        """Take over another index's contents (after a merge)."""
+        self.manifest, self.vector_index = other.manifest, other.vector_index
+        self._reindex_images()
+
+    def patch_positions(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Image id [N] int32, row [N] int16 and col [N] int16 of every stored vector."""
+        return self._image_ids, self._rows, self._cols
 
     # ----------------------------------------------------------------------------------------- reading back
     def vectors(self) -> np.ndarray:
@@ -809,14 +379,5 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _fsync_files(directory: Path) -> None:
-    """Flush a directory's files to disk before it is renamed into place."""
-    for path in directory.iterdir():
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
-
-
 __all__ = ["PatchIndex", "PatchHit", "ImageHit", "QueryImage", "AddReport", "IndexManifest", "IndexedImage",
-           "VectorIndex", "make_vector_index", "exact_search_torch",
-           "recall_at_k", "PatchTable", "patch_vectors", "grid_positions", "normalize_rows", "resolve_kind",
-           "AUTO_EXACT_LIMIT", "RECALL_TARGET"]
+           "gallery_files", "is_index_directory", "MANIFEST_FILE", "POINTER_FILE"]

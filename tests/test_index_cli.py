@@ -1,0 +1,93 @@
+"""`patchlens index` and `embed` with nothing to do: non-zero exit, nothing written; links not followed are named."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from conftest import smooth_image
+from PIL import Image
+
+from app.cli.main import main
+from ssl_core.search.patch_index import PatchIndex
+
+
+@pytest.fixture
+def folders(tmp_path):
+    """An empty folder, a folder of unreadable images, and a folder with one good image."""
+    empty, broken, good = tmp_path / "empty", tmp_path / "broken", tmp_path / "good"
+    for folder in (empty, broken, good):
+        folder.mkdir()
+    (broken / "a.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (broken / "b.png").write_bytes(b"")
+    Image.fromarray(smooth_image(48, 64, seed=3)).save(good / "g.png")
+    return empty, broken, good
+
+
+def test_build_with_nothing_readable_exits_non_zero_and_writes_nothing(folders, tmp_path, capsys):
+    empty, broken, _ = folders
+    out = tmp_path / "idx"
+    assert main(["index", "build", str(empty), "--model", "random-tiny", "--out", str(out)]) == 1
+    assert f"nothing indexed (no image files in {empty}); nothing was written" in capsys.readouterr().err
+    assert main(["index", "build", str(broken), "--model", "random-tiny", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "nothing indexed (2 new image files could not be read)" in err and "a.jpg" in err and "b.png" in err
+    assert not out.exists()
+
+
+def test_add_with_nothing_readable_exits_non_zero_and_leaves_the_index_as_it_was(folders, tmp_path, capsys):
+    empty, broken, good = folders
+    out = tmp_path / "idx"
+    assert main(["index", "build", str(good), "--model", "random-tiny", "--out", str(out)]) == 0
+    before = sorted(p.name for p in out.iterdir()), (out / "CURRENT").read_bytes()
+    for folder in (empty, broken):
+        assert main(["index", "add", str(out), str(folder)]) == 1
+        assert "nothing added" in capsys.readouterr().err
+        assert (sorted(p.name for p in out.iterdir()), (out / "CURRENT").read_bytes()) == before
+    assert main(["index", "add", str(out), str(good)]) == 0  # already indexed: nothing to do is no failure
+    assert "1 already indexed" in capsys.readouterr().err
+
+
+def test_embed_with_nothing_readable_exits_non_zero_and_writes_nothing(folders, tmp_path, capsys):
+    empty, broken, _ = folders
+    for folder in (empty, broken):
+        out = tmp_path / f"{folder.name}.npz"
+        assert main(["embed", str(folder), "--model", "random-tiny", "--out", str(out)]) == 1
+        assert "nothing was written" in capsys.readouterr().err and not out.exists()
+
+
+def test_symlink_loops_and_linked_folders_are_named_not_skipped_silently(folders, tmp_path, capsys):
+    _, _, good = folders
+    os.symlink(good, good / "loop")  # a link to the folder it is in
+    os.symlink(good / "self.png", good / "self.png")  # resolves to itself
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.fromarray(smooth_image(48, 48, seed=4)).save(other / "o.png")
+    os.symlink(other, good / "linked")
+    out = tmp_path / "idx"
+    assert main(["index", "build", str(good), "--model", "random-tiny", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"skipped {good / 'loop'}: symlink to an enclosing folder (a loop), not followed" in err
+    assert f"skipped {good / 'self.png'}: symlink loop, skipped" in err
+    assert f"skipped {good / 'linked'}: symlinked folder, not followed" in err
+    assert "1 images added" in err and "3 symlinks not followed" in err
+    assert [im.path for im in PatchIndex.load(out).images] == [str(good / "g.png")]
+
+
+def test_verify_reports_an_intact_index_and_deep_checks_what_is_at_hand(folders, tmp_path, capsys):
+    _, _, good = folders
+    out = tmp_path / "idx"
+    Image.fromarray(smooth_image(48, 56, seed=5)).save(good / "h.png")
+    assert main(["index", "build", str(good), "--model", "random-tiny", "--out", str(out)]) == 0
+    assert main(["index", "verify", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "generation gen-000001, 3 files" in text and "2 images" in text and text.strip().endswith("OK")
+    (good / "h.png").unlink()
+    assert main(["index", "verify", str(out), "--deep"]) == 0
+    text = capsys.readouterr().out
+    assert "re-embedded 1 images" in text and "1 not at hand" in text
+    (good / "g.png").unlink()  # nothing left to compare: a deep check that checked nothing is no pass
+    assert main(["index", "verify", str(out), "--deep"]) == 1
+    assert "could not be checked" in capsys.readouterr().out
+    manifest = out / json.loads((out / "CURRENT").read_text())["generation"] / "manifest.json"
+    assert json.loads(manifest.read_text())["files"]["patches.npz"]["size"] > 0
