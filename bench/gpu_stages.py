@@ -212,7 +212,7 @@ def throughput(context: Context) -> list[dict]:
 
 def exact_search(context: Context) -> list[dict]:
     """Exhaustive top-10 over N x D float16 vectors on the device: 1 query and 196 queries (one image's patches)."""
-    from ssl_core.search.patch_index import exact_search_torch
+    from ssl_core.search.vectors import exact_search_torch
 
     n, d = (100_000, 64) if context.smoke else (10_000_000, 768)
     dtype = torch.float32 if context.smoke else torch.float16

@@ -141,7 +141,7 @@ def colour_by_attention(values: np.ndarray, title: str = "class-token attention 
 
 
 def colour_patches(table: PatchTable, by: str, attention: np.ndarray | None = None, parts: int = 8, seed: int = 0) -> Colouring:
-    """The colouring named ``by`` (one of `COLOURINGS`) for the rows of a `ssl_core.search.patch_index.PatchTable`.
+    """The colouring named ``by`` (one of `COLOURINGS`) for the rows of a `ssl_core.features.patch_table.PatchTable`.
 
     ``attention``: a value per row, needed for ``by="attention"`` (see `attention_per_patch`).
     """

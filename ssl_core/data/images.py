@@ -85,7 +85,7 @@ def decode_image_bytes(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIX
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
-        kind = _sniff_format(data)
+        kind = sniff_format(data)
         if kind:
             raise ImageLoadError(name, f"corrupt image data: it starts like a {kind} file but cannot be parsed") from None
         raise ImageLoadError(name, "not an image file (unrecognised format)") from None
@@ -107,7 +107,8 @@ _SIGNATURES = {b"\x89PNG": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF8": "GIF", b"BM"
                b"MM\x00*": "TIFF"}
 
 
-def _sniff_format(data: bytes) -> str | None:
+def sniff_format(data: bytes) -> str | None:
+    """The image format the first bytes announce (PNG, JPEG, GIF, BMP, TIFF, WebP), or None."""
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WebP"
     return next((kind for magic, kind in _SIGNATURES.items() if data.startswith(magic)), None)

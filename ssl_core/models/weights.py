@@ -57,7 +57,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def describe_non_checkpoint(head: bytes, safetensors: bool) -> str:
     """What a file that cannot be a checkpoint starts like, from its first bytes ("" when it could be one)."""
-    from ssl_core.data.images import _sniff_format  # the image signatures image loading knows
+    from ssl_core.data.images import sniff_format  # the image signatures image loading knows
 
     if safetensors:
         if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (100 << 20):
@@ -65,7 +65,7 @@ def describe_non_checkpoint(head: bytes, safetensors: bool) -> str:
     elif head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05") \
             or head[257:262] == b"ustar":  # torch zip, legacy pickle, legacy tar
         return ""
-    image = _sniff_format(head)
+    image = sniff_format(head)
     if image:
         return f"it starts like a {image} image"
     for magic, kind in ((b"PK\x03\x04", "a zip archive (a PyTorch checkpoint? name it .pth)"),

@@ -33,7 +33,6 @@ from ssl_core.models.registry import BUNDLED_DIR
 from ssl_core.progress import ProgressFn
 from ssl_core.system import hardware
 
-
 # ------------------------------------------------------------------------------------------------ config
 CALIBRATION_STEPS = 10  # steps timed before a run with max_seconds sets its total
 @dataclass
