@@ -68,8 +68,8 @@ def lab_markdown(report, command_line: str, machine: str, encoders: dict, missin
 
     lines = ["# PatchLens Lab", "",
              "The papers' findings measured on PatchLens's encoders over held-out parts-world scenes (never drawn in "
-             "training). Written by `patchlens lab`; the method of every measure is in the docstring of "
-             "`ssl_core/lab.py`.", "",
+             "training). Written by `patchlens lab`; the method of every measure is in the docstrings of "
+             "`ssl_core/lab/` (one module per measure).", "",
              f"Command: `{command_line}`  ", f"Machine: {machine}  ",
              f"Run time: {report.seconds:.1f} s in all (each encoder's own time is in its table).", "", "Models:", ""]
     lines += [f"- `{name}`: {weights_line(encoder)}" for name, encoder in encoders.items()]
@@ -123,6 +123,50 @@ def _lab(parser: argparse.ArgumentParser):
         json_path = out.with_suffix(".json")
         json_path.write_text(json.dumps(numbers, indent=1) + "\n")
         print(f"wrote {out} and {json_path} ({report.seconds:.1f} s)", file=sys.stderr)
+        return 0
+    return run
+
+
+@command("layers", "which layer? part probe, part-map ARI, BagSSL cosine and CKA to the last block, per block")
+def _layers(parser: argparse.ArgumentParser):
+    from app.cli.main import add_model_args
+
+    add_model_args(parser)
+    parser.add_argument("--n-train", type=int, default=80, help="held-out scenes whose patches train the part probe")
+    parser.add_argument("--n-test", type=int, default=40, help="held-out scenes that score it (and the part maps)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help=".html (plotly curves), .md or .json (default: print a table)")
+
+    def run(args: argparse.Namespace) -> int:
+        from app.cli.main import load_model_from_args
+        from ssl_core.lab import LabConfig
+        from ssl_core.lab.layers import layer_sweep
+        from ssl_core.render.figures import layer_sweep_figure
+        from ssl_core.render.tables import markdown_table
+
+        encoder = load_model_from_args(args)
+        print(encoder.describe(), file=sys.stderr)
+        config = LabConfig(n_train=args.n_train, n_test=args.n_test, seed=args.seed,
+                           patch_train_images=args.n_train, patch_test_images=args.n_test,
+                           part_map_images=args.n_test)
+        sweep = layer_sweep(encoder, config, progress=tqdm_progress("layers", unit="img"))
+        table = markdown_table(["block", "part probe (balanced)", "part-map ARI", "cos(class, mean patch)",
+                                "CKA to last"], sweep.rows())
+        text = (f"{sweep.model}: {sweep.train_scenes} / {sweep.test_scenes} held-out scenes, seed {sweep.seed}; part "
+                f"probe chance {sweep.part_probe_chance:.3f}; best block for parts: {sweep.best_part_block}\n\n{table}")
+        out = Path(args.out) if args.out else None
+        if out is None:
+            print(text)
+        elif out.suffix == ".html":
+            layer_sweep_figure(sweep).write_html(out, include_plotlyjs=True)
+        elif out.suffix == ".json":
+            from dataclasses import asdict
+
+            out.write_text(json.dumps(asdict(sweep), indent=1, default=float) + "\n")
+        else:
+            out.write_text(f"# Layer sweep\n\n{text}\n")
+        if out is not None:
+            print(f"wrote {out}", file=sys.stderr)
         return 0
     return run
 

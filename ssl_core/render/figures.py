@@ -23,6 +23,8 @@ from ssl_core.render.draw import PALETTE, _font, apply_colormap, upsample
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
+    from ssl_core.lab.layers import LayerSweep
+
 SCALAR_CMAP = "inferno"
 LEGEND_MAX = 20
 
@@ -52,6 +54,7 @@ def umap_figure(patch_map: PatchMap, colouring: Colouring, hover: Sequence[str] 
     """An interactive scatter of a patch map; ``customdata`` holds each point's index."""
     import plotly.graph_objects as go
 
+
     xy = patch_map.coords
     hover = list(hover) if hover is not None else [str(i) for i in range(len(xy))]
     fig = go.Figure()
@@ -79,6 +82,7 @@ def umap_figure(patch_map: PatchMap, colouring: Colouring, hover: Sequence[str] 
 def cka_figure(result: CKAResult, height: int = 520) -> go.Figure:
     """A CKA heatmap (`ssl_core.analyses.cka.CKAResult`): blocks of model A down the side, of model B along the bottom."""
     import plotly.graph_objects as go
+
 
     zmin = min(0.0, float(result.matrix.min()))
     heatmap = go.Heatmap(z=result.matrix, x=result.labels_b, y=result.labels_a, zmin=zmin, zmax=1.0, colorscale="Viridis",
@@ -193,6 +197,7 @@ def bag_of_crops_figure(results: dict[str, BagOfCrops]) -> go.Figure:
     """cos(mean of crop embeddings, image embedding) against crop size, one line per model."""
     import plotly.graph_objects as go
 
+
     fig = go.Figure()
     for name, result in results.items():
         labels = [f"{s}px" for s in result.crop_sizes[:-1]] + [f"full ({result.crop_sizes[-1]}px)"]
@@ -209,12 +214,31 @@ def layer_agreement_figure(results: dict[str, LayerAgreement]) -> go.Figure:
     """cos(image embedding, mean of patch tokens) per block, one line per model."""
     import plotly.graph_objects as go
 
+
     fig = go.Figure()
     for name, result in results.items():
         x = [_layer_label(l) for l in result.layers]
         fig.add_trace(go.Scatter(x=x, y=result.cosine, mode="lines+markers", name=name))
     fig.update_layout(title="Image embedding vs mean of patch tokens, per block", xaxis_title="block",
                       yaxis_title="cosine", yaxis_range=[-1.05, 1.05], template="plotly_white", height=360,
+                      margin=dict(l=50, r=20, t=50, b=50))
+    return fig
+
+
+def layer_sweep_figure(sweep: LayerSweep) -> go.Figure:
+    """The layer sweep's four curves against the block index."""
+    import plotly.graph_objects as go
+
+
+    fig = go.Figure()
+    curves = {"part probe (balanced acc.)": sweep.part_probe, "part-map ARI": sweep.part_map_ari,
+              "cos(class token, mean patch)": sweep.bag_cosine, "CKA to the last block": sweep.cka_to_last}
+    for name, values in curves.items():
+        fig.add_trace(go.Scatter(x=sweep.blocks, y=[None if np.isnan(v) else v for v in values], mode="lines+markers",
+                                 name=name, hovertemplate="block %{x}: %{y:.3f}<extra>" + name + "</extra>"))
+    fig.add_hline(y=sweep.part_probe_chance, line_dash="dot", annotation_text="part probe chance")
+    fig.update_layout(title=f"Which layer? {sweep.model} on {sweep.test_scenes} held-out parts-world scenes",
+                      xaxis_title="block", yaxis_title="score", template="plotly_white", height=400,
                       margin=dict(l=50, r=20, t=50, b=50))
     return fig
 

@@ -1,0 +1,52 @@
+"""The layer sweep: per-block part probe, part-map ARI, BagSSL cosine and CKA to the last block."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ssl_core import load_encoder
+from ssl_core.analyses.cka import pool_tokens
+from ssl_core.lab import LabConfig
+from ssl_core.lab.layers import block_view, encode_all_blocks, layer_sweep
+from ssl_core.render.figures import layer_sweep_figure
+
+CONFIG = LabConfig(n_train=16, n_test=8, patch_train_images=16, patch_test_images=8, part_map_images=8)
+
+
+def numpy_linear_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """Kornblith et al.'s linear CKA, written out in numpy: ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)."""
+    x, y = x - x.mean(0), y - y.mean(0)
+    return float(np.linalg.norm(y.T @ x) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return load_encoder("patchlens-sup", device="cpu", cache=None)
+
+
+def test_sweep_against_independent_references(encoder) -> None:
+    sweep = layer_sweep(encoder, CONFIG)
+    assert sweep.blocks == list(range(encoder.depth)) and sweep.test_scenes == 8 and sweep.train_scenes == 16
+    assert sweep.cka_to_last[-1] == pytest.approx(1.0)
+    scenes = encode_all_blocks(encoder, CONFIG)
+    for block in (0, 3):
+        rows = [torch.cat([pool_tokens(f.layer_tokens[b]) for f in scenes.test_features]).double().numpy()
+                for b in (block, encoder.depth - 1)]
+        assert sweep.cka_to_last[block] == pytest.approx(numpy_linear_cka(*rows), abs=1e-5)
+        cosines = [float(F.cosine_similarity(f.layer_prefix_tokens[block][0],
+                                             f.layer_tokens[block].reshape(-1, encoder.embed_dim).mean(0), dim=0))
+                   for f in scenes.test_features]
+        assert sweep.bag_cosine[block] == pytest.approx(np.mean(cosines), abs=1e-5)
+    assert all(0 <= v <= 1 for v in sweep.part_probe + sweep.cka_to_last)
+    assert max(sweep.part_probe) > sweep.part_probe_chance + 0.1  # trained tokens know parts
+    assert len(set(np.round(sweep.part_probe, 6))) > 1  # each block's own tokens were probed
+    assert len(layer_sweep_figure(sweep).data) == 4
+
+
+def test_block_view_swaps_in_the_block_tokens(encoder) -> None:
+    scenes = encode_all_blocks(encoder, CONFIG)
+    view = block_view(scenes, 2)
+    assert torch.equal(view.test_features[0].patch_tokens, scenes.test_features[0].layer_tokens[2])
+    assert not torch.equal(scenes.test_features[0].patch_tokens, view.test_features[0].patch_tokens)
