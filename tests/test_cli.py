@@ -54,3 +54,28 @@ def test_console_script_runs_and_reports_errors_without_a_traceback(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "unknown model 'no-such-model'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_embed_saves_a_facet(tmp_path, image_file):
+    from ssl_core import load_encoder
+    from ssl_core.features.facets import capture_qkv
+
+    picture = image_file("c.png", 70, 100, seed=3)
+    out = tmp_path / "facet.npz"
+    assert main(["embed", picture, "--model", "random-tiny", "--facet", "key", "--facet-block", "2",
+                 "--out", str(out)]) == 0
+    data = load_features_npz(out)
+    encoder = load_encoder("random-tiny", cache=None)
+    x = encoder.to_tensor(encoder.prepare(picture))[None]
+    with capture_qkv(encoder.model, [2]) as captured:
+        encoder.model.forward_features(x)
+    key = captured[2][1][0]  # [heads, T, dh]
+    expected = key.permute(1, 0, 2).reshape(key.shape[1], -1)[1:]  # patch tokens, heads concatenated
+    np.testing.assert_allclose(data["facet_key_2_tokens"], expected.numpy(), atol=1e-5)
+    assert data["facet_key_2_prefix"].shape == (1, 1, 192)
+
+
+def test_layers_command_prints_the_sweep(capsys):
+    assert main(["layers", "--model", "random-tiny", "--n-train", "8", "--n-test", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "| block |" in out and out.count("\n| ") == 8  # header, separator, 6 blocks

@@ -91,16 +91,20 @@ def _embed(parser: argparse.ArgumentParser):
     parser.add_argument("--layers", default="", help="comma-separated block indices to save too (e.g. 3,7,-1) or 'all'")
     parser.add_argument("--out", required=True, help="output .npz file (layout: see README)")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--facet", default=None, choices=["query", "key", "value", "token"],
+                        help="also save this facet of --facet-block (dino-vit-features' key/query/value tokens)")
+    parser.add_argument("--facet-block", type=int, default=-1, help="block of --facet (default: the last)")
 
     def run(args: argparse.Namespace) -> int:
         from ssl_core.data.images import expand_image_paths, load_images_reporting
         from ssl_core.features.export import save_features_npz
+        from ssl_core.features.facets import facet_tokens
 
         encoder = load_model_from_args(args)
         print(encoder.describe(), file=sys.stderr)
         resolved = encoder.resolve_layers(parse_layers(args.layers))
         paths = expand_image_paths(args.images)
-        names, features, failed = [], [], []
+        names, features, failed, facets = [], [], [], []
         progress = tqdm_progress("embedding")
         for start in range(0, len(paths), args.batch_size):  # loaded and embedded batch by batch
             loaded, problems = load_images_reporting(paths[start:start + args.batch_size])
@@ -108,13 +112,15 @@ def _embed(parser: argparse.ArgumentParser):
             for problem in problems:
                 print(f"skipped {problem}", file=sys.stderr)
             features += encoder.extract([image for _, image in loaded], layers=resolved, batch_size=args.batch_size)
+            if args.facet:
+                facets += facet_tokens(encoder, [image for _, image in loaded], args.facet, args.facet_block)
             names += [name for name, _ in loaded]
             progress(min(start + args.batch_size, len(paths)), len(paths))
         if not features:
             reason = f"none of the {len(failed)} inputs is a readable image" if failed else "no image files found"
             print(f"patchlens embed: error: {reason}; nothing was written", file=sys.stderr)
             return 1
-        path = save_features_npz(args.out, names, features, encoder, resolved, failed)
+        path = save_features_npz(args.out, names, features, encoder, resolved, failed, facets)
         print(f"wrote {len(features)} images ({sum(f.grid_hw[0] * f.grid_hw[1] for f in features)} patches) to {path}"
               + (f"; skipped {len(failed)} bad inputs" if failed else ""), file=sys.stderr)
         return 0

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ssl_core.features.encoder import Encoder, PatchFeatures
+from ssl_core.features.facets import FacetTokens
 
 
 def features_meta(encoder: Encoder) -> dict:
@@ -47,8 +48,12 @@ def features_meta(encoder: Encoder) -> dict:
 
 
 def save_features_npz(path: str | os.PathLike, names: Sequence[str], features: Sequence[PatchFeatures],
-                      encoder: Encoder, layers: Sequence[int] = (), failed: Sequence[str] = ()) -> Path:
-    """Write features in the documented layout (see the module docstring); atomic (temp file, rename)."""
+                      encoder: Encoder, layers: Sequence[int] = (), failed: Sequence[str] = (),
+                      facets: Sequence[FacetTokens] = ()) -> Path:
+    """Write features in the documented layout (see the module docstring); atomic (temp file, rename).
+
+    ``facets``: one `FacetTokens` per image (the same facet and block for all), saved as
+    ``facet_{facet}_{block}_tokens`` [T, D] and ``facet_{facet}_{block}_prefix`` [N, P, D]."""
     path = Path(path)
     grids = np.array([f.grid_hw for f in features], dtype=np.int64).reshape(-1, 2)
     offsets = np.concatenate([[0], np.cumsum(grids.prod(1))]).astype(np.int64)
@@ -68,6 +73,10 @@ def save_features_npz(path: str | os.PathLike, names: Sequence[str], features: S
     for k in layers:
         arrays[f"layer_{k}_tokens"] = _stack_tokens([f.tokens(k) for f in features], dim)
         arrays[f"layer_{k}_prefix"] = _stack_prefix([f.layer_prefix_tokens[k] for f in features], dim)
+    if facets:
+        key = f"facet_{facets[0].facet}_{facets[0].block}"
+        arrays[f"{key}_tokens"] = _stack_tokens([f.patch_tokens for f in facets], dim)
+        arrays[f"{key}_prefix"] = _stack_prefix([f.prefix_tokens for f in facets], dim)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, **arrays)
