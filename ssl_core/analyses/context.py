@@ -41,13 +41,12 @@ def context_drift(encoder: Encoder, image: ImageSource | Image.Image, mask: np.n
                          f"{grid[0]}x{grid[1]} patches")
     if mask.all():
         raise BadRequest("the mask hides every patch: no visible patch is left to compare")
-    vit = encoder.model_for_grid(grid)
-    if not isinstance(vit, VisionTransformer):
-        raise BadRequest(f"{encoder.name} ({type(vit).__name__}) cannot drop tokens: context drift needs a timm "
-                         f"VisionTransformer with absolute position embeddings")
+    if not isinstance(encoder.model, VisionTransformer):
+        raise BadRequest(f"{encoder.name} ({type(encoder.model).__name__}) cannot drop tokens: context drift needs a "
+                         f"timm VisionTransformer with absolute position embeddings")
     imgs = encoder.to_tensor(processed)[None].to(encoder.device)  # [1, 3, H, W]
     hidden = torch.from_numpy(mask.reshape(1, -1)).to(encoder.device)  # [1, L]
-    with torch.inference_mode(), encoder.autocast():
+    with encoder.running(grid) as vit:
         whole = encode_visible(vit, imgs)[0]  # [L, D]
         alone = encode_visible(vit, imgs, hidden)[0]  # [K, D]
         cosine = F.cosine_similarity(alone.float(), whole[~hidden[0]].float(), dim=-1)  # [K]

@@ -19,7 +19,7 @@ import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence, TypeVar
+from typing import Callable, Iterator, Iterable, Sequence, TypeVar
 
 import numpy as np
 import timm
@@ -260,16 +260,23 @@ class Encoder:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    @contextlib.contextmanager
+    def running(self, grid_hw: tuple[int, int]) -> Iterator[nn.Module]:
+        """The model for a grid, held for one use: the encoder's lock (attention and facet hooks attach to shared
+        modules, so no other thread may run it meanwhile), inference mode and autocast. Every forward pass of a
+        shared encoder goes through here."""
+        with self.lock, torch.inference_mode(), self.autocast():
+            yield self.model_for_grid(grid_hw)
+
     def forward_batch(self, batch: torch.Tensor, layers: tuple[int, ...] = (), attention: bool = False,
                       ) -> list[PatchFeatures]:
         """One forward pass over same-size images. batch: [B, 3, H, W] normalised."""
         B, _, H, W = batch.shape
         p = self.patch_size
         grid = (H // p, W // p)
-        model = self.model_for_grid(grid)
         P = self.num_prefix_tokens
         indices = list(layers) if layers else [self.depth - 1]
-        with self.lock, torch.inference_mode(), self.autocast():
+        with self.running(grid) as model:
             x = batch.to(self.device, non_blocking=True)
             capture = capture_attention(model) if attention else contextlib.nullcontext([])
             with capture as maps:
@@ -314,8 +321,7 @@ class Encoder:
         x: [B, 3, H, W] normalised, on the device. layer None is the final normed output. Returns
         [B, h*w, D] on the device. ``forward_features`` replaces the model's own (e.g. a compiled one).
         """
-        model = self.model_for_grid((x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size))
-        with torch.inference_mode(), self.autocast():
+        with self.running((x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)) as model:
             if layer is None:
                 return (forward_features or model.forward_features)(x)[:, self.num_prefix_tokens:]
             [tokens] = model.forward_intermediates(x, indices=[layer], norm=False, output_fmt="NLC",

@@ -112,8 +112,7 @@ def facet_tokens(encoder, images: Sequence, facet: str, block: int = -1) -> list
 
 def _qkv_tokens(encoder, x: torch.Tensor, grid: tuple[int, int], block: int, which: int) -> torch.Tensor:
     """q (0), k (1) or v (2) of one block for one image: [T, heads * head_dim] on the CPU. x: [1, 3, H, W]."""
-    model = encoder.model_for_grid(grid)
-    with encoder.lock, torch.inference_mode(), encoder.autocast(), capture_qkv(model, [block]) as captured:
+    with encoder.running(grid) as model, capture_qkv(model, [block]) as captured:
         model.forward_intermediates(x, indices=[block], intermediates_only=True, stop_early=True)
     facet = captured[block][which][0]  # [heads, T, dh]
     return facet.permute(1, 0, 2).reshape(facet.shape[1], -1).cpu()

@@ -47,8 +47,7 @@ def misplaced_tokens(encoder: Encoder, images: Sequence[Image.Image], ratio: flo
         grid = (batch.shape[-2] // encoder.patch_size, batch.shape[-1] // encoder.patch_size)
         swaps = [swap_positions(grid[0] * grid[1], ratio, generator) for _ in range(batch.shape[0])]
         position_ids = torch.stack([ids for ids, _ in swaps])  # [B, L]
-        vit = encoder.model_for_grid(grid)
-        with torch.inference_mode(), encoder.autocast():
+        with encoder.running(grid) as vit:
             tokens = forward_with_positions(vit, batch.to(encoder.device), position_ids)  # [B, P + L, D]
         out_tokens.append(tokens[:, encoder.num_prefix_tokens:].float().cpu())
         out_swapped.append(torch.stack([swapped for _, swapped in swaps]))
