@@ -121,7 +121,8 @@ def test_every_view_returns_a_view_result(tiny_encoder, tmp_path):
         "inspect.model_status": lambda: inspect_views.model_status(tiny_encoder),
         "inspect.overview": lambda: inspect_views.overview(tiny_encoder, images[0]),
         "inspect.pca_view": lambda: inspect_views.pca_view(tiny_encoder, images, ["a", "b"], None),
-        "inspect.similarity_view": lambda: inspect_views.similarity_view(tiny_encoder, images, ["a", "b"], 0, 1, 1, None),
+        "inspect.similarity_view": lambda: inspect_views.similarity_view(tiny_encoder, images, ["a", "b"], 0, 1, 1,
+                                                                         None),
         "inspect.parts_view": lambda: inspect_views.parts_view(tiny_encoder, images, ["a", "b"], None, k=3),
         "inspect.attention_view": lambda: inspect_views.attention_view(tiny_encoder, images[0], -1, None, False, 0.5),
         "inspect.bagssl_view": lambda: inspect_views.bagssl_view(tiny_encoder, images[0], [32]),
@@ -169,7 +170,8 @@ def test_the_app_shows_a_view_result_in_its_components(tmp_path):
                "markdown": gr.Markdown(), "state": gr.State(), "numbers": gr.File(), "report.html": gr.File()}
     shown = app.show(result, targets)
     assert shown[targets["map"]] is picture and shown[targets["absent"]] is None and shown[targets["missing"]] == []
-    assert shown[targets["counts"]]["value"] == [["a", 3]] and shown[targets["counts"]]["headers"] == ["image", "part 0"]
+    assert shown[targets["counts"]]["value"] == [["a", 3]]
+    assert shown[targets["counts"]]["headers"] == ["image", "part 0"]
     assert shown[targets["markdown"]] == "careful\n\ndone" and shown[targets["state"]] == {"kept": 1}
     assert shown[targets["numbers"]].endswith("parts_a.npz") and np.load(shown[targets["numbers"]])["x"].sum() == 2
     assert open(shown[targets["report.html"]], "rb").read() == b"<html>"

@@ -130,7 +130,8 @@ class PatchLensApp:
             weights = str(self.config.check_readable(weights_path.strip(), "weights file"))
         size = int(image_size) if image_size else None
         if size is not None and not 16 <= size <= 1024:
-            raise BadRequest(f"The short side must be between 16 and 1024 pixels (or 0 for the model's own), not {size}.")
+            raise BadRequest(f"The short side must be between 16 and 1024 pixels (or 0 for the model's own), "
+                             f"not {size}.")
         return self.pool.get(model or self.config.default_model, weights, size)
 
     def mae(self, name: str | None, upload: str | None) -> MaskedAutoencoder:
@@ -142,8 +143,9 @@ class PatchLensApp:
     def view(self, fn: Callable[..., ViewResult], inputs: list[Component], targets: Mapping[str, Component]) -> Runner:
         """A runner for a callback returning a `ViewResult`, shown in ``targets``: result name -> component.
 
-        Names: a picture, gallery, figure or table of the result; "markdown" (warnings and notes); "state"; "numbers"
-        (the numbers file) or a file name of ``result.files`` (a download). A name the result lacks clears its component.
+        Names: a picture, gallery, figure or table of the result; "markdown" (warnings and notes); "state";
+        "numbers" (the numbers file) or a file name of ``result.files`` (downloads). A name the result lacks clears
+        its component.
         """
         @functools.wraps(fn)
         def show(*args: Any, **kwargs: Any) -> dict[Component, Any]:
@@ -155,9 +157,12 @@ class PatchLensApp:
         return Runner(ui_errors(fn), inputs, outputs)
 
     def show(self, result: ViewResult, targets: Mapping[str, Component]) -> dict[Component, Any]:
-        files = {name: data for name, data in result.files.items() if name in targets}
+        """The value of each target component (see `view`); the downloads asked for are written first."""
+        downloads = {name: data for name, data in result.files.items() if name in targets}
         numbers = result.numbers_file() if "numbers" in targets else None
-        paths = self.write_downloads({**files, **dict([numbers] if numbers else [])})
+        if numbers is not None:
+            downloads[numbers[0]] = numbers[1]
+        paths = self.write_downloads(downloads)
         shown: dict[Component, Any] = {}
         for name, component in targets.items():
             if name == "markdown":
@@ -165,7 +170,7 @@ class PatchLensApp:
             elif name == "state":
                 value = result.state
             elif name == "numbers":
-                value = paths.get(numbers[0]) if numbers else None
+                value = paths[numbers[0]] if numbers else None
             elif name in result.files:
                 value = paths[name]
             else:
@@ -207,7 +212,8 @@ class PatchLensApp:
         if problems:
             status += "\n\n**Skipped:**\n" + "\n".join(f"- {p}" for p in problems)
         names = [i.name for i in images]
-        return images, [(i.image, i.name) for i in images], status, gr.update(choices=names, value=names[-1] if names else None), None
+        chooser = gr.update(choices=names, value=names[-1] if names else None)
+        return images, [(i.image, i.name) for i in images], status, chooser, None
 
     # ------------------------------------------------------------------------------------- layout
     def build(self) -> gr.Blocks:
@@ -246,11 +252,11 @@ class PatchLensApp:
                 compare.CompareTab(self).build(shared)
                 lab.LabTab(self).build(shared)
 
-            image_outputs = [shared.images, strip, image_status, selected, uploads]
+            images, image_outputs = shared.images, [shared.images, strip, image_status, selected, uploads]
             after_images = (inspect_tab.runners["pca"], inspect_tab.runners["parts"])
-            chain(self.action(self.add_images, [uploads, shared.images], image_outputs).on(uploads.upload), *after_images)
-            chain(self.action(self.add_examples, [shared.images], image_outputs).on(examples_btn.click), *after_images)
-            chain(self.action(self.clear_images, [shared.images], image_outputs).on(clear_btn.click), *after_images,
+            chain(self.action(self.add_images, [uploads, images], image_outputs).on(uploads.upload), *after_images)
+            chain(self.action(self.add_examples, [images], image_outputs).on(examples_btn.click), *after_images)
+            chain(self.action(self.clear_images, [images], image_outputs).on(clear_btn.click), *after_images,
                   inspect_tab.runners["similarity"])
             inspect_tab.runners["status"].on(demo.load)
             gr.api(ui_errors(inspect_tab.api_patch_features), api_name="patch_features")

@@ -173,7 +173,8 @@ def attention_view(encoder: Encoder, image: Image.Image, layer: int, head: int |
     else:
         chosen = class_attention_map(f.attention, f.num_prefix, f.grid_hw, layer=layer, head=head)
         title = f"block {layer}, " + ("heads averaged" if head is None else f"head {head}")
-    heads = [class_attention_map(f.attention, f.num_prefix, f.grid_hw, layer=layer, head=h) for h in range(encoder.num_heads)]
+    heads = [class_attention_map(f.attention, f.num_prefix, f.grid_hw, layer=layer, head=h)
+             for h in range(encoder.num_heads)]
     mask = mass_mask(chosen, keep_mass)
     notes = (f"Class-token attention, {title}. Mask: the patches holding {keep_mass:.0%} of the attention mass "
              f"({int(mask.sum())} of {mask.numel()} patches)")

@@ -132,7 +132,10 @@ def check_part_count(grids: list[torch.Tensor], k: int, foreground: list[torch.T
                      separate: bool = False, names: list[str] | None = None) -> int:
     """The number of patches `part_maps` would cluster (foreground only where masks [h, w] are given); a
     `BadRequest` when that is fewer than ``k``, or (``separate``) when one image alone has fewer than ``k``."""
-    selected = [int(m.sum()) for m in foreground] if foreground is not None else [g.shape[0] * g.shape[1] for g in grids]
+    if foreground is not None:
+        selected = [int(m.sum()) for m in foreground]
+    else:
+        selected = [g.shape[0] * g.shape[1] for g in grids]
     total = sum(selected)
     if total < k:
         raise BadRequest(f"{total} patches are selected, fewer than k = {k} parts")

@@ -64,8 +64,8 @@ class CompareTab:
                     with gr.Row():
                         png = gr.File(label="Comparison (PNG)", elem_id="compare-png")
                         report = gr.File(label="Report (HTML)", elem_id="compare-html")
-            rows = {row: gr.Image(label=row, interactive=False, format="png", elem_id=f"compare-{row.split()[0].lower()}")
-                    for row in views.ROWS}
+            rows = {row: gr.Image(label=row, interactive=False, format="png",
+                                  elem_id=f"compare-{row.split()[0].lower()}") for row in views.ROWS}
             click = gr.State(Click.centre())  # the spot, on the image as shown
 
         app = self.app

@@ -112,56 +112,35 @@ class GalleryTab:
                               pooling, debiased=debiased, progress=progress_callback(progress, "embedding"))
 
     def build(self, shared: SharedControls, layer: gr.Dropdown) -> GalleryTab:
+        """The tab; ``layer`` (Inspect's "Tokens from") is the layer indexed and mapped."""
         with gr.Tab("Gallery", id="gallery"):
-            gr.Markdown(HELP["gallery"])
-            with gr.Row():
-                source = gr.Radio(["loaded images", "server folder"], value="loaded images", label="Index these images",
-                                  elem_id="gallery-source")
-                folder = gr.Textbox(label="Server folder (under --allow-dir)", elem_id="gallery-folder")
-                kind = gr.Dropdown(["auto", "exact", "ivf", "hnsw"], value="auto", label="Index kind")
-                build = gr.Button("Build index", variant="primary", elem_id="gallery-build")
-            with gr.Row():
-                index_path = gr.Textbox(label="Index folder to load or save (under --allow-dir)")
-                index_load = gr.Button("Load index")
-                index_save = gr.Button("Save index")
-            index_info = gr.Markdown("No index yet.", elem_id="index-info")
-            with gr.Row():
-                query = gr.Image(label="Query (click a patch)", interactive=False, format="png", elem_id="gallery-query",
-                                 scale=1)
-                with gr.Column(scale=2):
-                    k = gr.Slider(1, 30, 8, step=1, label="Results (k)")
-                    hits = gr.Gallery(label="Nearest patches", columns=4, height=330, format="png",
-                                      elem_id="gallery-hits")
-                    hit_info = gr.Markdown(elem_id="gallery-hit-info")
-                hit_source = gr.Image(label="Best match in its image", interactive=False, format="png", scale=1)
-            gr.Markdown(HELP["map"])
-            with gr.Row():
-                map_from = gr.Radio(["loaded images", "the index"], value="loaded images", label="Map")
-                map_method = gr.Radio(["umap", "pca"], value="umap", label="Method")
-                map_colour = gr.Dropdown(["image", "part", "position", "attention"], value="image", label="Colour by")
-                map_run = gr.Button("Draw map", variant="primary", elem_id="map-run")
-            with gr.Row():
-                map_picture = gr.Image(label="Map (click a point)", interactive=False, format="png",
-                                       elem_id="map-picture", scale=2)
-                with gr.Column(scale=1):
-                    map_crop = gr.Image(label="Picked patch", interactive=False, format="png", elem_id="map-crop")
-                    map_source = gr.Image(label="In its image", interactive=False, format="png")
-                    map_caption = gr.Markdown(elem_id="map-caption")
-            map_info = gr.Markdown()
-            map_figure = gr.Plot(label="Interactive map (hover)")
-            gr.Markdown(HELP["cka"])
-            with gr.Row():
-                cka_a = gr.Dropdown(model_choices(), value=self.app.config.default_model, label="Encoder A",
-                                    allow_custom_value=True)
-                cka_b = gr.Dropdown(model_choices(), value=self.app.config.default_model, label="Encoder B",
-                                    allow_custom_value=True)
-                cka_pooling = gr.Radio(["grid", "mean"], value="grid", label="Per image")
-                cka_debiased = gr.Checkbox(False, label="Debiased CKA")
-                cka_run = gr.Button("CKA over the loaded images", variant="primary", elem_id="cka-run")
-            cka_plot = gr.Plot(label="Layer-by-layer CKA", elem_id="cka-plot")
-            cka_info = gr.Markdown(elem_id="cka-info")
             index = gr.State(None)  # this session's PatchIndex
-            drawn = gr.State(None)  # the map last drawn, for picking points
+            self._index_and_search(shared, layer, index)
+            self._map(shared, layer, index)
+            self._cka(shared)
+        return self
+
+    def _index_and_search(self, shared: SharedControls, layer: gr.Dropdown, index: gr.State) -> None:
+        gr.Markdown(HELP["gallery"])
+        with gr.Row():
+            source = gr.Radio(["loaded images", "server folder"], value="loaded images", label="Index these images",
+                              elem_id="gallery-source")
+            folder = gr.Textbox(label="Server folder (under --allow-dir)", elem_id="gallery-folder")
+            kind = gr.Dropdown(["auto", "exact", "ivf", "hnsw"], value="auto", label="Index kind")
+            build = gr.Button("Build index", variant="primary", elem_id="gallery-build")
+        with gr.Row():
+            index_path = gr.Textbox(label="Index folder to load or save (under --allow-dir)")
+            index_load = gr.Button("Load index")
+            index_save = gr.Button("Save index")
+        index_info = gr.Markdown("No index yet.", elem_id="index-info")
+        with gr.Row():
+            query = gr.Image(label="Query (click a patch)", interactive=False, format="png", elem_id="gallery-query",
+                             scale=1)
+            with gr.Column(scale=2):
+                k = gr.Slider(1, 30, 8, step=1, label="Results (k)")
+                hits = gr.Gallery(label="Nearest patches", columns=4, height=330, format="png", elem_id="gallery-hits")
+                hit_info = gr.Markdown(elem_id="gallery-hit-info")
+            hit_source = gr.Image(label="Best match in its image", interactive=False, format="png", scale=1)
 
         app, images, selected, model_inputs = self.app, shared.images, shared.selected, shared.model_inputs
         indexed = {"state": index, "markdown": index_info}
@@ -173,10 +152,41 @@ class GalleryTab:
         show_query.on(selected.change)
         app.view(self.search, [images, selected, index, k, query, *model_inputs], {
             "query": query, "hits": hits, "source": hit_source, "markdown": hit_info}).on(query.select)
-        app.view(self.draw_map, [images, map_from, map_method, map_colour, index, layer, *model_inputs], {
-            "state": drawn, "map": map_picture, "scatter": map_figure, "markdown": map_info}).on(map_run.click)
-        app.view(self.pick_map_point, [drawn, map_picture], {
-            "map": map_picture, "crop": map_crop, "source": map_source, "markdown": map_caption}).on(map_picture.select)
-        app.view(self.cka, [images, cka_a, cka_b, cka_pooling, cka_debiased], {
-            "cka": cka_plot, "markdown": cka_info}).on(cka_run.click)
-        return self
+
+    def _map(self, shared: SharedControls, layer: gr.Dropdown, index: gr.State) -> None:
+        gr.Markdown(HELP["map"])
+        with gr.Row():
+            source = gr.Radio(["loaded images", "the index"], value="loaded images", label="Map")
+            method = gr.Radio(["umap", "pca"], value="umap", label="Method")
+            colour = gr.Dropdown(["image", "part", "position", "attention"], value="image", label="Colour by")
+            run = gr.Button("Draw map", variant="primary", elem_id="map-run")
+        with gr.Row():
+            picture = gr.Image(label="Map (click a point)", interactive=False, format="png", elem_id="map-picture",
+                               scale=2)
+            with gr.Column(scale=1):
+                crop = gr.Image(label="Picked patch", interactive=False, format="png", elem_id="map-crop")
+                crop_source = gr.Image(label="In its image", interactive=False, format="png")
+                caption = gr.Markdown(elem_id="map-caption")
+        info = gr.Markdown()
+        figure = gr.Plot(label="Interactive map (hover)")
+        drawn = gr.State(None)  # the map last drawn, for picking points
+
+        self.app.view(self.draw_map, [shared.images, source, method, colour, index, layer, *shared.model_inputs], {
+            "state": drawn, "map": picture, "scatter": figure, "markdown": info}).on(run.click)
+        self.app.view(self.pick_map_point, [drawn, picture], {
+            "map": picture, "crop": crop, "source": crop_source, "markdown": caption}).on(picture.select)
+
+    def _cka(self, shared: SharedControls) -> None:
+        gr.Markdown(HELP["cka"])
+        with gr.Row():
+            model_a = gr.Dropdown(model_choices(), value=self.app.config.default_model, label="Encoder A",
+                                  allow_custom_value=True)
+            model_b = gr.Dropdown(model_choices(), value=self.app.config.default_model, label="Encoder B",
+                                  allow_custom_value=True)
+            pooling = gr.Radio(["grid", "mean"], value="grid", label="Per image")
+            debiased = gr.Checkbox(False, label="Debiased CKA")
+            run = gr.Button("CKA over the loaded images", variant="primary", elem_id="cka-run")
+        plot = gr.Plot(label="Layer-by-layer CKA", elem_id="cka-plot")
+        info = gr.Markdown(elem_id="cka-info")
+        self.app.view(self.cka, [shared.images, model_a, model_b, pooling, debiased], {
+            "cka": plot, "markdown": info}).on(run.click)

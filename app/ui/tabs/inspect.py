@@ -6,6 +6,7 @@ import hashlib
 
 import gradio as gr
 import numpy as np
+from gradio.components import Component
 
 from app.ui.app import PatchLensApp, Runner, SharedControls, chain, clicked, find_image, progress_callback
 from app.ui.state import LoadedImage, load_image_bytes
@@ -53,6 +54,7 @@ class InspectTab:
         self.app = app
         self.runners: dict[str, Runner] = {}  # by view, for the events of other tabs and the app
         self.layer: gr.Dropdown | None = None  # "Tokens from": the Gallery tab indexes and maps that layer too
+        self.shared: SharedControls | None = None
 
     # ------------------------------------------------------------------------------------- callbacks
     def model_status(self, model: str, weights_upload: str | None, weights_path: str, image_size: float | None,
@@ -156,6 +158,8 @@ class InspectTab:
 
     # ------------------------------------------------------------------------------------- layout and events
     def build(self, shared: SharedControls) -> InspectTab:
+        self.shared = shared
+        app, images, selected, model_inputs = self.app, shared.images, shared.selected, shared.model_inputs
         with gr.Tab("Inspect", id="inspect"):
             gr.Markdown(HELP["inspect"])
             self.layer = layer = gr.Dropdown([views.FINAL_LAYER], value=views.FINAL_LAYER, label="Tokens from",
@@ -169,82 +173,13 @@ class InspectTab:
             overview_file = gr.File(label="Numbers behind these maps (.npz)", elem_id="overview-export")
             click = gr.State(None)  # (image name, row, col) of the last clicked patch (states live inside a tab)
             with gr.Tabs():
-                with gr.Tab("Similarity", id="similarity"):
-                    gr.Markdown(HELP["similarity"])
-                    sim_gallery = gr.Gallery(label="Similarity to the clicked patch", columns=4, height=380,
-                                             format="png", elem_id="similarity-gallery")
-                    sim_info = gr.Markdown(elem_id="similarity-info")
-                    sim_file = gr.File(label="Similarity maps (.npz)")
-                with gr.Tab("PCA", id="pca"):
-                    gr.Markdown(HELP["pca"])
-                    with gr.Row():
-                        pca_joint = gr.Checkbox(True, label="Fit jointly on all images")
-                        pca_fg = gr.Checkbox(False, label="Foreground only")
-                        pca_invert = gr.Checkbox(False, label="Invert foreground")
-                        pca_threshold = gr.Slider(0.05, 0.95, 0.5, step=0.05, label="Foreground threshold")
-                    pca_gallery = gr.Gallery(label="PCA maps", columns=4, height=380, format="png", elem_id="pca-gallery")
-                    pca_info = gr.Markdown()
-                    pca_file = gr.File(label="PCA maps (.npz)")
-                with gr.Tab("Parts", id="parts"):
-                    gr.Markdown(HELP["parts"])
-                    with gr.Row():
-                        parts_k = gr.Slider(2, 16, 5, step=1, label="Number of parts (k)", elem_id="parts-k")
-                        parts_seed = gr.Number(0, precision=0, label="Seed")
-                        parts_fg = gr.Checkbox(False, label="Foreground only")
-                        parts_separate = gr.Checkbox(False, label="Each image on its own", elem_id="parts-separate")
-                        parts_position = gr.Checkbox(False, label="Remove each position's mean token",
-                                                     elem_id="parts-position")
-                        parts_threshold = gr.Slider(0.05, 0.95, 0.5, step=0.05, label="Foreground threshold")
-                    parts_gallery = gr.Gallery(label="Part maps", columns=4, height=380, format="png",
-                                               elem_id="parts-gallery")
-                    parts_table = gr.Dataframe(label="Patches per part", interactive=False)
-                    parts_info = gr.Markdown(elem_id="parts-info")
-                    parts_file = gr.File(label="Part labels and centroids (.npz)")
-                with gr.Tab("Attention", id="attention"):
-                    gr.Markdown(HELP["attention"])
-                    with gr.Row():
-                        att_block = gr.Slider(0, 11, 11, step=1, label="Block", elem_id="attention-block")
-                        att_head = gr.Dropdown(["mean"], value="mean", label="Head")
-                        att_rollout = gr.Checkbox(False, label="Rollout (blocks 0..b)")
-                        att_mass = gr.Slider(0.1, 1.0, 0.6, step=0.05, label="Mask keeps this share of attention")
-                    with gr.Row():
-                        att_map = gr.Image(label="Attention", interactive=False, format="png", elem_id="attention-map")
-                        att_mask = gr.Image(label="Mass mask", interactive=False, format="png")
-                    att_heads = gr.Gallery(label="Every head of this block", columns=6, height=260, format="png")
-                    att_info = gr.Markdown()
-                    att_file = gr.File(label="Attention maps (.npz)")
-                with gr.Tab("BagSSL", id="bagssl"):
-                    gr.Markdown(HELP["bagssl"])
-                    with gr.Row():
-                        bag_sizes = gr.Textbox("16,32,48,64", label="Crop sizes (px of the model's input)")
-                        bag_run = gr.Button("Run BagSSL", variant="primary", elem_id="bagssl-run")
-                    with gr.Row():
-                        bag_layers = gr.Plot(label="Per block", elem_id="bagssl-layers")
-                        bag_crops = gr.Plot(label="Bag of crops", elem_id="bagssl-crops")
-                    bag_map = gr.Image(label="Patch token · image embedding (cosine)", interactive=False, format="png")
-                    bag_info = gr.Markdown(elem_id="bagssl-info")
-                    bag_file = gr.File(label="BagSSL numbers (.npz)")
-
-        app, images, selected, model_inputs = self.app, shared.images, shared.selected, shared.model_inputs
-        self.runners = runners = {
-            "status": app.action(self.model_status, model_inputs, [shared.model_info, layer, att_block, att_head]),
-            "overview": app.view(self.overview, [images, selected, *model_inputs], {
-                "image": shown, "pca": pca, "attention": attention, "markdown": overview_info,
-                "numbers": overview_file}),
-            "similarity": app.view(self.similarity, [images, click, layer, *model_inputs], {
-                "maps": sim_gallery, "markdown": sim_info, "numbers": sim_file}),
-            "pca": app.view(self.pca, [images, layer, pca_joint, pca_fg, pca_threshold, pca_invert, *model_inputs], {
-                "maps": pca_gallery, "markdown": pca_info, "numbers": pca_file}),
-            "parts": app.view(self.parts, [images, layer, parts_k, parts_seed, parts_fg, parts_threshold,
-                                           parts_separate, parts_position, *model_inputs], {
-                "maps": parts_gallery, "counts": parts_table, "markdown": parts_info, "numbers": parts_file}),
-            "attention": app.view(self.attention, [images, selected, att_block, att_head, att_rollout, att_mass,
-                                                   *model_inputs], {
-                "map": att_map, "mask": att_mask, "heads": att_heads, "markdown": att_info, "numbers": att_file}),
-            "bagssl": app.view(self.bagssl, [images, selected, bag_sizes, *model_inputs], {
-                "layers": bag_layers, "crops": bag_crops, "patch_to_embedding": bag_map, "markdown": bag_info,
-                "numbers": bag_file}),
-        }
+                self.runners = runners = {"similarity": self._similarity_tab(click), "pca": self._pca_tab(),
+                                          "parts": self._parts_tab()}
+                runners["attention"], block, head = self._attention_tab()
+                runners["bagssl"] = self._bagssl_tab()
+        runners["status"] = app.action(self.model_status, model_inputs, [shared.model_info, layer, block, head])
+        runners["overview"] = app.view(self.overview, [images, selected, *model_inputs], {
+            "image": shown, "pca": pca, "attention": attention, "markdown": overview_info, "numbers": overview_file})
         everything = [runners[name] for name in ("overview", "pca", "parts", "attention", "similarity")]
         for component in model_inputs:
             chain(runners["status"].on(component.change), *everything)
@@ -252,11 +187,93 @@ class InspectTab:
         chain(clicking.on(shown.select), runners["similarity"])
         chain(runners["pca"].on(layer.change), runners["parts"], runners["similarity"])
         chain(runners["overview"].on(selected.change), runners["attention"])
-        for name, controls in (("pca", (pca_joint, pca_fg, pca_invert, pca_threshold)),
-                               ("parts", (parts_k, parts_seed, parts_fg, parts_threshold, parts_separate,
-                                          parts_position)),
-                               ("attention", (att_block, att_head, att_rollout, att_mass))):
-            for control in controls:
-                runners[name].on(control.change)
-        runners["bagssl"].on(bag_run.click)
         return self
+
+    def _similarity_tab(self, click: gr.State) -> Runner:
+        with gr.Tab("Similarity", id="similarity"):
+            gr.Markdown(HELP["similarity"])
+            maps = gr.Gallery(label="Similarity to the clicked patch", columns=4, height=380, format="png",
+                              elem_id="similarity-gallery")
+            info = gr.Markdown(elem_id="similarity-info")
+            numbers = gr.File(label="Similarity maps (.npz)")
+        return self.app.view(self.similarity, [self.shared.images, click, self.layer, *self.shared.model_inputs],
+                             {"maps": maps, "markdown": info, "numbers": numbers})
+
+    def _pca_tab(self) -> Runner:
+        with gr.Tab("PCA", id="pca"):
+            gr.Markdown(HELP["pca"])
+            with gr.Row():
+                joint = gr.Checkbox(True, label="Fit jointly on all images")
+                foreground = gr.Checkbox(False, label="Foreground only")
+                invert = gr.Checkbox(False, label="Invert foreground")
+                threshold = gr.Slider(0.05, 0.95, 0.5, step=0.05, label="Foreground threshold")
+            maps = gr.Gallery(label="PCA maps", columns=4, height=380, format="png", elem_id="pca-gallery")
+            info = gr.Markdown()
+            numbers = gr.File(label="PCA maps (.npz)")
+        controls = [joint, foreground, threshold, invert]
+        return self._on_change(controls, self.app.view(
+            self.pca, [self.shared.images, self.layer, *controls, *self.shared.model_inputs],
+            {"maps": maps, "markdown": info, "numbers": numbers}))
+
+    def _parts_tab(self) -> Runner:
+        with gr.Tab("Parts", id="parts"):
+            gr.Markdown(HELP["parts"])
+            with gr.Row():
+                k = gr.Slider(2, 16, 5, step=1, label="Number of parts (k)", elem_id="parts-k")
+                seed = gr.Number(0, precision=0, label="Seed")
+                foreground = gr.Checkbox(False, label="Foreground only")
+                separate = gr.Checkbox(False, label="Each image on its own", elem_id="parts-separate")
+                position = gr.Checkbox(False, label="Remove each position's mean token", elem_id="parts-position")
+                threshold = gr.Slider(0.05, 0.95, 0.5, step=0.05, label="Foreground threshold")
+            maps = gr.Gallery(label="Part maps", columns=4, height=380, format="png", elem_id="parts-gallery")
+            counts = gr.Dataframe(label="Patches per part", interactive=False)
+            info = gr.Markdown(elem_id="parts-info")
+            numbers = gr.File(label="Part labels and centroids (.npz)")
+        controls = [k, seed, foreground, threshold, separate, position]
+        return self._on_change(controls, self.app.view(
+            self.parts, [self.shared.images, self.layer, *controls, *self.shared.model_inputs],
+            {"maps": maps, "counts": counts, "markdown": info, "numbers": numbers}))
+
+    def _attention_tab(self) -> tuple[Runner, gr.Slider, gr.Dropdown]:
+        with gr.Tab("Attention", id="attention"):
+            gr.Markdown(HELP["attention"])
+            with gr.Row():
+                block = gr.Slider(0, 11, 11, step=1, label="Block", elem_id="attention-block")
+                head = gr.Dropdown(["mean"], value="mean", label="Head")
+                rollout = gr.Checkbox(False, label="Rollout (blocks 0..b)")
+                mass = gr.Slider(0.1, 1.0, 0.6, step=0.05, label="Mask keeps this share of attention")
+            with gr.Row():
+                picture = gr.Image(label="Attention", interactive=False, format="png", elem_id="attention-map")
+                mask = gr.Image(label="Mass mask", interactive=False, format="png")
+            heads = gr.Gallery(label="Every head of this block", columns=6, height=260, format="png")
+            info = gr.Markdown()
+            numbers = gr.File(label="Attention maps (.npz)")
+        controls = [block, head, rollout, mass]
+        return self._on_change(controls, self.app.view(
+            self.attention, [self.shared.images, self.shared.selected, *controls, *self.shared.model_inputs],
+            {"map": picture, "mask": mask, "heads": heads, "markdown": info, "numbers": numbers})), block, head
+
+    def _bagssl_tab(self) -> Runner:
+        with gr.Tab("BagSSL", id="bagssl"):
+            gr.Markdown(HELP["bagssl"])
+            with gr.Row():
+                sizes = gr.Textbox("16,32,48,64", label="Crop sizes (px of the model's input)")
+                run = gr.Button("Run BagSSL", variant="primary", elem_id="bagssl-run")
+            with gr.Row():
+                layers = gr.Plot(label="Per block", elem_id="bagssl-layers")
+                crops = gr.Plot(label="Bag of crops", elem_id="bagssl-crops")
+            picture = gr.Image(label="Patch token · image embedding (cosine)", interactive=False, format="png")
+            info = gr.Markdown(elem_id="bagssl-info")
+            numbers = gr.File(label="BagSSL numbers (.npz)")
+        inputs = [self.shared.images, self.shared.selected, sizes, *self.shared.model_inputs]
+        runner = self.app.view(self.bagssl, inputs, {"layers": layers, "crops": crops, "patch_to_embedding": picture,
+                                                     "markdown": info, "numbers": numbers})
+        runner.on(run.click)
+        return runner
+
+    @staticmethod
+    def _on_change(controls: list[Component], runner: Runner) -> Runner:
+        """``runner``, run whenever one of ``controls`` changes."""
+        for control in controls:
+            runner.on(control.change)
+        return runner
