@@ -159,3 +159,66 @@ def test_mass_mask_keeps_the_requested_fraction():
     mask = mass_mask(w, 0.5)
     kept = w[mask].sum() / w.sum()
     assert kept >= 0.5 and kept - w[mask].min() / w.sum() < 0.5  # the smallest set reaching the mass
+
+
+def _attention_with_query_row(rows_per_head: list[list[float]], layers: int = 2, seed: int = 0) -> torch.Tensor:
+    """A row-stochastic attention tensor [L, heads, T, T] whose last layer's first row per head is given; every
+    other row (and every other layer) is random, so reading the wrong row or layer changes the answer."""
+    heads, tokens = len(rows_per_head), len(rows_per_head[0])
+    attention = torch.rand(layers, heads, tokens, tokens, generator=torch.Generator().manual_seed(seed))
+    attention = attention / attention.sum(-1, keepdim=True)
+    attention[-1, :, 0] = torch.tensor(rows_per_head)
+    return attention
+
+
+def test_attention_shares_split_the_class_tokens_row_as_computed_by_hand():
+    from ssl_core.analyses.attention import attention_shares
+
+    # tokens: [class, 3 registers, 2x3 patches] (T = 10); the class token's row in the last layer, per head:
+    head_0 = [0.10, 0.05, 0.10, 0.15, 0.10, 0.10, 0.10, 0.10, 0.10, 0.10]  # class .10, registers .30, patches .60
+    head_1 = [0.20, 0.25, 0.10, 0.05, 0.05, 0.05, 0.05, 0.05, 0.10, 0.10]  # class .20, registers .40, patches .40
+    attention = _attention_with_query_row([head_0, head_1])
+    shares = attention_shares(attention, has_class_token=True, num_registers=3)
+    assert shares.class_token == pytest.approx(0.15)  # heads averaged
+    assert shares.registers == pytest.approx(0.35)  # a slice one column early gives .40, one late .275
+    assert shares.patches == pytest.approx(0.50)
+    assert shares.class_token + shares.registers + shares.patches == pytest.approx(1.0)
+    assert attention_shares(attention, True, 3, layer=1) == shares  # layer -1 is the last of two
+    earlier = attention_shares(attention, True, 3, layer=0)
+    assert earlier.registers == pytest.approx(float(attention[0, :, 0, 1:4].sum(-1).mean()))
+
+    # no class token: the registers come first
+    pooled = _attention_with_query_row([[0.3, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1]])
+    shares = attention_shares(pooled, has_class_token=False, num_registers=2)
+    assert (shares.class_token, shares.registers, shares.patches) == pytest.approx((0.0, 0.5, 0.5))
+
+
+def test_part_count_check_and_required_centring_refuse_what_kmeans_cannot_do():
+    from ssl_core.analyses.parts import check_part_count, remove_position_mean
+    from ssl_core.errors import BadRequest
+
+    square, wide = torch.randn(3, 3, 8), torch.randn(2, 6, 8)
+    assert check_part_count([square, wide], 21) == 21
+    with pytest.raises(BadRequest, match="21 patches are selected, fewer than k = 22"):
+        check_part_count([square, wide], 22)
+    with pytest.raises(BadRequest, match="square: 9 patches .* fewer than k = 10 parts for the image on its own"):
+        check_part_count([square, wide], 10, separate=True, names=["square", "wide"])
+    masks = [torch.zeros(3, 3, dtype=torch.bool), torch.ones(2, 6, dtype=torch.bool)]
+    with pytest.raises(BadRequest, match="12 patches are selected"):
+        check_part_count([square, wide], 13, foreground=masks)
+    assert remove_position_mean([square, wide])[1] == 0
+    with pytest.raises(BadRequest, match="at least two images with the same patch grid"):
+        remove_position_mean([square, wide], require=True)
+
+
+def test_pca_of_each_image_fits_jointly_or_alone():
+    from ssl_core.analyses.pca import pca_rgb_each
+
+    a, b = torch.randn(6, 7, 16), torch.randn(5, 4, 16) * 3 + 1
+    joint = pca_rgb_each([a, b], joint=True)
+    together, fit = pca_rgb([a, b])
+    assert all(torch.equal(j.rgb, t) for j, t in zip(joint, together))
+    assert joint[0].explained == joint[1].explained == pytest.approx(float(fit.explained_ratio.sum()))
+    alone = pca_rgb_each([a, b], joint=False, foreground_threshold=0.5)
+    [single], _ = pca_rgb([b], foreground_mask([b], 0.5))
+    assert torch.equal(alone[1].rgb, single) and alone[1].foreground.shape == (5, 4)

@@ -7,42 +7,46 @@ from PIL import Image
 
 from app.ui.state import AppConfig, BadRequest, ModelPool, load_uploads
 from app.views import inspect as handlers
+from app.views.result import DISPLAY_MIN_SIDE, Click, display_factor, display_hw, patch_at
 
 
 def test_overview_returns_image_pca_and_attention_at_display_size(tiny_encoder, image_333x517):
     result = handlers.overview(tiny_encoder, Image.fromarray(image_333x517))
     pictures = result.pictures
     assert pictures["image"].shape == pictures["pca"].shape == pictures["attention"].shape
-    assert min(pictures["image"].shape[:2]) >= handlers.DISPLAY_MIN_SIDE
+    assert min(pictures["image"].shape[:2]) >= DISPLAY_MIN_SIDE
     assert pictures["pca"].std() > 5 and pictures["attention"].std() > 1  # not blank
-    assert "untrained" in result.info
-    assert result.arrays["patch_tokens"].shape == (12, 19, 192)
+    assert "untrained" in result.markdown
+    assert result.numbers["patch_tokens"].shape == (12, 19, 192)
 
 
 def test_views_return_one_picture_per_image_and_their_numbers(tiny_encoder, image_333x517):
     images = [Image.fromarray(image_333x517), Image.fromarray(image_333x517[:200, :200])]
     names = ["a", "b"]
     sim = handlers.similarity_view(tiny_encoder, images, names, source=1, row=2, col=3, layer=None)
-    assert len(sim.gallery) == 2 and sim.arrays["similarity_1"][2, 3] == pytest.approx(1.0, abs=1e-5)
+    assert len(sim.galleries["maps"]) == 2 and sim.numbers["similarity_1"][2, 3] == pytest.approx(1.0, abs=1e-5)
     parts = handlers.parts_view(tiny_encoder, images, names, layer=2, k=4)
-    assert len(parts.gallery) == 2 and parts.table[-1][0] == "all images"
-    assert sum(parts.table[-1][1:]) == 12 * 19 + 12 * 12
+    assert len(parts.galleries["maps"]) == 2 and parts.tables["counts"].rows[-1][0] == "all images"
+    assert sum(parts.tables["counts"].rows[-1][1:]) == 12 * 19 + 12 * 12
     pca = handlers.pca_view(tiny_encoder, images, names, layer=None, joint=True, use_foreground=True)
-    assert set(pca.arrays) >= {"pca_rgb_0", "foreground_1"}
+    assert set(pca.numbers) >= {"pca_rgb_0", "foreground_1"}
     att = handlers.attention_view(tiny_encoder, images[0], layer=-1, head=1, rollout=False, keep_mass=0.5)
-    assert len(att.gallery) == tiny_encoder.num_heads and att.arrays["mask"].shape == (12, 19)
+    assert len(att.galleries["heads"]) == tiny_encoder.num_heads and att.numbers["mask"].shape == (12, 19)
     rolled = handlers.attention_view(tiny_encoder, images[0], layer=3, head=None, rollout=True, keep_mass=0.5)
-    assert "rollout over blocks 0–3" in rolled.info
+    assert "rollout over blocks 0–3" in rolled.markdown
     bag = handlers.bagssl_view(tiny_encoder, images[1], crop_sizes=[32, 48])
-    assert set(bag.figures) == {"crops", "layers"} and bag.arrays["bag_of_crops"][-1, 2] == pytest.approx(1.0, abs=1e-5)
+    assert set(bag.figures) == {"crops", "layers"} and bag.numbers["bag_of_crops"][-1, 2] == pytest.approx(1.0, abs=1e-5)
 
 
 def test_patch_at_maps_display_pixels_to_patches(tiny_encoder, image_333x517):
     [f] = tiny_encoder.extract([image_333x517])
-    step = f.patch_size * handlers.display_factor(f)
-    assert handlers.patch_at(f, 0, 0) == (0, 0)
-    assert handlers.patch_at(f, step * 3 + 1, step * 2 + step - 1) == (2, 3)
-    assert handlers.patch_at(f, 10**6, 10**6) == (f.grid_hw[0] - 1, f.grid_hw[1] - 1)
+    step = f.patch_size * display_factor(f)
+    shown = display_hw(f)
+    assert patch_at(Click(0, 0, shown), f.grid_hw) == (0, 0)
+    assert patch_at(Click(step * 3 + 1, step * 2 + step - 1, shown), f.grid_hw) == (2, 3)
+    assert patch_at(Click(10**6, 10**6, shown), f.grid_hw) == (f.grid_hw[0] - 1, f.grid_hw[1] - 1)
+    assert handlers.clicked_patch(tiny_encoder, Image.fromarray(image_333x517),
+                                  Click(step * 3 + 1, step * 2 + 1, shown)) == (2, 3)
 
 
 def test_model_pool_loads_once_and_evicts_least_recent():
@@ -94,12 +98,12 @@ def test_default_model_parts_view_finds_the_ground_truth_parts_of_the_parts_worl
 
     for separate, k, floor in [(False, 8, 0.25), (True, 5, 0.5)]:  # all images at once; each image on its own
         view = handlers.parts_view(encoder, images, names, layer=None, k=k, separate=separate)
-        assert "adjusted Rand index" in view.info and "chelsea" not in view.info.split("ground truth")[-1]
-        assert sorted(a for a in view.arrays if a.startswith("ground_truth")) == [f"ground_truth_{i}" for i in range(4)]
-        scores = [agreement_with_truth(view.arrays[f"labels_{i}"], view.arrays[f"ground_truth_{i}"]) for i in range(4)]
+        assert "adjusted Rand index" in view.markdown and "chelsea" not in view.markdown.split("ground truth")[-1]
+        assert sorted(a for a in view.numbers if a.startswith("ground_truth")) == [f"ground_truth_{i}" for i in range(4)]
+        scores = [agreement_with_truth(view.numbers[f"labels_{i}"], view.numbers[f"ground_truth_{i}"]) for i in range(4)]
         assert np.mean([s.ari for s in scores]) > floor  # well above chance; docs/lab.md has the held-out figure
         assert all(abs(s.shuffled) < 0.1 for s in scores)
-        assert len(view.table) == len(names) + (not separate)  # a total row only when labels mean one thing
+        assert len(view.tables["counts"].rows) == len(names) + (not separate)  # a total row only when labels mean one thing
 
 
 def test_parts_of_each_image_on_its_own_need_k_patches_in_every_image(tiny_encoder, image_333x517):
@@ -109,7 +113,7 @@ def test_parts_of_each_image_on_its_own_need_k_patches_in_every_image(tiny_encod
     assert wide > k
     with pytest.raises(ValueError, match=f"square.png: {square} patches .* fewer than k = {k} parts for the image on"):
         handlers.parts_view(tiny_encoder, images, ["square.png", "wide.png"], None, k=k, separate=True)
-    assert len(handlers.parts_view(tiny_encoder, images, ["square.png", "wide.png"], None, k=k).gallery) == 2
+    assert len(handlers.parts_view(tiny_encoder, images, ["square.png", "wide.png"], None, k=k).galleries["maps"]) == 2
 
 
 def test_removing_the_position_mean_brings_out_the_bundled_mae_parts():
@@ -124,12 +128,12 @@ def test_removing_the_position_mean_brings_out_the_bundled_mae_parts():
     images = [Image.open(ASSETS_DIR / "examples" / n) for n in names]
 
     def mean_ari(view):
-        return np.mean([agreement_with_truth(view.arrays[f"labels_{i}"], view.arrays[f"ground_truth_{i}"]).ari
+        return np.mean([agreement_with_truth(view.numbers[f"labels_{i}"], view.numbers[f"ground_truth_{i}"]).ari
                         for i in range(4)])
 
     plain = handlers.parts_view(encoder, images, names, None, k=8)
     centred = handlers.parts_view(encoder, images, names, None, k=8, remove_position=True)
     assert mean_ari(plain) < 0.2 and mean_ari(centred) > 0.3  # the MAE's tokens cluster by place until it is removed
-    assert "mean token removed first (4 of 4 images share a grid)" in centred.info
+    assert "mean token removed first (4 of 4 images share a grid)" in centred.markdown
     with pytest.raises(ValueError, match="at least two images with the same patch grid"):
         handlers.parts_view(encoder, images[:1], names[:1], None, k=8, remove_position=True)

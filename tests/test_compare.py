@@ -8,6 +8,7 @@ from safetensors.torch import save_file
 
 from app.ui.state import AppConfig, LoadedImage
 from app.views import compare as handlers_compare
+from app.views.result import Click
 from ssl_core import load_encoder
 
 
@@ -25,7 +26,8 @@ def test_columns_share_one_spot_and_say_which_weights(tmp_path, image_333x517):
     random = load_encoder("random-tiny", device="cpu", cache=None)
     mine = load_encoder("random-tiny", weights=weights, device="cpu", cache=None)
     wide = load_encoder("random-tiny", image_size=160, device="cpu", cache=None)  # another grid
-    comparison = handlers_compare.compare([random, mine, wide], Image.fromarray(image_333x517), click=(0.25, 0.75))
+    comparison = handlers_compare.compare([random, mine, wide], Image.fromarray(image_333x517),
+                                          click=Click(0.25, 0.75, (1, 1)))
     descriptions = [c.description for c in comparison.columns]
     assert "weights: random init" in descriptions[0] and "weights: mine.safetensors" in descriptions[1]
     for row in handlers_compare.ROWS:  # every row: panels of one size, whatever each model's grid
@@ -40,12 +42,13 @@ def test_columns_share_one_spot_and_say_which_weights(tmp_path, image_333x517):
 
 def test_the_model_chosen_at_the_top_is_compared_with_its_weights_file(tmp_path, image_333x517):
     from app.ui.app import PatchLensApp
+    from app.ui.tabs.compare import CompareTab
 
     weights = _saved_tiny_weights(tmp_path / "mine.safetensors")
     app = PatchLensApp(AppConfig(allow_dirs=[tmp_path], default_model="random-tiny"))
     images = [LoadedImage("photo.png", Image.fromarray(image_333x517))]
-    outputs = app.run_compare(images, "photo.png", ["random-tiny", "patchlens-sup"], 4, (0.5, 0.5),
-                              "random-tiny", None, str(weights), 0, progress=lambda *args, **kwargs: None)
-    rows = outputs[1]["value"]
+    result = CompareTab(app).run(images, "photo.png", ["random-tiny", "patchlens-sup"], 4, Click.centre(),
+                                 "random-tiny", None, str(weights), 0, progress=lambda *args, **kwargs: None)
+    rows = result.tables["by_encoder"].rows
     assert "weights: mine.safetensors" in rows[0][1]  # the top model: its weights file, as in the other views
     assert "weights: patchlens-sup.safetensors" in rows[1][1]  # the others: their own (bundled) weights

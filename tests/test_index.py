@@ -249,21 +249,24 @@ def test_auto_kind_becomes_approximate_above_the_limit(tiny_encoder, gallery, mo
 # ------------------------------------------------------------------------------------------------- gallery handlers
 def test_search_click_shows_crops_and_the_source(tiny_encoder, built, tmp_path):
     from app.views import gallery as handlers_gallery
-    from app.views import inspect as handlers
+    from app.views import result as handlers
 
     folder, paths, index, _ = built
     index.save(tmp_path / "idx")
-    again, info = handlers_gallery.build_index(tiny_encoder, [str(folder)], directory=str(tmp_path / "idx"))
+    built_again = handlers_gallery.build_index(tiny_encoder, [str(folder)], directory=str(tmp_path / "idx"))
+    again, info = built_again.state, built_again.markdown
     assert "3 already indexed" in info and "broken.jpg" in info and len(again) == len(index)
     [features] = tiny_encoder.extract([paths[1]])
     step = features.patch_size * handlers.display_factor(features)
-    view = handlers_gallery.search_click(index, tiny_encoder, paths[1], x=5 * step + 1, y=2 * step + 1, k=4)
-    assert len(view.gallery) == 4 and all(h.image != paths[1] for h in view.hits)  # the query image left out
-    assert view.query.shape == handlers.to_display(features, features.image).shape
-    assert (view.query[2 * step, 5 * step + 3] == handlers_gallery.BOX_COLOUR).all()  # the clicked patch is boxed
-    crop, caption = view.gallery[0]
-    assert crop.ndim == 3 and f"{view.hits[0].score:.3f}" in caption
-    assert view.source.shape[0] >= handlers.DISPLAY_MIN_SIDE
+    click = handlers.Click(5 * step + 1, 2 * step + 1, handlers.display_hw(features))
+    view = handlers_gallery.search_click(index, tiny_encoder, paths[1], click, k=4)
+    hits, query, gallery = view.state, view.pictures["query"], view.galleries["hits"]
+    assert len(gallery) == 4 and all(h.image != paths[1] for h in hits)  # the query image left out
+    assert query.shape == handlers.to_display(features, features.image).shape
+    assert (query[2 * step, 5 * step + 3] == handlers_gallery.BOX_COLOUR).all()  # the clicked patch is boxed
+    crop, caption = gallery[0]
+    assert crop.ndim == 3 and f"{hits[0].score:.3f}" in caption
+    assert view.pictures["source"].shape[0] >= handlers.DISPLAY_MIN_SIDE
 
 
 def test_an_in_memory_copy_of_an_indexed_image_is_recognised_and_left_out(tiny_encoder, tmp_path):

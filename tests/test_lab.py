@@ -211,11 +211,12 @@ def test_lab_handlers_return_tables_and_pictures(random_report, tiny_encoder):
 
     view = report_view(random_report, [tiny_encoder])
     assert "Untrained" in view.markdown and "What holds here" in view.markdown
-    assert view.location.ndim == 3 and view.part_map.ndim == 3 and view.cka_figure is None
+    assert view.pictures["location"].ndim == 3 and view.pictures["part_map"].ndim == 3 and "cka" not in view.figures
     single = probe_view(tiny_encoder, PROBES[2], SMALL)
-    assert "location probe: ROC AUC" in single.markdown and single.location is not None and single.part_map is None
+    assert "location probe: ROC AUC" in single.markdown and "location" in single.pictures
+    assert "part_map" not in single.pictures
     assert "seed 0" in single.markdown
     with pytest.raises(ValueError, match="unknown probe"):
         probe_view(tiny_encoder, "nope", SMALL)
     cka = cka_view(tiny_encoder, tiny_encoder, replace(SMALL, cka_images=4))
-    assert cka.cka_picture.ndim == 3 and cka.numbers["diagonal"][0] == pytest.approx(1.0)
+    assert cka.pictures["cka_heatmap"].ndim == 3 and cka.numbers["diagonal"][0] == pytest.approx(1.0)

@@ -9,14 +9,8 @@ import torch
 from conftest import smooth_image
 from PIL import Image
 
-from app.views.inspect import patch_at
-from app.views.reconstruct import (
-    context_drift_view,
-    encoder_display_grid,
-    mae_display_grid,
-    reconstruct_view,
-    toggle_patch,
-)
+from app.views.reconstruct import context_drift_view, mae_display_grid, reconstruct_view, toggle_patch
+from app.views.result import Click, display_hw, encoder_display_grid, patch_at
 from ssl_core.analyses.context import context_drift
 from ssl_core.features.vit_tokens import encode_visible
 from ssl_core.mim.mae import build_mae, save_mae
@@ -104,24 +98,24 @@ def test_two_clicked_patches_are_exactly_the_two_hidden(tiny_mae):
     grid = mae_display_grid(tiny_mae)
     hidden = frozenset()
     for x, y in [(3 * 8 * 4 + 5, 2 * 8 * 4 + 1), (7 * 8 * 4 + 30, 10 * 8 * 4 + 30)]:  # display is 4x: 384 px
-        hidden = toggle_patch(hidden, x, y, grid)
+        hidden = toggle_patch(hidden, Click(x, y, display_hw(grid)), grid.grid_hw)
     assert hidden == {(2, 3), (10, 7)}
-    assert toggle_patch(hidden, 3 * 32 + 1, 2 * 32 + 1, grid) == {(10, 7)}
+    assert toggle_patch(hidden, Click(3 * 32 + 1, 2 * 32 + 1, display_hw(grid)), grid.grid_hw) == {(10, 7)}
     view = reconstruct_view(tiny_mae, image, "custom", 0.75, 0, hidden)
-    assert view.masked.shape == (384, 384, 3) and "2/144 patches hidden" in view.info
-    grey = (view.masked == MASK_FILL).all(-1)
+    assert view.pictures["masked"].shape == (384, 384, 3) and "2/144 patches hidden" in view.markdown
+    grey = (view.pictures["masked"] == MASK_FILL).all(-1)
     assert np.array_equal(grey, patch_pixels(custom_mask((12, 12), hidden), 32))
-    assert patch_at(grid, 383, 0) == (0, 11)
+    assert patch_at(Click(383, 0, display_hw(grid)), grid.grid_hw) == (0, 11)
     random_view = reconstruct_view(tiny_mae, image, "random", 0.5, 1)
-    assert "72/144 patches hidden" in random_view.info and "normalised" in random_view.info
-    assert "untrained" in random_view.info
+    assert "72/144 patches hidden" in random_view.markdown and "normalised" in random_view.markdown
+    assert "untrained" in random_view.markdown
 
 
 def test_context_drift_view_draws_on_the_encoder_grid(tiny_encoder, image_333x517):
     view = context_drift_view(tiny_encoder, image_333x517, "block", 0.4, 0)
     grid = encoder_display_grid(tiny_encoder, image_333x517)
-    assert view.drift.shape[:2] == (grid.image.shape[0] * 4, grid.image.shape[1] * 4)
-    assert "patches removed (block 40%)" in view.info
+    assert view.pictures["drift"].shape[:2] == (grid.image.shape[0] * 4, grid.image.shape[1] * 4)
+    assert "patches removed (block 40%)" in view.markdown
 
 
 def test_cli_writes_the_pictures_and_metrics(tmp_path, image_file, tiny_mae, monkeypatch, capsys):

@@ -152,18 +152,21 @@ def test_gallery_map_and_cka_handlers(tiny_encoder, three_images):
     from app.views import gallery as handlers_gallery
 
     images = [Image.open(p).convert("RGB") for p in three_images]
-    view = handlers_gallery.map_of_images(tiny_encoder, images, ["a", "b", "c"], method="pca", colour_by="position")
+    drawn = handlers_gallery.map_of_images(tiny_encoder, images, ["a", "b", "c"], method="pca", colour_by="position")
+    view = drawn.state
+    assert (drawn.pictures["map"] == view.picture.image).all() and "scatter" in drawn.figures
     assert len(view.table) == view.patch_map.total and view.picture.image.ndim == 3
     point = 17
     x, y = view.picture.pixels[point]
-    picture, crop, source, caption = handlers_gallery.pick_point(view, x, y)
+    picked = handlers_gallery.pick_point(view, x, y)
+    picture, crop, source, caption = (*(picked.pictures.get(p) for p in ("map", "crop", "source")), picked.notes)
     image_id = int(view.table.image_ids[point])
     assert caption.startswith(["a", "b", "c"][image_id]) and f"(row {view.table.rows[point]}, col {view.table.cols[point]})" in caption
     assert crop is not None and source is not None and (picture != view.picture.image).any()
     assert map_picture(view.patch_map, view.colouring).image.shape == view.picture.image.shape
     result = handlers_gallery.cka_view(tiny_encoder, tiny_encoder, images, pooling="grid", grid_size=2)
-    np.testing.assert_allclose(np.diag(result.arrays["cka"]), 1.0)
-    assert "cka" in result.figures and "debiased" in result.info
+    np.testing.assert_allclose(np.diag(result.numbers["cka"]), 1.0)
+    assert "cka" in result.figures and "debiased" in result.markdown
 
 
 def test_gallery_commands_end_to_end(three_images, tmp_path, capsys):

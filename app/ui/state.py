@@ -14,7 +14,7 @@ from ssl_core.data.images import DEFAULT_MAX_PIXELS, load_image
 from ssl_core.errors import BadRequest, ImageLoadError
 from ssl_core.features.cache import LRUCache
 from ssl_core.features.encoder import Encoder, load_encoder
-from ssl_core.mim.cae import load_cae
+from ssl_core.mim.cae import CAEModel, load_cae
 from ssl_core.mim.mae import MaskedAutoencoder
 from ssl_core.mim.mae_checkpoints import open_mae
 from ssl_core.models.registry import ASSETS_DIR, DEFAULT_CAE, resolve_spec
@@ -74,7 +74,7 @@ class ModelPool:
     def get_mae(self, name: str | None, weights: str | None = None) -> MaskedAutoencoder:
         return self._get(("mae", name or "", str(weights or "")), lambda: open_mae(name or None, weights or None))
 
-    def get_cae(self):
+    def get_cae(self) -> CAEModel | None:
         """The bundled CAE (encoder + latent regressor + decoder), or None where it is not installed."""
         path = resolve_spec(DEFAULT_CAE).bundled_path
         return self._get(("cae", str(path)), lambda: load_cae(path)) if path.is_file() else None

@@ -2,9 +2,8 @@
 
 Encoders may differ in patch size and input size (DINOv2's 14 px patches at 224 against a bundled model's
 8 px patches at 96). Every map is therefore shown at one common display size — the image's own aspect,
-``DISPLAY_MIN_SIDE`` on the short side — and a click is kept as a fraction of the image's width and
-height, which each encoder turns into its own patch: one click points at the same spot of the image in
-every column.
+``DISPLAY_MIN_SIDE`` on the short side — and a click on the image is mapped by `app.views.result.patch_at`
+to each encoder's own grid: one click points at the same spot of the image in every column.
 """
 from __future__ import annotations
 
@@ -12,12 +11,12 @@ import base64
 import html
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
 
-from app.views.inspect import DISPLAY_MIN_SIDE
+from app.views.result import DISPLAY_MIN_SIDE, Click, Table, ViewResult, patch_at, untrained_warning
 from ssl_core.analyses.attention import class_attention_map, rollout_map
 from ssl_core.analyses.bagssl import embedding_vs_patch_mean, patch_to_embedding
 from ssl_core.analyses.parts import part_maps
@@ -40,12 +39,6 @@ def fit(picture: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(picture).resize((size_hw[1], size_hw[0]), Image.Resampling.NEAREST))
 
 
-def patch_for_fraction(features: PatchFeatures, fx: float, fy: float) -> tuple[int, int]:
-    """The patch under a point given as fractions (0..1) of the image's width and height."""
-    h, w = features.grid_hw
-    return min(int(fy * h), h - 1), min(int(fx * w), w - 1)
-
-
 @dataclass
 class Column:
     name: str
@@ -58,7 +51,7 @@ class Column:
 class Comparison:
     columns: list[Column]
     image: np.ndarray  # the image at the common display size (click on this)
-    click: tuple[float, float]  # (fx, fy)
+    click: Click
     k: int
 
     def row_picture(self, row: str) -> np.ndarray:
@@ -81,46 +74,62 @@ def weights_name(encoder: Encoder) -> str:
     return Path(str(encoder.weights_file)).name if encoder.weights_file is not None else "random init"
 
 
-def compare(encoders: Sequence[Encoder], image: Image.Image, click: tuple[float, float] = (0.5, 0.5), k: int = 5,
+def column_pictures(f: PatchFeatures, row: int, col: int, k: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Every row's picture of one encoder, at its processed image's size, the clicked patch (row, col) boxed."""
+    [pca_map], _ = pca_rgb([f.patch_tokens])
+    [similarity] = patch_similarity([f.patch_tokens], 0, row, col)
+    [labels] = part_maps([f.patch_tokens], k, seed).labels
+    attention = class_attention_map(f.attention, f.num_prefix, f.grid_hw)
+    rolled = rollout_map(f.attention, f.num_prefix, f.grid_hw)
+    contribution = patch_to_embedding(f)
+    marked = draw.mark_patch(draw.heatmap_overlay(f.image, similarity, vmax=1.0, smooth=False), row, col,
+                             f.patch_size, color=(0, 255, 255), width=1)
+    return {
+        "PCA": draw.upsample(draw.unit_rgb(pca_map), f.image.shape[:2]),
+        "similarity": marked,
+        "parts": draw.overlay(f.image, draw.labels_to_rgb(labels), alpha=0.6),
+        "attention": draw.heatmap_overlay(f.image, attention, alpha=0.7),
+        "rollout": draw.heatmap_overlay(f.image, rolled, alpha=0.7),
+        "patch · embedding": draw.heatmap_overlay(f.image, contribution, cmap="viridis", alpha=0.7, smooth=False),
+    }
+
+
+def compare(encoders: Sequence[Encoder], image: Image.Image, click: Click = Click.centre(), k: int = 5,
             seed: int = 0) -> Comparison:
+    """Every encoder's column for one image; ``click`` (on the image at any size) picks the similarity's patch."""
     size = display_size(image)
-    fx, fy = click
     columns = []
     for encoder in encoders:
         [f] = encoder.extract([image], layers="all", attention=True)
-        row, col = patch_for_fraction(f, fx, fy)
-        [pca_map], _ = pca_rgb([f.patch_tokens])
-        [similarity] = patch_similarity([f.patch_tokens], 0, row, col)
-        [labels] = part_maps([f.patch_tokens], k, seed).labels
-        attention = class_attention_map(f.attention, f.num_prefix, f.grid_hw)
-        rolled = rollout_map(f.attention, f.num_prefix, f.grid_hw)
-        contribution = patch_to_embedding(f)
-        marked = draw.mark_patch(draw.heatmap_overlay(f.image, similarity, vmax=1.0, smooth=False), row, col,
-                                   f.patch_size, color=(0, 255, 255), width=1)
-        pictures = {
-            "PCA": draw.upsample(draw.unit_rgb(pca_map), f.image.shape[:2]),
-            "similarity": marked,
-            "parts": draw.overlay(f.image, draw.labels_to_rgb(labels), alpha=0.6),
-            "attention": draw.heatmap_overlay(f.image, attention, alpha=0.7),
-            "rollout": draw.heatmap_overlay(f.image, rolled, alpha=0.7),
-            "patch · embedding": draw.heatmap_overlay(f.image, contribution, cmap="viridis", alpha=0.7, smooth=False),
-        }
+        row, col = patch_at(click, f.grid_hw)
         agreement = embedding_vs_patch_mean(f)
         columns.append(Column(
             name=encoder.display_name,
             description=(f"{encoder.spec.family}, patch {f.patch_size}, grid {f.grid_hw[0]}×{f.grid_hw[1]}, "
                          f"weights: {weights_name(encoder)}"),
-            pictures={name: fit(p, size) for name, p in pictures.items()},
+            pictures={name: fit(p, size) for name, p in column_pictures(f, row, col, k, seed).items()},
             numbers={"cos(image embedding, mean patch)": agreement.cosine[-1],
                      "clicked patch row": row, "clicked patch col": col}))
     shown = np.asarray(image.convert("RGB").resize((size[1], size[0]), Image.Resampling.BICUBIC))
-    return Comparison(columns, shown, (fx, fy), k)
+    return Comparison(columns, shown, click, k)
 
 
-def numbers_table(comparison: Comparison) -> tuple[list[str], list[list]]:
+def compare_view(encoders: Sequence[Encoder], image: Image.Image, click: Click = Click.centre(), k: int = 5,
+                 title: str = "PatchLens comparison") -> ViewResult:
+    """The comparison as the UI shows it: the image to click, one picture per row, the numbers, a PNG and a report."""
+    comparison = compare(encoders, image, click, k)
+    return ViewResult(
+        pictures={"image": comparison.image, **{row: comparison.row_picture(row) for row in ROWS}},
+        tables={"by_encoder": numbers_table(comparison)},
+        files={"comparison.png": draw.to_png_bytes(comparison.panel()),
+               "comparison.html": html_report(comparison, title=title).encode()},
+        warnings=untrained_warning(*encoders), name="comparison")
+
+
+def numbers_table(comparison: Comparison) -> Table:
     keys = list(comparison.columns[0].numbers) if comparison.columns else []
     rows = [[c.name, c.description, *(_fmt(c.numbers[k]) for k in keys)] for c in comparison.columns]
-    return ["model", "architecture", *keys], rows
+    return Table(["model", "architecture", *keys], rows)
 
 
 def _fmt(value: float) -> str:
@@ -131,18 +140,18 @@ def _png_data_uri(picture: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(draw.to_png_bytes(picture)).decode()
 
 
-def html_report(comparison: Comparison, cka_figure=None, title: str = "PatchLens comparison") -> str:
+def html_report(comparison: Comparison, cka_figure: Any = None, title: str = "PatchLens comparison") -> str:
     """A self-contained HTML page (pictures inlined) of the comparison, with the CKA figure if given."""
-    headers, rows = numbers_table(comparison)
+    numbers = numbers_table(comparison)
     head = "".join(f"<th>{html.escape(c.name)}<br><small>{html.escape(c.description)}</small></th>" for c in comparison.columns)
     body = ""
     for row in ROWS:
         cells = "".join(f'<td><img src="{_png_data_uri(c.pictures[row])}" width="260"></td>' for c in comparison.columns)
         body += f"<tr><th>{html.escape(row)}</th>{cells}</tr>"
-    table = "<table class='numbers'><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + "</tr>"
-    table += "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>" for r in rows) + "</table>"
+    table = "<table class='numbers'><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in numbers.headers) + "</tr>"
+    table += "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>" for r in numbers.rows) + "</table>"
     cka = cka_figure.to_html(full_html=False, include_plotlyjs="cdn") if cka_figure is not None else ""
-    fx, fy = comparison.click
+    fx, fy = comparison.click.fraction
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:24px}} td,th{{padding:4px;vertical-align:top}}
 table.numbers td,table.numbers th{{border:1px solid #ccc}}</style></head><body>

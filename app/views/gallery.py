@@ -1,9 +1,9 @@
-"""What the Gallery view computes: a patch index over a gallery, nearest-patch search from a click, a UMAP map
-of patches with click-to-pick, and a CKA heatmap between two encoders.
+"""The Gallery views: a patch index over a gallery, nearest-patch search from a click, a UMAP map of patches with
+click-to-pick, and a CKA heatmap between two encoders.
 
-No Gradio here and no math beyond calling ``ssl_core``. A map is shown as a picture (`ssl_core.render.figures.map_picture`)
-because ``gr.Plot`` sends no clicks to Python; a click on the picture (pixel x, y) is mapped back to the nearest
-point by `pick_point`.
+No Gradio and no math here. A map is shown as a picture (`ssl_core.render.figures.map_picture`) because
+``gr.Plot`` sends no clicks to Python; a click on the picture (pixel x, y) is mapped back to the nearest point by
+`pick_point`. Views that make something a later click needs (an index, a map) return it as `ViewResult.state`.
 """
 from __future__ import annotations
 
@@ -14,7 +14,15 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from app.views.inspect import DISPLAY_MIN_SIDE, ViewResult, display_factor, patch_at, to_display, untrained_note
+from app.views.result import (
+    DISPLAY_MIN_SIDE,
+    Click,
+    ViewResult,
+    display_factor,
+    patch_at,
+    to_display,
+    untrained_warning,
+)
 from ssl_core.analyses.cka import compare_encoders
 from ssl_core.analyses.maps import Colouring, PatchMap, attention_per_patch, colour_patches, map_patches
 from ssl_core.data.images import ImageSource
@@ -23,8 +31,8 @@ from ssl_core.features.patch_table import PatchTable
 from ssl_core.progress import ProgressFn
 from ssl_core.render import draw
 from ssl_core.render.figures import ScatterPicture, cka_figure, map_picture, umap_figure
-from ssl_core.search.patch_index import POINTER_FILE as MANIFEST_FILE  # the file that marks an index folder
-from ssl_core.search.patch_index import PatchHit, PatchIndex
+from ssl_core.search.patch_index import PatchIndex
+from ssl_core.search.storage import is_index_directory
 
 BOX_COLOUR = (0, 255, 255)
 CROP_CONTEXT = 2  # patches of context around a hit on each side
@@ -34,9 +42,13 @@ MAP_MAX_POINTS = 20_000  # an index's map shows a seeded sample of at most this 
 
 # --------------------------------------------------------------------------------------------- index
 def build_index(encoder: Encoder, sources: Sequence[str], layer: int | None = None, kind: str = "auto",
-                directory: str | None = None, progress: ProgressFn | None = None) -> tuple[PatchIndex, str]:
-    """Index image files and folders, or extend the index saved in ``directory`` with the new ones; save it there."""
-    if directory and (Path(directory) / MANIFEST_FILE).is_file():
+                directory: str | None = None, current: PatchIndex | None = None,
+                progress: ProgressFn | None = None) -> ViewResult:
+    """Index image files and folders (state: the index), or extend ``current`` (same model and layer) or the index
+    saved in ``directory`` with the new ones; save it there."""
+    if current is not None and current.matches(encoder, layer):
+        index, report = current, current.add(list(sources), encoder, progress)
+    elif directory and is_index_directory(Path(directory)):
         index = PatchIndex.load(directory)
         index.check_encoder(encoder, layer)
         report = index.add(list(sources), encoder, progress)
@@ -44,27 +56,23 @@ def build_index(encoder: Encoder, sources: Sequence[str], layer: int | None = No
         index, report = PatchIndex.build(list(sources), encoder, layer, kind, progress)
     if directory:
         index.save(directory)
-    info = f"{report.summary()}.\n\n{index.describe()}" + (f" · saved in `{directory}`" if directory else "")
+    notes = f"{report.summary()}.\n\n{index.describe()}" + (f" · saved in `{directory}`" if directory else "")
     if report.failed:
-        info += "\n\nSkipped:\n" + "\n".join(f"- {problem}" for problem in report.failed)
-    return index, info + untrained_note(encoder)
+        notes += "\n\nSkipped:\n" + "\n".join(f"- {problem}" for problem in report.failed)
+    return ViewResult(notes=notes, warnings=untrained_warning(encoder), state=index)
 
 
-def load_index(directory: str) -> tuple[PatchIndex, str]:
+def load_index(directory: str) -> ViewResult:
     index = PatchIndex.load(directory)
-    return index, index.describe()
+    return ViewResult(notes=index.describe(), state=index)
+
+
+def save_index(index: PatchIndex, directory: str | Path) -> ViewResult:
+    index.save(directory)
+    return ViewResult(notes=f"Saved to {directory} · {index.describe()}", state=index)
 
 
 # --------------------------------------------------------------------------------------------- search
-@dataclass
-class SearchView:
-    query: np.ndarray  # the query image at display size, the clicked patch boxed
-    gallery: list[tuple[np.ndarray, str]]  # per hit: a crop around the patch (boxed) and a caption, best first
-    source: np.ndarray | None  # the best hit's source image with its patch boxed
-    hits: list[PatchHit]
-    info: str
-
-
 def patch_crop(image: np.ndarray, row: int, col: int, patch_size: int, context: int = CROP_CONTEXT,
                min_side: int = CROP_MIN_SIDE) -> np.ndarray:
     """The patch (row, col) of a processed image with ``context`` patches around it, boxed and enlarged."""
@@ -81,18 +89,18 @@ def boxed_source(image: np.ndarray, row: int, col: int, patch_size: int) -> np.n
     return draw.enlarge(boxed, DISPLAY_MIN_SIDE)
 
 
-def query_picture(index: PatchIndex, encoder: Encoder, query: ImageSource) -> np.ndarray:
+def query_picture(index: PatchIndex, encoder: Encoder, query: ImageSource | Image.Image) -> ViewResult:
     """The query image as `search_click` maps clicks on it: the index's resize, enlarged for display."""
     features = index.embed_query(encoder, query).features
-    return to_display(features, features.image)
+    return ViewResult(pictures={"query": to_display(features, features.image)})
 
 
-def search_click(index: PatchIndex, encoder: Encoder, query: ImageSource, x: int, y: int, k: int = 10,
-                 exclude_query_image: bool = True) -> SearchView:
-    """The k gallery patches nearest to the patch under a click at display pixel (x, y) of the query image."""
+def search_click(index: PatchIndex, encoder: Encoder, query: ImageSource | Image.Image, click: Click, k: int = 10,
+                 exclude_query_image: bool = True) -> ViewResult:
+    """The k gallery patches nearest to the patch under a click on the query picture (state: the hits)."""
     embedded = index.embed_query(encoder, query)
     features = embedded.features
-    row, col = patch_at(features, x, y)
+    row, col = patch_at(click, features.grid_hw)
     hits = index.search_patch(embedded, row, col, k, exclude_query_image)
     step = features.patch_size * display_factor(features)
     shown = draw.mark_patch(to_display(features, features.image), row, col, step, BOX_COLOUR)
@@ -101,23 +109,22 @@ def search_click(index: PatchIndex, encoder: Encoder, query: ImageSource, x: int
         if hit.image_index not in images:
             images[hit.image_index] = index.processed_image(hit.image_index)
     p = index.manifest.patch_size
-    gallery = [(patch_crop(images[h.image_index], h.row, h.col, p), f"{h.score:.3f} · {Path(h.image).name} · ({h.row}, {h.col})")
-               for h in hits]
-    source = boxed_source(images[hits[0].image_index], hits[0].row, hits[0].col, p) if hits else None
+    gallery = [(patch_crop(images[h.image_index], h.row, h.col, p),
+                f"{h.score:.3f} · {Path(h.image).name} · ({h.row}, {h.col})") for h in hits]
+    pictures = {"query": shown}
+    if hits:
+        pictures["source"] = boxed_source(images[hits[0].image_index], hits[0].row, hits[0].col, p)
     left_out = " (the query image left out)" if exclude_query_image and embedded.image_index is not None else ""
-    info = (f"Patch (row {row}, col {col}) of **{Path(embedded.name).name}**: {len(hits)} nearest of {len(index):,} "
-            f"gallery patches{left_out} · {index.describe()}")
-    return SearchView(shown, gallery, source, hits, info)
-
-
-def show_hit(index: PatchIndex, hit: PatchHit) -> np.ndarray:
-    """A hit's source image with its patch boxed (for a click on one crop of the results)."""
-    return boxed_source(index.processed_image(hit.image_index), hit.row, hit.col, index.manifest.patch_size)
+    notes = (f"Patch (row {row}, col {col}) of **{Path(embedded.name).name}**: {len(hits)} nearest of {len(index):,} "
+             f"gallery patches{left_out} · {index.describe()}")
+    return ViewResult(pictures=pictures, galleries={"hits": gallery}, notes=notes, state=hits)
 
 
 # --------------------------------------------------------------------------------------------- maps
 @dataclass
 class MapView:
+    """A drawn map, kept for picking its points."""
+
     picture: ScatterPicture
     patch_map: PatchMap
     colouring: Colouring
@@ -125,52 +132,54 @@ class MapView:
     patch_size: int
     images: list[np.ndarray] | None = None  # processed images of a map of loaded images
     index: PatchIndex | None = None  # or the index the points come from
-    info: str = ""
-    figure: object = None  # the interactive plotly scatter (hover only)
 
 
 def map_of_images(encoder: Encoder, images: Sequence[Image.Image], names: Sequence[str], layer: int | None = None,
                   method: str = "umap", colour_by: str = "image", parts: int = 8, seed: int = 0,
-                  progress: ProgressFn | None = None) -> MapView:
-    """A map of every patch of the loaded images."""
+                  progress: ProgressFn | None = None) -> ViewResult:
+    """A map of every patch of the loaded images (state: the `MapView`)."""
     table, features = PatchTable.embed(encoder, names, images, layer, attention=colour_by == "attention")
     attention = attention_per_patch(features) if colour_by == "attention" else None
-    return _map_view(table, method, colour_by, attention, parts, seed, encoder.patch_size, progress,
-                     images=[f.image for f in features], note=untrained_note(encoder))
+    result = _map_view(table, method, colour_by, attention, parts, seed, encoder.patch_size, progress,
+                       images=[f.image for f in features])
+    result.warnings = untrained_warning(encoder)
+    return result
 
 
 def map_of_index(index: PatchIndex, method: str = "umap", colour_by: str = "image", parts: int = 8, seed: int = 0,
-                 max_points: int = MAP_MAX_POINTS, progress: ProgressFn | None = None) -> MapView:
-    """A map of an index's patches (a seeded sample of ``max_points`` for a large index)."""
+                 max_points: int = MAP_MAX_POINTS, progress: ProgressFn | None = None) -> ViewResult:
+    """A map of an index's patches (a seeded sample of ``max_points`` for a large index; state: the `MapView`)."""
     table = index.table(limit=max_points, seed=seed)
-    view = _map_view(table, method, colour_by, None, parts, seed, index.manifest.patch_size, progress, index=index)
+    result = _map_view(table, method, colour_by, None, parts, seed, index.manifest.patch_size, progress, index=index)
     if len(table) < len(index):
-        view.info = f"Showing a random sample of {len(table):,} of the index's {len(index):,} patches. " + view.info
-    return view
+        result.notes = f"Showing a random sample of {len(table):,} of the index's {len(index):,} patches. " + result.notes
+    return result
 
 
 def _map_view(table: PatchTable, method: str, colour_by: str, attention: np.ndarray | None, parts: int, seed: int,
               patch_size: int, progress: ProgressFn | None, images: list[np.ndarray] | None = None,
-              index: PatchIndex | None = None, note: str = "") -> MapView:
+              index: PatchIndex | None = None) -> ViewResult:
     patch_map = map_patches(table.vectors, method, seed, progress=progress)
     colouring = colour_patches(table, colour_by, attention, parts, seed)
     hover = [f"{Path(table.names[i]).name} · ({r}, {c})" for i, r, c in zip(table.image_ids, table.rows, table.cols)]
-    return MapView(map_picture(patch_map, colouring), patch_map, colouring, table, patch_size, images, index,
-                   info=f"{patch_map.describe()}; colour: {colouring.title}. Click a point to see its patch." + note,
-                   figure=umap_figure(patch_map, colouring, hover))
+    view = MapView(map_picture(patch_map, colouring), patch_map, colouring, table, patch_size, images, index)
+    return ViewResult(pictures={"map": view.picture.image}, figures={"scatter": umap_figure(patch_map, colouring, hover)},
+                      notes=f"{patch_map.describe()}; colour: {colouring.title}. Click a point to see its patch.",
+                      state=view)
 
 
-def pick_point(view: MapView, x: float, y: float) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, str]:
-    """A click at pixel (x, y) of the map picture: (the map with the point ringed, its patch crop, its source image
-    with the patch boxed, a caption). Nothing is picked when no point is within a few pixels."""
+def pick_point(view: MapView, x: float, y: float) -> ViewResult:
+    """A click at pixel (x, y) of the map picture: the map with the point ringed, its patch crop, its source image
+    with the patch boxed, and a caption. Nothing is picked when no point is within a few pixels."""
     point = view.picture.point_at(x, y)
     if point is None:
-        return view.picture.image, None, None, "No patch there: click on a point."
+        return ViewResult(pictures={"map": view.picture.image}, notes="No patch there: click on a point.")
     image_id, row, col = int(view.table.image_ids[point]), int(view.table.rows[point]), int(view.table.cols[point])
     image = view.images[image_id] if view.images is not None else view.index.processed_image(image_id)
-    picture = map_picture(view.patch_map, view.colouring, highlight=point).image
-    caption = f"{Path(view.table.names[image_id]).name} · patch (row {row}, col {col})"
-    return (picture, patch_crop(image, row, col, view.patch_size), boxed_source(image, row, col, view.patch_size), caption)
+    return ViewResult(pictures={"map": map_picture(view.patch_map, view.colouring, highlight=point).image,
+                                "crop": patch_crop(image, row, col, view.patch_size),
+                                "source": boxed_source(image, row, col, view.patch_size)},
+                      notes=f"{Path(view.table.names[image_id]).name} · patch (row {row}, col {col})")
 
 
 # --------------------------------------------------------------------------------------------- CKA
@@ -178,9 +187,10 @@ def cka_view(encoder_a: Encoder, encoder_b: Encoder, images: Sequence[Image.Imag
              grid_size: int = 4, debiased: bool = False, progress: ProgressFn | None = None) -> ViewResult:
     """The layer-by-layer CKA heatmap between two encoders (or one against itself) over the loaded images."""
     result = compare_encoders(encoder_a, encoder_b, list(images), pooling, grid_size, debiased, progress)
-    info = result.describe() + "."
-    if result.samples < 4 * max(encoder_a.embed_dim, encoder_b.embed_dim) and not debiased:
-        info += (f" With {result.samples} samples against {max(encoder_a.embed_dim, encoder_b.embed_dim)} dimensions, "
-                 "linear CKA leans towards 1: tick *debiased* for an estimate without that pull.")
-    notes = untrained_note(encoder_a) or untrained_note(encoder_b)
-    return ViewResult(info=info + notes, figures={"cka": cka_figure(result)}, arrays={"cka": result.matrix})
+    notes = result.describe() + "."
+    dims = max(encoder_a.embed_dim, encoder_b.embed_dim)
+    if result.samples < 4 * dims and not debiased:
+        notes += (f" With {result.samples} samples against {dims} dimensions, "
+                  "linear CKA leans towards 1: tick *debiased* for an estimate without that pull.")
+    return ViewResult(figures={"cka": cka_figure(result)}, numbers={"cka": result.matrix}, notes=notes,
+                      warnings=untrained_warning(encoder_a, encoder_b), name="cka")

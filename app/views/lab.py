@@ -1,17 +1,18 @@
-"""What the Lab view computes: the Lab's probes (`ssl_core.lab`) on chosen encoders, as tables, pictures and a CKA figure.
+"""The Lab views: the Lab's probes (`ssl_core.lab`) on chosen encoders, as tables, pictures and a CKA figure.
 
-No Gradio here. Every function returns a `LabView`: markdown (the findings and tables, each with its sample sizes
-and seed), a picture of the location probe (per encoder: the scene with its swapped patches boxed, and the probe's
-P(swapped) per patch), a picture of the part maps (per encoder: the scene, its ground-truth parts and the k-means
-parts, with the ARI), a CKA figure (plotly) and the same as a picture, and the numbers for a JSON download.
+No Gradio here. Every view returns a `ViewResult`: notes (the findings and tables, each with its sample sizes and
+seed), pictures ``location`` (per encoder: the scene with its swapped patches boxed, and the probe's P(swapped) per
+patch) and ``part_map`` (per encoder: the scene, its ground-truth parts and the k-means parts, with the ARI), a CKA
+figure (plotly) and the same as the picture ``cka_heatmap``, and the numbers for a JSON download.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from app.views.result import Captioned, ViewResult, untrained_warning
+from ssl_core.errors import BadRequest
 from ssl_core.features.encoder import Encoder
 from ssl_core.lab import (
     CKAComparison,
@@ -37,21 +38,13 @@ from ssl_core.progress import ProgressFn
 from ssl_core.render import draw
 from ssl_core.render.figures import cka_figure, heatmap_picture
 
-Captioned = tuple[np.ndarray, str]
 PROBES = ("object vs part probes", "k-NN: class token, patch mean, bag of crops", "location probe (swapped positions)",
           "part map vs ground truth", "reconstruction and alignment (MAE / CAE)")
+EVERYTHING = "the whole Lab (every measure, CKA between the first two)"
+CKA = "CKA between two encoders, block by block"
+MEASURES = (*PROBES, EVERYTHING, CKA)
 PICTURE_SIDE = 288  # pictures of a 96 px scene are enlarged 3x so patch boxes stay visible
 SWAP_BOX = (0, 255, 255)
-
-
-@dataclass
-class LabView:
-    markdown: str
-    location: np.ndarray | None = None  # [H, W, 3] uint8
-    part_map: np.ndarray | None = None  # [H, W, 3] uint8
-    cka_figure: object | None = None  # plotly Figure
-    cka_picture: np.ndarray | None = None
-    numbers: dict = field(default_factory=dict)
 
 
 def lab_config(n_train: int | float = LabConfig.n_train, n_test: int | float = LabConfig.n_test,
@@ -110,7 +103,7 @@ def panel_of(rows: Sequence[list[Captioned]]) -> np.ndarray | None:
     return draw.panel(images, titles, columns=columns, cell=PICTURE_SIDE)
 
 
-def cka_pictures(comparison: CKAComparison) -> tuple[object, np.ndarray]:
+def cka_pictures(comparison: CKAComparison) -> tuple[Any, np.ndarray]:
     """The CKA map as a plotly figure and as a picture."""
     r = comparison.result
     picture = heatmap_picture(r.matrix, r.labels_a, r.labels_b, title=f"CKA, {r.images} scenes", row_title=r.model_a,
@@ -118,44 +111,61 @@ def cka_pictures(comparison: CKAComparison) -> tuple[object, np.ndarray]:
     return cka_figure(r), picture
 
 
+def _pictures(location: np.ndarray | None = None, part_map: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    return {name: p for name, p in (("location", location), ("part_map", part_map)) if p is not None}
+
+
 # --------------------------------------------------------------------------------------------- views
-def untrained_warning(encoders: Sequence[Encoder]) -> str:
-    names = [e.name for e in encoders if not e.trained]
-    return (f"⚠️ Untrained (random weights): {', '.join(names)} — a baseline of what colour and layout give "
-            "without learning.\n\n") if names else ""
+def measure_view(encoders: dict[str, Encoder], measure: str, config: LabConfig | None = None,
+                 progress: ProgressFn | None = None) -> ViewResult:
+    """One of `MEASURES` on the chosen encoders: a probe, the whole Lab, or CKA between exactly two."""
+    if not encoders:
+        raise BadRequest("Choose at least one encoder.")
+    if measure == CKA:
+        if len(encoders) != 2:
+            raise BadRequest("CKA compares two encoders: choose exactly two.")
+        return cka_view(*encoders.values(), config, progress)
+    if measure == EVERYTHING:
+        return lab_view(encoders, config, progress)
+    return probes_view(encoders, measure, config, progress)
 
 
-def lab_view(encoders: dict[str, Encoder], config: LabConfig | None = None, progress: ProgressFn | None = None) -> LabView:
+def lab_view(encoders: dict[str, Encoder], config: LabConfig | None = None,
+             progress: ProgressFn | None = None) -> ViewResult:
     """The whole Lab on the chosen encoders (`ssl_core.lab.run_lab`): findings, tables, pictures, CKA."""
     report = run_lab(encoders, config or LabConfig(), progress)
     return report_view(report, list(encoders.values()))
 
 
-def report_view(report: LabReport, encoders: Sequence[Encoder] = ()) -> LabView:
-    """A `LabView` of a finished Lab run."""
-    text = untrained_warning(encoders) + "**What holds here**\n\n" + "\n".join(f"- {f}" for f in findings(report))
-    view = LabView(text + "\n\n" + report.to_markdown(), numbers=report.to_dict())
-    view.location = panel_of([location_pictures(e.location, e.name) for e in report.encoders])
-    view.part_map = panel_of([part_map_pictures(e.part_map, e.name) for e in report.encoders])
+def report_view(report: LabReport, encoders: Sequence[Encoder] = ()) -> ViewResult:
+    """The view of a finished Lab run."""
+    text = "**What holds here**\n\n" + "\n".join(f"- {f}" for f in findings(report))
+    view = ViewResult(notes=text + "\n\n" + report.to_markdown(), numbers=report.to_dict(),
+                      warnings=untrained_warning(*encoders), name="lab")
+    view.pictures = _pictures(panel_of([location_pictures(e.location, e.name) for e in report.encoders]),
+                              panel_of([part_map_pictures(e.part_map, e.name) for e in report.encoders]))
     if report.cka:
         shown = next((c for c in report.cka if "patchlens-dino" in (c.result.model_a, c.result.model_b)),
                      report.cka[0])  # supervised vs contrastive when both are there
-        view.cka_figure, view.cka_picture = cka_pictures(shown)
+        view.figures["cka"], view.pictures["cka_heatmap"] = cka_pictures(shown)
     return view
 
 
-def probe_view(encoder: Encoder, probe: str, config: LabConfig | None = None, progress: ProgressFn | None = None,
-               ) -> LabView:
+def probe_view(encoder: Encoder, probe: str, config: LabConfig | None = None,
+               progress: ProgressFn | None = None) -> ViewResult:
     """One of `PROBES` on one encoder: its table rows (with sample sizes and seed) and its picture."""
     if probe not in PROBES:
-        raise ValueError(f"unknown probe {probe!r}; choose one of: {', '.join(PROBES)}")
+        raise BadRequest(f"unknown probe {probe!r}; choose one of: {', '.join(PROBES)}")
     config = config or LabConfig()
-    header = untrained_warning([encoder]) + f"**{encoder.display_name}** · {probe} · {config.describe()}\n\n"
+    header = f"**{encoder.display_name}** · {probe} · {config.describe()}\n\n"
+    warnings = untrained_warning(encoder)
     if probe == PROBES[4]:
         result = mim_probe(encoder, config, progress)
         if result is None:
-            return LabView(header + "This model's weights carry no MAE or CAE decoder: nothing to reconstruct.")
-        return LabView(header + rows_markdown(result_rows(result)), numbers={"MIMResult": result_numbers(result)})
+            return ViewResult(notes=header + "This model's weights carry no MAE or CAE decoder: nothing to reconstruct.",
+                              warnings=warnings, name="lab")
+        return ViewResult(notes=header + rows_markdown(result_rows(result)), warnings=warnings,
+                          numbers={"MIMResult": result_numbers(result)}, name="lab")
     scenes = encode_scenes(encoder, config, progress)
     location = part_map = None
     if probe == PROBES[0]:
@@ -166,30 +176,32 @@ def probe_view(encoder: Encoder, probe: str, config: LabConfig | None = None, pr
         results = [location := location_probe(encoder, scenes, config)]
     else:
         results = [part_map := part_map_probe(scenes, config)]
-    return LabView(header + rows_markdown([row for result in results for row in result_rows(result)]),
-                   location=None if location is None else panel_of([location_pictures(location, encoder.name)]),
-                   part_map=None if part_map is None else panel_of([part_map_pictures(part_map, encoder.name)]),
-                   numbers={type(result).__name__: result_numbers(result) for result in results})
+    return ViewResult(
+        notes=header + rows_markdown([row for result in results for row in result_rows(result)]), warnings=warnings,
+        pictures=_pictures(None if location is None else panel_of([location_pictures(location, encoder.name)]),
+                           None if part_map is None else panel_of([part_map_pictures(part_map, encoder.name)])),
+        numbers={type(result).__name__: result_numbers(result) for result in results}, name="lab")
 
 
 def cka_view(encoder_a: Encoder, encoder_b: Encoder, config: LabConfig | None = None,
-             progress: ProgressFn | None = None) -> LabView:
+             progress: ProgressFn | None = None) -> ViewResult:
     """Layer-by-layer CKA between two encoders on held-out scenes, as a figure, a picture and the same-block values."""
     comparison = cka_probe(encoder_a, encoder_b, config or LabConfig(), progress)
     figure, picture = cka_pictures(comparison)
     same_block = ", ".join(f"{v:.2f}" for v in comparison.diagonal)
-    text = (untrained_warning([encoder_a, encoder_b]) + f"{comparison.result.describe()}, scenes drawn at "
-            f"{comparison.image_size} px, seed {comparison.seed}. Same-block CKA from the first block: {same_block}.")
-    return LabView(text, cka_figure=figure, cka_picture=picture,
-                   numbers={"matrix": comparison.result.matrix.round(4).tolist(), "diagonal": comparison.diagonal})
-
+    notes = (f"{comparison.result.describe()}, scenes drawn at {comparison.image_size} px, seed {comparison.seed}. "
+             f"Same-block CKA from the first block: {same_block}.")
+    return ViewResult(notes=notes, warnings=untrained_warning(encoder_a, encoder_b), figures={"cka": figure},
+                      pictures={"cka_heatmap": picture}, name="lab",
+                      numbers={"matrix": comparison.result.matrix.round(4).tolist(), "diagonal": comparison.diagonal})
 
 
 def probes_view(encoders: dict[str, Encoder], probe: str, config: LabConfig | None = None,
-                progress: ProgressFn | None = None) -> LabView:
+                progress: ProgressFn | None = None) -> ViewResult:
     """One of `PROBES` on several encoders: their texts one after another and their pictures stacked."""
     views = {name: probe_view(encoder, probe, config, progress) for name, encoder in encoders.items()}
-    stacked = {kind: [[(getattr(v, kind), name)] for name, v in views.items() if getattr(v, kind) is not None]
+    stacked = {kind: panel_of([[(v.pictures[kind], name)] for name, v in views.items() if kind in v.pictures])
                for kind in ("location", "part_map")}
-    return LabView("\n\n".join(v.markdown for v in views.values()), location=panel_of(stacked["location"]),
-                   part_map=panel_of(stacked["part_map"]), numbers={name: v.numbers for name, v in views.items()})
+    return ViewResult(notes="\n\n".join(v.notes for v in views.values()), pictures=_pictures(**stacked),
+                      warnings=untrained_warning(*encoders.values()), name="lab",
+                      numbers={name: v.numbers for name, v in views.items()})

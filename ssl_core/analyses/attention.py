@@ -1,9 +1,11 @@
 """Analyses of captured attention (`ssl_core.features.attention_hooks`): rollout, class-token maps, mass masks.
 
 Every function takes a ``[L, heads, T, T]`` tensor of one image (T = prefix tokens + h*w patches) and returns
-maps over the patch grid.
+maps over the patch grid, or (`attention_shares`) how a token's attention splits over the kinds of tokens.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -87,3 +89,27 @@ def rollout_map(attention: torch.Tensor, num_prefix: int, grid_hw: tuple[int, in
     rolled = rollout(attention, residual_weight, head_fusion)  # [T, T]
     row = rolled[0] if num_prefix > 0 else rolled[num_prefix:].mean(0)
     return query_attention_to_patches(row, num_prefix, grid_hw)
+
+
+@dataclass(frozen=True)
+class AttentionShares:
+    """How one query token's attention in one layer (heads averaged) splits over the token kinds; sums to 1."""
+
+    class_token: float
+    registers: float
+    patches: float
+
+
+def attention_shares(attention: torch.Tensor, has_class_token: bool, num_registers: int, layer: int = -1,
+                     query: int = 0) -> AttentionShares:
+    """The share of token ``query``'s attention (default the class token) that goes to the class token, to the
+    register tokens and to the patches, in one layer, heads averaged.
+
+    attention: [L, heads, T, T] for one image, tokens ordered [class (if any), registers..., patches...] as timm
+    and `PatchFeatures.register_tokens` order them (T = class + R + h*w).
+    """
+    row = attention[layer, :, query].double().mean(0)  # [T]: heads averaged; each head's row sums to 1
+    start = 1 if has_class_token else 0  # the first register's column
+    end = start + num_registers  # the first patch's column
+    return AttentionShares(class_token=float(row[:start].sum()), registers=float(row[start:end].sum()),
+                           patches=float(row[end:].sum()))

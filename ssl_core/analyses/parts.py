@@ -103,13 +103,13 @@ def part_maps(grids: list[torch.Tensor], k: int, seed: int = 0, foreground: list
     return PartMaps(labels, per_image.sum(0), per_image, result.centroids)
 
 
-def remove_position_mean(grids: list[torch.Tensor]) -> tuple[list[torch.Tensor], int]:
+def remove_position_mean(grids: list[torch.Tensor], require: bool = False) -> tuple[list[torch.Tensor], int]:
     """Subtract from each patch token the mean token at its grid position over the images with the same grid.
 
     What the tokens of one place share across images is location, not content; MIM models' last-block tokens
     carry much of it, so their k-means parts follow the grid until it is removed (docs/lab.md measures both).
     grids: [h, w, D] each. Returns the centred grids and how many images were centred: an image alone with its
-    grid size has no estimate and is returned unchanged.
+    grid size has no estimate and is returned unchanged (``require``: a `BadRequest` when no image is centred).
     """
     by_grid: dict[tuple[int, int], list[int]] = {}
     for i, grid in enumerate(grids):
@@ -123,7 +123,29 @@ def remove_position_mean(grids: list[torch.Tensor]) -> tuple[list[torch.Tensor],
         for i in members:
             out[i] = grids[i] - mean
         centred += len(members)
+    if require and not centred:
+        raise BadRequest("removing each position's mean token needs at least two images with the same patch grid "
+                         "(same aspect ratio); add more images")
     return out, centred
+
+
+def check_part_count(grids: list[torch.Tensor], k: int, foreground: list[torch.Tensor] | None = None,
+                     separate: bool = False, names: list[str] | None = None) -> int:
+    """The number of patches `part_maps` would cluster (foreground only where masks [h, w] are given); a
+    `BadRequest` when that is fewer than ``k``, or (``separate``) when one image alone has fewer than ``k``."""
+    if foreground is not None:
+        selected = [int(m.sum()) for m in foreground]
+    else:
+        selected = [g.shape[0] * g.shape[1] for g in grids]
+    total = sum(selected)
+    if total < k:
+        raise BadRequest(f"{total} patches are selected, fewer than k = {k} parts")
+    if separate and min(selected) < k:
+        index = selected.index(min(selected))
+        name = names[index] if names else f"image {index}"
+        raise BadRequest(f"{name}: {min(selected)} patches are selected, fewer than k = {k} parts for the image on "
+                         f"its own (lower k or the foreground threshold)")
+    return total
 
 
 @dataclass

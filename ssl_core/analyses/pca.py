@@ -85,3 +85,28 @@ def foreground_mask(grids: list[torch.Tensor], threshold: float = 0.5, invert: b
 def _border(grid: torch.Tensor) -> torch.Tensor:
     """The values on the edge of a map [h, w], as one vector [2w + 2(h-2)]."""
     return torch.cat([grid[0], grid[-1], grid[1:-1, 0], grid[1:-1, -1]])
+
+
+@dataclass
+class ImagePCA:
+    """One image's PCA-to-RGB map, from a fit over it alone or over several images."""
+
+    rgb: torch.Tensor  # [h, w, 3] in [0, 1] (background black where a foreground mask is used)
+    explained: float  # share of the variance the fit's three components explain
+    foreground: torch.Tensor | None  # [h, w] bool, or None when every patch is used
+
+
+def pca_rgb_each(grids: list[torch.Tensor], joint: bool = True, foreground_threshold: float | None = None,
+                 invert: bool = False) -> list[ImagePCA]:
+    """PCA-to-RGB maps of patch-token grids [h, w, D]: one PCA over all of them (``joint``: one colour, one
+    meaning) or one per grid; with a threshold, each fit uses the foreground of `foreground_mask` only."""
+    groups = [list(range(len(grids)))] if joint else [[i] for i in range(len(grids))]
+    out: list[ImagePCA | None] = [None] * len(grids)
+    for group in groups:
+        members = [grids[i] for i in group]
+        masks = None if foreground_threshold is None else foreground_mask(members, foreground_threshold, invert)
+        maps, fit = pca_rgb(members, masks)
+        explained = float(fit.explained_ratio.sum())
+        for j, i in enumerate(group):
+            out[i] = ImagePCA(maps[j], explained, None if masks is None else masks[j])
+    return out

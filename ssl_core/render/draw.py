@@ -77,10 +77,22 @@ def heatmap_overlay(image: np.ndarray, values: np.ndarray | torch.Tensor, vmin: 
     return overlay(image, apply_colormap(values, vmin, vmax, cmap), alpha, smooth)
 
 
+def _pixel_mask(mask: np.ndarray | torch.Tensor, size_hw: tuple[int, int]) -> np.ndarray:
+    """A boolean patch mask [h, w] enlarged to pixels [H, W, 1]."""
+    return upsample((as_numpy(mask).astype(np.uint8) * 255)[..., None].repeat(3, -1), size_hw)[..., :1] > 0
+
+
 def mask_overlay(image: np.ndarray, mask: np.ndarray | torch.Tensor, dim: float = 0.25) -> np.ndarray:
     """Dim the patches outside a boolean patch mask [h, w]."""
-    keep = upsample((as_numpy(mask).astype(np.uint8) * 255)[..., None].repeat(3, -1), image.shape[:2])[..., :1] > 0
-    return np.where(keep, image, (image * dim).astype(np.uint8))
+    return np.where(_pixel_mask(mask, image.shape[:2]), image, (image * dim).astype(np.uint8))
+
+
+def heat_on_patches(image: np.ndarray, values: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor,
+                    vmin: float, vmax: float, cmap: str = "inferno", dim: float = 0.35) -> np.ndarray:
+    """A heatmap of ``values`` [h, w] on the patches of a boolean mask [h, w] (e.g. the hidden ones); the other
+    patches show the image [H, W, 3], dimmed."""
+    heat = upsample(apply_colormap(values, vmin, vmax, cmap), image.shape[:2])
+    return np.where(_pixel_mask(mask, image.shape[:2]), heat, (image * dim).astype(np.uint8))
 
 
 def mark_patch(image: np.ndarray, row: int, col: int, patch_size: int, color: tuple[int, int, int] = (255, 255, 255),

@@ -1,0 +1,192 @@
+"""The Gallery tab: a patch index of the loaded images or a server folder, nearest patches to a click, a map of
+patches with click-to-pick, and CKA between two encoders."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+
+from app.ui.app import PatchLensApp, SharedControls, clicked, find_image, model_choices, progress_callback
+from app.ui.state import LoadedImage, write_images
+from app.views import gallery as views
+from app.views.inspect import parse_layer
+from app.views.result import ViewResult
+from ssl_core.errors import BadRequest
+from ssl_core.search.patch_index import PatchIndex
+
+HELP = {
+    "gallery": """**Search a gallery for the nearest patches.** Index the loaded images (or a folder on the server)
+with the model chosen at the top: every patch of every image is embedded and stored with FAISS. Then click a patch
+of the query image (the image chosen at the top) to see the patches of other images that resemble it most — the
+same part of another object, if the encoder learned parts.""",
+    "map": """**A map of patches.** UMAP (or PCA, faster) of the patch embeddings, coloured by source image, by k-means
+part, by position in the grid, or by class-token attention. Patches of the same part of different objects land
+together when the encoder learned parts; co-occurring patches of one image land together when it learned images.
+Click a point to see its patch.""",
+    "cka": """**CKA between two encoders, block by block** (Kornblith et al.; the SimCLR-vs-supervised study), over the
+loaded images. The same encoder against itself gives ones on the diagonal.""",
+}
+
+
+def _need_index(index: PatchIndex | None, then: str) -> PatchIndex:
+    if index is None:
+        raise BadRequest(f"Build or load an index first{then}.")
+    return index
+
+
+def _folder(path: str | None, what: str) -> str:
+    if not path or not path.strip():
+        raise BadRequest(what)
+    return path.strip()
+
+
+class GalleryTab:
+    """Callbacks that need the index take this session's `PatchIndex` (or None) from a `gr.State`."""
+
+    def __init__(self, app: PatchLensApp):
+        self.app = app
+
+    def build_index(self, images: list[LoadedImage], source: str, folder: str, kind: str, current: PatchIndex | None,
+                    layer: str, *model_args: object, progress: gr.Progress = gr.Progress()) -> ViewResult:
+        encoder = self.app.encoder(*model_args)
+        if source == "server folder":
+            path = _folder(folder, "Name a folder on the server (it must lie under a --allow-dir folder).")
+            sources = [str(self.app.config.check_readable(path, "gallery folder"))]
+        elif not images:
+            raise BadRequest("Add images first, or index a server folder.")
+        else:
+            sources = write_images(images, Path(tempfile.mkdtemp(dir=self.app.export_dir)))
+        return views.build_index(encoder, sources, parse_layer(layer), kind, current=current,
+                                 progress=progress_callback(progress, "embedding"))
+
+    def load_index(self, path: str) -> ViewResult:
+        path = _folder(path, "Name the index folder to load (under --allow-dir).")
+        return views.load_index(str(self.app.config.check_readable(path, "index folder")))
+
+    def save_index(self, index: PatchIndex | None, path: str) -> ViewResult:
+        index = _need_index(index, "")
+        path = _folder(path, "Name a folder to save the index to (under --allow-dir).")
+        return views.save_index(index, self.app.config.check_writable(path, "index folder"))
+
+    def show_query(self, images: list[LoadedImage], selected: str | None, index: PatchIndex | None,
+                   *model_args: object) -> ViewResult:
+        image = find_image(images, selected)
+        if index is None or image is None:
+            return ViewResult()
+        return views.query_picture(index, self.app.encoder(*model_args), image.image)
+
+    def search(self, images: list[LoadedImage], selected: str | None, index: PatchIndex | None, k: float,
+               query: np.ndarray | None, model: str, weights_upload: str | None, weights_path: str,
+               image_size: float | None, evt: gr.SelectData) -> ViewResult:
+        index = _need_index(index, ", then click a patch of the query image")
+        image = find_image(images, selected)
+        if image is None:
+            raise BadRequest("Add an image to query with.")
+        encoder = self.app.encoder(model, weights_upload, weights_path, image_size)
+        return views.search_click(index, encoder, image.image, clicked(query, evt), int(k))
+
+    def draw_map(self, images: list[LoadedImage], source: str, method: str, colour: str, index: PatchIndex | None,
+                 layer: str, *model_args: object, progress: gr.Progress = gr.Progress()) -> ViewResult:
+        callback = progress_callback(progress, "mapping patches")
+        if source == "the index":
+            return views.map_of_index(_need_index(index, ", or map the loaded images"), method, colour,
+                                      progress=callback)
+        if not images:
+            raise BadRequest("Add images first.")
+        return views.map_of_images(self.app.encoder(*model_args), [i.image for i in images], [i.name for i in images],
+                                   parse_layer(layer), method, colour, progress=callback)
+
+    def pick_map_point(self, view: views.MapView | None, picture: np.ndarray | None, evt: gr.SelectData) -> ViewResult:
+        if view is None:
+            raise BadRequest("Draw a map first.")
+        click = clicked(picture, evt)
+        return views.pick_point(view, click.x, click.y)
+
+    def cka(self, images: list[LoadedImage], model_a: str, model_b: str, pooling: str, debiased: bool,
+            progress: gr.Progress = gr.Progress()) -> ViewResult:
+        if not images:
+            raise BadRequest("Add images first: CKA compares two encoders over the loaded images.")
+        return views.cka_view(self.app.pool.get(model_a), self.app.pool.get(model_b), [i.image for i in images],
+                              pooling, debiased=debiased, progress=progress_callback(progress, "embedding"))
+
+    def build(self, shared: SharedControls, layer: gr.Dropdown) -> GalleryTab:
+        """The tab; ``layer`` (Inspect's "Tokens from") is the layer indexed and mapped."""
+        with gr.Tab("Gallery", id="gallery"):
+            index = gr.State(None)  # this session's PatchIndex
+            self._index_and_search(shared, layer, index)
+            self._map(shared, layer, index)
+            self._cka(shared)
+        return self
+
+    def _index_and_search(self, shared: SharedControls, layer: gr.Dropdown, index: gr.State) -> None:
+        gr.Markdown(HELP["gallery"])
+        with gr.Row():
+            source = gr.Radio(["loaded images", "server folder"], value="loaded images", label="Index these images",
+                              elem_id="gallery-source")
+            folder = gr.Textbox(label="Server folder (under --allow-dir)", elem_id="gallery-folder")
+            kind = gr.Dropdown(["auto", "exact", "ivf", "hnsw"], value="auto", label="Index kind")
+            build = gr.Button("Build index", variant="primary", elem_id="gallery-build")
+        with gr.Row():
+            index_path = gr.Textbox(label="Index folder to load or save (under --allow-dir)")
+            index_load = gr.Button("Load index")
+            index_save = gr.Button("Save index")
+        index_info = gr.Markdown("No index yet.", elem_id="index-info")
+        with gr.Row():
+            query = gr.Image(label="Query (click a patch)", interactive=False, format="png", elem_id="gallery-query",
+                             scale=1)
+            with gr.Column(scale=2):
+                k = gr.Slider(1, 30, 8, step=1, label="Results (k)")
+                hits = gr.Gallery(label="Nearest patches", columns=4, height=330, format="png", elem_id="gallery-hits")
+                hit_info = gr.Markdown(elem_id="gallery-hit-info")
+            hit_source = gr.Image(label="Best match in its image", interactive=False, format="png", scale=1)
+
+        app, images, selected, model_inputs = self.app, shared.images, shared.selected, shared.model_inputs
+        indexed = {"state": index, "markdown": index_info}
+        show_query = app.view(self.show_query, [images, selected, index, *model_inputs], {"query": query})
+        show_query.after(app.view(self.build_index, [images, source, folder, kind, index, layer, *model_inputs],
+                                  indexed).on(build.click))
+        show_query.after(app.view(self.load_index, [index_path], indexed).on(index_load.click))
+        app.view(self.save_index, [index, index_path], {"markdown": index_info}).on(index_save.click)
+        show_query.on(selected.change)
+        app.view(self.search, [images, selected, index, k, query, *model_inputs], {
+            "query": query, "hits": hits, "source": hit_source, "markdown": hit_info}).on(query.select)
+
+    def _map(self, shared: SharedControls, layer: gr.Dropdown, index: gr.State) -> None:
+        gr.Markdown(HELP["map"])
+        with gr.Row():
+            source = gr.Radio(["loaded images", "the index"], value="loaded images", label="Map")
+            method = gr.Radio(["umap", "pca"], value="umap", label="Method")
+            colour = gr.Dropdown(["image", "part", "position", "attention"], value="image", label="Colour by")
+            run = gr.Button("Draw map", variant="primary", elem_id="map-run")
+        with gr.Row():
+            picture = gr.Image(label="Map (click a point)", interactive=False, format="png", elem_id="map-picture",
+                               scale=2)
+            with gr.Column(scale=1):
+                crop = gr.Image(label="Picked patch", interactive=False, format="png", elem_id="map-crop")
+                crop_source = gr.Image(label="In its image", interactive=False, format="png")
+                caption = gr.Markdown(elem_id="map-caption")
+        info = gr.Markdown()
+        figure = gr.Plot(label="Interactive map (hover)")
+        drawn = gr.State(None)  # the map last drawn, for picking points
+
+        self.app.view(self.draw_map, [shared.images, source, method, colour, index, layer, *shared.model_inputs], {
+            "state": drawn, "map": picture, "scatter": figure, "markdown": info}).on(run.click)
+        self.app.view(self.pick_map_point, [drawn, picture], {
+            "map": picture, "crop": crop, "source": crop_source, "markdown": caption}).on(picture.select)
+
+    def _cka(self, shared: SharedControls) -> None:
+        gr.Markdown(HELP["cka"])
+        with gr.Row():
+            model_a = gr.Dropdown(model_choices(), value=self.app.config.default_model, label="Encoder A",
+                                  allow_custom_value=True)
+            model_b = gr.Dropdown(model_choices(), value=self.app.config.default_model, label="Encoder B",
+                                  allow_custom_value=True)
+            pooling = gr.Radio(["grid", "mean"], value="grid", label="Per image")
+            debiased = gr.Checkbox(False, label="Debiased CKA")
+            run = gr.Button("CKA over the loaded images", variant="primary", elem_id="cka-run")
+        plot = gr.Plot(label="Layer-by-layer CKA", elem_id="cka-plot")
+        info = gr.Markdown(elem_id="cka-info")
+        self.app.view(self.cka, [shared.images, model_a, model_b, pooling, debiased], {
+            "cka": plot, "markdown": info}).on(run.click)
