@@ -1,0 +1,24 @@
+"""The README's Python example runs as written (on the bundled model and the example images, offline)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_python_example_runs(monkeypatch) -> None:
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"## Python\n\n```python\n(.*?)```", readme, re.S).group(1)
+    examples = ROOT / "assets" / "examples"
+    for hub_name, bundled in (('"dino-vits16"', '"patchlens-sup"'),):
+        code = code.replace(hub_name, bundled)
+    code = code.replace('"cat.jpg"', repr(str(examples / "chelsea.jpg"))).replace('"dog.jpg"', repr(str(examples / "astronaut.jpg")))
+    code = code.replace("layers=[6]", "layers=[3]").replace("layer_tokens[6]", "layer_tokens[3]")
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102  (our own README)
+    assert namespace["sharp"].shape == namespace["f"].image.shape[:2]
+    assert namespace["pairs"].count <= 20 and namespace["sweep"].blocks == list(range(6))
