@@ -30,7 +30,7 @@ def test_gpu_check_cpu_smoke(tmp_path: Path) -> None:
     assert len(stages["zoo_lab"]["rows"]) == 6  # the untrained baseline and the five new models
     assert [row["model"] for row in zoo] == ["patchlens-sup", "patchlens-dino", "patchlens-mae", "patchlens-cae",
                                              "patchlens-dilemma"]
-    assert sum(row["seconds"] for row in zoo) < 60  # the budget (20 s) is kept, give or take a step
+    assert all(row["steps"] < 1000 for row in zoo)  # the 20 s budget cut the 1,000,000-step runs short
     import tarfile
 
     with tarfile.open(tmp_path / "zoo.tar") as archive:
