@@ -97,7 +97,7 @@ def upsample_map(grid_map: np.ndarray | torch.Tensor, image: np.ndarray, mode: s
     if mode != "nearest":
         maps = torch.nan_to_num(maps)
     device = torch.device(device) if device else (torch.device("cuda") if torch.cuda.is_available() else maps.device)
-    guide = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0  # [1, 3, H, W]
+    guide = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255.0  # [1, 3, H, W]
     out = upsample_maps(maps.to(device), guide.to(device), mode, config)[0].permute(1, 2, 0).cpu().numpy()
     return out[..., 0] if flat else out
 
