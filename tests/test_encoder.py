@@ -234,3 +234,18 @@ def test_a_checkpoint_of_a_deeper_or_differently_patched_model_is_refused(tmp_pa
     save_file(other_patch.state_dict(), str(tmp_path / "p16.safetensors"))
     with pytest.raises(CheckpointError, match="16-pixel patches"):
         load_encoder("random-tiny", weights=tmp_path / "p16.safetensors", cache=None)
+
+
+def test_attention_memory_is_checked_before_a_high_resolution_forward():
+    from ssl_core.errors import BadRequest
+
+    encoder = load_encoder("random-tiny", device="cpu", image_size=480, cache=None)  # a 60x60 grid: T = 3601
+    image = np.zeros((480, 480, 3), np.uint8)
+    per_image = encoder.depth * encoder.num_heads * 3601 ** 2 * 4
+    encoder.max_attention_bytes = per_image * 2 + 1
+    assert encoder.attention_batch((480, 480), 16) == 2  # batches shrink to what fits
+    [features] = encoder.extract([image])  # tokens alone: no limit
+    assert features.grid_hw == (60, 60)
+    encoder.max_attention_bytes = per_image - 1
+    with pytest.raises(BadRequest, match="attention maps of a 60x60 patch grid need"):
+        encoder.extract([image], attention=True)

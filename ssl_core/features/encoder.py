@@ -37,6 +37,7 @@ from ssl_core.models.weights import file_fingerprint, fit_state_dict, read_state
 from ssl_core.progress import ProgressFn
 
 T = TypeVar("T")
+MAX_ATTENTION_BYTES = 2 * 1024**3  # captured attention per forward pass (float32 [B, L, heads, T, T])
 
 
 def split_on_oom(fn: Callable[[torch.Tensor], T], batch: torch.Tensor, join: Callable[[T, T], T]) -> T:
@@ -97,6 +98,7 @@ class Encoder:
         cfg = getattr(model, "pretrained_cfg", {}) or {}
         self.mean = torch.tensor(cfg.get("mean", IMAGENET_MEAN)).view(3, 1, 1)  # the model's own, else ImageNet's
         self.std = torch.tensor(cfg.get("std", IMAGENET_STD)).view(3, 1, 1)
+        self.max_attention_bytes = MAX_ATTENTION_BYTES
         self.policy = ResizePolicy(short_side=spec.image_size, patch_size=self.patch_size)
         self._grid_models: dict[tuple[int, int], nn.Module] = {}
         self.lock = threading.RLock()
@@ -186,8 +188,9 @@ class Encoder:
             todo[image.size].append(i)
         total, done = sum(len(v) for v in todo.values()), 0
         for size, indices in todo.items():
-            for start in range(0, len(indices), batch_size):
-                chunk = indices[start:start + batch_size]
+            step = self.attention_batch(size, batch_size) if attention or plans else batch_size
+            for start in range(0, len(indices), step):
+                chunk = indices[start:start + step]
                 chunk_layers = tuple(sorted(set().union(*(plans.get(i, (wanted, attention))[0] for i in chunk))))
                 chunk_attention = any(plans.get(i, (wanted, attention))[1] for i in chunk)
                 batch = torch.stack([self.to_tensor(processed[i]) for i in chunk])  # [B, 3, H, W]
@@ -200,6 +203,18 @@ class Encoder:
                 if progress is not None:
                     progress(done, total)
         return results  # type: ignore[return-value]
+
+    def attention_batch(self, size: tuple[int, int], batch_size: int) -> int:
+        """How many images of ``size`` (width, height) fit one forward pass with attention captured (float32
+        ``[L, heads, T, T]`` per image) within ``max_attention_bytes``; refuses a single image that does not fit."""
+        tokens = self.num_prefix_tokens + (size[0] // self.patch_size) * (size[1] // self.patch_size)
+        per_image = self.depth * max(1, self.num_heads) * tokens * tokens * 4
+        if per_image > self.max_attention_bytes:
+            raise BadRequest(f"the attention maps of a {size[1] // self.patch_size}x{size[0] // self.patch_size} patch "
+                             f"grid need {per_image / 2**30:.1f} GiB for {self.name} (limit "
+                             f"{self.max_attention_bytes / 2**30:.1f} GiB): choose a smaller image size, or turn "
+                             f"attention off (tokens alone are far smaller)")
+        return max(1, min(batch_size, self.max_attention_bytes // per_image))
 
     def _forward_split(self, batch: torch.Tensor, layers: tuple[int, ...], attention: bool) -> list[PatchFeatures]:
         return split_on_oom(lambda part: self.forward_batch(part, layers, attention), batch, lambda a, b: a + b)
