@@ -16,11 +16,10 @@ from typing import Any, Callable, Mapping
 
 import gradio as gr
 import numpy as np
-import uvicorn
 from gradio.components import Component
 
 from app.access import Access
-from app.ui.server import start_in_background, web_server
+from app.ui.server import launch_options
 from app.ui.session import session_bound
 from app.ui.state import AppConfig, LoadedImage, ModelPool, example_paths, load_uploads
 from app.views.result import Click, Table, ViewResult
@@ -301,9 +300,8 @@ def build_app(config: AppConfig | None = None) -> tuple[gr.Blocks, PatchLensApp]
 
 def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 7860, allow_dirs: list[str] | None = None,
           max_upload_mb: float = 50.0, concurrency: int = 1, max_models: int = 4, cache_mb: float | None = None,
-          block: bool = True) -> uvicorn.Server:
-    """Serve the app on host:port (by default this machine only) until stopped; ``block=False``: return the running
-    server at once (stop it with ``server.should_exit = True``). No timed self-check: see `app.ui.server`."""
+          block: bool = True) -> gr.Blocks:
+    """Serve the app on host:port (by default this machine only); ``block=False``: return once it answers."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if cache_mb is not None:
         from ssl_core.features.encoder import FEATURE_CACHE
@@ -318,12 +316,7 @@ def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 7860, a
     demo, app = build_app(config)
     log.info("default model: %s", config.default_model)
     demo.queue(default_concurrency_limit=concurrency)
-    server = web_server(demo, host, port, int(max_upload_mb * 1024 * 1024), [str(app.export_dir)], gr.themes.Soft())
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
-    if not block:
-        start_in_background(server)
-        log.info("PatchLens running on %s", url)
-        return server
-    print(f"* PatchLens on {url} (Ctrl-C stops it)", flush=True)
-    server.run()
-    return server
+    demo.launch(server_name=host, server_port=port, max_file_size=int(max_upload_mb * 1024 * 1024),
+                show_error=True, prevent_thread_lock=not block, quiet=not block, theme=gr.themes.Soft(),
+                allowed_paths=[str(app.export_dir)], **launch_options())  # launch_options: no 3-s self-check
+    return demo

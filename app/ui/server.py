@@ -1,47 +1,38 @@
-"""Serving the Blocks with uvicorn directly, so that a busy machine cannot stop the app from starting.
+"""Starting the app on a busy machine: the launch() option that skips Gradio's 3-s self-check.
 
-`gradio.Blocks.launch` has two timed self-checks that fail on a loaded machine although nothing is wrong: it gives
-uvicorn's thread 5 s to come up ("Cannot find empty port"), then HEADs its own local URL with a 3-s timeout
-(`gradio.networking.url_ok`) and aborts unless a public share link is made ("When localhost is not accessible, a
-shareable link must be created"). No public launch() option lengthens or skips either; only the private
-``launch(_frontend=False)`` skips the second. The public way round both is Gradio's documented
-`gradio.mount_gradio_app`: the Blocks mounted on a FastAPI app that uvicorn serves here, started with no deadline
-(Gradio's queue and startup events run in the app's lifespan, as under launch()).
+After `gradio.Blocks.launch` has started its server it GETs its own ``startup-events`` route with no timeout (so the
+server is known to answer on localhost), then HEADs its own URL once more through `gradio.networking.url_ok`, with a
+3-s timeout, and raises "When localhost is not accessible, a shareable link must be created" unless ``share=True``.
+On a loaded machine that HEAD times out although nothing is wrong, and `patchlens serve` died. No public option
+lengthens or skips it (``share=True`` would open a public tunnel); launch()'s private ``_frontend`` argument, which
+Gradio's own `gradio.Server` passes on, guards that check and nothing else (Gradio 6.x), so `launch_options` passes
+``_frontend=False`` where launch() takes it, and nothing is monkeypatched.
+
+Not `gradio.mount_gradio_app` under our own uvicorn, although it is public and has no self-check: Blocks mounted that
+way never count as launched, and Gradio then skips its check that a file sent to an input was uploaded
+(`gradio.processing_utils._check_allowed`), so a client could make the server read any image by its path.
+
+Left as it is: launch() gives its server thread 5 s to start listening; `tests/test_serve.py` starts the app while
+two CPU burners per core run.
 """
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Sequence
+import inspect
+import logging
 
 import gradio as gr
-import uvicorn
-from fastapi import FastAPI
 
-SHUTDOWN_GRACE_S = 5  # open event streams of browser pages get this long to close on Ctrl-C / SIGTERM
-
-
-def web_server(demo: gr.Blocks, host: str, port: int, max_file_size: int, allowed_paths: Sequence[str],
-               theme: gr.themes.Base | None = None) -> uvicorn.Server:
-    """A uvicorn server for ``demo`` on host:port (not started)."""
-    app = gr.mount_gradio_app(FastAPI(), demo, path="/", server_name=host, server_port=port, show_error=True,
-                              max_file_size=max_file_size, allowed_paths=list(allowed_paths), theme=theme)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning",
-                            timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
-    return uvicorn.Server(config)
+log = logging.getLogger("patchlens")
+SELF_CHECK_SWITCH = "_frontend"
 
 
-def start_in_background(server: uvicorn.Server, poll_s: float = 0.05) -> threading.Thread:
-    """Run ``server`` in a daemon thread and wait, however long it takes, until it listens; stop it with
-    ``server.should_exit = True``. Raises `OSError` if it stops before listening (the port is taken)."""
-    thread = threading.Thread(target=server.run, name="patchlens-server", daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            raise OSError(f"the server stopped before listening on {server.config.host}:{server.config.port} "
-                          f"(is the port taken?)")
-        time.sleep(poll_s)
-    return thread
+def launch_options() -> dict[str, bool]:
+    """Keyword arguments for `gradio.Blocks.launch` that skip its timed self-check, where this Gradio has the switch."""
+    if SELF_CHECK_SWITCH in inspect.signature(gr.Blocks.launch).parameters:
+        return {SELF_CHECK_SWITCH: False}
+    log.warning("this Gradio's launch() has no %s argument: on a busy machine it may abort with 'When localhost is "
+                "not accessible, a shareable link must be created'", SELF_CHECK_SWITCH)
+    return {}
 
 
-__all__ = ["web_server", "start_in_background"]
+__all__ = ["launch_options"]
