@@ -45,7 +45,8 @@ def free_port() -> int:
 class LiveApp:
     """``patchlens serve`` in a subprocess, for the duration of a with-block."""
 
-    def __init__(self, *args: str, env: dict | None = None):
+    def __init__(self, *args: str, env: dict | None = None, start_timeout_s: float = 120):
+        self.start_timeout_s = start_timeout_s
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.args = args
@@ -57,7 +58,7 @@ class LiveApp:
                "GRADIO_TEMP_DIR": tempfile.mkdtemp(prefix="patchlens-test-uploads-"), **self.env}
         self.process = subprocess.Popen([sys.executable, "-m", "app.cli.main", "serve", "--port", str(self.port), *self.args],
                                         stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the app exited early:\n{self.output()}")
@@ -68,7 +69,7 @@ class LiveApp:
             except OSError:
                 time.sleep(0.5)
         self.__exit__()
-        raise RuntimeError(f"the app did not start within 120 s:\n{self.output()}")
+        raise RuntimeError(f"the app did not start within {self.start_timeout_s:g} s:\n{self.output()}")
 
     def output(self) -> str:
         self.log.flush()

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.access import Access
 from app.ui.state import AppConfig, BadRequest, ModelPool, load_uploads
 from app.views import inspect as handlers
 from app.views.result import DISPLAY_MIN_SIDE, Click, display_factor, display_hw, patch_at
@@ -62,15 +63,15 @@ def test_paths_outside_allowed_folders_are_refused(tmp_path):
     allowed.mkdir()
     (allowed / "w.safetensors").write_bytes(b"x")
     (tmp_path / "secret.pth").write_bytes(b"x")
-    config = AppConfig(allow_dirs=[allowed])
-    assert config.check_readable(allowed / "w.safetensors") == (allowed / "w.safetensors").resolve()
+    access = Access([allowed])
+    assert access.readable(allowed / "w.safetensors", "file") == (allowed / "w.safetensors").resolve()
     with pytest.raises(BadRequest, match="outside the allowed folders"):
-        config.check_readable(tmp_path / "secret.pth")
+        access.readable(tmp_path / "secret.pth", "file")
     with pytest.raises(BadRequest, match="outside the allowed folders"):
-        config.check_readable(allowed / ".." / "secret.pth")  # no escaping with ..
+        access.readable(allowed / ".." / "secret.pth", "file")  # no escaping with ..
     (allowed / "link.pth").symlink_to(tmp_path / "secret.pth")
     with pytest.raises(BadRequest, match="outside the allowed folders"):
-        config.check_readable(allowed / "link.pth")  # nor through a symbolic link
+        access.readable(allowed / "link.pth", "file")  # nor through a symbolic link
 
 
 def test_uploads_keep_good_images_and_name_bad_ones(tmp_path, image_file):

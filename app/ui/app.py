@@ -18,12 +18,15 @@ import gradio as gr
 import numpy as np
 from gradio.components import Component
 
+from app.access import Access
+from app.ui.server import launch_options
+from app.ui.session import session_bound
 from app.ui.state import AppConfig, LoadedImage, ModelPool, example_paths, load_uploads
 from app.views.result import Click, Table, ViewResult
 from ssl_core.errors import BadRequest, PatchLensError
 from ssl_core.features.encoder import Encoder
 from ssl_core.mim.mae import MaskedAutoencoder
-from ssl_core.models.registry import all_specs, default_model_name
+from ssl_core.models.registry import DEFAULT_MAE, MAE_SOURCES, all_specs, default_model_name
 from ssl_core.progress import ProgressFn
 
 log = logging.getLogger("patchlens")
@@ -47,6 +50,11 @@ def ui_errors(fn: Callable) -> Callable:
             raise gr.Error(f"Something went wrong ({type(err).__name__}: {err}). The app is still running; "
                            f"try again or another input.", print_exception=False) from None
     return wrapper
+
+
+def gradio_upload_folder() -> Path:
+    """Where Gradio keeps every session's uploads: $GRADIO_TEMP_DIR (documented), else <tmp>/gradio."""
+    return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
 
 
 def model_choices() -> list[tuple[str, str]]:
@@ -118,16 +126,18 @@ class PatchLensApp:
         self.config = config
         self.pool = ModelPool(config.max_models)
         self.export_dir = Path(tempfile.mkdtemp(prefix="patchlens-exports-"))
+        uploads = config.upload_dirs or [gradio_upload_folder()]
+        self.access = Access(config.allow_dirs, uploads, private_dirs=[self.export_dir])  # every path goes here
 
     # ------------------------------------------------------------------------------------- models
     def encoder(self, model: str | None, weights_upload: str | None = None, weights_path: str | None = "",
                 image_size: float | None = None) -> Encoder:
         weights = None
         if weights_upload:
-            self.config.check_upload_size(weights_upload)
-            weights = weights_upload
+            weights = self.access.upload(weights_upload, "the weights file")
+            self.config.check_upload_size(weights)
         elif weights_path and weights_path.strip():
-            weights = str(self.config.check_readable(weights_path.strip(), "weights file"))
+            weights = self.access.readable(weights_path, "the weights file")
         size = int(image_size) if image_size else None
         if size is not None and not 16 <= size <= 1024:
             raise BadRequest(f"The short side must be between 16 and 1024 pixels (or 0 for the model's own), "
@@ -135,9 +145,17 @@ class PatchLensApp:
         return self.pool.get(model or self.config.default_model, weights, size)
 
     def mae(self, name: str | None, upload: str | None) -> MaskedAutoencoder:
+        """The MAE named in the list, or uploaded (then ``name`` may give its encoder's timm architecture), or a
+        checkpoint path under the allowed folders; anything else gets the MAE field's one refusal."""
+        name = (name or "").strip() or DEFAULT_MAE
         if upload:
-            self.config.check_upload_size(upload)
-        return self.pool.get_mae(name, upload or None)
+            weights = self.access.upload(upload, "the MAE checkpoint")
+            self.config.check_upload_size(weights)
+            return self.pool.get_mae(name, weights)
+        if name in MAE_SOURCES:
+            return self.pool.get_mae(name)
+        listed = f"one from the list ({', '.join(MAE_SOURCES)}), an uploaded checkpoint, or "
+        return self.pool.get_mae(None, self.access.readable(name, "the MAE", options=listed))
 
     # ------------------------------------------------------------------------------------- showing views
     def view(self, fn: Callable[..., ViewResult], inputs: list[Component], targets: Mapping[str, Component]) -> Runner:
@@ -150,11 +168,11 @@ class PatchLensApp:
         @functools.wraps(fn)
         def show(*args: Any, **kwargs: Any) -> dict[Component, Any]:
             return self.show(fn(*args, **kwargs), targets)
-        return Runner(ui_errors(show), inputs, list(targets.values()))
+        return Runner(session_bound(ui_errors(show)), inputs, list(targets.values()))
 
     def action(self, fn: Callable[..., Any], inputs: list[Component], outputs: list[Component]) -> Runner:
         """A runner for any other callback (its return value goes to ``outputs`` as it is)."""
-        return Runner(ui_errors(fn), inputs, outputs)
+        return Runner(session_bound(ui_errors(fn)), inputs, outputs)
 
     def show(self, result: ViewResult, targets: Mapping[str, Component]) -> dict[Component, Any]:
         """The value of each target component (see `view`); the downloads asked for are written first."""
@@ -193,9 +211,18 @@ class PatchLensApp:
 
     # ------------------------------------------------------------------------------------- images
     def add_images(self, files: list[str] | None, images: list[LoadedImage]) -> tuple:
-        paths = [f if isinstance(f, str) else f.name for f in (files or [])]
-        loaded, problems = load_uploads(paths, self.config)
-        return self.images_changed(images + loaded, problems)
+        paths, problems = [], []
+        for file in files or []:
+            try:
+                paths.append(str(self.access.upload(file if isinstance(file, str) else file.name, "an image")))
+            except BadRequest as err:
+                problems.append(str(err))
+        loaded, unreadable = load_uploads(paths, self.config)
+        return self.images_changed(images + loaded, problems + unreadable)
+
+    def end_session(self, request: gr.Request) -> None:
+        """A browser session closed: its uploads and files go."""
+        self.access.end_session(getattr(request, "session_hash", None))
 
     def add_examples(self, images: list[LoadedImage]) -> tuple:
         loaded, problems = load_uploads([str(p) for p in example_paths()], self.config)
@@ -260,6 +287,7 @@ class PatchLensApp:
                   inspect_tab.runners["similarity"])
             inspect_tab.runners["status"].on(demo.load)
             gr.api(ui_errors(inspect_tab.api_patch_features), api_name="patch_features")
+            demo.unload(self.end_session)
         return demo
 
 
@@ -273,6 +301,7 @@ def build_app(config: AppConfig | None = None) -> tuple[gr.Blocks, PatchLensApp]
 def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 7860, allow_dirs: list[str] | None = None,
           max_upload_mb: float = 50.0, concurrency: int = 1, max_models: int = 4, cache_mb: float | None = None,
           block: bool = True) -> gr.Blocks:
+    """Serve the app on host:port (by default this machine only); ``block=False``: return once it answers."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if cache_mb is not None:
         from ssl_core.features.encoder import FEATURE_CACHE
@@ -289,5 +318,5 @@ def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 7860, a
     demo.queue(default_concurrency_limit=concurrency)
     demo.launch(server_name=host, server_port=port, max_file_size=int(max_upload_mb * 1024 * 1024),
                 show_error=True, prevent_thread_lock=not block, quiet=not block, theme=gr.themes.Soft(),
-                allowed_paths=[str(app.export_dir)])
+                allowed_paths=[str(app.export_dir)], **launch_options())  # launch_options: no 3-s self-check
     return demo

@@ -10,6 +10,7 @@ from typing import Callable
 
 from PIL import Image
 
+from app.access import check_mae_name, check_model_name
 from ssl_core.data.images import DEFAULT_MAX_PIXELS, load_image
 from ssl_core.errors import BadRequest, ImageLoadError
 from ssl_core.features.cache import LRUCache
@@ -25,31 +26,12 @@ EXAMPLES_DIR = ASSETS_DIR / "examples"
 
 @dataclass
 class AppConfig:
-    allow_dirs: list[Path] = field(default_factory=list)  # folders the app may read from (besides uploads)
+    allow_dirs: list[Path] = field(default_factory=list)  # folders clients may name (see app.access)
     max_upload_mb: float = 50.0
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_models: int = 4
     default_model: str = ""
-    upload_dirs: list[Path] = field(default_factory=list)  # where the web server keeps uploads (always allowed)
-
-    def check_readable(self, path: str | os.PathLike, what: str = "file") -> Path:
-        """The resolved path if it lies under an allowed folder, else a `BadRequest` saying so."""
-        resolved = Path(path).expanduser().resolve()
-        roots = [d.resolve() for d in [*self.allow_dirs, *self.upload_dirs, EXAMPLES_DIR]]
-        if not any(resolved == root or root in resolved.parents for root in roots):
-            allowed = ", ".join(str(d) for d in self.allow_dirs) or "none (start with --allow-dir DIR)"
-            raise BadRequest(f"Not allowed to read {what} {path}: it is outside the allowed folders ({allowed}).")
-        if not resolved.exists():
-            raise BadRequest(f"No such {what}: {path}")
-        return resolved
-
-    def check_writable(self, path: str | os.PathLike, what: str = "folder") -> Path:
-        """The resolved path if it lies under a --allow-dir folder (the app writes nowhere else)."""
-        resolved = Path(path).expanduser().resolve()
-        if not any(resolved == d.resolve() or d.resolve() in resolved.parents for d in self.allow_dirs):
-            allowed = ", ".join(str(d) for d in self.allow_dirs) or "none (start with --allow-dir DIR)"
-            raise BadRequest(f"Not allowed to write {what} {path}: it is outside the allowed folders ({allowed}).")
-        return resolved
+    upload_dirs: list[Path] = field(default_factory=list)  # where the web server keeps uploads (Gradio's by default)
 
     def check_upload_size(self, path: str | os.PathLike) -> None:
         self.check_size(Path(path).stat().st_size, Path(path).name)
@@ -67,11 +49,16 @@ class ModelPool:
         self._locks: dict[tuple, threading.Lock] = {}
         self._guard = threading.Lock()
 
-    def get(self, name: str, weights: str | None = None, image_size: int | None = None) -> Encoder:
+    def get(self, name: str, weights: Path | None = None, image_size: int | None = None) -> Encoder:
+        """The encoder ``name`` (a registry name or timm id: `app.access.check_model_name`), with ``weights``: a
+        file `app.access.Access` allowed."""
+        check_model_name(name)
         return self._get(("encoder", name, str(weights or ""), image_size),
                          lambda: load_encoder(name, weights=weights, image_size=image_size))
 
-    def get_mae(self, name: str | None, weights: str | None = None) -> MaskedAutoencoder:
+    def get_mae(self, name: str | None, weights: Path | None = None) -> MaskedAutoencoder:
+        """An MAE by name (`app.access.check_mae_name`), or from ``weights``: a file `app.access.Access` allowed."""
+        name = check_mae_name(name, weights is not None)
         return self._get(("mae", name or "", str(weights or "")), lambda: open_mae(name or None, weights or None))
 
     def get_cae(self) -> CAEModel | None:

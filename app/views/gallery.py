@@ -32,6 +32,7 @@ from ssl_core.progress import ProgressFn
 from ssl_core.render import draw
 from ssl_core.render.figures import ScatterPicture, cka_figure, map_picture, umap_figure
 from ssl_core.search.patch_index import PatchIndex
+from ssl_core.search.sources import Readable
 from ssl_core.search.storage import is_index_directory
 
 BOX_COLOUR = (0, 255, 255)
@@ -43,22 +44,23 @@ MAP_MAX_POINTS = 20_000  # an index's map shows a seeded sample of at most this 
 # --------------------------------------------------------------------------------------------- index
 def build_index(encoder: Encoder, sources: Sequence[str], layer: int | None = None, kind: str = "auto",
                 directory: str | None = None, current: PatchIndex | None = None,
-                progress: ProgressFn | None = None) -> ViewResult:
+                progress: ProgressFn | None = None, readable: Readable | None = None) -> ViewResult:
     """Index image files and folders (state: the index), or extend ``current`` (same model and layer) or the index
-    saved in ``directory`` with the new ones; save it there."""
+    saved in ``directory`` with the new ones; save it there. ``readable``: which files found may be read."""
     if current is not None and current.matches(encoder, layer):
-        index, report = current, current.add(list(sources), encoder, progress)
+        index, report = current, current.add(list(sources), encoder, progress, readable=readable)
     elif directory and is_index_directory(Path(directory)):
         index = PatchIndex.load(directory)
         index.check_encoder(encoder, layer)
-        report = index.add(list(sources), encoder, progress)
+        report = index.add(list(sources), encoder, progress, readable=readable)
     else:
-        index, report = PatchIndex.build(list(sources), encoder, layer, kind, progress)
+        index, report = PatchIndex.build(list(sources), encoder, layer, kind, progress, readable=readable)
     if directory:
         index.save(directory)
     notes = f"{report.summary()}.\n\n{index.describe()}" + (f" · saved in `{directory}`" if directory else "")
-    if report.failed:
-        notes += "\n\nSkipped:\n" + "\n".join(f"- {problem}" for problem in report.failed)
+    skipped = list(dict.fromkeys(report.failed + report.skipped + report.refused))
+    if skipped:
+        notes += "\n\nSkipped:\n" + "\n".join(f"- {problem}" for problem in skipped)
     return ViewResult(notes=notes, warnings=untrained_warning(encoder), state=index)
 
 

@@ -46,7 +46,7 @@ from ssl_core.search.records import (
     PatchHit,
     QueryImage,
 )
-from ssl_core.search.sources import gallery_files
+from ssl_core.search.sources import Readable, gallery_files
 from ssl_core.search.storage import POINTER_FILE, is_index_directory
 from ssl_core.search.vectors import DeviceSearch, VectorIndex, make_vector_index, resolve_kind
 
@@ -96,10 +96,10 @@ class PatchIndex:
     @classmethod
     def build(cls, sources: Sequence[str | os.PathLike], encoder: Encoder, layer: int | None = None, kind: str = "auto",
               progress: ProgressFn | None = None, batch_size: int = 16, device: str | torch.device | None = None,
-              ) -> tuple["PatchIndex", AddReport]:
+              readable: Readable | None = None) -> tuple["PatchIndex", AddReport]:
         """Index the images of files and folders (searched recursively); bad images are reported and skipped."""
         index = cls.create(encoder, layer, kind, device)
-        return index, index.add(sources, encoder, progress, batch_size)
+        return index, index.add(sources, encoder, progress, batch_size, readable=readable)
 
     # ----------------------------------------------------------------------------------------- identity
     @property
@@ -145,15 +145,16 @@ class PatchIndex:
 
     # ----------------------------------------------------------------------------------------- adding
     def add(self, sources: Sequence[str | os.PathLike], encoder: Encoder, progress: ProgressFn | None = None,
-            batch_size: int = 16, workers: int | None = None) -> AddReport:
+            batch_size: int = 16, workers: int | None = None, readable: Readable | None = None) -> AddReport:
         """Embed and add the images not indexed yet (see the module docstring); nothing changes on failure.
+        ``readable`` says why a file found may not be read ("" when it may; `gallery_files`).
 
         Images are embedded by `ssl_core.features.pipeline.embed_files` (decoding in worker processes, batches by grid).
         """
         self.check_encoder(encoder)
         report = AddReport()
         todo: dict[str, str] = {}  # resolved path -> content hash
-        paths, report.skipped = gallery_files(sources)
+        paths, report.skipped, report.refused = gallery_files(sources, readable)
         for path in paths:
             resolved = str(path.resolve())
             if resolved in todo:

@@ -142,6 +142,7 @@ class AddReport:
     unchanged: list[str] = field(default_factory=list)  # already indexed with the same content: not embedded
     failed: list[str] = field(default_factory=list)  # "path: reason" for inputs that are not readable images
     skipped: list[str] = field(default_factory=list)  # "path: reason" for links not followed (loops, folders)
+    refused: list[str] = field(default_factory=list)  # what the caller's check reports for files it may not read
     patches_added: int = 0
     rebuilt: bool = False  # the FAISS index was rebuilt (kind changed, retrained, or vectors dropped)
 
@@ -155,6 +156,8 @@ class AddReport:
             parts.append(f"{len(self.failed)} skipped as unreadable")
         if self.skipped:
             parts.append(f"{len(self.skipped)} symlinks not followed")
+        if self.refused:
+            parts.append(f"{len(self.refused)} outside the allowed folders, not read")
         return ", ".join(parts)
 
     @property
@@ -164,7 +167,8 @@ class AddReport:
     @property
     def found(self) -> int:
         """Inputs seen: image files (readable or not) and links not followed."""
-        return len(self.added) + len(self.replaced) + len(self.unchanged) + len(self.failed) + len(self.skipped)
+        return (len(self.added) + len(self.replaced) + len(self.unchanged) + len(self.failed) + len(self.skipped)
+                + len(self.refused))
 
 
 __all__ = ["IndexedImage", "IndexManifest", "PatchHit", "ImageHit", "QueryImage", "AddReport", "FORMAT_VERSION",

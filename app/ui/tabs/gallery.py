@@ -50,25 +50,29 @@ class GalleryTab:
 
     def build_index(self, images: list[LoadedImage], source: str, folder: str, kind: str, current: PatchIndex | None,
                     layer: str, *model_args: object, progress: gr.Progress = gr.Progress()) -> ViewResult:
-        encoder = self.app.encoder(*model_args)
+        encoder, access = self.app.encoder(*model_args), self.app.access
         if source == "server folder":
             path = _folder(folder, "Name a folder on the server (it must lie under a --allow-dir folder).")
-            sources = [str(self.app.config.check_readable(path, "gallery folder"))]
+            sources = [str(access.readable(path, "the gallery folder"))]
         elif not images:
             raise BadRequest("Add images first, or index a server folder.")
-        else:
-            sources = write_images(images, Path(tempfile.mkdtemp(dir=self.app.export_dir)))
+        else:  # files for the index, in this session's own folder
+            sources = write_images(images, Path(tempfile.mkdtemp(dir=access.session_folder())))
         return views.build_index(encoder, sources, parse_layer(layer), kind, current=current,
-                                 progress=progress_callback(progress, "embedding"))
+                                 progress=progress_callback(progress, "embedding"), readable=access.walk_problem)
 
     def load_index(self, path: str) -> ViewResult:
         path = _folder(path, "Name the index folder to load (under --allow-dir).")
-        return views.load_index(str(self.app.config.check_readable(path, "index folder")))
+        folder = self.app.access.readable(path, "the index folder")
+        self.app.access.check_links(folder, "the index folder")
+        result = views.load_index(str(folder))
+        self.app.access.check_listed([image.path for image in result.state.images], "this index")
+        return result
 
     def save_index(self, index: PatchIndex | None, path: str) -> ViewResult:
         index = _need_index(index, "")
         path = _folder(path, "Name a folder to save the index to (under --allow-dir).")
-        return views.save_index(index, self.app.config.check_writable(path, "index folder"))
+        return views.save_index(index, self.app.access.writable(path, "the index folder"))
 
     def show_query(self, images: list[LoadedImage], selected: str | None, index: PatchIndex | None,
                    *model_args: object) -> ViewResult:
