@@ -294,6 +294,10 @@ class PatchLensApp:
                     grid = gr.Checkbox(False, label="Show the patch grid on the pictures", elem_id="patch-grid")
             shared = SharedControls(gr.State([]), selected, model, weights_upload, weights_path, image_size, model_info,
                                     grid)
+            saved = gr.BrowserState({}, storage_key="patchlens-session")  # images and choices across a reload
+            for control in (selected, model):  # first of their listeners, and quick: outside the queue
+                control.change(SessionStore.remember_choices, [selected, model, saved], [saved], queue=False,
+                               show_progress="hidden")
 
             with gr.Tabs():
                 inspect_tab = inspect.InspectTab(self).build(shared)
@@ -303,16 +307,12 @@ class PatchLensApp:
                 lab.LabTab(self).build(shared)
 
             images, image_outputs = shared.images, [shared.images, strip, image_status, selected, uploads]
-            saved = gr.BrowserState({}, storage_key="patchlens-session")  # images and choices across a reload
             after_images = (self.action(self.remember_images, [images, saved], [saved]), inspect_tab.runners["pca"],
                             inspect_tab.runners["parts"])
             chain(self.action(self.add_images, [uploads, images], image_outputs).on(uploads.upload), *after_images)
             chain(self.action(self.add_examples, [images], image_outputs).on(examples_btn.click), *after_images)
             chain(self.action(self.clear_images, [images], image_outputs).on(clear_btn.click), *after_images,
                   inspect_tab.runners["similarity"])
-            choices = self.action(SessionStore.remember_choices, [selected, model, saved], [saved])
-            choices.on(selected.change)
-            choices.on(model.change)
             inspect_tab.runners["status"].on(demo.load)
             chain(self.action(self.restore_session, [saved], [*image_outputs, model]).on(demo.load), *after_images[1:])
             gr.api(ui_errors(inspect_tab.api_patch_features), api_name="patch_features")

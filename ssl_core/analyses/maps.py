@@ -134,6 +134,7 @@ class UmapWarmUp:
                 self.started_at = time.monotonic()
                 self.thread = threading.Thread(target=self._run, args=(dim,), name="umap-warm-up", daemon=True)
                 self.thread.start()
+                log.info("UMAP warm-up started (compiling in a low-priority background thread)")
             return self.thread
 
     def _run(self, dim: int) -> None:
