@@ -37,7 +37,8 @@ def test_views_return_one_picture_per_image_and_their_numbers(tiny_encoder, imag
     rolled = handlers.attention_view(tiny_encoder, images[0], layer=3, head=None, rollout=True, keep_mass=0.5)
     assert "rollout over blocks 0–3" in rolled.markdown
     bag = handlers.bagssl_view(tiny_encoder, images[1], crop_sizes=[32, 48])
-    assert set(bag.figures) == {"crops", "layers", "readout"} and bag.numbers["bag_of_crops"][-1, 2] == pytest.approx(1.0, abs=1e-5)
+    assert set(bag.figures) == {"crops", "layers", "readout"}
+    assert bag.numbers["bag_of_crops"][-1, 2] == pytest.approx(1.0, abs=1e-5)
 
 
 def test_patch_at_maps_display_pixels_to_patches(tiny_encoder, image_333x517):

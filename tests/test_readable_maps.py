@@ -112,7 +112,8 @@ def test_a_session_comes_back_under_its_names_and_a_forged_token_restores_nothin
     saved = store.remember_choices("a.jpg", "patchlens-dino", saved)
     restored = store.restore(saved, AppConfig())
     assert [i.name for i in restored.images] == ["b photo.png", "a.jpg"]
-    assert restored.images[0].image.size == (20, 10) and (restored.selected, restored.model) == ("a.jpg", "patchlens-dino")
+    assert restored.images[0].image.size == (20, 10)
+    assert (restored.selected, restored.model) == ("a.jpg", "patchlens-dino")
     assert store.remember_images(images[:1], saved)["token"] == saved["token"]  # the same folder, rewritten
     assert [i.name for i in store.restore(saved, AppConfig()).images] == ["b photo.png"]
     for forged in ({"token": "../" + saved["token"]}, {"token": "0" * 32}, {"token": 7}, {}, None):

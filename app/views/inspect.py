@@ -204,7 +204,8 @@ def attention_view(encoder: Encoder, image: Image.Image, layer: int, head: int |
              for h in range(encoder.num_heads)]
     mask = mass_mask(chosen, keep_mass)
     norms = token_norms(f, [layer])
-    scales = {"map": Scale.of(chosen, "inferno", "attention"), "norm": Scale.of(norms.patch_norms[0], "viridis", "norm")}
+    scales = {"map": Scale.of(chosen, "inferno", "attention"),
+              "norm": Scale.of(norms.patch_norms[0], "viridis", "norm")}
     head_scales = [Scale.of(m, "inferno", "attention") for m in heads]
     notes = (f"Class-token attention, {title}. Mask: the patches holding {keep_mass:.0%} of the attention mass "
              f"({int(mask.sum())} of {mask.numel()} patches). Token norms after block {layer}: "
@@ -215,7 +216,8 @@ def attention_view(encoder: Encoder, image: Image.Image, layer: int, head: int |
     panels = [(title, chosen, scales["map"]), (f"token norm, block {layer}", norms.patch_norms[0], scales["norm"]),
               *((f"head {h}", m, s) for h, (m, s) in enumerate(zip(heads, head_scales)))]
     return ViewResult(
-        pictures={"map": _heat(f, chosen, scales["map"], grid), "mask": shown(f, draw.mask_overlay(f.image, mask), grid),
+        pictures={"map": _heat(f, chosen, scales["map"], grid),
+                  "mask": shown(f, draw.mask_overlay(f.image, mask), grid),
                   "token_norm": _heat(f, norms.patch_norms[0], scales["norm"], grid, smooth=False)},
         galleries={"heads": [(_heat(f, m, s, grid), f"head {h}") for h, (m, s) in enumerate(zip(heads, head_scales))]},
         figures={"readout": readout_figure(panels)}, item_names={"heads": [f"head{h}" for h in range(len(heads))]},

@@ -94,7 +94,8 @@ def shared_mask(spec: MaskSpec, seed: int, grid_hw: tuple[int, int],
             f"the MAE's {rh}×{rw} mask carried onto this model's {h}×{w} grid")
 
 
-def reconstruct_view(mae: MaskedAutoencoder, image: ImageSource | Image.Image, kind: str = "random", ratio: float = 0.75,
+def reconstruct_view(mae: MaskedAutoencoder, image: ImageSource | Image.Image, kind: str = "random",
+                     ratio: float = 0.75,
                      seed: int = 0, custom_hidden: Hidden = frozenset(), grid: bool = False) -> ViewResult:
     """Hide patches as the controls say, reconstruct, and return the four pictures (enlarged) and a summary."""
     spec = _mask(kind, ratio, custom_hidden)
@@ -115,7 +116,8 @@ def reconstruct_view(mae: MaskedAutoencoder, image: ImageSource | Image.Image, k
     pictures = {name: shown(geometry, getattr(result, name), grid) for name in ("masked", "reconstruction", "pasted")}
     pictures["error"] = shown_map(geometry, error_picture(result, scale), scale, grid)
     errors = np.where(result.mask, result.error_map, np.nan)
-    return ViewResult(pictures=pictures, figures={"error_readout": readout_figure([("error", errors, scale)], cell=300)},
+    readout = readout_figure([("error", errors, scale)], cell=300)
+    return ViewResult(pictures=pictures, figures={"error_readout": readout},
                       numbers={"image": result.image, "masked": result.masked, "reconstruction": result.reconstruction,
                                "pasted": result.pasted, "mask": result.mask, "error_map": result.error_map,
                                "loss": np.array(result.loss)},
@@ -147,7 +149,8 @@ def context_drift_view(encoder: Encoder, image: ImageSource | Image.Image, kind:
                       name=file_stem(encoder.name, "context-drift"))
 
 
-def cae_alignment_view(cae: CAEModel | None, image: ImageSource | Image.Image, kind: str = "random", ratio: float = 0.75,
+def cae_alignment_view(cae: CAEModel | None, image: ImageSource | Image.Image, kind: str = "random",
+                       ratio: float = 0.75,
                        seed: int = 0, custom_hidden: Hidden = frozenset(),
                        reference_grid: tuple[int, int] | None = None, grid: bool = False) -> ViewResult:
     """Per hidden patch, the cosine between the CAE regressor's predicted latent and the encoder's own latent

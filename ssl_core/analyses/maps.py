@@ -270,5 +270,5 @@ def attention_per_patch(features: Sequence[PatchFeatures]) -> np.ndarray:
 
 
 __all__ = ["PatchMap", "map_patches", "nearest_point", "Colouring", "colour_by_image", "colour_by_part",
-           "colour_by_position", "colour_by_attention", "colour_patches", "attention_per_patch", "METHODS", "COLOURINGS", "DEFAULT_FIT_LIMIT",
-           "UMAP_WARM_UP", "UmapWarmUp", "StageFn"]
+           "colour_by_position", "colour_by_attention", "colour_patches", "attention_per_patch", "METHODS",
+           "COLOURINGS", "DEFAULT_FIT_LIMIT", "UMAP_WARM_UP", "UmapWarmUp", "StageFn"]
