@@ -66,13 +66,15 @@ class StagedProgress:
 
     def __init__(self, progress: gr.Progress, desc: str):
         self.progress, self.desc = progress, desc
+        self.last: float | tuple[int, int] = 0.0  # Gradio shows a description only with a progress value
 
     def stage(self, desc: str) -> None:
         self.desc = desc
-        self.progress(None, desc=desc)
+        self.progress(self.last, desc=desc)
 
     def __call__(self, done: int, total: int) -> None:
-        self.progress((done, total), desc=self.desc)
+        self.last = (done, total)
+        self.progress(self.last, desc=self.desc)
 
 
 def clicked(picture: np.ndarray | None, evt: gr.SelectData) -> Click:
