@@ -204,7 +204,7 @@ def attention_view(encoder: Encoder, image: Image.Image, layer: int, head: int |
              for h in range(encoder.num_heads)]
     mask = mass_mask(chosen, keep_mass)
     norms = token_norms(f, [layer])
-    scales = {"map": Scale.of(chosen, "inferno", "attention"),
+    scales = {"map": Scale.of(chosen, "inferno", "rollout" if rollout else "attention"),
               "norm": Scale.of(norms.patch_norms[0], "viridis", "norm")}
     head_scales = [Scale.of(m, "inferno", "attention") for m in heads]
     notes = (f"Class-token attention, {title}. Mask: the patches holding {keep_mass:.0%} of the attention mass "
