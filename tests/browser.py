@@ -163,3 +163,60 @@ def fetch_image(page, src: str) -> np.ndarray:
     response = page.request.get(src if src.startswith("http") else page.url.rstrip("/") + "/" + src.lstrip("/"))
     assert response.ok, f"could not fetch {src}: {response.status}"
     return np.asarray(Image.open(io.BytesIO(response.body())).convert("RGB"))
+
+
+BAR_WIDTH = 100  # the colour bar PatchLens adds to the right of a map (ssl_core.render.draw.COLORBAR_WIDTH)
+
+
+def colorbar_columns(picture: np.ndarray, cmap: str) -> list[int]:
+    """The x of every pixel column of a picture [H, W, 3] that is a colour bar of ``cmap``: most of its pixels are
+    exact colours of the colormap, running from its top colour (at the top) down to its bottom colour."""
+    from ssl_core.render.draw import colormap_lut
+
+    lut = colormap_lut(cmap).astype(np.int64)
+    found = []
+    for x in range(picture.shape[1]):
+        column = picture[:, x].astype(np.int64)
+        distance = ((column[:, None, :] - lut[None]) ** 2).sum(-1)  # [H, 256]
+        ys = np.flatnonzero(distance.min(1) == 0)
+        if len(ys) < 0.6 * picture.shape[0]:
+            continue
+        levels = distance.argmin(1)[ys]
+        if levels[0] >= 250 and levels[-1] <= 5 and (np.diff(levels) <= 0).all():
+            found.append(x)
+    return found
+
+
+def bars(picture: np.ndarray, cmap: str) -> int:
+    """How many separate colour bars of ``cmap`` a picture holds."""
+    columns = colorbar_columns(picture, cmap)
+    return sum(1 for i, x in enumerate(columns) if i == 0 or x != columns[i - 1] + 1)
+
+
+def hover_readout(page, selector: str, timeout_ms: int = 60_000) -> str:
+    """Hover the middle of the first heatmap of the plotly readout in ``selector``; the hover label's text."""
+    plot = page.locator(f"{selector} .js-plotly-plot").first
+    plot.wait_for(state="visible", timeout=timeout_ms)
+    plot.scroll_into_view_if_needed()
+    layer = page.locator(f"{selector} .nsewdrag").first
+    box = layer.bounding_box()
+    page.mouse.move(box["x"] + 2, box["y"] + 2)
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=4)
+    label = page.locator(f"{selector} .hoverlayer .hovertext").first
+    label.wait_for(state="attached", timeout=10_000)
+    return label.text_content()
+
+
+def plot_data(page, selector: str) -> list[dict]:
+    """The traces of the plotly figure in ``selector`` (what plotly holds, after rendering)."""
+    return page.evaluate(
+        "sel => Array.from(document.querySelector(sel + ' .js-plotly-plot').data)"
+        ".map(t => ({zmin: t.zmin, zmax: t.zmax, colorscale: t.colorscale, hovertemplate: t.hovertemplate}))",
+        selector)
+
+
+def file_name(page, selector: str, timeout_ms: int = 120_000) -> str:
+    """The name of the file a ``gr.File`` in ``selector`` offers."""
+    link = page.locator(f"{selector} a").first
+    link.wait_for(state="attached", timeout=timeout_ms)
+    return link.get_attribute("download") or link.inner_text()

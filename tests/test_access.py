@@ -72,11 +72,11 @@ def test_every_path_attack_on_the_mae_and_weights_fields_gets_one_message_that_t
     paths = attacks(tmp_path, allowed)
     with session("A"):
         mae_messages = {kind: refusal(lambda: reconstruct(image, "a.png", text, None, "random", 0.75, 0, None,
-                                                          progress=quiet)) for kind, text in paths.items()}
+                                                          False, progress=quiet)) for kind, text in paths.items()}
         weights_messages = {kind: refusal(lambda: status("random-tiny", None, text, 0)) for kind, text in paths.items()}
         save_mae(build_mae(), allowed / "mae.safetensors")
         result = reconstruct(image, "a.png", str(allowed / "mae.safetensors"), None, "random", 0.5, 0, None,
-                             progress=quiet)
+                             False, progress=quiet)
     for messages in (mae_messages, weights_messages):
         assert len(set(messages.values())) == 1, messages  # the same words for every kind of attack
         [message] = set(messages.values())

@@ -9,12 +9,14 @@ from app.access import Access
 from app.ui.state import AppConfig, BadRequest, ModelPool, load_uploads
 from app.views import inspect as handlers
 from app.views.result import DISPLAY_MIN_SIDE, Click, display_factor, display_hw, patch_at
+from ssl_core.render.draw import COLORBAR_WIDTH
 
 
 def test_overview_returns_image_pca_and_attention_at_display_size(tiny_encoder, image_333x517):
     result = handlers.overview(tiny_encoder, Image.fromarray(image_333x517))
     pictures = result.pictures
-    assert pictures["image"].shape == pictures["pca"].shape == pictures["attention"].shape
+    assert pictures["image"].shape == pictures["pca"].shape  # the attention map has its colour bar beside it
+    assert pictures["attention"].shape == (pictures["image"].shape[0], pictures["image"].shape[1] + COLORBAR_WIDTH, 3)
     assert min(pictures["image"].shape[:2]) >= DISPLAY_MIN_SIDE
     assert pictures["pca"].std() > 5 and pictures["attention"].std() > 1  # not blank
     assert "untrained" in result.markdown
@@ -36,7 +38,8 @@ def test_views_return_one_picture_per_image_and_their_numbers(tiny_encoder, imag
     rolled = handlers.attention_view(tiny_encoder, images[0], layer=3, head=None, rollout=True, keep_mass=0.5)
     assert "rollout over blocks 0–3" in rolled.markdown
     bag = handlers.bagssl_view(tiny_encoder, images[1], crop_sizes=[32, 48])
-    assert set(bag.figures) == {"crops", "layers"} and bag.numbers["bag_of_crops"][-1, 2] == pytest.approx(1.0, abs=1e-5)
+    assert set(bag.figures) == {"crops", "layers", "readout"}
+    assert bag.numbers["bag_of_crops"][-1, 2] == pytest.approx(1.0, abs=1e-5)
 
 
 def test_patch_at_maps_display_pixels_to_patches(tiny_encoder, image_333x517):

@@ -3,7 +3,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from browser import LiveApp, image_from_element, open_app, requires_browser, screenshot, src_of, wait_for_new_image
+from browser import (
+    BAR_WIDTH,
+    LiveApp,
+    image_from_element,
+    open_app,
+    requires_browser,
+    screenshot,
+    src_of,
+    wait_for_new_image,
+)
 
 pytestmark = [pytest.mark.browser, requires_browser]
 GREY = np.array([128, 128, 128])
@@ -46,7 +55,9 @@ def test_ratio_seed_and_custom_clicks(image_file, tmp_path):
         seed.press("Enter")
         wait_for_new_image(page, "#rec-masked", previous)
         pictures = {name: image_from_element(page, f"#rec-{name}") for name in ("masked", "output", "pasted", "error")}
-        assert len({p.shape for p in pictures.values()}) == 1
+        assert len({pictures[name].shape for name in ("masked", "output", "pasted")}) == 1
+        h, w, _ = pictures["masked"].shape
+        assert pictures["error"].shape == (h, w + BAR_WIDTH, 3)  # with its colour bar
         from ssl_core.mim.masks import random_mask
         expected = {tuple(map(int, rc)) for rc in np.argwhere(random_mask((12, 12), 0.5, seed=3))}
         assert hidden_cells(pictures["masked"], 12) == expected and len(expected) == 72

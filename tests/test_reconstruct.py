@@ -14,8 +14,9 @@ from app.views.result import Click, display_hw, encoder_display_grid, patch_at
 from ssl_core.analyses.context import context_drift
 from ssl_core.features.vit_tokens import encode_visible
 from ssl_core.mim.mae import build_mae, save_mae
-from ssl_core.mim.masks import custom_mask, random_mask
-from ssl_core.mim.reconstruct import MASK_FILL, predicted_images, prepare_image, reconstruct, square_crop
+from ssl_core.mim.masks import block_mask, custom_mask, random_mask
+from ssl_core.mim.reconstruct import MASK_FILL, centre_square, predicted_images, prepare_image, reconstruct, square_crop
+from ssl_core.render.draw import COLORBAR_WIDTH
 
 
 @pytest.fixture(scope="module")
@@ -111,11 +112,23 @@ def test_two_clicked_patches_are_exactly_the_two_hidden(tiny_mae):
     assert "untrained" in random_view.markdown
 
 
-def test_context_drift_view_draws_on_the_encoder_grid(tiny_encoder, image_333x517):
-    view = context_drift_view(tiny_encoder, image_333x517, "block", 0.4, 0)
-    grid = encoder_display_grid(tiny_encoder, image_333x517)
-    assert view.pictures["drift"].shape[:2] == (grid.image.shape[0] * 4, grid.image.shape[1] * 4)
-    assert "patches removed (block 40%)" in view.markdown
+def test_context_drift_view_draws_on_the_mae_crop_with_the_mae_mask(tiny_encoder, image_333x517):
+    """The drift map uses the MAE's centre crop and mask: the same hidden patches as the MAE view beside it."""
+    square = centre_square(image_333x517)
+    grid = encoder_display_grid(tiny_encoder, square)
+    assert grid.grid_hw == (12, 12) and square.size == (333, 333)
+    view = context_drift_view(tiny_encoder, image_333x517, "block", 0.4, 0, reference_grid=(12, 12))
+    assert view.pictures["drift"].shape[:2] == (grid.image.shape[0] * 4, grid.image.shape[1] * 4 + COLORBAR_WIDTH)
+    assert np.array_equal(view.numbers["mask"], block_mask((12, 12), 0.4, 0))
+    assert "58/144 patches removed (block 40%, seed 0; the MAE's mask)" in view.markdown
+    assert "fixed scale from 0" in view.markdown
+    other = context_drift_view(tiny_encoder, image_333x517, "custom", 0.75, 0, frozenset({(0, 0), (5, 5)}),
+                               reference_grid=(6, 6))  # an MAE with a coarser grid: its mask carried over
+    assert "the MAE's 6×6 mask carried onto this model's 12×12 grid" in other.markdown
+    assert int(other.numbers["mask"].sum()) == 8 and other.numbers["mask"][:2, :2].all()
+    grid_view = context_drift_view(tiny_encoder, image_333x517, "grid", 0.3, 0, reference_grid=(12, 12))
+    assert "the ratio slider does not apply to the grid mask" in grid_view.markdown
+    assert "108/144 patches removed" in grid_view.markdown
 
 
 def test_cli_writes_the_pictures_and_metrics(tmp_path, image_file, tiny_mae, monkeypatch, capsys):

@@ -169,7 +169,9 @@ def test_the_app_shows_a_view_result_in_its_components(tmp_path):
     targets = {"map": gr.Image(), "absent": gr.Image(), "missing": gr.Gallery(), "counts": gr.Dataframe(),
                "markdown": gr.Markdown(), "state": gr.State(), "numbers": gr.File(), "report.html": gr.File()}
     shown = app.show(result, targets)
-    assert shown[targets["map"]] is picture and shown[targets["absent"]] is None and shown[targets["missing"]] == []
+    assert shown[targets["map"]].endswith("/parts_a_map.png")  # a file named after the view and the picture
+    assert np.array_equal(np.asarray(Image.open(shown[targets["map"]])), picture)
+    assert shown[targets["absent"]] is None and shown[targets["missing"]] == []
     assert shown[targets["counts"]]["value"] == [["a", 3]]
     assert shown[targets["counts"]]["headers"] == ["image", "part 0"]
     assert shown[targets["markdown"]] == "careful\n\ndone" and shown[targets["state"]] == {"kept": 1}

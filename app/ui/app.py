@@ -19,10 +19,13 @@ import numpy as np
 from gradio.components import Component
 
 from app.access import Access
+from app.ui.downloads import picture_files, picture_paths
+from app.ui.restore import Saved, SessionStore
 from app.ui.server import launch_options
 from app.ui.session import session_bound
 from app.ui.state import AppConfig, LoadedImage, ModelPool, example_paths, load_uploads
 from app.views.result import Click, Table, ViewResult
+from ssl_core.analyses.maps import UMAP_WARM_UP
 from ssl_core.errors import BadRequest, PatchLensError
 from ssl_core.features.encoder import Encoder
 from ssl_core.mim.mae import MaskedAutoencoder
@@ -64,6 +67,22 @@ def model_choices() -> list[tuple[str, str]]:
 
 def progress_callback(progress: gr.Progress, desc: str) -> ProgressFn:
     return lambda done, total: progress((done, total), desc=desc)
+
+
+class StagedProgress:
+    """A progress callback (done, total) whose description follows the stage a long step reports (`stage`)."""
+
+    def __init__(self, progress: gr.Progress, desc: str):
+        self.progress, self.desc = progress, desc
+        self.last: float | tuple[int, int] = 0.0  # Gradio shows a description only with a progress value
+
+    def stage(self, desc: str) -> None:
+        self.desc = desc
+        self.progress(self.last, desc=desc)
+
+    def __call__(self, done: int, total: int) -> None:
+        self.last = (done, total)
+        self.progress(self.last, desc=self.desc)
 
 
 def clicked(picture: np.ndarray | None, evt: gr.SelectData) -> Click:
@@ -112,11 +131,22 @@ class SharedControls:
     weights_path: gr.Textbox
     image_size: gr.Number
     model_info: gr.Markdown
+    grid: gr.Checkbox  # draw the patch grid on the pictures
 
     @property
     def model_inputs(self) -> list[Component]:
         """The inputs of `PatchLensApp.encoder`, in its order."""
         return [self.model, self.weights_upload, self.weights_path, self.image_size]
+
+    @property
+    def grid_and_model(self) -> list[Component]:
+        """The patch-grid toggle, then the model inputs: the last inputs of the views that draw maps."""
+        return [self.grid, *self.model_inputs]
+
+
+def readout_plot(elem_id: str, what: str = "each patch") -> gr.Plot:
+    """The plot that shows a view's scalar maps as heatmaps to hover: patch row, column and value."""
+    return gr.Plot(label=f"Hover readout: row, column and value of {what}", elem_id=elem_id)
 
 
 class PatchLensApp:
@@ -126,8 +156,10 @@ class PatchLensApp:
         self.config = config
         self.pool = ModelPool(config.max_models)
         self.export_dir = Path(tempfile.mkdtemp(prefix="patchlens-exports-"))
+        self.sessions = SessionStore()
         uploads = config.upload_dirs or [gradio_upload_folder()]
-        self.access = Access(config.allow_dirs, uploads, private_dirs=[self.export_dir])  # every path goes here
+        self.access = Access(config.allow_dirs, uploads,  # every path a client sends goes here
+                             private_dirs=[self.export_dir, self.sessions.root])
 
     # ------------------------------------------------------------------------------------- models
     def encoder(self, model: str | None, weights_upload: str | None = None, weights_path: str | None = "",
@@ -180,10 +212,13 @@ class PatchLensApp:
         numbers = result.numbers_file() if "numbers" in targets else None
         if numbers is not None:
             downloads[numbers[0]] = numbers[1]
-        paths = self.write_downloads(downloads)
+        pictures = picture_files(result, targets)
+        paths = self.write_downloads({**downloads, **{file: data for file, (data, _) in pictures.items()}})
         shown: dict[Component, Any] = {}
         for name, component in targets.items():
-            if name == "markdown":
+            if name in result.pictures or name in result.galleries:
+                value = picture_paths(result, name, pictures, paths)
+            elif name == "markdown":
                 value = result.markdown
             elif name == "state":
                 value = result.state
@@ -232,6 +267,21 @@ class PatchLensApp:
     def clear_images(self, _images: list[LoadedImage]) -> tuple:
         return self.images_changed([], [])
 
+    def remember_images(self, images: list[LoadedImage], saved: Saved | None) -> Saved:
+        return self.sessions.remember_images(images, saved)
+
+    def restore_session(self, saved: Saved | None) -> tuple:
+        """After a reload: the images and choices this browser had (see `app.ui.restore`), or nothing changed."""
+        restored = self.sessions.restore(saved, self.config)
+        if restored is None:
+            return (gr.update(),) * 6
+        images, strip, status, _, uploads = self.images_changed(restored.images, [])
+        names = [i.name for i in restored.images]
+        chosen = restored.selected if restored.selected in names else (names[-1] if names else None)
+        status = f"{len(names)} image(s) restored from this browser's last visit."
+        return (images, strip, status, gr.update(choices=names, value=chosen), uploads,
+                gr.update(value=restored.model) if restored.model else gr.update())
+
     @staticmethod
     def images_changed(images: list[LoadedImage], problems: list[str]) -> tuple:
         """(images, the strip of loaded images, status, the image chooser, the upload box emptied)."""
@@ -269,8 +319,15 @@ class PatchLensApp:
             with gr.Row():
                 strip = gr.Gallery(label="Loaded images", columns=10, height=130, allow_preview=False,
                                    object_fit="contain", scale=4)
-                selected = gr.Dropdown([], label="Image shown in the views", elem_id="inspect-image-choice", scale=1)
-            shared = SharedControls(gr.State([]), selected, model, weights_upload, weights_path, image_size, model_info)
+                with gr.Column(scale=1):
+                    selected = gr.Dropdown([], label="Image shown in the views", elem_id="inspect-image-choice")
+                    grid = gr.Checkbox(False, label="Show the patch grid on the pictures", elem_id="patch-grid")
+            shared = SharedControls(gr.State([]), selected, model, weights_upload, weights_path, image_size, model_info,
+                                    grid)
+            saved = gr.BrowserState({}, storage_key="patchlens-session")  # images and choices across a reload
+            for control in (selected, model):  # first of their listeners, and quick: outside the queue
+                control.change(SessionStore.remember_choices, [selected, model, saved], [saved], queue=False,
+                               show_progress="hidden")
 
             with gr.Tabs():
                 inspect_tab = inspect.InspectTab(self).build(shared)
@@ -280,12 +337,14 @@ class PatchLensApp:
                 lab.LabTab(self).build(shared)
 
             images, image_outputs = shared.images, [shared.images, strip, image_status, selected, uploads]
-            after_images = (inspect_tab.runners["pca"], inspect_tab.runners["parts"])
+            after_images = (self.action(self.remember_images, [images, saved], [saved]), inspect_tab.runners["pca"],
+                            inspect_tab.runners["parts"])
             chain(self.action(self.add_images, [uploads, images], image_outputs).on(uploads.upload), *after_images)
             chain(self.action(self.add_examples, [images], image_outputs).on(examples_btn.click), *after_images)
             chain(self.action(self.clear_images, [images], image_outputs).on(clear_btn.click), *after_images,
                   inspect_tab.runners["similarity"])
             inspect_tab.runners["status"].on(demo.load)
+            chain(self.action(self.restore_session, [saved], [*image_outputs, model]).on(demo.load), *after_images[1:])
             gr.api(ui_errors(inspect_tab.api_patch_features), api_name="patch_features")
             demo.unload(self.end_session)
         return demo
@@ -315,6 +374,8 @@ def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 7860, a
                        upload_dirs=[upload_dir.resolve()])
     demo, app = build_app(config)
     log.info("default model: %s", config.default_model)
+    if os.environ.get("PATCHLENS_UMAP_WARM_UP", "1") != "0":
+        UMAP_WARM_UP.start()  # the first map then comes as fast as the next ones
     demo.queue(default_concurrency_limit=concurrency)
     demo.launch(server_name=host, server_port=port, max_file_size=int(max_upload_mb * 1024 * 1024),
                 show_error=True, prevent_thread_lock=not block, quiet=not block, theme=gr.themes.Soft(),

@@ -109,14 +109,28 @@ def load_image_bytes(data: bytes, config: AppConfig, name: str = "uploaded image
 
 
 def write_images(images: list[LoadedImage], folder: Path) -> list[str]:
-    """Save loaded images as PNG files (for tools that read files, like the gallery index); returns their paths."""
+    """Save loaded images as PNG files (for tools that read files, like the gallery index, and for restoring a
+    session) under the names they were loaded with, one numbered folder each: ``folder/0007/rocket.jpg`` (the
+    content is PNG whatever the name says); returns their paths."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, image in enumerate(images):
-        path = folder / f"{i:04d}_{Path(image.name).stem}.png"
-        image.image.save(path)
+        path = folder / f"{i:04d}" / (Path(image.name).name or f"image-{i}.png")
+        path.parent.mkdir(exist_ok=True)
+        image.image.save(path, format="PNG")
         paths.append(str(path))
     return paths
+
+
+def read_images(folder: Path, config: AppConfig) -> list[LoadedImage]:
+    """The images `write_images` saved in ``folder``, in order, under their names (unreadable ones skipped)."""
+    loaded = []
+    for path in sorted(p for p in folder.glob("[0-9][0-9][0-9][0-9]/*") if p.is_file()):
+        try:
+            loaded.append(LoadedImage(path.name, load_image(path, max_pixels=config.max_pixels, name=path.name)))
+        except ImageLoadError as err:
+            log.warning("could not restore %s: %s", path, err)
+    return loaded
 
 
 def example_paths() -> list[Path]:

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from app.views.result import DISPLAY_MIN_SIDE, Click, Table, ViewResult, patch_at, untrained_warning
+from app.views.result import DISPLAY_MIN_SIDE, Click, Table, ViewResult, file_stem, patch_at, untrained_warning
 from ssl_core.analyses.attention import class_attention_map, rollout_map
 from ssl_core.analyses.bagssl import embedding_vs_patch_mean, patch_to_embedding
 from ssl_core.analyses.parts import part_maps
@@ -24,8 +24,14 @@ from ssl_core.analyses.pca import pca_rgb
 from ssl_core.analyses.similarity import patch_similarity
 from ssl_core.features.encoder import Encoder, PatchFeatures
 from ssl_core.render import draw
+from ssl_core.render.draw import Scale
+from ssl_core.render.figures import readout_figure
 
 ROWS = ("PCA", "similarity", "parts", "attention", "rollout", "patch · embedding")
+ROW_KEYS = {"PCA": "pca_rgb", "similarity": "similarity", "parts": "part_labels", "attention": "attention",
+            "rollout": "rollout", "patch · embedding": "patch_to_embedding"}
+SCALAR_ROWS = {"similarity": ("inferno", "cosine"), "attention": ("inferno", "attention"),
+               "rollout": ("inferno", "rollout"), "patch · embedding": ("viridis", "cosine")}  # (colormap, label)
 
 
 def display_size(image: Image.Image) -> tuple[int, int]:
@@ -43,8 +49,10 @@ def fit(picture: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
 class Column:
     name: str
     description: str
-    pictures: dict[str, np.ndarray]  # row name -> picture at the common display size
+    pictures: dict[str, np.ndarray]  # row name -> picture at the common display size (scalar maps with colour bars)
     numbers: dict[str, float] = field(default_factory=dict)
+    maps: dict[str, np.ndarray] = field(default_factory=dict)  # row name -> the map behind its picture, per patch
+    scales: dict[str, Scale] = field(default_factory=dict)  # row name -> colour scale, for the scalar rows
 
 
 @dataclass
@@ -68,34 +76,64 @@ class Comparison:
                 titles.append(f"{column.name}: {row}")
         return draw.panel(pictures, titles, columns=len(self.columns), cell=260)
 
+    def readout(self) -> Any:
+        """The scalar rows of every column as heatmaps to hover (row, column, value)."""
+        return readout_figure([(f"{c.name}: {row}", c.maps[row], c.scales[row]) for row in SCALAR_ROWS
+                               for c in self.columns], columns=len(self.columns))
+
+    def numbers(self) -> dict[str, np.ndarray]:
+        """Each column's maps as arrays ``c{i}_{row}`` (PCA RGB, similarity, part labels, attention, rollout,
+        patch · embedding), with the models' names."""
+        out = {"models": np.array([c.name for c in self.columns], dtype=str)}
+        for i, column in enumerate(self.columns):
+            out.update({f"c{i}_{ROW_KEYS[row]}": np.asarray(values) for row, values in column.maps.items()})
+        return out
+
 
 def weights_name(encoder: Encoder) -> str:
     """The weights' file name (or hub id), or "random init" for an untrained model."""
     return Path(str(encoder.weights_file)).name if encoder.weights_file is not None else "random init"
 
 
-def column_pictures(f: PatchFeatures, row: int, col: int, k: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Every row's picture of one encoder, at its processed image's size, the clicked patch (row, col) boxed."""
+def column_maps(f: PatchFeatures, row: int, col: int, k: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Every row's map of one encoder, per patch: PCA RGB [h, w, 3], part labels and the scalar maps [h, w]."""
     [pca_map], _ = pca_rgb([f.patch_tokens])
     [similarity] = patch_similarity([f.patch_tokens], 0, row, col)
     [labels] = part_maps([f.patch_tokens], k, seed).labels
-    attention = class_attention_map(f.attention, f.num_prefix, f.grid_hw)
-    rolled = rollout_map(f.attention, f.num_prefix, f.grid_hw)
-    contribution = patch_to_embedding(f)
-    marked = draw.mark_patch(draw.heatmap_overlay(f.image, similarity, vmax=1.0, smooth=False), row, col,
-                             f.patch_size, color=(0, 255, 255), width=1)
-    return {
-        "PCA": draw.upsample(draw.unit_rgb(pca_map), f.image.shape[:2]),
-        "similarity": marked,
-        "parts": draw.overlay(f.image, draw.labels_to_rgb(labels), alpha=0.6),
-        "attention": draw.heatmap_overlay(f.image, attention, alpha=0.7),
-        "rollout": draw.heatmap_overlay(f.image, rolled, alpha=0.7),
-        "patch · embedding": draw.heatmap_overlay(f.image, contribution, cmap="viridis", alpha=0.7, smooth=False),
-    }
+    return {"PCA": pca_map.numpy(), "similarity": similarity.numpy(), "parts": labels.numpy(),
+            "attention": class_attention_map(f.attention, f.num_prefix, f.grid_hw).numpy(),
+            "rollout": rollout_map(f.attention, f.num_prefix, f.grid_hw).numpy(),
+            "patch · embedding": patch_to_embedding(f).numpy()}
+
+
+def column_scales(maps: dict[str, np.ndarray]) -> dict[str, Scale]:
+    """The colour scale of each scalar row (similarity up to 1, the others their range)."""
+    return {row: Scale.of(maps[row], cmap, label, vmax=1.0 if row == "similarity" else None)
+            for row, (cmap, label) in SCALAR_ROWS.items()}
+
+
+def column_pictures(f: PatchFeatures, maps: dict[str, np.ndarray], scales: dict[str, Scale], row: int, col: int,
+                    size_hw: tuple[int, int], grid: bool = False) -> dict[str, np.ndarray]:
+    """Every row's picture of one encoder at the common display size, the clicked patch (row, col) boxed, the patch
+    grid drawn when ``grid``, the scalar maps with their colour bars."""
+    smooth = {"similarity": False, "attention": True, "rollout": True, "patch · embedding": False}
+    alpha = {"similarity": 0.6, "attention": 0.7, "rollout": 0.7, "patch · embedding": 0.7}
+    pictures = {"PCA": draw.upsample(draw.unit_rgb(maps["PCA"]), f.image.shape[:2]),
+                "parts": draw.overlay(f.image, draw.labels_to_rgb(maps["parts"]), alpha=0.6)}
+    for name, scale in scales.items():
+        pictures[name] = draw.scale_overlay(f.image, maps[name], scale, alpha[name], smooth[name])
+    pictures["similarity"] = draw.mark_patch(pictures["similarity"], row, col, f.patch_size, color=(0, 255, 255),
+                                             width=1)
+    shown = {}
+    for name, picture in pictures.items():
+        picture = fit(picture, size_hw)
+        picture = draw.patch_grid(picture, f.grid_hw) if grid else picture
+        shown[name] = draw.with_colorbar(picture, scales[name]) if name in scales else picture
+    return {name: shown[name] for name in ROWS}
 
 
 def compare(encoders: Sequence[Encoder], image: Image.Image, click: Click = Click.centre(), k: int = 5,
-            seed: int = 0) -> Comparison:
+            seed: int = 0, grid: bool = False) -> Comparison:
     """Every encoder's column for one image; ``click`` (on the image at any size) picks the similarity's patch."""
     size = display_size(image)
     columns = []
@@ -103,27 +141,31 @@ def compare(encoders: Sequence[Encoder], image: Image.Image, click: Click = Clic
         [f] = encoder.extract([image], layers="all", attention=True)
         row, col = patch_at(click, f.grid_hw)
         agreement = embedding_vs_patch_mean(f)
+        maps = column_maps(f, row, col, k, seed)
+        scales = column_scales(maps)
         columns.append(Column(
             name=encoder.display_name,
             description=(f"{encoder.spec.family}, patch {f.patch_size}, grid {f.grid_hw[0]}×{f.grid_hw[1]}, "
                          f"weights: {weights_name(encoder)}"),
-            pictures={name: fit(p, size) for name, p in column_pictures(f, row, col, k, seed).items()},
+            pictures=column_pictures(f, maps, scales, row, col, size, grid),
             numbers={"cos(image embedding, mean patch)": agreement.cosine[-1],
-                     "clicked patch row": row, "clicked patch col": col}))
+                     "clicked patch row": row, "clicked patch col": col}, maps=maps, scales=scales))
     shown = np.asarray(image.convert("RGB").resize((size[1], size[0]), Image.Resampling.BICUBIC))
     return Comparison(columns, shown, click, k)
 
 
 def compare_view(encoders: Sequence[Encoder], image: Image.Image, click: Click = Click.centre(), k: int = 5,
-                 title: str = "PatchLens comparison") -> ViewResult:
-    """The comparison as the UI shows it: the image to click, one picture per row, the numbers, a PNG and a report."""
-    comparison = compare(encoders, image, click, k)
+                 title: str = "PatchLens comparison", grid: bool = False) -> ViewResult:
+    """The comparison as the UI shows it: the image to click, one picture per row, the numbers, a PNG, a report,
+    the maps as arrays (.npz) and a hover readout of the scalar maps."""
+    comparison = compare(encoders, image, click, k, grid=grid)
     return ViewResult(
         pictures={"image": comparison.image, **{row: comparison.row_picture(row) for row in ROWS}},
-        tables={"by_encoder": numbers_table(comparison)},
+        tables={"by_encoder": numbers_table(comparison)}, figures={"readout": comparison.readout()},
         files={"comparison.png": draw.to_png_bytes(comparison.panel()),
                "comparison.html": html_report(comparison, title=title).encode()},
-        warnings=untrained_warning(*encoders), name="comparison")
+        numbers=comparison.numbers(), warnings=untrained_warning(*encoders),
+        name=file_stem("compare", *(e.name for e in encoders)))
 
 
 def numbers_table(comparison: Comparison) -> Table:

@@ -19,19 +19,21 @@ from app.views.result import (
     Click,
     ViewResult,
     display_factor,
+    file_stem,
     patch_at,
     to_display,
     untrained_warning,
 )
 from ssl_core.analyses.cka import compare_encoders
-from ssl_core.analyses.maps import Colouring, PatchMap, attention_per_patch, colour_patches, map_patches
+from ssl_core.analyses.maps import Colouring, PatchMap, StageFn, attention_per_patch, colour_patches, map_patches
 from ssl_core.data.images import ImageSource
 from ssl_core.features.encoder import Encoder
 from ssl_core.features.patch_table import PatchTable
 from ssl_core.progress import ProgressFn
 from ssl_core.render import draw
-from ssl_core.render.figures import ScatterPicture, cka_figure, map_picture, umap_figure
+from ssl_core.render.figures import ScatterPicture, cka_figure, colouring_rgb, map_picture, umap_figure
 from ssl_core.search.patch_index import PatchIndex
+from ssl_core.search.records import PatchHit
 from ssl_core.search.sources import Readable
 from ssl_core.search.storage import is_index_directory
 
@@ -119,7 +121,18 @@ def search_click(index: PatchIndex, encoder: Encoder, query: ImageSource | Image
     left_out = " (the query image left out)" if exclude_query_image and embedded.image_index is not None else ""
     notes = (f"Patch (row {row}, col {col}) of **{Path(embedded.name).name}**: {len(hits)} nearest of {len(index):,} "
              f"gallery patches{left_out} · {index.describe()}")
-    return ViewResult(pictures=pictures, galleries={"hits": gallery}, notes=notes, state=hits)
+    return ViewResult(pictures=pictures, galleries={"hits": gallery}, notes=notes, state=hits,
+                      numbers=hits_numbers(hits, row, col), name=file_stem(encoder.name, "nearest-patches"),
+                      item_names={"hits": [f"{i + 1:02d}-{Path(h.image).stem}-r{h.row}c{h.col}"
+                                           for i, h in enumerate(hits)]})
+
+
+def hits_numbers(hits: Sequence[PatchHit], row: int, col: int) -> dict[str, np.ndarray]:
+    """The hits as arrays: score, image name, image number in the index, patch row and column; the query patch."""
+    return {"query_patch": np.array([row, col]), "scores": np.array([h.score for h in hits], np.float32),
+            "image_names": np.array([Path(h.image).name for h in hits], dtype=str),
+            "image_ids": np.array([h.image_index for h in hits], np.int64),
+            "rows": np.array([h.row for h in hits], np.int64), "cols": np.array([h.col for h in hits], np.int64)}
 
 
 # --------------------------------------------------------------------------------------------- maps
@@ -138,36 +151,46 @@ class MapView:
 
 def map_of_images(encoder: Encoder, images: Sequence[Image.Image], names: Sequence[str], layer: int | None = None,
                   method: str = "umap", colour_by: str = "image", parts: int = 8, seed: int = 0,
-                  progress: ProgressFn | None = None) -> ViewResult:
-    """A map of every patch of the loaded images (state: the `MapView`)."""
+                  progress: ProgressFn | None = None, stage: StageFn | None = None) -> ViewResult:
+    """A map of every patch of the loaded images (state: the `MapView`); ``stage`` hears what is being done."""
     table, features = PatchTable.embed(encoder, names, images, layer, attention=colour_by == "attention")
     attention = attention_per_patch(features) if colour_by == "attention" else None
-    result = _map_view(table, method, colour_by, attention, parts, seed, encoder.patch_size, progress,
+    result = _map_view(table, method, colour_by, attention, parts, seed, encoder.patch_size, progress, stage,
                        images=[f.image for f in features])
     result.warnings = untrained_warning(encoder)
-    return result
+    return result.named(file_stem(encoder.name, f"{method}-map"))
 
 
 def map_of_index(index: PatchIndex, method: str = "umap", colour_by: str = "image", parts: int = 8, seed: int = 0,
-                 max_points: int = MAP_MAX_POINTS, progress: ProgressFn | None = None) -> ViewResult:
+                 max_points: int = MAP_MAX_POINTS, progress: ProgressFn | None = None,
+                 stage: StageFn | None = None) -> ViewResult:
     """A map of an index's patches (a seeded sample of ``max_points`` for a large index; state: the `MapView`)."""
     table = index.table(limit=max_points, seed=seed)
-    result = _map_view(table, method, colour_by, None, parts, seed, index.manifest.patch_size, progress, index=index)
+    result = _map_view(table, method, colour_by, None, parts, seed, index.manifest.patch_size, progress, stage,
+                       index=index)
     if len(table) < len(index):
         result.notes = f"Showing a random sample of {len(table):,} of the index's {len(index):,} patches. " + result.notes
-    return result
+    return result.named(file_stem("index", f"{method}-map"))
 
 
 def _map_view(table: PatchTable, method: str, colour_by: str, attention: np.ndarray | None, parts: int, seed: int,
-              patch_size: int, progress: ProgressFn | None, images: list[np.ndarray] | None = None,
-              index: PatchIndex | None = None) -> ViewResult:
-    patch_map = map_patches(table.vectors, method, seed, progress=progress)
+              patch_size: int, progress: ProgressFn | None, stage: StageFn | None,
+              images: list[np.ndarray] | None = None, index: PatchIndex | None = None) -> ViewResult:
+    patch_map = map_patches(table.vectors, method, seed, progress=progress, stage=stage)
     colouring = colour_patches(table, colour_by, attention, parts, seed)
     hover = [f"{Path(table.names[i]).name} · ({r}, {c})" for i, r, c in zip(table.image_ids, table.rows, table.cols)]
     view = MapView(map_picture(patch_map, colouring), patch_map, colouring, table, patch_size, images, index)
     return ViewResult(pictures={"map": view.picture.image}, figures={"scatter": umap_figure(patch_map, colouring, hover)},
                       notes=f"{patch_map.describe()}; colour: {colouring.title}. Click a point to see its patch.",
-                      state=view)
+                      state=view, numbers=map_numbers(table, patch_map, colouring), name=f"{method}-map")
+
+
+def map_numbers(table: PatchTable, patch_map: PatchMap, colouring: Colouring) -> dict[str, np.ndarray]:
+    """The map as arrays: each point's 2-D coordinates, image number and name, patch row and column, its colour
+    (RGB) and the value it is coloured by (a category, RGB in [0, 1] or a scalar)."""
+    return {"coords": patch_map.coords, "image_ids": np.asarray(table.image_ids), "rows": np.asarray(table.rows),
+            "cols": np.asarray(table.cols), "image_names": np.array([Path(n).name for n in table.names], dtype=str),
+            "colours": colouring_rgb(colouring), "colour_values": np.asarray(colouring.values)}
 
 
 def pick_point(view: MapView, x: float, y: float) -> ViewResult:
@@ -194,5 +217,9 @@ def cka_view(encoder_a: Encoder, encoder_b: Encoder, images: Sequence[Image.Imag
     if result.samples < 4 * dims and not debiased:
         notes += (f" With {result.samples} samples against {dims} dimensions, "
                   "linear CKA leans towards 1: tick *debiased* for an estimate without that pull.")
-    return ViewResult(figures={"cka": cka_figure(result)}, numbers={"cka": result.matrix}, notes=notes,
-                      warnings=untrained_warning(encoder_a, encoder_b), name="cka")
+    numbers = {"cka": result.matrix, "labels_a": np.array(result.labels_a, dtype=str),
+               "labels_b": np.array(result.labels_b, dtype=str),
+               "models": np.array([result.model_a, result.model_b], dtype=str)}
+    return ViewResult(figures={"cka": cka_figure(result)}, numbers=numbers, notes=notes,
+                      warnings=untrained_warning(encoder_a, encoder_b),
+                      name=file_stem("cka", encoder_a.name, encoder_b.name))

@@ -10,18 +10,30 @@ import numpy as np
 import torch
 from PIL import Image
 
-from app.views.result import Click, Table, ViewResult, encoder_display_grid, patch_at, to_display, untrained_warning
+from app.views.result import (
+    Click,
+    Table,
+    ViewResult,
+    encoder_display_grid,
+    file_stem,
+    patch_at,
+    shown,
+    shown_map,
+    untrained_warning,
+)
 from ssl_core.analyses.attention import attention_shares, class_attention_map, mass_mask, rollout_map
 from ssl_core.analyses.bagssl import bag_of_crops, bag_tables, embedding_vs_patch_mean, patch_to_embedding
 from ssl_core.analyses.parts import agreement_with_truth, check_part_count, part_maps, remove_position_mean
 from ssl_core.analyses.pca import foreground_mask, pca_rgb, pca_rgb_each
 from ssl_core.analyses.similarity import patch_similarity
+from ssl_core.analyses.token_norm import token_norms
 from ssl_core.data import partsworld
 from ssl_core.errors import BadRequest
 from ssl_core.features.encoder import Encoder, PatchFeatures
 from ssl_core.progress import ProgressFn
 from ssl_core.render import draw
-from ssl_core.render.figures import bag_of_crops_figure, layer_agreement_figure
+from ssl_core.render.draw import Scale
+from ssl_core.render.figures import bag_of_crops_figure, layer_agreement_figure, readout_figure
 
 FINAL_LAYER = "final (normed)"
 CLICK_BOX = (0, 255, 255)
@@ -59,8 +71,9 @@ def clicked_patch(encoder: Encoder, image: Image.Image, click: Click) -> tuple[i
     return patch_at(click, encoder_display_grid(encoder, image).grid_hw)
 
 
-def overview(encoder: Encoder, image: Image.Image) -> ViewResult:
-    """The image, its PCA map and its class-token attention (last layer, heads averaged), side by side."""
+def overview(encoder: Encoder, image: Image.Image, grid: bool = False) -> ViewResult:
+    """The image, its PCA map and its class-token attention (last layer, heads averaged), side by side; ``grid``
+    draws the patch grid on them."""
     [f] = encoder.extract([image], attention=True)
     [pca_map], fit = pca_rgb([f.patch_tokens])
     attention = class_attention_map(f.attention, f.num_prefix, f.grid_hw)
@@ -70,23 +83,26 @@ def overview(encoder: Encoder, image: Image.Image) -> ViewResult:
     notes = (f"**{encoder.display_name}** · grid {h}×{w} patches of {f.patch_size} px · image "
              f"{f.image.shape[1]}×{f.image.shape[0]} px · PCA variance explained (R, G, B): {ratios} · "
              f"attention map: {source}, last layer, heads averaged")
-    pictures = {"image": f.image, "pca": draw.upsample(draw.unit_rgb(pca_map), f.image.shape[:2]),
-                "attention": draw.heatmap_overlay(f.image, attention, cmap="inferno", alpha=0.7)}
+    scale = Scale.of(attention, "inferno", "attention")
+    pictures = {"image": shown(f, f.image, grid),
+                "pca": shown(f, draw.upsample(draw.unit_rgb(pca_map), f.image.shape[:2]), grid),
+                "attention": shown_map(f, draw.scale_overlay(f.image, attention, scale, alpha=0.7), scale, grid)}
     return ViewResult(
-        pictures={name: to_display(f, picture) for name, picture in pictures.items()},
+        pictures=pictures, figures={"attention_readout": readout_figure([(source, attention, scale)], cell=300)},
         numbers={"patch_tokens": f.patch_tokens.numpy(), "pca_rgb": pca_map.numpy(),
                  "class_attention": attention.numpy(), "grid_hw": np.array(f.grid_hw)},
-        notes=notes, warnings=untrained_warning(encoder), name="overview")
+        notes=notes, warnings=untrained_warning(encoder), name=file_stem(encoder.name, "overview"))
 
 
 def pca_view(encoder: Encoder, images: Sequence[Image.Image], names: Sequence[str], layer: int | None,
-             joint: bool = True, use_foreground: bool = False, threshold: float = 0.5, invert: bool = False) -> ViewResult:
+             joint: bool = True, use_foreground: bool = False, threshold: float = 0.5, invert: bool = False,
+             grid: bool = False) -> ViewResult:
     features = extract(encoder, images, layer)
     fits = pca_rgb_each([f.tokens(layer) for f in features], joint, threshold if use_foreground else None, invert)
     gallery, numbers = [], {}
     for i, (f, fit) in enumerate(zip(features, fits)):
         picture = draw.upsample(draw.unit_rgb(fit.rgb), f.image.shape[:2])
-        gallery.append((to_display(f, picture), f"{names[i]} · PC1-3 {fit.explained:.0%}"))
+        gallery.append((shown(f, picture, grid), f"{names[i]} · PC1-3 {fit.explained:.0%}"))
         numbers[f"pca_rgb_{i}"] = fit.rgb.numpy()
         if fit.foreground is not None:
             numbers[f"foreground_{i}"] = fit.foreground.numpy()
@@ -95,33 +111,36 @@ def pca_view(encoder: Encoder, images: Sequence[Image.Image], names: Sequence[st
     if use_foreground:
         notes += f" Foreground: first component above {threshold:.2f}{' (inverted)' if invert else ''}; background black."
     return ViewResult(galleries={"maps": gallery}, numbers=numbers, notes=notes, warnings=untrained_warning(encoder),
-                      name="pca")
+                      name=file_stem(encoder.name, "pca"), item_names={"maps": list(names)})
 
 
 def similarity_view(encoder: Encoder, images: Sequence[Image.Image], names: Sequence[str], source: int,
-                    row: int, col: int, layer: int | None) -> ViewResult:
+                    row: int, col: int, layer: int | None, grid: bool = False) -> ViewResult:
     """Cosine of patch (row, col) of image ``source`` with every patch of every image, on one colour scale."""
     features = extract(encoder, images, layer)
     maps = patch_similarity([f.tokens(layer) for f in features], source, row, col)
     low = min(float(m.min()) for m in maps)  # one colour scale for every image
+    scale = Scale(low, 1.0, "inferno", "cosine")
     gallery = []
     for i, (f, sim) in enumerate(zip(features, maps)):
-        picture = draw.heatmap_overlay(f.image, sim, vmin=low, vmax=1.0, cmap="inferno", alpha=0.65, smooth=False)
+        picture = draw.scale_overlay(f.image, sim, scale, alpha=0.65, smooth=False)
         if i == source:
             picture = draw.mark_patch(picture, row, col, f.patch_size, color=CLICK_BOX, width=1)
         best = float(sim.max()) if i != source else 1.0
-        gallery.append((to_display(f, picture), f"{names[i]} · max cos {best:.2f}"))
+        gallery.append((shown_map(f, picture, scale, grid), f"{names[i]} · max cos {best:.2f}"))
     notes = (f"Patch (row {row}, col {col}) of **{names[source]}**, {FINAL_LAYER if layer is None else f'block {layer}'}; "
              f"cosine scale {low:.2f} (dark) to 1 (bright).")
     numbers = {f"similarity_{i}": m.numpy() for i, m in enumerate(maps)}
     numbers["query"] = np.array([source, row, col])
-    return ViewResult(galleries={"maps": gallery}, numbers=numbers, notes=notes, warnings=untrained_warning(encoder),
-                      name="similarity")
+    readout = readout_figure([(name, m, scale) for name, m in zip(names, maps)])
+    return ViewResult(galleries={"maps": gallery}, figures={"readout": readout}, numbers=numbers, notes=notes,
+                      warnings=untrained_warning(encoder), name=file_stem(encoder.name, "similarity"),
+                      item_names={"maps": list(names)})
 
 
 def parts_view(encoder: Encoder, images: Sequence[Image.Image], names: Sequence[str], layer: int | None, k: int,
                seed: int = 0, use_foreground: bool = False, threshold: float = 0.5, invert: bool = False,
-               separate: bool = False, remove_position: bool = False) -> ViewResult:
+               separate: bool = False, remove_position: bool = False, grid: bool = False) -> ViewResult:
     """k-means over the patch tokens of all images at once (one colour is one part in every image), or of each
     image on its own (``separate``); ``remove_position`` first subtracts each grid position's mean token over the
     images that share the grid."""
@@ -132,7 +151,7 @@ def parts_view(encoder: Encoder, images: Sequence[Image.Image], names: Sequence[
     masks = foreground_mask(grids, threshold, invert) if use_foreground else None
     total = check_part_count(grids, k, masks, separate, list(names))
     parts = part_maps(grids, k, seed, masks, separate=separate)
-    gallery = [(to_display(f, draw.overlay(f.image, draw.labels_to_rgb(labels), alpha=0.6)), name)
+    gallery = [(shown(f, draw.overlay(f.image, draw.labels_to_rgb(labels), alpha=0.6), grid), name)
                for f, name, labels in zip(features, names, parts.labels)]
     rows = [[name, *map(int, row)] for name, row in zip(names, parts.counts_per_image.tolist())]
     if not separate:
@@ -155,18 +174,26 @@ def parts_view(encoder: Encoder, images: Sequence[Image.Image], names: Sequence[
                   "ground truth — " + "; ".join(scores) + ". 1 is perfect agreement, 0 is chance.")
     numbers.update(centroids=parts.centroids.numpy(), counts_per_image=parts.counts_per_image.numpy())
     return ViewResult(galleries={"maps": gallery}, tables={"counts": Table(parts_table_headers(k), rows)},
-                      numbers=numbers, notes=notes, warnings=untrained_warning(encoder), name="parts")
+                      numbers=numbers, notes=notes, warnings=untrained_warning(encoder),
+                      name=file_stem(encoder.name, "parts"), item_names={"maps": list(names)})
 
 
 def parts_table_headers(k: int) -> list[str]:
     return ["image", *(f"part {i}" for i in range(k))]
 
 
+def _heat(f: PatchFeatures, values: torch.Tensor | np.ndarray, scale: Scale, grid: bool, smooth: bool = True,
+          ) -> np.ndarray:
+    """A scalar map over the image at display size, with its colour bar."""
+    return shown_map(f, draw.scale_overlay(f.image, values, scale, alpha=0.75, smooth=smooth), scale, grid)
+
+
 def attention_view(encoder: Encoder, image: Image.Image, layer: int, head: int | None, rollout: bool,
-                   keep_mass: float) -> ViewResult:
-    """Class-token attention of one layer (per head and averaged) or the rollout, with a mass-threshold mask."""
-    [f] = encoder.extract([image], attention=True)
+                   keep_mass: float, grid: bool = False) -> ViewResult:
+    """Class-token attention of one layer (per head and averaged) or the rollout, with a mass-threshold mask, and
+    the norm of each patch token after that block (high-norm artifact tokens)."""
     [layer] = encoder.resolve_layers([layer])
+    [f] = encoder.extract([image], layers=[layer], attention=True)
     if rollout:
         chosen = rollout_map(f.attention[: layer + 1], f.num_prefix, f.grid_hw)
         title = f"rollout over blocks 0–{layer}"
@@ -176,34 +203,45 @@ def attention_view(encoder: Encoder, image: Image.Image, layer: int, head: int |
     heads = [class_attention_map(f.attention, f.num_prefix, f.grid_hw, layer=layer, head=h)
              for h in range(encoder.num_heads)]
     mask = mass_mask(chosen, keep_mass)
+    norms = token_norms(f, [layer])
+    scales = {"map": Scale.of(chosen, "inferno", "rollout" if rollout else "attention"),
+              "norm": Scale.of(norms.patch_norms[0], "viridis", "norm")}
+    head_scales = [Scale.of(m, "inferno", "attention") for m in heads]
     notes = (f"Class-token attention, {title}. Mask: the patches holding {keep_mass:.0%} of the attention mass "
-             f"({int(mask.sum())} of {mask.numel()} patches)")
+             f"({int(mask.sum())} of {mask.numel()} patches). Token norms after block {layer}: "
+             f"{norms.describe().split(': ', 1)[1]}")
     if f.num_registers:
         shares = attention_shares(f.attention, f.has_class_token, f.num_registers, layer=layer)
         notes += (f" · {shares.registers:.0%} of the class token's attention goes to the {f.num_registers} registers")
+    panels = [(title, chosen, scales["map"]), (f"token norm, block {layer}", norms.patch_norms[0], scales["norm"]),
+              *((f"head {h}", m, s) for h, (m, s) in enumerate(zip(heads, head_scales)))]
     return ViewResult(
-        pictures={"map": to_display(f, draw.heatmap_overlay(f.image, chosen, cmap="inferno", alpha=0.75)),
-                  "mask": to_display(f, draw.mask_overlay(f.image, mask))},
-        galleries={"heads": [(to_display(f, draw.heatmap_overlay(f.image, m, cmap="inferno", alpha=0.75)), f"head {h}")
-                             for h, m in enumerate(heads)]},
+        pictures={"map": _heat(f, chosen, scales["map"], grid),
+                  "mask": shown(f, draw.mask_overlay(f.image, mask), grid),
+                  "token_norm": _heat(f, norms.patch_norms[0], scales["norm"], grid, smooth=False)},
+        galleries={"heads": [(_heat(f, m, s, grid), f"head {h}") for h, (m, s) in enumerate(zip(heads, head_scales))]},
+        figures={"readout": readout_figure(panels)}, item_names={"heads": [f"head{h}" for h in range(len(heads))]},
         numbers={"attention_map": chosen.numpy(), "mask": mask.numpy(), "per_head": torch.stack(heads).numpy(),
-                 "attention": f.attention.numpy()},
-        notes=notes + ".", warnings=untrained_warning(encoder), name="attention")
+                 "attention": f.attention.numpy(), "token_norm": norms.patch_norms[0],
+                 "token_norm_outliers": norms.outliers[0]},
+        notes=notes + ".", warnings=untrained_warning(encoder), name=file_stem(encoder.name, "attention"))
 
 
 def bagssl_view(encoder: Encoder, image: Image.Image, crop_sizes: Sequence[int],
-                progress: ProgressFn | None = None) -> ViewResult:
+                progress: ProgressFn | None = None, grid: bool = False) -> ViewResult:
     [f] = encoder.extract([image], layers="all")
     agreement = embedding_vs_patch_mean(f)
     crops = bag_of_crops(encoder, image, crop_sizes, progress=progress)
     contribution = patch_to_embedding(f)
-    picture = draw.heatmap_overlay(f.image, contribution, cmap="viridis", alpha=0.7, smooth=False)
+    scale = Scale.of(contribution, "viridis", "cosine")
     notes = (f"Final cosine between the image embedding and the mean of its patch tokens: **{agreement.cosine[-1]:.3f}**; "
              f"bag of {crops.num_crops[0]} crops of {crops.crop_sizes[0]} px vs the full image: **{crops.cosine[0]:.3f}**."
              + ("" if agreement.uses_class_token else " (This model pools its patches: the image embedding *is* their mean.)"))
-    return ViewResult(pictures={"patch_to_embedding": to_display(f, picture)},
+    return ViewResult(pictures={"patch_to_embedding": _heat(f, contribution, scale, grid, smooth=False)},
                       figures={"crops": bag_of_crops_figure({encoder.name: crops}),
-                               "layers": layer_agreement_figure({encoder.name: agreement})},
+                               "layers": layer_agreement_figure({encoder.name: agreement}),
+                               "readout": readout_figure([("patch token · image embedding", contribution, scale)],
+                                                         cell=300)},
                       numbers={"layers": np.array(agreement.layers), "layer_cosine": np.array(agreement.cosine),
                                "bag_of_crops": bag_tables(crops), "patch_to_embedding": contribution.numpy()},
-                      notes=notes, warnings=untrained_warning(encoder), name="bagssl")
+                      notes=notes, warnings=untrained_warning(encoder), name=file_stem(encoder.name, "bagssl"))

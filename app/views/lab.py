@@ -18,6 +18,7 @@ from ssl_core.lab import (
     CKAComparison,
     LabConfig,
     LabReport,
+    LabResults,
     LocationResult,
     PartMapResult,
     cka_probe,
@@ -33,9 +34,12 @@ from ssl_core.lab import (
     result_rows,
     rows_markdown,
     run_lab,
+    summary_sections,
 )
+from ssl_core.lab.findings import supervised_ssl_pairs
 from ssl_core.progress import ProgressFn
 from ssl_core.render import draw
+from ssl_core.render.draw import Scale
 from ssl_core.render.figures import cka_figure, heatmap_picture
 
 PROBES = ("object vs part probes", "k-NN: class token, patch mean, bag of crops", "location probe (swapped positions)",
@@ -45,6 +49,7 @@ CKA = "CKA between two encoders, block by block"
 MEASURES = (*PROBES, EVERYTHING, CKA)
 PICTURE_SIDE = 288  # pictures of a 96 px scene are enlarged 3x so patch boxes stay visible
 SWAP_BOX = (0, 255, 255)
+PROBABILITY = Scale(0.0, 1.0, "inferno", "P(swapped)")
 
 
 def lab_config(n_train: int | float = LabConfig.n_train, n_test: int | float = LabConfig.n_test,
@@ -71,8 +76,8 @@ def location_pictures(result: LocationResult, name: str) -> list[Captioned]:
         return []
     image, factor = _enlarged(result.map_image)
     patch_px = result.map_image.shape[0] // result.map_swapped.shape[0] * factor
-    heat = draw.heatmap_overlay(image, result.map_probability, vmin=0.0, vmax=1.0, cmap="inferno", alpha=0.7,
-                                  smooth=False)
+    heat = draw.with_colorbar(draw.scale_overlay(image, result.map_probability, PROBABILITY, alpha=0.7, smooth=False),
+                              PROBABILITY)
     return [(_box_patches(image, result.map_swapped, patch_px), f"{name}: swapped (boxed)"),
             (_box_patches(heat, result.map_swapped, patch_px), f"P(swapped), AUC {result.auc:.2f}")]
 
@@ -145,42 +150,55 @@ def report_view(report: LabReport, encoders: Sequence[Encoder] = ()) -> ViewResu
     view.pictures = _pictures(panel_of([location_pictures(e.location, e.name) for e in report.encoders]),
                               panel_of([part_map_pictures(e.part_map, e.name) for e in report.encoders]))
     if report.cka:
-        shown = next((c for c in report.cka if "patchlens-dino" in (c.result.model_a, c.result.model_b)),
-                     report.cka[0])  # supervised vs contrastive when both are there
+        pairs = supervised_ssl_pairs(report)  # the pairs the CKA finding reads, in its order
+        shown = pairs[0][0] if pairs else report.cka[0]
         view.figures["cka"], view.pictures["cka_heatmap"] = cka_pictures(shown)
+        view.notes = (f"The CKA figure shows {shown.result.model_a} vs {shown.result.model_b}"
+                      + (", the first pair of the CKA finding" if pairs else "") + "; every pair's table is below.\n\n"
+                      + view.notes)
     return view
+
+
+def probe_results(encoder: Encoder, probe: str, config: LabConfig,
+                  progress: ProgressFn | None = None) -> LabResults:
+    """One of `PROBES` on one encoder, as the cross-model tables read it (`LabResults`, labelled by the encoder)."""
+    if probe not in PROBES:
+        raise BadRequest(f"unknown probe {probe!r}; choose one of: {', '.join(PROBES)}")
+    label = encoder.name if encoder.trained else f"{encoder.name} (untrained)"
+    if probe == PROBES[4]:
+        return LabResults(label, mim=mim_probe(encoder, config, progress))
+    scenes = encode_scenes(encoder, config, progress)
+    if probe == PROBES[0]:
+        return LabResults(label, object_probe=object_probe(scenes, config), part_probe=part_probe(scenes, config))
+    if probe == PROBES[1]:
+        return LabResults(label, knn=knn_probe(encoder, scenes, config))
+    if probe == PROBES[2]:
+        return LabResults(label, location=location_probe(encoder, scenes, config))
+    return LabResults(label, part_map=part_map_probe(scenes, config))
+
+
+def _results_of(results: LabResults) -> list[Any]:
+    return [r for r in (results.object_probe, results.part_probe, results.knn, results.location, results.part_map,
+                        results.mim) if r is not None]
 
 
 def probe_view(encoder: Encoder, probe: str, config: LabConfig | None = None,
                progress: ProgressFn | None = None) -> ViewResult:
     """One of `PROBES` on one encoder: its table rows (with sample sizes and seed) and its picture."""
-    if probe not in PROBES:
-        raise BadRequest(f"unknown probe {probe!r}; choose one of: {', '.join(PROBES)}")
     config = config or LabConfig()
+    results = probe_results(encoder, probe, config, progress)
     header = f"**{encoder.display_name}** · {probe} · {config.describe()}\n\n"
-    warnings = untrained_warning(encoder)
-    if probe == PROBES[4]:
-        result = mim_probe(encoder, config, progress)
-        if result is None:
-            return ViewResult(notes=header + "This model's weights carry no MAE or CAE decoder: nothing to reconstruct.",
-                              warnings=warnings, name="lab")
-        return ViewResult(notes=header + rows_markdown(result_rows(result)), warnings=warnings,
-                          numbers={"MIMResult": result_numbers(result)}, name="lab")
-    scenes = encode_scenes(encoder, config, progress)
-    location = part_map = None
-    if probe == PROBES[0]:
-        results = [object_probe(scenes, config), part_probe(scenes, config)]
-    elif probe == PROBES[1]:
-        results = [knn_probe(encoder, scenes, config)]
-    elif probe == PROBES[2]:
-        results = [location := location_probe(encoder, scenes, config)]
-    else:
-        results = [part_map := part_map_probe(scenes, config)]
+    found = _results_of(results)
+    if not found:
+        return ViewResult(notes=header + "This model's weights carry no MAE or CAE decoder: nothing to reconstruct.",
+                          warnings=untrained_warning(encoder), name="lab")
+    location, part_map = results.location, results.part_map
     return ViewResult(
-        notes=header + rows_markdown([row for result in results for row in result_rows(result)]), warnings=warnings,
+        notes=header + rows_markdown([row for result in found for row in result_rows(result)]),
+        warnings=untrained_warning(encoder), state=results,
         pictures=_pictures(None if location is None else panel_of([location_pictures(location, encoder.name)]),
                            None if part_map is None else panel_of([part_map_pictures(part_map, encoder.name)])),
-        numbers={type(result).__name__: result_numbers(result) for result in results}, name="lab")
+        numbers={type(result).__name__: result_numbers(result) for result in found}, name="lab")
 
 
 def cka_view(encoder_a: Encoder, encoder_b: Encoder, config: LabConfig | None = None,
@@ -198,10 +216,14 @@ def cka_view(encoder_a: Encoder, encoder_b: Encoder, config: LabConfig | None = 
 
 def probes_view(encoders: dict[str, Encoder], probe: str, config: LabConfig | None = None,
                 progress: ProgressFn | None = None) -> ViewResult:
-    """One of `PROBES` on several encoders: their texts one after another and their pictures stacked."""
+    """One of `PROBES` on several encoders: one cross-model table per measure (models as rows, as in docs/lab.md),
+    each encoder's own table below, and their pictures stacked."""
+    config = config or LabConfig()
     views = {name: probe_view(encoder, probe, config, progress) for name, encoder in encoders.items()}
     stacked = {kind: panel_of([[(v.pictures[kind], name)] for name, v in views.items() if kind in v.pictures])
                for kind in ("location", "part_map")}
-    return ViewResult(notes="\n\n".join(v.notes for v in views.values()), pictures=_pictures(**stacked),
-                      warnings=untrained_warning(*encoders.values()), name="lab",
-                      numbers={name: v.numbers for name, v in views.items()})
+    tables = summary_sections([v.state for v in views.values() if v.state is not None])
+    notes = (f"**{probe}** on {len(encoders)} encoder(s) · {config.describe()}. Chance levels in parentheses.\n"
+             + "\n".join(tables) + "\n\n### Per encoder\n\n" + "\n\n".join(v.notes for v in views.values()))
+    return ViewResult(notes=notes, pictures=_pictures(**stacked), warnings=untrained_warning(*encoders.values()),
+                      name="lab", numbers={name: v.numbers for name, v in views.items()})

@@ -1,5 +1,8 @@
 """The Reconstruct views: MAE reconstructions, context drift and the CAE predictor from a chosen mask.
 
+All three work on the MAE's centre crop of the image with the MAE's mask (carried onto another grid patch by patch
+when a model's grid differs: `shared_mask`), so the maps side by side show the same patches hidden.
+
 No Gradio and no math here. Pictures are enlarged for display with `app.views.result.to_display`, so a click on
 the masked picture maps back to a patch with `app.views.result.patch_at` (`toggle_patch`).
 """
@@ -13,8 +16,10 @@ from app.views.result import (
     DisplayGrid,
     ViewResult,
     encoder_display_grid,
+    file_stem,
     patch_at,
-    to_display,
+    shown,
+    shown_map,
     untrained_warning,
 )
 from ssl_core.analyses.context import context_drift, predicted_alignment
@@ -22,97 +27,152 @@ from ssl_core.data.images import ImageSource
 from ssl_core.features.encoder import Encoder
 from ssl_core.mim.cae import CAEModel
 from ssl_core.mim.mae import MaskedAutoencoder
-from ssl_core.mim.masks import Cell, MaskSpec, toggle_cells
-from ssl_core.mim.reconstruct import MASK_FILL, ReconstructionResult, fill_patches, prepare_image, reconstruct
+from ssl_core.mim.masks import Cell, MaskSpec, resample_mask, toggle_cells
+from ssl_core.mim.reconstruct import (
+    MASK_FILL,
+    ReconstructionResult,
+    centre_square,
+    fill_patches,
+    prepare_image,
+    reconstruct,
+)
 from ssl_core.render import draw
+from ssl_core.render.draw import Scale
+from ssl_core.render.figures import readout_figure
 
 NO_CAE = ("The bundled CAE model (`patchlens-cae`) is not installed, so its predictor cannot be shown; "
           "train it with `patchlens train --method cae`.")
+DRIFT_SCALE = Scale(0.0, 1.0, "viridis", "cosine")  # fixed: 1 = unchanged; values below 0 are shown as 0
+ALIGNMENT_SCALE = Scale(-1.0, 1.0, "viridis", "cosine")
+Hidden = set[Cell] | frozenset[Cell]
 
 
 def mae_display_grid(mae: MaskedAutoencoder) -> DisplayGrid:
     return DisplayGrid(np.empty((mae.img_size, mae.img_size, 0), np.uint8), mae.grid_hw, mae.patch_size)
 
 
-def toggle_patch(hidden: set[Cell] | frozenset[Cell] | None, click: Click, grid_hw: tuple[int, int]) -> frozenset[Cell]:
+def toggle_patch(hidden: Hidden | None, click: Click, grid_hw: tuple[int, int]) -> frozenset[Cell]:
     """Click-to-toggle: the hidden set with the patch under the click flipped."""
     return toggle_cells(hidden or frozenset(), patch_at(click, grid_hw))
 
 
-def error_picture(result: ReconstructionResult, cmap: str = "inferno") -> np.ndarray:
+def error_scale(result: ReconstructionResult) -> Scale:
+    """The error map's scale: the range of the hidden patches' errors."""
+    return Scale.of(np.where(result.mask, result.error_map, np.nan), "inferno", "squared error")
+
+
+def error_picture(result: ReconstructionResult, scale: Scale | None = None) -> np.ndarray:
     """The per-patch error as a heatmap on the hidden patches; visible patches show the image, dimmed."""
+    scale = scale or error_scale(result)
     values = np.where(result.mask, result.error_map, np.nan)
-    lo, hi = (float(np.nanmin(values)), float(np.nanmax(values))) if result.mask.any() else (0.0, 1.0)
-    return draw.heat_on_patches(result.image, values, result.mask, lo, hi, cmap)
+    return draw.heat_on_patches(result.image, values, result.mask, scale.vmin, scale.vmax, scale.cmap)
 
 
-def _mask(kind: str, ratio: float, custom_hidden: set[Cell] | frozenset[Cell]) -> MaskSpec:
+def _mask(kind: str, ratio: float, custom_hidden: Hidden) -> MaskSpec:
     return MaskSpec(kind, float(ratio), frozenset(custom_hidden))
 
 
+def mask_note(spec: MaskSpec, seed: int) -> str:
+    """The mask as the notes name it: kind, ratio or cells, seed; the grid mask says it ignores the ratio."""
+    seeded = f", seed {int(seed)}" if spec.kind in ("random", "block") else ""
+    fixed = " — the ratio slider does not apply to the grid mask" if spec.kind == "grid" else ""
+    return f"{spec.describe()}{seeded}{fixed}"
+
+
+def shared_mask(spec: MaskSpec, seed: int, grid_hw: tuple[int, int],
+                reference_grid: tuple[int, int] | None) -> tuple[np.ndarray, str]:
+    """The mask on a model's grid of the MAE's centre crop, and how it relates to the MAE's mask: the same mask when
+    the grids agree, the MAE's mask carried over patch by patch when they do not, or drawn on the model's own grid
+    when there is no MAE (``reference_grid`` None)."""
+    h, w = grid_hw
+    if reference_grid is None:
+        return spec.build(grid_hw, int(seed)), f"drawn on this model's own {h}×{w} grid (no MAE loaded)"
+    if tuple(reference_grid) == tuple(grid_hw):
+        return spec.build(grid_hw, int(seed)), "the MAE's mask"
+    rh, rw = reference_grid
+    return (resample_mask(spec.build(tuple(reference_grid), int(seed)), grid_hw),
+            f"the MAE's {rh}×{rw} mask carried onto this model's {h}×{w} grid")
+
+
 def reconstruct_view(mae: MaskedAutoencoder, image: ImageSource | Image.Image, kind: str = "random",
-                     ratio: float = 0.75, seed: int = 0,
-                     custom_hidden: set[Cell] | frozenset[Cell] = frozenset()) -> ViewResult:
+                     ratio: float = 0.75,
+                     seed: int = 0, custom_hidden: Hidden = frozenset(), grid: bool = False) -> ViewResult:
     """Hide patches as the controls say, reconstruct, and return the four pictures (enlarged) and a summary."""
     spec = _mask(kind, ratio, custom_hidden)
     result = reconstruct(mae, image, spec.build(mae.grid_hw, int(seed)))
-    grid = DisplayGrid(result.image, result.grid_hw, result.patch_size)
+    geometry = DisplayGrid(result.image, result.grid_hw, result.patch_size)
     h, w = result.grid_hw
-    seeded = f", seed {int(seed)}" if kind in ("random", "block") else ""
+    scale = error_scale(result)
     if result.num_hidden:
         target = "per-patch normalised pixels" if result.norm_pix else "pixels (ImageNet-normalised)"
         loss = (f"loss over the {result.num_hidden} hidden patches: **{result.loss:.4f}** (mean squared error "
-                f"against {target}; the error map shows it per hidden patch, range "
-                f"{np.nanmin(result.error_map[result.mask]):.3g}–{np.nanmax(result.error_map[result.mask]):.3g})")
+                f"against {target}; the error map shows it per hidden patch on the scale of its colour bar, "
+                f"{draw.tick_label(scale.vmin)}–{draw.tick_label(scale.vmax)})")
     else:
         loss = "no patch is hidden" + (": click patches on the masked image to hide them" if kind == "custom" else "")
-    notes = (f"**MAE** {mae.source} · grid {h}×{w} patches of {mae.patch_size} px · mask {spec.describe()}{seeded} · "
-             f"{result.num_hidden}/{h * w} patches hidden · {loss}\n\n{result.display_note}")
-    pictures = {"masked": result.masked, "reconstruction": result.reconstruction, "pasted": result.pasted,
-                "error": error_picture(result)}
-    return ViewResult(pictures={name: to_display(grid, p) for name, p in pictures.items()}, notes=notes,
-                      warnings=untrained_warning(mae), name="reconstruction")
+    notes = (f"**MAE** {mae.source} · centre crop of the image at {mae.img_size}×{mae.img_size} px · grid {h}×{w} "
+             f"patches of {mae.patch_size} px · mask {mask_note(spec, seed)} · {result.num_hidden}/{h * w} patches "
+             f"hidden · {loss}\n\n{result.display_note}")
+    pictures = {name: shown(geometry, getattr(result, name), grid) for name in ("masked", "reconstruction", "pasted")}
+    pictures["error"] = shown_map(geometry, error_picture(result, scale), scale, grid)
+    errors = np.where(result.mask, result.error_map, np.nan)
+    readout = readout_figure([("error", errors, scale)], cell=300)
+    return ViewResult(pictures=pictures, figures={"error_readout": readout},
+                      numbers={"image": result.image, "masked": result.masked, "reconstruction": result.reconstruction,
+                               "pasted": result.pasted, "mask": result.mask, "error_map": result.error_map,
+                               "loss": np.array(result.loss)},
+                      notes=notes, warnings=untrained_warning(mae), name=file_stem("mae", "reconstruction"))
 
 
 def context_drift_view(encoder: Encoder, image: ImageSource | Image.Image, kind: str = "random", ratio: float = 0.75,
-                       seed: int = 0, custom_hidden: set[Cell] | frozenset[Cell] = frozenset()) -> ViewResult:
-    """Per visible patch, how much its representation changes when the hidden patches are removed (any ViT)."""
-    grid = encoder_display_grid(encoder, image)
+                       seed: int = 0, custom_hidden: Hidden = frozenset(),
+                       reference_grid: tuple[int, int] | None = None, grid: bool = False) -> ViewResult:
+    """Per visible patch, how much its representation changes when the hidden patches are removed (any ViT), on
+    the MAE's centre crop with the MAE's mask (``reference_grid``: the MAE's grid; see `shared_mask`)."""
+    square = centre_square(image)
+    geometry = encoder_display_grid(encoder, square)
     spec = _mask(kind, ratio, custom_hidden)
-    mask = spec.build(grid.grid_hw, int(seed))
-    drift = context_drift(encoder, image, mask)
-    lo = float(np.nanmin(drift))
-    picture = draw.heatmap_overlay(grid.image, np.nan_to_num(drift, nan=lo), vmin=lo, vmax=1.0, cmap="viridis",
-                                   alpha=0.75, smooth=False)
-    picture = fill_patches(picture, mask, grid.patch_size, MASK_FILL)
-    h, w = grid.grid_hw
-    notes = (f"**{encoder.display_name}** · {int(mask.sum())}/{h * w} patches removed ({spec.describe()}) · "
-             f"per visible patch: cosine between its last-layer representation with the grey patches removed and in "
-             f"the whole image (yellow = unchanged, 1.0; darker = leans on the removed context) · mean "
-             f"{float(np.nanmean(drift)):.4f}, lowest {lo:.4f}")
-    return ViewResult(pictures={"drift": to_display(grid, picture)}, numbers={"drift": drift, "mask": mask},
-                      notes=notes, warnings=untrained_warning(encoder), name="context_drift")
+    mask, relation = shared_mask(spec, seed, geometry.grid_hw, reference_grid)
+    drift = context_drift(encoder, square, mask)
+    picture = draw.scale_overlay(geometry.image, np.nan_to_num(drift, nan=0.0), DRIFT_SCALE, alpha=0.75, smooth=False)
+    picture = fill_patches(picture, mask, geometry.patch_size, MASK_FILL)
+    h, w = geometry.grid_hw
+    notes = (f"**{encoder.display_name}** · the MAE's centre crop ({square.width}×{square.height} px of the image, "
+             f"seen at {geometry.image.shape[1]}×{geometry.image.shape[0]} px) · {int(mask.sum())}/{h * w} patches "
+             f"removed ({mask_note(spec, seed)}; {relation}) · per visible patch: cosine between its last-layer "
+             f"representation with the grey patches removed and in the whole crop · colour: fixed scale from 0 "
+             f"(dark purple) to 1 (yellow, unchanged), viridis, values below 0 shown as 0 · mean "
+             f"{float(np.nanmean(drift)):.4f}, lowest {float(np.nanmin(drift)):.4f}")
+    return ViewResult(pictures={"drift": shown_map(geometry, picture, DRIFT_SCALE, grid)},
+                      figures={"drift_readout": readout_figure([("context drift", drift, DRIFT_SCALE)], cell=300)},
+                      numbers={"drift": drift, "mask": mask}, notes=notes, warnings=untrained_warning(encoder),
+                      name=file_stem(encoder.name, "context-drift"))
 
 
 def cae_alignment_view(cae: CAEModel | None, image: ImageSource | Image.Image, kind: str = "random",
-                       ratio: float = 0.75, seed: int = 0,
-                       custom_hidden: set[Cell] | frozenset[Cell] = frozenset()) -> ViewResult:
+                       ratio: float = 0.75,
+                       seed: int = 0, custom_hidden: Hidden = frozenset(),
+                       reference_grid: tuple[int, int] | None = None, grid: bool = False) -> ViewResult:
     """Per hidden patch, the cosine between the CAE regressor's predicted latent and the encoder's own latent
-    (``cae`` None: a note that the bundled CAE is missing)."""
+    (``cae`` None: a note that the bundled CAE is missing); the MAE's crop and mask as in `context_drift_view`."""
     if cae is None:
         return ViewResult(notes=NO_CAE)
     spec = _mask(kind, ratio, custom_hidden)
-    mask = spec.build(tuple(cae.grid_hw), int(seed))
+    mask, relation = shared_mask(spec, seed, tuple(cae.grid_hw), reference_grid)
     alignment = predicted_alignment(cae, image, mask)
     picture = prepare_image(cae, image)
-    grid = DisplayGrid(picture, tuple(cae.grid_hw), cae.patch_size)
+    geometry = DisplayGrid(picture, tuple(cae.grid_hw), cae.patch_size)
     if mask.any():
         picture = draw.heat_on_patches(picture, np.nan_to_num(alignment, nan=0.0), mask, -1.0, 1.0, "viridis")
         summary = (f"mean cosine over the {int(mask.sum())} hidden patches: **{float(np.nanmean(alignment)):.3f}** "
-                   f"(1 = the prediction points where the encoder's own latent does; colour scale −1 to 1)")
+                   f"(1 = the prediction points where the encoder's own latent does; fixed colour scale −1 to 1)")
     else:
         summary = "no patch is hidden"
     notes = ("**CAE predictor** (bundled patchlens-cae) · the latent regressor predicts each hidden patch's "
-             f"representation from the visible ones; here against the encoder's own · mask {spec.describe()} · {summary}")
-    return ViewResult(pictures={"alignment": to_display(grid, picture)}, numbers={"alignment": alignment, "mask": mask},
-                      notes=notes, name="cae_alignment")
+             f"representation from the visible ones; here against the encoder's own · the MAE's centre crop · mask "
+             f"{mask_note(spec, seed)} ({relation}) · {summary}")
+    return ViewResult(pictures={"alignment": shown_map(geometry, picture, ALIGNMENT_SCALE, grid)},
+                      figures={"alignment_readout": readout_figure([("CAE alignment", alignment, ALIGNMENT_SCALE)],
+                                                                   cell=300)},
+                      numbers={"alignment": alignment, "mask": mask}, notes=notes,
+                      name=file_stem("patchlens-cae", "alignment"))

@@ -8,7 +8,9 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -16,6 +18,7 @@ from PIL import Image
 
 from ssl_core.data.images import ImageSource
 from ssl_core.features.encoder import Encoder
+from ssl_core.render import draw
 
 DISPLAY_MIN_SIDE = 320  # the short side pictures are enlarged to (by a whole factor, so patches stay crisp)
 Captioned = tuple[np.ndarray, str]
@@ -43,7 +46,8 @@ class ViewResult:
     notes: str = ""  # markdown
     warnings: list[str] = field(default_factory=list)  # markdown, shown before the notes
     state: Any = None  # what a later event or the caller needs: an index, a drawn map, search hits
-    name: str = "patchlens"  # stem of the numbers file
+    name: str = "patchlens"  # stem of the numbers file and of the pictures' files: model, view, image
+    item_names: dict[str, list[str]] = field(default_factory=dict)  # per gallery, a short name per item (files)
 
     @property
     def markdown(self) -> str:
@@ -59,6 +63,19 @@ class ViewResult:
     def named(self, name: str) -> ViewResult:
         return replace(self, name=name)
 
+    def for_image(self, image_name: str) -> ViewResult:
+        """This result with the image's name (without its suffix) added to its name."""
+        return self.named(file_stem(self.name, Path(image_name).stem))
+
+    def picture_file_name(self, name: str, item: int | None = None) -> str:
+        """The download name of picture ``name``, or of item ``item`` of gallery ``name``: the result's name
+        (model, view, image), the picture's, and the item's (from `item_names`, else its number)."""
+        parts = [self.name, name]
+        if item is not None:
+            names = self.item_names.get(name, [])
+            parts.append(Path(names[item]).stem if item < len(names) else f"{item + 1:02d}")
+        return file_stem(*parts) + ".png"
+
     def numbers_file(self) -> tuple[str, bytes] | None:
         """The numbers as a file: ``NAME.npz`` when they are all arrays, else ``NAME.json``; None without numbers."""
         if not self.numbers:
@@ -68,6 +85,12 @@ class ViewResult:
             np.savez_compressed(buffer, **self.numbers)
             return f"{self.name}.npz", buffer.getvalue()
         return f"{self.name}.json", json.dumps(self.numbers, indent=1, default=_jsonable).encode()
+
+
+def file_stem(*parts: str) -> str:
+    """Parts of a download name joined by "_", each with anything but letters, digits, ".", "_", "-" made "-"."""
+    cleaned = [re.sub(r"[^A-Za-z0-9._-]+", "-", str(part)).strip("-._") for part in parts]
+    return "_".join(part for part in cleaned if part)[:150] or "patchlens"
 
 
 def _jsonable(value: Any) -> Any:
@@ -133,6 +156,17 @@ def to_display(geometry: PatchGeometry, picture: np.ndarray) -> np.ndarray:
         return picture
     h, w = picture.shape[:2]
     return np.asarray(Image.fromarray(picture).resize((w * factor, h * factor), Image.Resampling.NEAREST))
+
+
+def shown(geometry: PatchGeometry, picture: np.ndarray, grid: bool = False) -> np.ndarray:
+    """A picture at the processed image's size, at display size, with its patch grid drawn when ``grid``."""
+    picture = to_display(geometry, picture)
+    return draw.patch_grid(picture, geometry.grid_hw) if grid else picture
+
+
+def shown_map(geometry: PatchGeometry, picture: np.ndarray, scale: draw.Scale, grid: bool = False) -> np.ndarray:
+    """A scalar map (coloured on ``scale``) as `shown`, with its colour bar on the right."""
+    return draw.with_colorbar(shown(geometry, picture, grid), scale)
 
 
 class Click(NamedTuple):

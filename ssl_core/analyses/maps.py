@@ -3,7 +3,9 @@
 Policy:
 
 * **UMAP** (umap-learn) with the cosine metric and a fixed ``random_state`` (which makes umap-learn run on one
-  thread, and the map reproducible). The first UMAP in a process pays for numba compilation (about 15 s).
+  thread, and the map reproducible). The first UMAP in a process pays for numba compilation (30 s to minutes on a
+  small CPU; umap-learn's numba functions are mostly not cached on disk): `UMAP_WARM_UP` compiles it ahead, in a
+  low-priority background thread, and `map_patches` waits for it (saying so) rather than compiling twice.
 * **PCA** (the first two components, via `ssl_core.analyses.pca.fit_pca`) of the L2-normalised vectors, so both methods
   see the same cosine geometry.
 * **Size limit.** Above ``fit_limit`` points the map is fitted on a seeded random sample of that many points and
@@ -14,8 +16,12 @@ Policy:
 """
 from __future__ import annotations
 
+import logging
+import os
+import threading
+import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -27,12 +33,15 @@ if TYPE_CHECKING:
     from ssl_core.features.encoder import PatchFeatures
     from ssl_core.search.patch_index import PatchTable
 
+log = logging.getLogger("patchlens")
+StageFn = Callable[[str], None]  # told what a long step is doing now, e.g. "fitting UMAP on 600 patches"
 METHODS = ("umap", "pca")
 COLOURINGS = ("image", "part", "position", "attention")
 DEFAULT_FIT_LIMIT = 20_000
 TRANSFORM_CHUNK = 10_000
 # grid-position colours of the top-left, top-right, bottom-left and bottom-right patches
 CORNER_COLOURS = np.array([(0.90, 0.10, 0.10), (0.10, 0.60, 0.95), (0.15, 0.75, 0.20), (0.95, 0.80, 0.10)])
+SMALL_DATA = 4096  # umap-learn finds exact neighbours below this many points, approximate ones (NN-descent) above
 
 
 @dataclass
@@ -52,8 +61,11 @@ class PatchMap:
 
 
 def map_patches(vectors: np.ndarray, method: str = "umap", seed: int = 0, fit_limit: int = DEFAULT_FIT_LIMIT,
-                n_neighbors: int = 15, min_dist: float = 0.1, progress: ProgressFn | None = None) -> PatchMap:
-    """A 2-D map of patch vectors [N, D] (see the module docstring); progress counts points placed."""
+                n_neighbors: int = 15, min_dist: float = 0.1, progress: ProgressFn | None = None,
+                stage: StageFn | None = None) -> PatchMap:
+    """A 2-D map of patch vectors [N, D] (see the module docstring); progress counts points placed, ``stage`` hears
+    what is being done (waiting for the warm-up's compilation, fitting, placing the rest)."""
+    stage = stage or (lambda text: None)
     if method not in METHODS:
         raise BadRequest(f"map method must be one of {', '.join(METHODS)}, not {method!r}")
     x = np.asarray(vectors, dtype=np.float32)
@@ -68,11 +80,13 @@ def map_patches(vectors: np.ndarray, method: str = "umap", seed: int = 0, fit_li
     if method == "pca":
         from ssl_core.analyses.pca import fit_pca
 
+        stage(f"PCA of {total:,} patches")
         unit = torch.nn.functional.normalize(torch.from_numpy(x), dim=-1)
         coords[:] = fit_pca(unit[fit_ids], k=2).project(unit).numpy()
         if progress is not None:
             progress(total, total)
         return PatchMap(coords, method, len(fit_ids), total, seed)
+    UMAP_WARM_UP.wait_for(len(fit_ids), len(rest) > 0, stage)
     import warnings
 
     import umap
@@ -81,7 +95,10 @@ def map_patches(vectors: np.ndarray, method: str = "umap", seed: int = 0, fit_li
                         metric="cosine", random_state=seed, n_jobs=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "n_jobs overridden by setting random_state", spectral init notes
+        stage(f"fitting UMAP on {len(fit_ids):,} patches")
         coords[fit_ids] = reducer.fit_transform(x[fit_ids])
+        if len(rest):
+            stage(f"placing the other {len(rest):,} patches with the fit's transform")
         if progress is not None:
             progress(len(fit_ids), total)
         for start in range(0, len(rest), TRANSFORM_CHUNK):
@@ -90,6 +107,85 @@ def map_patches(vectors: np.ndarray, method: str = "umap", seed: int = 0, fit_li
             if progress is not None:
                 progress(len(fit_ids) + start + len(chunk), total)
     return PatchMap(coords, method, len(fit_ids), total, seed)
+
+
+class UmapWarmUp:
+    """Compiles umap-learn's numba code before the first map, on random data through the code paths maps take:
+    a small map (exact neighbours), then a large one (approximate neighbours) with points placed by ``transform``.
+
+    `start` runs it in a daemon thread at the lowest CPU priority; `wait_for` blocks a map until the stages it
+    needs are compiled (it returns at once when no warm-up was started).
+    """
+
+    STAGES = (("small maps", 600, DEFAULT_FIT_LIMIT), ("large maps and transform", SMALL_DATA + 400, SMALL_DATA + 100))
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+        self.finished: list[str] = []
+        self.current = ""
+        self.started_at = 0.0
+        self.seconds: float | None = None  # how long it took, once done
+        self._changed = threading.Condition()
+
+    def start(self, dim: int = 64) -> threading.Thread:
+        """Start warming up (once per process) in a low-priority daemon thread."""
+        with self._changed:
+            if self.thread is None:
+                self.started_at = time.monotonic()
+                self.thread = threading.Thread(target=self._run, args=(dim,), name="umap-warm-up", daemon=True)
+                self.thread.start()
+                log.info("UMAP warm-up started (compiling in a low-priority background thread)")
+            return self.thread
+
+    def _run(self, dim: int) -> None:
+        import numba
+
+        numba.get_num_threads()  # numba's worker threads start now, so they do not inherit the low priority below
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # this thread only (Linux)
+        except (AttributeError, OSError):
+            pass
+        rng = np.random.default_rng(0)
+        try:
+            for name, points, fit_limit in self.STAGES:
+                self._set(current=name)
+                map_patches(rng.normal(size=(points, dim)).astype(np.float32), "umap", fit_limit=fit_limit)
+                self._set(finished=name)
+        except Exception:  # noqa: BLE001 - a failed warm-up only means the first map compiles for itself
+            log.exception("UMAP warm-up failed; the first map compiles UMAP itself")
+        self._set(current="", done=True)
+        log.info("UMAP warm-up finished in %.1f s (%s)", self.seconds, ", ".join(self.finished) or "nothing")
+
+    def _set(self, current: str | None = None, finished: str | None = None, done: bool = False) -> None:
+        with self._changed:
+            if current is not None:
+                self.current = current
+            if finished is not None:
+                self.finished.append(finished)
+            if done:
+                self.seconds = time.monotonic() - self.started_at
+            self._changed.notify_all()
+
+    @property
+    def running(self) -> bool:
+        return self.thread is not None and self.seconds is None and threading.current_thread() is not self.thread
+
+    def needed(self, fitted: int, transforms: bool) -> list[str]:
+        """The stages a map fitted on ``fitted`` points (placing more with ``transform``: ``transforms``) needs."""
+        large = fitted >= SMALL_DATA or transforms
+        return [name for name, _, _ in self.STAGES if name == self.STAGES[0][0] or large]
+
+    def wait_for(self, fitted: int, transforms: bool, stage: StageFn) -> None:
+        """Block until the stages a map needs are compiled (or the warm-up ends), telling ``stage`` every second."""
+        needed = self.needed(fitted, transforms)
+        with self._changed:
+            while self.running and not all(name in self.finished for name in needed):
+                stage(f"compiling UMAP once per server start ({self.current}; "
+                      f"{time.monotonic() - self.started_at:.0f} s so far)")
+                self._changed.wait(1.0)
+
+
+UMAP_WARM_UP = UmapWarmUp()
 
 
 def nearest_point(coords: np.ndarray, x: float, y: float, max_distance: float | None = None) -> int | None:
@@ -174,4 +270,5 @@ def attention_per_patch(features: Sequence[PatchFeatures]) -> np.ndarray:
 
 
 __all__ = ["PatchMap", "map_patches", "nearest_point", "Colouring", "colour_by_image", "colour_by_part",
-           "colour_by_position", "colour_by_attention", "colour_patches", "attention_per_patch", "METHODS", "COLOURINGS", "DEFAULT_FIT_LIMIT"]
+           "colour_by_position", "colour_by_attention", "colour_patches", "attention_per_patch", "METHODS",
+           "COLOURINGS", "DEFAULT_FIT_LIMIT", "UMAP_WARM_UP", "UmapWarmUp", "StageFn"]

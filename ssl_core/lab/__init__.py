@@ -29,7 +29,15 @@ from ssl_core.lab.probes import (
     object_probe,
     part_probe,
 )
-from ssl_core.lab.report import EncoderLab, LabReport, result_numbers, result_rows, rows_markdown
+from ssl_core.lab.report import (
+    EncoderLab,
+    LabReport,
+    LabResults,
+    result_numbers,
+    result_rows,
+    rows_markdown,
+    summary_sections,
+)
 from ssl_core.lab.run import default_cka_pairs, run_encoder_lab, run_lab
 from ssl_core.lab.scenes import (
     EncodedScenes,
@@ -45,4 +53,4 @@ __all__ = ["LabConfig", "LabReport", "EncoderLab", "EncodedScenes", "ProbeResult
            "scene_part_labels", "encode_scenes", "object_probe", "part_probe", "knn_probe", "knn_accuracy",
            "bag_of_crops_embeddings", "location_probe", "location_support", "part_map_agreement", "grid_blocks",
            "part_map_probe", "cka_probe", "mim_probe", "mim_kind", "run_encoder_lab", "run_lab", "default_cka_pairs",
-           "findings", "result_rows", "rows_markdown", "result_numbers"]
+           "findings", "result_rows", "rows_markdown", "result_numbers", "LabResults", "summary_sections"]

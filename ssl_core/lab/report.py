@@ -164,20 +164,47 @@ def _mim_summary(e: EncoderLab) -> list[str]:
             m.zero_prediction_mse), fmt_chance(m.alignment_cosine, m.mismatched_cosine), fmt(m.alignment_mse)]
 
 
-SUMMARIES: tuple[tuple[str, list[str], Callable[[EncoderLab], list[str]]], ...] = (
+@dataclass
+class LabResults:
+    """Some of one encoder's Lab results (a measure run on its own): what the cross-model tables read, as on an
+    `EncoderLab`; a result left None leaves the encoder out of that measure's table."""
+
+    label: str
+    object_probe: ProbeResult | None = None
+    part_probe: ProbeResult | None = None
+    knn: KNNResult | None = None
+    location: LocationResult | None = None
+    part_map: PartMapResult | None = None
+    mim: MIMResult | None = None
+
+
+# (title, header, one encoder's row, the results that row reads)
+SUMMARIES: tuple[tuple[str, list[str], Callable[[Any], list[str]], tuple[str, ...]], ...] = (
     ("Object-level vs part-level linear probes",
-     ["encoder", "object acc.", "object bal. acc.", "part acc.", "part bal. acc."], _probe_summary),
+     ["encoder", "object acc.", "object bal. acc.", "part acc.", "part bal. acc."], _probe_summary,
+     ("object_probe", "part_probe")),
     ("k-NN object accuracy (BagSSL)", ["encoder", "class token", "mean of patch tokens", "bag of crops", "chance"],
-     _knn_summary),
+     _knn_summary, ("knn",)),
     ("Location probe: tokens with a swapped position embedding (DILEMMA)",
-     ["encoder", "accuracy (majority)", "balanced accuracy (0.5)", "ROC AUC (0.5)"], _location_summary),
+     ["encoder", "accuracy (majority)", "balanced accuracy (0.5)", "ROC AUC (0.5)"], _location_summary,
+     ("location",)),
     ("k-means part maps vs ground-truth part labels (adjusted Rand index)",
      ["encoder", "ARI per scene (shuffled)", "ARI pooled (shuffled)", "ARI vs grid position",
-      "ARI per scene, position mean removed", "k"], _part_map_summary),
+      "ARI per scene, position mean removed", "k"], _part_map_summary, ("part_map",)),
     ("Masked image modeling on held-out scenes",
      ["encoder", "mask", "reconstruction MSE (predict 0)", "latent cosine (other scenes)", "alignment MSE"],
-     _mim_summary),
+     _mim_summary, ("mim",)),
 )
+
+
+def summary_sections(encoders: Sequence[EncoderLab | LabResults]) -> list[str]:
+    """One cross-model table per measure, models as rows (Markdown lines), for the encoders that have its results."""
+    out: list[str] = []
+    for title, header, summary, needs in SUMMARIES:
+        measured = [e for e in encoders if all(getattr(e, name, None) is not None for name in needs)]
+        if measured:
+            out += _section(title, header, [summary(e) for e in measured])
+    return out
 
 
 def _section(title: str, header: list[str], rows: list[list[str]], intro: str = "") -> list[str]:
@@ -205,10 +232,7 @@ class LabReport:
     def to_markdown(self) -> str:
         """The summary tables (one row per encoder per analysis), each encoder's own table, and the CKA maps."""
         out = [f"Held-out parts-world scenes, {self.config.describe()}. Chance levels in parentheses."]
-        for title, header, summary in SUMMARIES:
-            measured = [e for e in self.encoders if summary is not _mim_summary or e.mim is not None]
-            if measured:
-                out += _section(title, header, [summary(e) for e in measured])
+        out += summary_sections(self.encoders)
         for comparison in self.cka:
             r = comparison.result
             out += _section(f"CKA: {r.model_a} (rows) vs {r.model_b} (columns)", ["", *r.labels_b],

@@ -88,6 +88,16 @@ def custom_mask(grid_hw: tuple[int, int], hidden: set[Cell] | frozenset[Cell]) -
     return mask
 
 
+def resample_mask(mask: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray:
+    """A mask [H, W] carried onto another grid of the same picture: each patch of the ``grid_hw`` grid takes the
+    value of the patch under its centre. -> [h, w] bool (the same array values when the grids are equal)."""
+    mask = np.asarray(mask, dtype=bool)
+    h, w = grid_hw
+    rows = ((np.arange(h) + 0.5) * mask.shape[0] / h).astype(np.int64)
+    cols = ((np.arange(w) + 0.5) * mask.shape[1] / w).astype(np.int64)
+    return mask[np.ix_(rows, cols)]
+
+
 def toggle_cells(hidden: set[Cell] | frozenset[Cell], *cells: Cell) -> frozenset[Cell]:
     """The hidden set with each given cell flipped (hidden <-> visible)."""
     return frozenset(hidden).symmetric_difference(cells)

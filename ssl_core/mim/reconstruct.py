@@ -67,6 +67,15 @@ def square_crop(image: Image.Image, size: int) -> Image.Image:
     return resized.crop((left, top, left + size, top + size))
 
 
+def centre_square(source: ImageSource | Image.Image) -> Image.Image:
+    """The largest centred square of an image at its own resolution: the part `square_crop` keeps."""
+    image = load_image(source)
+    w, h = image.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return image.crop((left, top, left + side, top + side))
+
+
 def prepare_image(mae: MaskedAutoencoder, source: ImageSource | Image.Image) -> np.ndarray:
     """An image as this MAE sees it: [S, S, 3] uint8 at its native size (see the module docstring)."""
     return np.asarray(square_crop(load_image(source), mae.img_size), dtype=np.uint8)

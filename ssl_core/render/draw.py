@@ -5,6 +5,7 @@ All functions take numpy arrays or tensors and return ``uint8`` RGB arrays ``[H,
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Sequence
 
@@ -87,12 +88,57 @@ def mask_overlay(image: np.ndarray, mask: np.ndarray | torch.Tensor, dim: float 
     return np.where(_pixel_mask(mask, image.shape[:2]), image, (image * dim).astype(np.uint8))
 
 
+@dataclass(frozen=True)
+class Scale:
+    """The colour scale of a scalar map: values from ``vmin`` to ``vmax`` coloured with a plotly colormap, and what
+    the values are (``label``, e.g. "cosine")."""
+
+    vmin: float
+    vmax: float
+    cmap: str = "inferno"
+    label: str = ""
+
+    @classmethod
+    def of(cls, values: np.ndarray | torch.Tensor, cmap: str = "inferno", label: str = "", vmin: float | None = None,
+           vmax: float | None = None) -> Scale:
+        """The scale of a map: the given bounds, the others from its finite values (0 to 1 when it has none)."""
+        v = as_numpy(values).astype(np.float64)
+        finite = v[np.isfinite(v)]
+        low = float(finite.min()) if finite.size else 0.0
+        high = float(finite.max()) if finite.size else 1.0
+        return cls(low if vmin is None else float(vmin), high if vmax is None else float(vmax), cmap, label)
+
+    def colour(self, values: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Values [h, w] -> RGB [h, w, 3] uint8 on this scale (values outside it are clipped)."""
+        return apply_colormap(values, self.vmin, self.vmax, self.cmap)
+
+
+def scale_overlay(image: np.ndarray, values: np.ndarray | torch.Tensor, scale: Scale, alpha: float = 0.6,
+                  smooth: bool = True) -> np.ndarray:
+    """`heatmap_overlay` on a given `Scale`."""
+    return heatmap_overlay(image, values, scale.vmin, scale.vmax, scale.cmap, alpha, smooth)
+
+
 def heat_on_patches(image: np.ndarray, values: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor,
                     vmin: float, vmax: float, cmap: str = "inferno", dim: float = 0.35) -> np.ndarray:
     """A heatmap of ``values`` [h, w] on the patches of a boolean mask [h, w] (e.g. the hidden ones); the other
     patches show the image [H, W, 3], dimmed."""
     heat = upsample(apply_colormap(values, vmin, vmax, cmap), image.shape[:2])
     return np.where(_pixel_mask(mask, image.shape[:2]), heat, (image * dim).astype(np.uint8))
+
+
+def patch_grid(picture: np.ndarray, grid_hw: tuple[int, int], colour: tuple[int, int, int] = (255, 255, 255),
+               alpha: float = 0.5) -> np.ndarray:
+    """Lines along the patch boundaries of a picture [H, W, 3] showing a grid of ``grid_hw`` patches -> a copy."""
+    out = picture.astype(np.float32)
+    h, w = grid_hw
+    height, width = picture.shape[:2]
+    rows = [round(r * height / h) for r in range(1, h)]
+    cols = [round(c * width / w) for c in range(1, w)]
+    line = np.asarray(colour, np.float32)
+    out[rows, :] = out[rows, :] * (1 - alpha) + line * alpha
+    out[:, cols] = out[:, cols] * (1 - alpha) + line * alpha
+    return out.round().clip(0, 255).astype(np.uint8)
 
 
 def mark_patch(image: np.ndarray, row: int, col: int, patch_size: int, color: tuple[int, int, int] = (255, 255, 255),
@@ -144,6 +190,39 @@ def panel(images: Sequence[np.ndarray], titles: Sequence[str] | None = None, col
         pic = pic.resize((max(1, round(pic.size[0] * scale)), max(1, round(pic.size[1] * scale))), Image.Resampling.NEAREST)
         sheet.paste(pic, (x, y + title_height))
     return np.asarray(sheet)
+
+
+COLORBAR_WIDTH = 100  # pixels a colour bar adds to the right of a map
+INK = (20, 20, 20)
+
+
+def tick_label(value: float) -> str:
+    """A colour-bar tick: three significant digits."""
+    return f"{value:.3g}"
+
+
+def colorbar(height: int, scale: Scale) -> np.ndarray:
+    """A vertical colour bar [height, COLORBAR_WIDTH, 3]: ``scale.vmax`` at the top, ``vmin`` at the bottom, each
+    ticked and labelled, and the colormap's name (with what the values are) written along it."""
+    canvas = Image.new("RGB", (COLORBAR_WIDTH, height), (255, 255, 255))
+    top, bottom = 8, max(height - 8, 10)
+    strip = scale.colour(np.linspace(scale.vmax, scale.vmin, bottom - top)[:, None].repeat(14, 1))
+    canvas.paste(Image.fromarray(strip), (8, top))
+    draw = ImageDraw.Draw(canvas)
+    font = _font(11)
+    for y, value in ((top, scale.vmax), (bottom - 1, scale.vmin)):
+        draw.line([(22, y), (26, y)], fill=INK)
+        draw.text((28, y), tick_label(value), fill=INK, font=font, anchor="lm")
+    name = f"{scale.label} · {scale.cmap}" if scale.label else scale.cmap
+    text = Image.new("RGB", (max(bottom - top, 1), 14), (255, 255, 255))
+    ImageDraw.Draw(text).text((text.width // 2, 7), name, fill=INK, font=font, anchor="mm")
+    canvas.paste(text.rotate(90, expand=True), (COLORBAR_WIDTH - 16, top))
+    return np.asarray(canvas)
+
+
+def with_colorbar(picture: np.ndarray, scale: Scale) -> np.ndarray:
+    """A map [H, W, 3] with its colour bar on the right -> [H, W + COLORBAR_WIDTH, 3]."""
+    return np.concatenate([picture, colorbar(picture.shape[0], scale)], axis=1)
 
 
 def to_png_bytes(image: np.ndarray) -> bytes:

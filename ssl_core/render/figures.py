@@ -18,7 +18,7 @@ from ssl_core.analyses.bagssl import BagOfCrops, LayerAgreement
 from ssl_core.analyses.cka import CKAResult
 from ssl_core.analyses.maps import Colouring, PatchMap, nearest_point
 from ssl_core.errors import BadRequest
-from ssl_core.render.draw import PALETTE, _font, apply_colormap, upsample
+from ssl_core.render.draw import PALETTE, Scale, _font, apply_colormap, upsample
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -189,8 +189,42 @@ def _short(label: str) -> str:
     return label.removeprefix("block ")[:8]
 
 
+READOUT_MAX_PANELS = 16
+
+
+def readout_figure(panels: Sequence[tuple[str, np.ndarray, Scale]], columns: int = 4, cell: int = 240,
+                   ) -> go.Figure:
+    """Scalar patch maps as plotly heatmaps for reading them: hovering a cell shows its patch row, column and
+    value. ``panels``: (title, values [h, w], scale) each (at most `READOUT_MAX_PANELS` are drawn); row 0 at the top
+    as in the pictures; one colour bar when all panels share a scale."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    panels = list(panels)[:READOUT_MAX_PANELS]
+    columns = max(1, min(columns, len(panels)))
+    rows = max(1, -(-len(panels) // columns))
+    shared = len({scale for _, _, scale in panels}) == 1
+    fig = make_subplots(rows=rows, cols=columns, subplot_titles=[title[:40] for title, _, _ in panels],
+                        horizontal_spacing=0.04, vertical_spacing=0.3 / rows)
+    for i, (title, values, scale) in enumerate(panels):
+        z = np.asarray(values, np.float64)
+        fig.add_trace(go.Heatmap(
+            z=np.where(np.isfinite(z), z, None), zmin=scale.vmin, zmax=scale.vmax, colorscale=scale.cmap,
+            showscale=shared and i == 0, colorbar=dict(title=dict(text=scale.label or scale.cmap)),
+            hovertemplate=f"{title[:40]}<br>row %{{y}}, col %{{x}}: %{{z:.3f}}<extra></extra>"),
+            row=i // columns + 1, col=i % columns + 1)
+    fig.update_yaxes(autorange="reversed", showticklabels=False)
+    fig.update_xaxes(showticklabels=False)
+    for i in range(len(panels)):
+        suffix = "" if i == 0 else str(i + 1)
+        fig.layout[f"yaxis{suffix}"].scaleanchor = f"x{suffix}"
+    fig.update_layout(template="plotly_white", height=rows * cell + 60, margin=dict(l=10, r=10, t=40, b=10),
+                      title=dict(text="Hover a patch: its row, column and value", font=dict(size=12)))
+    return fig
+
+
 __all__ = ["colouring_rgb", "legend_entries", "umap_figure", "cka_figure", "ScatterPicture", "scatter_picture", "map_picture",
-           "heatmap_picture"]
+           "heatmap_picture", "readout_figure"]
 
 
 def bag_of_crops_figure(results: dict[str, BagOfCrops]) -> go.Figure:

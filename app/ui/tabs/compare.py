@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from app.ui.app import PatchLensApp, SharedControls, chain, clicked, find_image, model_choices
+from app.ui.app import PatchLensApp, SharedControls, chain, clicked, find_image, model_choices, readout_plot
 from app.ui.state import LoadedImage
 from app.views import compare as views
 from app.views.result import Click, ViewResult
@@ -38,14 +38,14 @@ class CompareTab:
         return encoders
 
     def run(self, images: list[LoadedImage], selected: str | None, models: list[str], k: float, click: Click | None,
-            model: str, weights_upload: str | None, weights_path: str, image_size: float | None,
+            grid: bool, model: str, weights_upload: str | None, weights_path: str, image_size: float | None,
             progress: gr.Progress = gr.Progress()) -> ViewResult:
         image = find_image(images, selected)
         if image is None:
             raise BadRequest("Add an image first.")
         encoders = self.encoders(models, model, weights_upload, weights_path, image_size, progress)
         return views.compare_view(encoders, image.image, click or Click.centre(), int(k),
-                                  title=f"PatchLens: {image.name}")
+                                  title=f"PatchLens: {image.name}", grid=bool(grid)).for_image(image.name)
 
     def build(self, shared: SharedControls) -> CompareTab:
         with gr.Tab("Compare", id="compare"):
@@ -64,13 +64,16 @@ class CompareTab:
                     with gr.Row():
                         png = gr.File(label="Comparison (PNG)", elem_id="compare-png")
                         report = gr.File(label="Report (HTML)", elem_id="compare-html")
+                        numbers = gr.File(label="Each column's maps (.npz)", elem_id="compare-export")
             rows = {row: gr.Image(label=row, interactive=False, format="png",
                                   elem_id=f"compare-{row.split()[0].lower()}") for row in views.ROWS}
+            readout = readout_plot("compare-readout", "each scalar map")
             click = gr.State(Click.centre())  # the spot, on the image as shown
 
         app = self.app
-        compare = app.view(self.run, [shared.images, shared.selected, models, k, click, *shared.model_inputs], {
-            "image": image, "by_encoder": table, "comparison.png": png, "comparison.html": report, **rows})
+        compare = app.view(self.run, [shared.images, shared.selected, models, k, click, *shared.grid_and_model], {
+            "image": image, "by_encoder": table, "comparison.png": png, "comparison.html": report,
+            "numbers": numbers, "readout": readout, **rows})
         compare.on(run.click)
         chain(app.action(clicked, [image], [click]).on(image.select), compare)
         return self

@@ -8,7 +8,15 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from app.ui.app import PatchLensApp, SharedControls, clicked, find_image, model_choices, progress_callback
+from app.ui.app import (
+    PatchLensApp,
+    SharedControls,
+    StagedProgress,
+    clicked,
+    find_image,
+    model_choices,
+    progress_callback,
+)
 from app.ui.state import LoadedImage, write_images
 from app.views import gallery as views
 from app.views.inspect import parse_layer
@@ -89,18 +97,19 @@ class GalleryTab:
         if image is None:
             raise BadRequest("Add an image to query with.")
         encoder = self.app.encoder(model, weights_upload, weights_path, image_size)
-        return views.search_click(index, encoder, image.image, clicked(query, evt), int(k))
+        return views.search_click(index, encoder, image.image, clicked(query, evt), int(k)).for_image(image.name)
 
     def draw_map(self, images: list[LoadedImage], source: str, method: str, colour: str, index: PatchIndex | None,
                  layer: str, *model_args: object, progress: gr.Progress = gr.Progress()) -> ViewResult:
-        callback = progress_callback(progress, "mapping patches")
+        callback = StagedProgress(progress, "mapping patches")
         if source == "the index":
             return views.map_of_index(_need_index(index, ", or map the loaded images"), method, colour,
-                                      progress=callback)
+                                      progress=callback, stage=callback.stage)
         if not images:
             raise BadRequest("Add images first.")
+        callback.stage("embedding the patches")
         return views.map_of_images(self.app.encoder(*model_args), [i.image for i in images], [i.name for i in images],
-                                   parse_layer(layer), method, colour, progress=callback)
+                                   parse_layer(layer), method, colour, progress=callback, stage=callback.stage)
 
     def pick_map_point(self, view: views.MapView | None, picture: np.ndarray | None, evt: gr.SelectData) -> ViewResult:
         if view is None:
@@ -144,6 +153,7 @@ class GalleryTab:
                 k = gr.Slider(1, 30, 8, step=1, label="Results (k)")
                 hits = gr.Gallery(label="Nearest patches", columns=4, height=330, format="png", elem_id="gallery-hits")
                 hit_info = gr.Markdown(elem_id="gallery-hit-info")
+                hit_numbers = gr.File(label="Nearest patches (.npz)", elem_id="gallery-hits-export")
             hit_source = gr.Image(label="Best match in its image", interactive=False, format="png", scale=1)
 
         app, images, selected, model_inputs = self.app, shared.images, shared.selected, shared.model_inputs
@@ -155,7 +165,8 @@ class GalleryTab:
         app.view(self.save_index, [index, index_path], {"markdown": index_info}).on(index_save.click)
         show_query.on(selected.change)
         app.view(self.search, [images, selected, index, k, query, *model_inputs], {
-            "query": query, "hits": hits, "source": hit_source, "markdown": hit_info}).on(query.select)
+            "query": query, "hits": hits, "source": hit_source, "markdown": hit_info, "numbers": hit_numbers}
+        ).on(query.select)
 
     def _map(self, shared: SharedControls, layer: gr.Dropdown, index: gr.State) -> None:
         gr.Markdown(HELP["map"])
@@ -171,12 +182,14 @@ class GalleryTab:
                 crop = gr.Image(label="Picked patch", interactive=False, format="png", elem_id="map-crop")
                 crop_source = gr.Image(label="In its image", interactive=False, format="png")
                 caption = gr.Markdown(elem_id="map-caption")
-        info = gr.Markdown()
+        info = gr.Markdown(elem_id="map-info")
         figure = gr.Plot(label="Interactive map (hover)")
+        numbers = gr.File(label="The map: coordinates, image ids and names, patch rows and columns, colours (.npz)",
+                          elem_id="map-export")
         drawn = gr.State(None)  # the map last drawn, for picking points
 
         self.app.view(self.draw_map, [shared.images, source, method, colour, index, layer, *shared.model_inputs], {
-            "state": drawn, "map": picture, "scatter": figure, "markdown": info}).on(run.click)
+            "state": drawn, "map": picture, "scatter": figure, "markdown": info, "numbers": numbers}).on(run.click)
         self.app.view(self.pick_map_point, [drawn, picture], {
             "map": picture, "crop": crop, "source": crop_source, "markdown": caption}).on(picture.select)
 
@@ -192,5 +205,6 @@ class GalleryTab:
             run = gr.Button("CKA over the loaded images", variant="primary", elem_id="cka-run")
         plot = gr.Plot(label="Layer-by-layer CKA", elem_id="cka-plot")
         info = gr.Markdown(elem_id="cka-info")
+        numbers = gr.File(label="CKA matrix and block labels (.npz)", elem_id="cka-export")
         self.app.view(self.cka, [shared.images, model_a, model_b, pooling, debiased], {
-            "cka": plot, "markdown": info}).on(run.click)
+            "cka": plot, "markdown": info, "numbers": numbers}).on(run.click)

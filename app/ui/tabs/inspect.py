@@ -8,7 +8,7 @@ import gradio as gr
 import numpy as np
 from gradio.components import Component
 
-from app.ui.app import PatchLensApp, Runner, SharedControls, chain, clicked, find_image, progress_callback
+from app.ui.app import PatchLensApp, Runner, SharedControls, chain, clicked, find_image, progress_callback, readout_plot
 from app.ui.state import LoadedImage, load_image_bytes
 from app.views import inspect as views
 from app.views.result import ViewResult
@@ -67,7 +67,7 @@ class InspectTab:
                 gr.update(maximum=encoder.depth - 1, value=encoder.depth - 1),
                 gr.update(choices=heads, value="mean"))
 
-    def overview(self, images: list[LoadedImage], selected: str | None, *model_args: object,
+    def overview(self, images: list[LoadedImage], selected: str | None, grid: bool, *model_args: object,
                  progress: gr.Progress = gr.Progress()) -> ViewResult:
         image = find_image(images, selected)
         if image is None:
@@ -75,7 +75,7 @@ class InspectTab:
         progress(0.2, desc="loading model")
         encoder = self.app.encoder(*model_args)
         progress(0.5, desc="forward pass")
-        return views.overview(encoder, image.image).named(f"overview_{image.name}")
+        return views.overview(encoder, image.image, bool(grid)).for_image(image.name)
 
     def click_patch(self, images: list[LoadedImage], selected: str | None, shown: np.ndarray | None, model: str,
                     weights_upload: str | None, weights_path: str, image_size: float | None,
@@ -87,49 +87,50 @@ class InspectTab:
         row, col = views.clicked_patch(encoder, image.image, clicked(shown, evt))
         return image.name, row, col
 
-    def similarity(self, images: list[LoadedImage], click: ClickedPatch | None, layer: str,
+    def similarity(self, images: list[LoadedImage], click: ClickedPatch | None, layer: str, grid: bool,
                    *model_args: object) -> ViewResult:
         if not images or not click or find_image(images, click[0]) is None:
             return ViewResult(notes="Click a patch on the image above.")
         pictures, names = _pictures(images)
         return views.similarity_view(self.app.encoder(*model_args), pictures, names, names.index(click[0]), click[1],
-                                     click[2], views.parse_layer(layer))
+                                     click[2], views.parse_layer(layer), bool(grid))
 
     def pca(self, images: list[LoadedImage], layer: str, joint: bool, use_foreground: bool, threshold: float,
-            invert: bool, *model_args: object) -> ViewResult:
+            invert: bool, grid: bool, *model_args: object) -> ViewResult:
         if not images:
             return ViewResult()
         pictures, names = _pictures(images)
         return views.pca_view(self.app.encoder(*model_args), pictures, names, views.parse_layer(layer), joint,
-                              use_foreground, threshold, invert)
+                              use_foreground, threshold, invert, bool(grid))
 
     def parts(self, images: list[LoadedImage], layer: str, k: float, seed: float | None, use_foreground: bool,
-              threshold: float, separate: bool, remove_position: bool, *model_args: object) -> ViewResult:
+              threshold: float, separate: bool, remove_position: bool, grid: bool, *model_args: object) -> ViewResult:
         if not images:
             return ViewResult()
         pictures, names = _pictures(images)
         return views.parts_view(self.app.encoder(*model_args), pictures, names, views.parse_layer(layer), int(k),
                                 int(seed or 0), use_foreground, threshold, separate=bool(separate),
-                                remove_position=bool(remove_position))
+                                remove_position=bool(remove_position), grid=bool(grid))
 
     def attention(self, images: list[LoadedImage], selected: str | None, block: float, head: str | None,
-                  rollout: bool, keep_mass: float, *model_args: object) -> ViewResult:
+                  rollout: bool, keep_mass: float, grid: bool, *model_args: object) -> ViewResult:
         image = find_image(images, selected)
         if image is None:
             return ViewResult()
         head_index = None if head in (None, "mean") else int(head)
         return views.attention_view(self.app.encoder(*model_args), image.image, int(block), head_index, rollout,
-                                    float(keep_mass)).named(f"attention_{image.name}")
+                                    float(keep_mass), bool(grid)).for_image(image.name)
 
-    def bagssl(self, images: list[LoadedImage], selected: str | None, crop_text: str, *model_args: object,
+    def bagssl(self, images: list[LoadedImage], selected: str | None, crop_text: str, grid: bool, *model_args: object,
                progress: gr.Progress = gr.Progress()) -> ViewResult:
         image = find_image(images, selected)
         if image is None:
             raise BadRequest("Add an image first.")
         sizes = views.parse_crop_sizes(crop_text)
         encoder = self.app.encoder(*model_args)
-        result = views.bagssl_view(encoder, image.image, sizes, progress=progress_callback(progress, "embedding crops"))
-        return result.named(f"bagssl_{image.name}")
+        result = views.bagssl_view(encoder, image.image, sizes, progress_callback(progress, "embedding crops"),
+                                   bool(grid))
+        return result.for_image(image.name)
 
     # ------------------------------------------------------------------------------------- scripted API
     def api_patch_features(self, image_base64: str, model: str = "", layer: int = -1) -> dict:
@@ -170,6 +171,7 @@ class InspectTab:
                 attention = gr.Image(label="Class-token attention (last layer)", interactive=False, format="png",
                                      elem_id="inspect-attention")
             overview_info = gr.Markdown(elem_id="inspect-info")
+            overview_readout = readout_plot("inspect-readout", "the class-token attention")
             overview_file = gr.File(label="Numbers behind these maps (.npz)", elem_id="overview-export")
             click = gr.State(None)  # (image name, row, col) of the last clicked patch (states live inside a tab)
             with gr.Tabs():
@@ -178,8 +180,9 @@ class InspectTab:
                 runners["attention"], block, head = self._attention_tab()
                 runners["bagssl"] = self._bagssl_tab()
         runners["status"] = app.action(self.model_status, model_inputs, [shared.model_info, layer, block, head])
-        runners["overview"] = app.view(self.overview, [images, selected, *model_inputs], {
-            "image": shown, "pca": pca, "attention": attention, "markdown": overview_info, "numbers": overview_file})
+        runners["overview"] = app.view(self.overview, [images, selected, *shared.grid_and_model], {
+            "image": shown, "pca": pca, "attention": attention, "attention_readout": overview_readout,
+            "markdown": overview_info, "numbers": overview_file})
         everything = [runners[name] for name in ("overview", "pca", "parts", "attention", "similarity")]
         for component in model_inputs:
             chain(runners["status"].on(component.change), *everything)
@@ -187,6 +190,7 @@ class InspectTab:
         chain(clicking.on(shown.select), runners["similarity"])
         chain(runners["pca"].on(layer.change), runners["parts"], runners["similarity"])
         chain(runners["overview"].on(selected.change), runners["attention"])
+        chain(runners["overview"].on(shared.grid.change), *everything[1:])
         return self
 
     def _similarity_tab(self, click: gr.State) -> Runner:
@@ -195,9 +199,10 @@ class InspectTab:
             maps = gr.Gallery(label="Similarity to the clicked patch", columns=4, height=380, format="png",
                               elem_id="similarity-gallery")
             info = gr.Markdown(elem_id="similarity-info")
-            numbers = gr.File(label="Similarity maps (.npz)")
-        return self.app.view(self.similarity, [self.shared.images, click, self.layer, *self.shared.model_inputs],
-                             {"maps": maps, "markdown": info, "numbers": numbers})
+            readout = readout_plot("similarity-readout")
+            numbers = gr.File(label="Similarity maps (.npz)", elem_id="similarity-export")
+        return self.app.view(self.similarity, [self.shared.images, click, self.layer, *self.shared.grid_and_model],
+                             {"maps": maps, "readout": readout, "markdown": info, "numbers": numbers})
 
     def _pca_tab(self) -> Runner:
         with gr.Tab("PCA", id="pca"):
@@ -212,7 +217,7 @@ class InspectTab:
             numbers = gr.File(label="PCA maps (.npz)")
         controls = [joint, foreground, threshold, invert]
         return self._on_change(controls, self.app.view(
-            self.pca, [self.shared.images, self.layer, *controls, *self.shared.model_inputs],
+            self.pca, [self.shared.images, self.layer, *controls, *self.shared.grid_and_model],
             {"maps": maps, "markdown": info, "numbers": numbers}))
 
     def _parts_tab(self) -> Runner:
@@ -231,7 +236,7 @@ class InspectTab:
             numbers = gr.File(label="Part labels and centroids (.npz)")
         controls = [k, seed, foreground, threshold, separate, position]
         return self._on_change(controls, self.app.view(
-            self.parts, [self.shared.images, self.layer, *controls, *self.shared.model_inputs],
+            self.parts, [self.shared.images, self.layer, *controls, *self.shared.grid_and_model],
             {"maps": maps, "counts": counts, "markdown": info, "numbers": numbers}))
 
     def _attention_tab(self) -> tuple[Runner, gr.Slider, gr.Dropdown]:
@@ -245,13 +250,18 @@ class InspectTab:
             with gr.Row():
                 picture = gr.Image(label="Attention", interactive=False, format="png", elem_id="attention-map")
                 mask = gr.Image(label="Mass mask", interactive=False, format="png")
-            heads = gr.Gallery(label="Every head of this block", columns=6, height=260, format="png")
+                norm = gr.Image(label="Token norm after this block", interactive=False, format="png",
+                                elem_id="token-norm")
+            heads = gr.Gallery(label="Every head of this block", columns=6, height=260, format="png",
+                               elem_id="attention-heads")
             info = gr.Markdown()
-            numbers = gr.File(label="Attention maps (.npz)")
+            readout = readout_plot("attention-readout")
+            numbers = gr.File(label="Attention maps and token norms (.npz)")
         controls = [block, head, rollout, mass]
         return self._on_change(controls, self.app.view(
-            self.attention, [self.shared.images, self.shared.selected, *controls, *self.shared.model_inputs],
-            {"map": picture, "mask": mask, "heads": heads, "markdown": info, "numbers": numbers})), block, head
+            self.attention, [self.shared.images, self.shared.selected, *controls, *self.shared.grid_and_model],
+            {"map": picture, "mask": mask, "token_norm": norm, "heads": heads, "readout": readout, "markdown": info,
+             "numbers": numbers})), block, head
 
     def _bagssl_tab(self) -> Runner:
         with gr.Tab("BagSSL", id="bagssl"):
@@ -262,12 +272,14 @@ class InspectTab:
             with gr.Row():
                 layers = gr.Plot(label="Per block", elem_id="bagssl-layers")
                 crops = gr.Plot(label="Bag of crops", elem_id="bagssl-crops")
-            picture = gr.Image(label="Patch token · image embedding (cosine)", interactive=False, format="png")
+            picture = gr.Image(label="Patch token · image embedding (cosine)", interactive=False, format="png",
+                               elem_id="bagssl-map")
             info = gr.Markdown(elem_id="bagssl-info")
+            readout = readout_plot("bagssl-readout")
             numbers = gr.File(label="BagSSL numbers (.npz)")
-        inputs = [self.shared.images, self.shared.selected, sizes, *self.shared.model_inputs]
+        inputs = [self.shared.images, self.shared.selected, sizes, *self.shared.grid_and_model]
         runner = self.app.view(self.bagssl, inputs, {"layers": layers, "crops": crops, "patch_to_embedding": picture,
-                                                     "markdown": info, "numbers": numbers})
+                                                     "readout": readout, "markdown": info, "numbers": numbers})
         runner.on(run.click)
         return runner
 

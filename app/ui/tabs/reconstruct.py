@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import gradio as gr
 import numpy as np
+from gradio.components import Component
 
-from app.ui.app import PatchLensApp, SharedControls, chain, clicked, find_image
+from app.ui.app import PatchLensApp, SharedControls, chain, clicked, find_image, readout_plot
 from app.ui.state import LoadedImage
 from app.views import reconstruct as views
-from app.views.result import ViewResult
+from app.views.result import ViewResult, file_stem
+from ssl_core.errors import PatchLensError
 from ssl_core.mim.masks import Cell
 from ssl_core.models.registry import DEFAULT_MAE, MAE_SOURCES
 
@@ -18,26 +20,30 @@ infers a hidden part from the visible ones. Left to right: what the MAE sees, it
 prediction pasted into the hidden patches only, and the error of each hidden patch.""",
     "representation": """**Representation space (CAE's idea), for the model chosen at the top.** Encode the visible
 patches alone and the whole image: how far does each visible patch's representation move when the grey patches are
-removed? Patches whose tokens lean on the removed context turn dark.""",
+removed? Both maps below use the MAE's centre crop and its mask (carried onto the model's grid when that differs).
+Patches whose tokens lean on the removed context turn dark; the colour bar shows the fixed scale.""",
 }
 Hidden = frozenset[Cell]
 
 
 class ReconstructTab:
-    """Callbacks take the image, the MAE or the model inputs, and the mask: kind, ratio, seed, custom hidden cells."""
+    """Callbacks take the image, the MAE or the model inputs, the mask (kind, ratio, seed, custom hidden cells) and
+    the patch-grid toggle."""
 
     def __init__(self, app: PatchLensApp):
         self.app = app
 
     def reconstruct(self, images: list[LoadedImage], selected: str | None, mae_name: str, mae_weights: str | None,
-                    kind: str, ratio: float, seed: float | None, hidden: Hidden | None,
+                    kind: str, ratio: float, seed: float | None, hidden: Hidden | None, grid: bool,
                     progress: gr.Progress = gr.Progress()) -> ViewResult:
         image = find_image(images, selected)
         if image is None:
             return ViewResult(notes="Add an image (or the examples) to start.")
         progress(0.3, desc="loading the MAE")
-        return views.reconstruct_view(self.app.mae(mae_name, mae_weights), image.image, kind, ratio, int(seed or 0),
-                                      hidden or frozenset())
+        mae = self.app.mae(mae_name, mae_weights)
+        result = views.reconstruct_view(mae, image.image, kind, ratio, int(seed or 0), hidden or frozenset(),
+                                        bool(grid))
+        return result.named(file_stem(mae_name or "mae", "reconstruction")).for_image(image.name)
 
     def toggle_patch(self, images: list[LoadedImage], selected: str | None, mae_name: str, mae_weights: str | None,
                      hidden: Hidden | None, masked: np.ndarray | None, evt: gr.SelectData) -> tuple:
@@ -47,21 +53,39 @@ class ReconstructTab:
         mae = self.app.mae(mae_name, mae_weights)
         return views.toggle_patch(hidden, clicked(masked, evt), mae.grid_hw), "custom"
 
-    def cae(self, images: list[LoadedImage], selected: str | None, kind: str, ratio: float, seed: float | None,
-            hidden: Hidden | None) -> ViewResult:
+    def mae_grid(self, mae_name: str, mae_weights: str | None) -> tuple[int, int] | None:
+        """The MAE's patch grid, whose mask the other views share; None where the MAE does not load (its own view
+        says why)."""
+        try:
+            return tuple(self.app.mae(mae_name, mae_weights).grid_hw)
+        except PatchLensError:
+            return None
+
+    def cae(self, images: list[LoadedImage], selected: str | None, mae_name: str, mae_weights: str | None, kind: str,
+            ratio: float, seed: float | None, hidden: Hidden | None, grid: bool) -> ViewResult:
         image = find_image(images, selected)
         if image is None:
             return ViewResult()
         return views.cae_alignment_view(self.app.pool.get_cae(), image.image, kind, ratio, int(seed or 0),
-                                        hidden or frozenset())
+                                        hidden or frozenset(), self.mae_grid(mae_name, mae_weights),
+                                        bool(grid)).for_image(image.name)
 
-    def drift(self, images: list[LoadedImage], selected: str | None, kind: str, ratio: float, seed: float | None,
-              hidden: Hidden | None, *model_args: object) -> ViewResult:
+    def drift(self, images: list[LoadedImage], selected: str | None, mae_name: str, mae_weights: str | None,
+              kind: str, ratio: float, seed: float | None, hidden: Hidden | None, grid: bool,
+              *model_args: object) -> ViewResult:
         image = find_image(images, selected)
         if image is None:
             return ViewResult()
         return views.context_drift_view(self.app.encoder(*model_args), image.image, kind, ratio, int(seed or 0),
-                                        hidden or frozenset())
+                                        hidden or frozenset(), self.mae_grid(mae_name, mae_weights),
+                                        bool(grid)).for_image(image.name)
+
+    @staticmethod
+    def ratio_control(kind: str) -> dict:
+        """The ratio slider applies to random and block masks only, and says so."""
+        applies = kind in ("random", "block")
+        return gr.update(interactive=applies, label="Ratio hidden" if applies else
+                         f"Ratio hidden (not used by the {kind} mask)")
 
     def build(self, shared: SharedControls) -> ReconstructTab:
         with gr.Tab("Reconstruct", id="reconstruct"):
@@ -70,8 +94,8 @@ class ReconstructTab:
                 mae_name = gr.Dropdown([(f"{n} — {src.description}", n) for n, src in MAE_SOURCES.items()],
                                        value=DEFAULT_MAE, label="MAE (with its decoder)", allow_custom_value=True,
                                        elem_id="mae-model", scale=2)
-                mae_weights = gr.File(label="…or an MAE checkpoint file", type="filepath", scale=1, elem_id="mae-weights",
-                                      file_types=[".safetensors", ".pth", ".pt", ".bin"])
+                mae_weights = gr.File(label="…or an MAE checkpoint file", type="filepath", scale=1,
+                                      elem_id="mae-weights", file_types=[".safetensors", ".pth", ".pt", ".bin"])
             with gr.Row():
                 mask_kind = gr.Radio(["random", "block", "grid", "custom"], value="random", label="Mask",
                                      elem_id="mask-kind")
@@ -79,43 +103,59 @@ class ReconstructTab:
                 mask_seed = gr.Number(0, precision=0, label="Seed", elem_id="mask-seed")
                 mask_clear = gr.Button("Clear custom mask")
             with gr.Row():
-                rec_masked = gr.Image(label="Masked input (click patches: custom mask)", interactive=False,
-                                      format="png", elem_id="rec-masked")
-                rec_output = gr.Image(label="Reconstruction", interactive=False, format="png", elem_id="rec-output")
-                rec_pasted = gr.Image(label="Reconstruction + visible patches", interactive=False, format="png",
-                                      elem_id="rec-pasted")
-                rec_error = gr.Image(label="Error per hidden patch", interactive=False, format="png",
-                                     elem_id="rec-error")
+                rec = {name: gr.Image(label=label, interactive=False, format="png", elem_id=f"rec-{elem}")
+                       for name, label, elem in RECONSTRUCT_PICTURES}
             rec_info = gr.Markdown(elem_id="rec-info")
+            with gr.Row():
+                rec_readout = readout_plot("rec-readout", "the error of each hidden patch")
+                rec_numbers = gr.File(label="Reconstruction (.npz)", elem_id="rec-export")
             gr.Markdown(HELP["representation"])
-            with gr.Row():
-                drift_picture = gr.Image(label="Context drift of the chosen model (same mask)", interactive=False,
-                                         format="png", elem_id="drift-map")
-                drift_info = gr.Markdown(elem_id="drift-info")
-            with gr.Row():
-                cae_picture = gr.Image(label="CAE: predicted vs own latent of each hidden patch (cosine)",
-                                       interactive=False, format="png", elem_id="cae-map")
-                cae_info = gr.Markdown(elem_id="cae-info")
+            drift = self._map_row("drift", "Context drift of the chosen model (the MAE's centre crop and mask)")
+            cae = self._map_row("cae", "CAE: predicted vs own latent of each hidden patch (cosine)")
             hidden = gr.State(frozenset())  # custom mask: hidden (row, col) cells
+        self._wire(shared, mae_name, mae_weights, [mask_kind, mask_ratio, mask_seed, hidden], mask_clear, rec, {
+            "markdown": rec_info, "error_readout": rec_readout, "numbers": rec_numbers}, drift, cae)
+        return self
 
-        app, images, selected = self.app, shared.images, shared.selected
-        mask_inputs = [mask_kind, mask_ratio, mask_seed, hidden]
-        reconstruct = app.view(self.reconstruct, [images, selected, mae_name, mae_weights, *mask_inputs], {
-            "masked": rec_masked, "reconstruction": rec_output, "pasted": rec_pasted, "error": rec_error,
-            "markdown": rec_info})
-        drift = app.view(self.drift, [images, selected, *mask_inputs, *shared.model_inputs],
-                         {"drift": drift_picture, "markdown": drift_info})
-        cae = app.view(self.cae, [images, selected, *mask_inputs], {"alignment": cae_picture, "markdown": cae_info})
+    def _map_row(self, elem: str, label: str) -> dict[str, Component]:
+        """A map with its notes, hover readout and numbers."""
+        with gr.Row():
+            picture = gr.Image(label=label, interactive=False, format="png", elem_id=f"{elem}-map")
+            info = gr.Markdown(elem_id=f"{elem}-info")
+        with gr.Row():
+            readout = readout_plot(f"{elem}-readout")
+            numbers = gr.File(label=f"{label.split(' (')[0]} (.npz)", elem_id=f"{elem}-export")
+        return {"picture": picture, "markdown": info, "readout": readout, "numbers": numbers}
+
+    def _wire(self, shared: SharedControls, mae_name: gr.Dropdown, mae_weights: gr.File, mask_inputs: list[Component],
+              mask_clear: gr.Button, rec: dict[str, gr.Image], rec_outputs: dict[str, Component],
+              drift_row: dict[str, Component], cae_row: dict[str, Component]) -> None:
+        app, images, selected, grid = self.app, shared.images, shared.selected, shared.grid
+        mask_kind, mask_ratio, mask_seed, hidden = mask_inputs
+        reconstruct = app.view(self.reconstruct, [images, selected, mae_name, mae_weights, *mask_inputs, grid],
+                               {**rec, **rec_outputs})
+        mae_inputs = [images, selected, mae_name, mae_weights, *mask_inputs]
+        drift = app.view(self.drift, [*mae_inputs, *shared.grid_and_model], {
+            "drift": drift_row["picture"], "markdown": drift_row["markdown"],
+            "drift_readout": drift_row["readout"], "numbers": drift_row["numbers"]})
+        cae = app.view(self.cae, [*mae_inputs, grid], {
+            "alignment": cae_row["picture"], "markdown": cae_row["markdown"],
+            "alignment_readout": cae_row["readout"], "numbers": cae_row["numbers"]})
+        mask_kind.change(self.ratio_control, [mask_kind], [mask_ratio])
         chain(drift.on(selected.change), cae)  # the views that need no MAE go on without one
         reconstruct.on(selected.change)
-        for control in (mae_name, mae_weights, mask_kind, mask_ratio, mask_seed):
+        for control in (mae_name, mae_weights, mask_kind, mask_ratio, mask_seed, grid):
             reconstruct.on(control.change)
-        for control in (mask_kind, mask_ratio, mask_seed):
             chain(drift.on(control.change), cae)
-        toggled = app.action(self.toggle_patch, [images, selected, mae_name, mae_weights, hidden, rec_masked],
-                             [hidden, mask_kind]).on(rec_masked.select)
+        toggled = app.action(self.toggle_patch, [images, selected, mae_name, mae_weights, hidden, rec["masked"]],
+                             [hidden, mask_kind]).on(rec["masked"].select)
         cleared = mask_clear.click(lambda: frozenset(), None, hidden)
         for event in (toggled, cleared):
             chain(event, reconstruct)
             chain(event, drift, cae)
-        return self
+
+
+RECONSTRUCT_PICTURES = (("masked", "Masked input (click patches: custom mask)", "masked"),
+                        ("reconstruction", "Reconstruction", "output"),
+                        ("pasted", "Reconstruction + visible patches", "pasted"),
+                        ("error", "Error per hidden patch", "error"))

@@ -1,0 +1,68 @@
+"""What a browser keeps across a page reload: its images and choices.
+
+The browser holds a small record in its localStorage (``gr.BrowserState``): a random token naming this session's
+folder on the server, the loaded images' names, the image shown and the model chosen. The images themselves stay on
+the server, in that folder (never served to browsers); a reload reads them back from there. A record whose token is
+malformed or names no folder restores nothing.
+"""
+from __future__ import annotations
+
+import re
+import secrets
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.ui.state import AppConfig, LoadedImage, read_images, write_images
+
+TOKEN = re.compile(r"[0-9a-f]{32}")
+Saved = dict[str, Any]  # the browser's record: token, images (names), selected, model
+
+
+@dataclass
+class Restored:
+    images: list[LoadedImage] = field(default_factory=list)
+    selected: str | None = None
+    model: str | None = None
+
+
+class SessionStore:
+    """This server's session folders, one per browser that loaded images."""
+
+    def __init__(self, root: Path | None = None):
+        self.root = root or Path(tempfile.mkdtemp(prefix="patchlens-sessions-"))
+
+    def folder(self, saved: Saved | None) -> Path | None:
+        """The session folder a browser's record names, if the token is well formed and the folder exists."""
+        token = (saved or {}).get("token")
+        if not isinstance(token, str) or not TOKEN.fullmatch(token):
+            return None
+        folder = self.root / token
+        return folder if folder.is_dir() else None
+
+    def remember_images(self, images: list[LoadedImage], saved: Saved | None) -> Saved:
+        """Write the session's images to its folder (a new one for a new browser) and the record that names it."""
+        saved = dict(saved or {})
+        folder = self.folder(saved)
+        if folder is None:
+            saved["token"] = secrets.token_hex(16)
+            folder = self.root / saved["token"]
+        shutil.rmtree(folder, ignore_errors=True)
+        write_images(images, folder)
+        saved["images"] = [image.name for image in images]
+        return saved
+
+    @staticmethod
+    def remember_choices(selected: str | None, model: str | None, saved: Saved | None) -> Saved:
+        return {**(saved or {}), "selected": selected, "model": model}
+
+    def restore(self, saved: Saved | None, config: AppConfig) -> Restored | None:
+        """The images and choices a browser's record names; None when it names no session."""
+        folder = self.folder(saved)
+        if folder is None:
+            return None
+        selected, model = saved.get("selected"), saved.get("model")
+        return Restored(read_images(folder, config), selected if isinstance(selected, str) else None,
+                        model if isinstance(model, str) and model else None)
