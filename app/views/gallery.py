@@ -26,13 +26,15 @@ from app.views.result import (
 from ssl_core.analyses.cka import compare_encoders
 from ssl_core.analyses.maps import Colouring, PatchMap, attention_per_patch, colour_patches, map_patches
 from ssl_core.data.images import ImageSource
+from ssl_core.errors import IndexMismatch
 from ssl_core.features.encoder import Encoder
 from ssl_core.features.patch_table import PatchTable
 from ssl_core.progress import ProgressFn
 from ssl_core.render import draw
 from ssl_core.render.figures import ScatterPicture, cka_figure, map_picture, umap_figure
-from ssl_core.search.patch_index import PatchIndex
+from ssl_core.search.patch_index import PatchIndex, gallery_files
 from ssl_core.search.storage import is_index_directory
+from ssl_core.work import WorkLimits
 
 BOX_COLOUR = (0, 255, 255)
 CROP_CONTEXT = 2  # patches of context around a hit on each side
@@ -43,9 +45,14 @@ MAP_MAX_POINTS = 20_000  # an index's map shows a seeded sample of at most this 
 # --------------------------------------------------------------------------------------------- index
 def build_index(encoder: Encoder, sources: Sequence[str], layer: int | None = None, kind: str = "auto",
                 directory: str | None = None, current: PatchIndex | None = None,
-                progress: ProgressFn | None = None) -> ViewResult:
+                progress: ProgressFn | None = None, limits: WorkLimits | None = None) -> ViewResult:
     """Index image files and folders (state: the index), or extend ``current`` (same model and layer) or the index
-    saved in ``directory`` with the new ones; save it there."""
+    saved in ``directory`` with the new ones; save it there. With ``limits``, more image files than one job may
+    embed are refused before any is."""
+    if limits is not None:
+        files = len(gallery_files(list(sources))[0])
+        limits.check(f"Indexing {files:,} image files", files, "Index the folder with the command line (`patchlens "
+                     "index build FOLDER --out DIR`) and load the index here.")
     if current is not None and current.matches(encoder, layer):
         index, report = current, current.add(list(sources), encoder, progress)
     elif directory and is_index_directory(Path(directory)):
@@ -60,6 +67,15 @@ def build_index(encoder: Encoder, sources: Sequence[str], layer: int | None = No
     if report.failed:
         notes += "\n\nSkipped:\n" + "\n".join(f"- {problem}" for problem in report.failed)
     return ViewResult(notes=notes, warnings=untrained_warning(encoder), state=index)
+
+
+def mismatch_note(index: PatchIndex, encoder: Encoder) -> ViewResult:
+    """Why ``index`` cannot be searched with ``encoder`` (a note for the Gallery, not an error); empty if it can."""
+    try:
+        index.check_encoder(encoder)
+    except IndexMismatch as err:
+        return ViewResult(notes=f"⚠️ The index does not fit the model chosen at the top: {err}")
+    return ViewResult()
 
 
 def load_index(directory: str) -> ViewResult:

@@ -50,6 +50,16 @@ def _mask(kind: str, ratio: float, custom_hidden: set[Cell] | frozenset[Cell]) -
     return MaskSpec(kind, float(ratio), frozenset(custom_hidden))
 
 
+def _misfit(kind: str, custom_hidden: set[Cell] | frozenset[Cell], grid_hw: tuple[int, int], who: str) -> str | None:
+    """Why a custom mask (patches clicked on the MAE's grid) cannot be used on ``grid_hw``; None when it can."""
+    h, w = grid_hw
+    outside = [cell for cell in custom_hidden if not (0 <= cell[0] < h and 0 <= cell[1] < w)]
+    if kind != "custom" or not outside:
+        return None
+    return (f"The custom mask was clicked on the MAE's grid; {len(outside)} of its patches lie outside {who}'s "
+            f"{h}×{w} grid, so it is not shown here. Choose another mask, or clear the custom one.")
+
+
 def reconstruct_view(mae: MaskedAutoencoder, image: ImageSource | Image.Image, kind: str = "random",
                      ratio: float = 0.75, seed: int = 0,
                      custom_hidden: set[Cell] | frozenset[Cell] = frozenset()) -> ViewResult:
@@ -78,6 +88,9 @@ def context_drift_view(encoder: Encoder, image: ImageSource | Image.Image, kind:
                        seed: int = 0, custom_hidden: set[Cell] | frozenset[Cell] = frozenset()) -> ViewResult:
     """Per visible patch, how much its representation changes when the hidden patches are removed (any ViT)."""
     grid = encoder_display_grid(encoder, image)
+    misfit = _misfit(kind, custom_hidden, grid.grid_hw, encoder.display_name)
+    if misfit:
+        return ViewResult(notes=misfit)
     spec = _mask(kind, ratio, custom_hidden)
     mask = spec.build(grid.grid_hw, int(seed))
     drift = context_drift(encoder, image, mask)
@@ -101,6 +114,9 @@ def cae_alignment_view(cae: CAEModel | None, image: ImageSource | Image.Image, k
     (``cae`` None: a note that the bundled CAE is missing)."""
     if cae is None:
         return ViewResult(notes=NO_CAE)
+    misfit = _misfit(kind, custom_hidden, tuple(cae.grid_hw), "the CAE")
+    if misfit:
+        return ViewResult(notes=misfit)
     spec = _mask(kind, ratio, custom_hidden)
     mask = spec.build(tuple(cae.grid_hw), int(seed))
     alignment = predicted_alignment(cae, image, mask)

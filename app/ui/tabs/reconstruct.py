@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 import numpy as np
 
-from app.ui.app import PatchLensApp, SharedControls, chain, clicked, find_image
+from app.ui.app import PatchLensApp, SharedControls, chain, clicked, find_image, switch
 from app.ui.state import LoadedImage
 from app.views import reconstruct as views
 from app.views.result import ViewResult
@@ -38,6 +38,16 @@ class ReconstructTab:
         progress(0.3, desc="loading the MAE")
         return views.reconstruct_view(self.app.mae(mae_name, mae_weights), image.image, kind, ratio, int(seed or 0),
                                       hidden or frozenset())
+
+    def mae_status(self, mae_name: str, mae_weights: str | None, loaded: list | None, hidden: Hidden | None) -> tuple:
+        """Load the chosen MAE: (its name and checkpoint, what is loaded, the custom mask: kept only on the same
+        grid). When it fails, the MAE controls go back to the MAE still loaded (see `switch`)."""
+        mae, controls = switch(self.app.mae, [mae_name, mae_weights], loaded[:2] if loaded else None, "MAE")
+        if mae is None:
+            return (*controls, loaded, hidden)
+        grid = list(mae.grid_hw)
+        same_grid = bool(loaded) and len(loaded) > 2 and loaded[2] == grid
+        return (*controls, [mae_name, mae_weights, grid], hidden if same_grid else frozenset())
 
     def toggle_patch(self, images: list[LoadedImage], selected: str | None, mae_name: str, mae_weights: str | None,
                      hidden: Hidden | None, masked: np.ndarray | None, evt: gr.SelectData) -> tuple:
@@ -97,6 +107,7 @@ class ReconstructTab:
                                        interactive=False, format="png", elem_id="cae-map")
                 cae_info = gr.Markdown(elem_id="cae-info")
             hidden = gr.State(frozenset())  # custom mask: hidden (row, col) cells
+            mae_loaded = gr.State([DEFAULT_MAE, None, None])  # the MAE last loaded: name, checkpoint, grid
 
         app, images, selected = self.app, shared.images, shared.selected
         mask_inputs = [mask_kind, mask_ratio, mask_seed, hidden]
@@ -108,7 +119,13 @@ class ReconstructTab:
         cae = app.view(self.cae, [images, selected, *mask_inputs], {"alignment": cae_picture, "markdown": cae_info})
         chain(drift.on(selected.change), cae)  # the views that need no MAE go on without one
         reconstruct.on(selected.change)
-        for control in (mae_name, mae_weights, mask_kind, mask_ratio, mask_seed):
+        checking = app.action(self.mae_status, [mae_name, mae_weights, mae_loaded, hidden],
+                              [mae_name, mae_weights, mae_loaded, hidden])
+        for control in (mae_name, mae_weights):
+            switched = checking.on(control.change)
+            chain(switched, reconstruct)
+            chain(switched, drift, cae)
+        for control in (mask_kind, mask_ratio, mask_seed):
             reconstruct.on(control.change)
         for control in (mask_kind, mask_ratio, mask_seed):
             chain(drift.on(control.change), cae)
