@@ -67,10 +67,12 @@ def close_toasts(page) -> None:
 
 
 def wait_for_text(page, selector: str, pattern: str, timeout_ms: int = 120_000, other_than: str = "") -> str:
-    """The text of ``selector`` once it matches ``pattern`` (and differs from ``other_than``)."""
+    """The text of ``selector`` once its event has answered (no status tracker shown) and the text matches
+    ``pattern`` (and differs from ``other_than``)."""
     handle = page.wait_for_function(
-        "([sel, pat, old]) => { const e = document.querySelector(sel); const t = e ? e.innerText : '';"
-        " return t !== old && new RegExp(pat).test(t) && !t.includes('processing') ? t : false; }",
+        "([sel, pat, old]) => { const e = document.querySelector(sel); if (!e) return false;"
+        " const s = e.querySelector('[data-testid=status-tracker]'); if (s && !s.classList.contains('hide')) return false;"
+        " const t = e.innerText; return t !== old && new RegExp(pat).test(t) ? t : false; }",
         arg=[selector, pattern, other_than], timeout=timeout_ms)
     return handle.json_value()
 
@@ -150,7 +152,7 @@ def test_a_second_clients_clicks_are_answered_within_3_s_while_a_long_job_runs(a
     answered = time.monotonic() - start
     assert answered < 3.0, f"a click took {answered:.1f} s while another user's job ran"
     other.get_by_role("tab", name="BagSSL").click()
-    other.locator("#bagssl-sizes textarea, #bagssl-sizes input").first.fill("32")  # a small job of its own
+    other.get_by_label("Crop sizes (px of the model's input)").fill("32")  # a small job of its own
     start = time.monotonic()
     other.locator("#bagssl-run").click()
     wait_for_text(other, "#bagssl-info", "crops of", timeout_ms=60_000)  # the answer (plotly then draws its plots)

@@ -54,16 +54,21 @@ class GalleryTab:
         """An index of the loaded images (built afresh: building twice gives the same index), or of a server folder
         (added to the current index when that has the same model and layer)."""
         encoder = self.app.encoder(model, weights_upload, weights_path, image_size)
-        if source == "server folder":
+        fresh = source != "server folder"
+        if not fresh:
             path = _folder(folder, "Name a folder on the server (it must lie under a --allow-dir folder).")
             sources = [str(self.app.config.check_readable(path, "gallery folder"))]
         elif not images:
             raise BadRequest("Add images first, or index a server folder.")
         else:
             self.app.limits.check(f"Indexing {len(images):,} images", len(images), "Index fewer images at once.")
-            sources, current = write_images(images, Path(tempfile.mkdtemp(dir=self.app.export_dir))), None
-        return views.build_index(encoder, sources, parse_layer(layer), kind, current=current,
-                                 progress=progress_callback(progress, "embedding"), limits=self.app.limits)
+            sources = write_images(images, Path(tempfile.mkdtemp(dir=self.app.export_dir)))
+        result = views.build_index(encoder, sources, parse_layer(layer), kind, current=None if fresh else current,
+                                   progress=progress_callback(progress, "embedding"), limits=self.app.limits)
+        if fresh and current is not None:
+            result.notes += (f"\n\nIt replaces the previous index ({len(current.images)} images): Build indexes the "
+                             "loaded images afresh.")
+        return result
 
     def load_index(self, path: str) -> ViewResult:
         path = _folder(path, "Name the index folder to load (under --allow-dir).")
