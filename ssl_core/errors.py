@@ -43,5 +43,13 @@ class IndexFormatError(PatchLensError, ValueError):
     """A folder is not a PatchLens index, is damaged, or was written by an unknown format version."""
 
 
+class Cancelled(PatchLensError, RuntimeError):
+    """A long job was stopped (by its user, or because its session ended) before it finished."""
+
+
+class TooMuchWork(BadRequest):
+    """A request would take more work (forward passes, scenes) than one job may: refused before it starts."""
+
+
 __all__ = ["PatchLensError", "BadRequest", "ImageLoadError", "CheckpointError", "ModelUnavailable",
-           "AttentionUnavailableError", "IndexMismatch", "IndexFormatError"]
+           "AttentionUnavailableError", "IndexMismatch", "IndexFormatError", "Cancelled", "TooMuchWork"]

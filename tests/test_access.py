@@ -73,7 +73,7 @@ def test_every_path_attack_on_the_mae_and_weights_fields_gets_one_message_that_t
     with session("A"):
         mae_messages = {kind: refusal(lambda: reconstruct(image, "a.png", text, None, "random", 0.75, 0, None,
                                                           False, progress=quiet)) for kind, text in paths.items()}
-        weights_messages = {kind: refusal(lambda: status("random-tiny", None, text, 0)) for kind, text in paths.items()}
+        weights_messages = {kind: refusal(lambda: status("random-tiny", None, text, 0, None)) for kind, text in paths.items()}
         save_mae(build_mae(), allowed / "mae.safetensors")
         result = reconstruct(image, "a.png", str(allowed / "mae.safetensors"), None, "random", 0.5, 0, None,
                              False, progress=quiet)
@@ -153,7 +153,7 @@ def test_a_link_out_of_the_indexed_folder_is_skipped_and_reported(app, tmp_path)
     (photos / "inside.png").symlink_to(photos / "mine.png")  # a link that stays inside is fine
     with session("A"):
         result = GalleryTab(app).build_index([], "server folder", str(photos), "exact", None, "final (normed)",
-                                             "random-tiny", None, "", 0, progress=quiet)
+                                             "random-tiny", None, "", 0, None, progress=quiet)
     index = result.state
     assert [Path(i.path).name for i in index.images] == ["mine.png"]  # the inside link is the same file
     assert f"{photos / 'secret.png'}: leads outside the allowed folders, not read" in result.markdown

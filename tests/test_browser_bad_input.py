@@ -67,12 +67,12 @@ def test_bad_inputs_get_clear_messages_and_the_app_keeps_serving(tmp_path, image
         weights.set_input_files(str(wrong))
         expect_message(page, "was trained with 16-pixel patches")
         close_toasts(page)
-        page.locator("#weights-upload button[aria-label='Clear']").first.click()
+        weights.wait_for(state="attached")  # the refused file is taken off again: the upload box is empty
         weights.set_input_files(str(evil))
         expect_message(page, "pickled Python objects")
         assert not os.path.exists("/tmp/patchlens-browser-pwned")
         close_toasts(page)
-        page.locator("#weights-upload button[aria-label='Clear']").first.click()
+        weights.wait_for(state="attached")
 
         # a weights path and a gallery folder outside the allowed folders
         path_box = page.get_by_label("…or a weights path on the server (under --allow-dir)")

@@ -133,6 +133,7 @@ def test_every_view_returns_a_view_result(tiny_encoder, tmp_path):
         "gallery.load_index": lambda: gallery.load_index(str(tmp_path / "idx")),
         "gallery.save_index": lambda: gallery.save_index(index, tmp_path / "idx2"),
         "gallery.query_picture": lambda: gallery.query_picture(index, tiny_encoder, images[1]),
+        "gallery.mismatch_note": lambda: gallery.mismatch_note(index, tiny_encoder),
         "gallery.search_click": lambda: gallery.search_click(index, tiny_encoder, images[1], Click.centre(), 3),
         "gallery.map_of_images": lambda: drawn,
         "gallery.map_of_index": lambda: gallery.map_of_index(index, method="pca"),

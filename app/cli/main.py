@@ -146,13 +146,15 @@ def _serve(parser: argparse.ArgumentParser):
     parser.add_argument("--concurrency", type=int, default=1, help="forward passes that may run at once")
     parser.add_argument("--max-models", type=int, default=4, help="encoders kept loaded (least recently used go first)")
     parser.add_argument("--cache-mb", type=float, default=None, help="memory for cached features (default 2048)")
+    parser.add_argument("--max-forward-passes", type=int, default=None, metavar="N",
+                        help="most images or crops one job (BagSSL, map, index build, CKA) may embed (default 2000)")
 
     def run(args: argparse.Namespace) -> int:
         from app.ui.app import serve
 
         serve(model=args.model, host=args.host, port=args.port, allow_dirs=args.allow_dir,
               max_upload_mb=args.max_upload_mb, concurrency=args.concurrency, max_models=args.max_models,
-              cache_mb=args.cache_mb)
+              cache_mb=args.cache_mb, max_forward_passes=args.max_forward_passes)
         return 0
     return run
 

@@ -6,6 +6,7 @@ returns a `ViewResult`; `PatchLensApp.view` shows that result in the tab's compo
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 import tempfile
@@ -20,6 +21,7 @@ from gradio.components import Component
 
 from app.access import Access
 from app.ui.downloads import picture_files, picture_paths
+from app.ui.jobs import Jobs, Queue, StoppableProgress, queues, session_of
 from app.ui.restore import Saved, SessionStore
 from app.ui.server import launch_options
 from app.ui.session import session_bound
@@ -31,6 +33,7 @@ from ssl_core.features.encoder import Encoder
 from ssl_core.mim.mae import MaskedAutoencoder
 from ssl_core.models.registry import DEFAULT_MAE, MAE_SOURCES, all_specs, default_model_name
 from ssl_core.progress import ProgressFn
+from ssl_core.work import WorkLimits
 
 log = logging.getLogger("patchlens")
 INTRO = """# PatchLens
@@ -93,23 +96,39 @@ def clicked(picture: np.ndarray | None, evt: gr.SelectData) -> Click:
     return Click(float(evt.index[0]), float(evt.index[1]), (height, width))
 
 
+def switch(load: Callable[..., Any], values: list[Any], loaded: list[Any] | None, what: str) -> tuple[Any, list[Any]]:
+    """Load a model from its controls' ``values``: (the model, no change to the controls); or, when that fails and
+    another model is loaded, a warning and (None, the ``loaded`` values to put the controls back on)."""
+    try:
+        return load(*values), [gr.update() for _ in values]
+    except PatchLensError as err:
+        if not loaded or list(loaded) == list(values):
+            raise
+        gr.Warning(f"{err}\n\nThe {what} stays {loaded[0] or 'the default'}.")
+        return None, list(loaded)
+
+
 def find_image(images: list[LoadedImage], name: str | None) -> LoadedImage | None:
     return next((image for image in images if image.name == name), None)
 
 
 @dataclass(frozen=True)
 class Runner:
-    """A callback with its input and output components, to be run on an event."""
+    """A callback with its input and output components, to be run on an event in a queue (`app.ui.jobs.Queue`)."""
 
     fn: Callable[..., Any]
     inputs: list[Component]
     outputs: list[Component]
+    queue: Queue | None = None
 
     def on(self, trigger: Callable[..., Any]) -> Any:
-        return trigger(self.fn, self.inputs, self.outputs)
+        return trigger(self.fn, self.inputs, self.outputs, **self._options())
 
     def after(self, event: Any) -> Any:
-        return event.success(self.fn, self.inputs, self.outputs)
+        return event.success(self.fn, self.inputs, self.outputs, **self._options())
+
+    def _options(self) -> dict[str, Any]:
+        return self.queue.options() if self.queue is not None else {}
 
 
 def chain(event: Any, *runners: Runner) -> Any:
@@ -132,6 +151,9 @@ class SharedControls:
     image_size: gr.Number
     model_info: gr.Markdown
     grid: gr.Checkbox  # draw the patch grid on the pictures
+    loaded: gr.State  # the model inputs of the encoder last loaded: a failed switch returns the controls to them
+    on_model: list[Runner]  # run after each switch of model (a tab adds its own)
+    on_images: list[Runner]  # run after the loaded images change
 
     @property
     def model_inputs(self) -> list[Component]:
@@ -152,7 +174,7 @@ def readout_plot(elem_id: str, what: str = "each patch") -> gr.Plot:
 class PatchLensApp:
     """Builds the Blocks and holds what every tab shares: the config, the model pool and the export folder."""
 
-    def __init__(self, config: AppConfig):
+    def __init__(self, config: AppConfig, concurrency: int = 1, limits: WorkLimits | None = None):
         self.config = config
         self.pool = ModelPool(config.max_models)
         self.export_dir = Path(tempfile.mkdtemp(prefix="patchlens-exports-"))
@@ -160,6 +182,9 @@ class PatchLensApp:
         uploads = config.upload_dirs or [gradio_upload_folder()]
         self.access = Access(config.allow_dirs, uploads,  # every path a client sends goes here
                              private_dirs=[self.export_dir, self.sessions.root])
+        self.jobs = Jobs()
+        self.views_queue, self.jobs_queue = queues(concurrency)
+        self.limits = limits or WorkLimits()
 
     # ------------------------------------------------------------------------------------- models
     def encoder(self, model: str | None, weights_upload: str | None = None, weights_path: str | None = "",
@@ -200,11 +225,41 @@ class PatchLensApp:
         @functools.wraps(fn)
         def show(*args: Any, **kwargs: Any) -> dict[Component, Any]:
             return self.show(fn(*args, **kwargs), targets)
-        return Runner(session_bound(ui_errors(show)), inputs, list(targets.values()))
+        return Runner(session_bound(ui_errors(show)), inputs, list(targets.values()), self.views_queue)
 
     def action(self, fn: Callable[..., Any], inputs: list[Component], outputs: list[Component]) -> Runner:
         """A runner for any other callback (its return value goes to ``outputs`` as it is)."""
-        return Runner(session_bound(ui_errors(fn)), inputs, outputs)
+        return Runner(session_bound(ui_errors(fn)), inputs, outputs, self.views_queue)
+
+    # ------------------------------------------------------------------------------------- long jobs
+    def job(self, name: str, fn: Callable[..., ViewResult], inputs: list[Component],
+            targets: Mapping[str, Component]) -> Runner:
+        """A runner for a long job shown like `view`, in the jobs queue (see `app.ui.jobs`).
+
+        ``fn`` ends with ``request: gr.Request, progress: gr.Progress = gr.Progress()``; the progress it gets stops
+        the job (`Cancelled`) at its next report once the job's Stop button is pressed or its tab is closed.
+        """
+        *_, request, progress = inspect.signature(fn).parameters.values()
+        if request.name != "request" or not isinstance(progress.default, gr.Progress):
+            raise TypeError(f"{fn.__name__} must end with (request: gr.Request, progress=gr.Progress())")
+
+        @functools.wraps(fn)
+        def run(*args: Any) -> dict[Component, Any]:
+            *values, request, progress = args
+            with self.jobs.run(session_of(request), name) as flag:
+                result = fn(*values, request, StoppableProgress(progress, flag, name))
+            return self.show(result, targets)
+        return Runner(session_bound(ui_errors(run)), inputs, list(targets.values()), self.jobs_queue)
+
+    def stoppable(self, runner: Runner, trigger: Callable[..., Any], stop: gr.Button) -> Any:
+        """Run a job on ``trigger``; ``stop`` ends it (cancels the event and sets the job's stop flag)."""
+        event = runner.on(trigger)
+        stop.click(self.stop_jobs, None, None, cancels=[event], concurrency_limit=None, show_progress="hidden")
+        return event
+
+    def stop_jobs(self, request: gr.Request) -> None:
+        """Stop the running job of the session (its Stop button, or its tab closing)."""
+        self.jobs.stop(session_of(request))
 
     def show(self, result: ViewResult, targets: Mapping[str, Component]) -> dict[Component, Any]:
         """The value of each target component (see `view`); the downloads asked for are written first."""
@@ -256,7 +311,8 @@ class PatchLensApp:
         return self.images_changed(images + loaded, problems + unreadable)
 
     def end_session(self, request: gr.Request) -> None:
-        """A browser session closed: its uploads and files go."""
+        """A browser session closed: its running job stops, its uploads and files go."""
+        self.stop_jobs(request)
         self.access.end_session(getattr(request, "session_hash", None))
 
     def add_examples(self, images: list[LoadedImage]) -> tuple:
@@ -322,8 +378,9 @@ class PatchLensApp:
                 with gr.Column(scale=1):
                     selected = gr.Dropdown([], label="Image shown in the views", elem_id="inspect-image-choice")
                     grid = gr.Checkbox(False, label="Show the patch grid on the pictures", elem_id="patch-grid")
+            loaded = gr.State([self.config.default_model, None, "", 0])
             shared = SharedControls(gr.State([]), selected, model, weights_upload, weights_path, image_size, model_info,
-                                    grid)
+                                    grid, loaded, on_model=[], on_images=[])
             saved = gr.BrowserState({}, storage_key="patchlens-session")  # images and choices across a reload
             for control in (selected, model):  # first of their listeners, and quick: outside the queue
                 control.change(SessionStore.remember_choices, [selected, model, saved], [saved], queue=False,
@@ -339,27 +396,43 @@ class PatchLensApp:
             images, image_outputs = shared.images, [shared.images, strip, image_status, selected, uploads]
             after_images = (self.action(self.remember_images, [images, saved], [saved]), inspect_tab.runners["pca"],
                             inspect_tab.runners["parts"])
-            chain(self.action(self.add_images, [uploads, images], image_outputs).on(uploads.upload), *after_images)
-            chain(self.action(self.add_examples, [images], image_outputs).on(examples_btn.click), *after_images)
-            chain(self.action(self.clear_images, [images], image_outputs).on(clear_btn.click), *after_images,
-                  inspect_tab.runners["similarity"])
+            added = [self.action(self.add_images, [uploads, images], image_outputs).on(uploads.upload),
+                     self.action(self.add_examples, [images], image_outputs).on(examples_btn.click)]
+            cleared = self.action(self.clear_images, [images], image_outputs).on(clear_btn.click)
+            for event in added:
+                chain(event, *after_images)
+            chain(cleared, *after_images, inspect_tab.runners["similarity"])
+            for event, runner in ((e, r) for e in (*added, cleared) for r in shared.on_images):
+                runner.after(event)
+            self.wire_model_switch(shared, inspect_tab.runners["status"], inspect_tab.after_model)
             inspect_tab.runners["status"].on(demo.load)
             chain(self.action(self.restore_session, [saved], [*image_outputs, model]).on(demo.load), *after_images[1:])
-            gr.api(ui_errors(inspect_tab.api_patch_features), api_name="patch_features")
+            gr.api(ui_errors(inspect_tab.api_patch_features), api_name="patch_features", **self.views_queue.options())
             demo.unload(self.end_session)
         return demo
 
+    @staticmethod
+    def wire_model_switch(shared: SharedControls, status: Runner, views: list[Runner]) -> None:
+        """A change of any model control loads the model (or puts the controls back: see `switch`), then refreshes
+        ``views`` in order and, alongside, what the tabs registered in ``shared.on_model``."""
+        for component in shared.model_inputs:
+            event = status.on(component.change)
+            chain(event, *views)
+            for runner in shared.on_model:
+                runner.after(event)
 
-def build_app(config: AppConfig | None = None) -> tuple[gr.Blocks, PatchLensApp]:
+
+def build_app(config: AppConfig | None = None, concurrency: int = 1,
+              limits: WorkLimits | None = None) -> tuple[gr.Blocks, PatchLensApp]:
     config = config or AppConfig()
     config.default_model = config.default_model or default_model_name()
-    app = PatchLensApp(config)
+    app = PatchLensApp(config, concurrency, limits)
     return app.build(), app
 
 
 def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 7860, allow_dirs: list[str] | None = None,
           max_upload_mb: float = 50.0, concurrency: int = 1, max_models: int = 4, cache_mb: float | None = None,
-          block: bool = True) -> gr.Blocks:
+          block: bool = True, max_forward_passes: int | None = None) -> gr.Blocks:
     """Serve the app on host:port (by default this machine only); ``block=False``: return once it answers."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if cache_mb is not None:
@@ -372,7 +445,8 @@ def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 7860, a
     config = AppConfig(allow_dirs=[Path(d).expanduser().resolve() for d in allow_dirs or []],
                        max_upload_mb=max_upload_mb, max_models=max_models, default_model=model or "",
                        upload_dirs=[upload_dir.resolve()])
-    demo, app = build_app(config)
+    limits = WorkLimits(forward_passes=max_forward_passes) if max_forward_passes else WorkLimits()
+    demo, app = build_app(config, concurrency, limits)
     log.info("default model: %s", config.default_model)
     if os.environ.get("PATCHLENS_UMAP_WARM_UP", "1") != "0":
         UMAP_WARM_UP.start()  # the first map then comes as fast as the next ones

@@ -27,6 +27,7 @@ from app.views.result import (
 from ssl_core.analyses.cka import compare_encoders
 from ssl_core.analyses.maps import Colouring, PatchMap, StageFn, attention_per_patch, colour_patches, map_patches
 from ssl_core.data.images import ImageSource
+from ssl_core.errors import IndexMismatch
 from ssl_core.features.encoder import Encoder
 from ssl_core.features.patch_table import PatchTable
 from ssl_core.progress import ProgressFn
@@ -34,8 +35,9 @@ from ssl_core.render import draw
 from ssl_core.render.figures import ScatterPicture, cka_figure, colouring_rgb, map_picture, umap_figure
 from ssl_core.search.patch_index import PatchIndex
 from ssl_core.search.records import PatchHit
-from ssl_core.search.sources import Readable
+from ssl_core.search.sources import Readable, gallery_files
 from ssl_core.search.storage import is_index_directory
+from ssl_core.work import WorkLimits
 
 BOX_COLOUR = (0, 255, 255)
 CROP_CONTEXT = 2  # patches of context around a hit on each side
@@ -46,9 +48,15 @@ MAP_MAX_POINTS = 20_000  # an index's map shows a seeded sample of at most this 
 # --------------------------------------------------------------------------------------------- index
 def build_index(encoder: Encoder, sources: Sequence[str], layer: int | None = None, kind: str = "auto",
                 directory: str | None = None, current: PatchIndex | None = None,
-                progress: ProgressFn | None = None, readable: Readable | None = None) -> ViewResult:
+                progress: ProgressFn | None = None, readable: Readable | None = None,
+                limits: WorkLimits | None = None) -> ViewResult:
     """Index image files and folders (state: the index), or extend ``current`` (same model and layer) or the index
-    saved in ``directory`` with the new ones; save it there. ``readable``: which files found may be read."""
+    saved in ``directory`` with the new ones; save it there. ``readable``: which files found may be read. With
+    ``limits``, more image files than one job may embed are refused before any is."""
+    if limits is not None:
+        files = len(gallery_files(list(sources), readable)[0])
+        limits.check(f"Indexing {files:,} image files", files, "Index the folder with the command line (`patchlens "
+                     "index build FOLDER --out DIR`) and load the index here.")
     if current is not None and current.matches(encoder, layer):
         index, report = current, current.add(list(sources), encoder, progress, readable=readable)
     elif directory and is_index_directory(Path(directory)):
@@ -64,6 +72,15 @@ def build_index(encoder: Encoder, sources: Sequence[str], layer: int | None = No
     if skipped:
         notes += "\n\nSkipped:\n" + "\n".join(f"- {problem}" for problem in skipped)
     return ViewResult(notes=notes, warnings=untrained_warning(encoder), state=index)
+
+
+def mismatch_note(index: PatchIndex, encoder: Encoder) -> ViewResult:
+    """Why ``index`` cannot be searched with ``encoder`` (a note for the Gallery, not an error); empty if it can."""
+    try:
+        index.check_encoder(encoder)
+    except IndexMismatch as err:
+        return ViewResult(notes=f"⚠️ The index does not fit the model chosen at the top: {err}")
+    return ViewResult()
 
 
 def load_index(directory: str) -> ViewResult:

@@ -22,7 +22,14 @@ from app.views.result import (
     untrained_warning,
 )
 from ssl_core.analyses.attention import attention_shares, class_attention_map, mass_mask, rollout_map
-from ssl_core.analyses.bagssl import bag_of_crops, bag_tables, embedding_vs_patch_mean, patch_to_embedding
+from ssl_core.analyses.bagssl import (
+    bag_of_crops,
+    bag_tables,
+    check_crop_sizes,
+    crop_count,
+    embedding_vs_patch_mean,
+    patch_to_embedding,
+)
 from ssl_core.analyses.parts import agreement_with_truth, check_part_count, part_maps, remove_position_mean
 from ssl_core.analyses.pca import foreground_mask, pca_rgb, pca_rgb_each
 from ssl_core.analyses.similarity import patch_similarity
@@ -34,6 +41,7 @@ from ssl_core.progress import ProgressFn
 from ssl_core.render import draw
 from ssl_core.render.draw import Scale
 from ssl_core.render.figures import bag_of_crops_figure, layer_agreement_figure, readout_figure
+from ssl_core.work import WorkLimits
 
 FINAL_LAYER = "final (normed)"
 CLICK_BOX = (0, 255, 255)
@@ -64,6 +72,11 @@ def extract(encoder: Encoder, images: Sequence[Image.Image], layer: int | None =
 
 def model_status(encoder: Encoder) -> ViewResult:
     return ViewResult(notes=encoder.describe(), warnings=untrained_warning(encoder))
+
+
+def patch_grid(encoder: Encoder, image: Image.Image) -> tuple[int, int]:
+    """The (rows, cols) of patches ``encoder`` sees ``image`` as (no forward pass)."""
+    return encoder_display_grid(encoder, image).grid_hw
 
 
 def clicked_patch(encoder: Encoder, image: Image.Image, click: Click) -> tuple[int, int]:
@@ -227,8 +240,22 @@ def attention_view(encoder: Encoder, image: Image.Image, layer: int, head: int |
         notes=notes + ".", warnings=untrained_warning(encoder), name=file_stem(encoder.name, "attention"))
 
 
+def check_bagssl(encoder: Encoder, image: Image.Image, crop_sizes: Sequence[int], limits: WorkLimits) -> list[int]:
+    """The crop sizes, once each; `BadRequest` for a size out of range or for more crops than one job may embed."""
+    width, height = encoder.prepare(image).size
+    sizes = check_crop_sizes(crop_sizes, width, height)
+    limits.check(f"BagSSL with crop sizes {', '.join(map(str, sizes))} on this {width}x{height} px image",
+                 crop_count(sizes, width, height),
+                 f"Choose larger crop sizes: a size s tiles the image into about ({width}/s) x ({height}/s) crops.")
+    return sizes
+
+
 def bagssl_view(encoder: Encoder, image: Image.Image, crop_sizes: Sequence[int],
-                progress: ProgressFn | None = None, grid: bool = False) -> ViewResult:
+                progress: ProgressFn | None = None, grid: bool = False, limits: WorkLimits | None = None,
+                ) -> ViewResult:
+    """BagSSL of one image; with ``limits``, sizes out of range and requests over the limits are refused first."""
+    if limits is not None:
+        crop_sizes = check_bagssl(encoder, image, crop_sizes, limits)
     [f] = encoder.extract([image], layers="all")
     agreement = embedding_vs_patch_mean(f)
     crops = bag_of_crops(encoder, image, crop_sizes, progress=progress)

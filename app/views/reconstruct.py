@@ -79,6 +79,17 @@ def mask_note(spec: MaskSpec, seed: int) -> str:
     return f"{spec.describe()}{seeded}{fixed}"
 
 
+def stale_mask_note(kind: str, custom_hidden: Hidden, grid_hw: tuple[int, int], who: str) -> str | None:
+    """Why a custom mask (patches clicked on the grid it was drawn for) cannot be used on ``grid_hw``; None when it
+    can."""
+    h, w = grid_hw
+    outside = [cell for cell in custom_hidden if not (0 <= cell[0] < h and 0 <= cell[1] < w)]
+    if kind != "custom" or not outside:
+        return None
+    return (f"The custom mask was clicked on another grid; {len(outside)} of its patches lie outside {who}'s "
+            f"{h}×{w} grid, so it is not shown here. Choose another mask, or clear the custom one.")
+
+
 def shared_mask(spec: MaskSpec, seed: int, grid_hw: tuple[int, int],
                 reference_grid: tuple[int, int] | None) -> tuple[np.ndarray, str]:
     """The mask on a model's grid of the MAE's centre crop, and how it relates to the MAE's mask: the same mask when
@@ -131,6 +142,9 @@ def context_drift_view(encoder: Encoder, image: ImageSource | Image.Image, kind:
     the MAE's centre crop with the MAE's mask (``reference_grid``: the MAE's grid; see `shared_mask`)."""
     square = centre_square(image)
     geometry = encoder_display_grid(encoder, square)
+    stale = stale_mask_note(kind, custom_hidden, reference_grid or geometry.grid_hw, encoder.display_name)
+    if stale:
+        return ViewResult(notes=stale)
     spec = _mask(kind, ratio, custom_hidden)
     mask, relation = shared_mask(spec, seed, geometry.grid_hw, reference_grid)
     drift = context_drift(encoder, square, mask)
@@ -157,6 +171,9 @@ def cae_alignment_view(cae: CAEModel | None, image: ImageSource | Image.Image, k
     (``cae`` None: a note that the bundled CAE is missing); the MAE's crop and mask as in `context_drift_view`."""
     if cae is None:
         return ViewResult(notes=NO_CAE)
+    stale = stale_mask_note(kind, custom_hidden, reference_grid or tuple(cae.grid_hw), "the CAE")
+    if stale:
+        return ViewResult(notes=stale)
     spec = _mask(kind, ratio, custom_hidden)
     mask, relation = shared_mask(spec, seed, tuple(cae.grid_hw), reference_grid)
     alignment = predicted_alignment(cae, image, mask)

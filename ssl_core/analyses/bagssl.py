@@ -73,6 +73,23 @@ def tile_boxes(width: int, height: int, crop: int) -> list[tuple[int, int, int, 
     return [(x, y, x + crop, y + crop) for y in ys for x in xs]
 
 
+def embed_crops(encoder: Encoder, crops: Sequence[Image.Image], resize: bool = True, batch_size: int = 16,
+                progress: ProgressFn | None = None) -> torch.Tensor:
+    """The image embedding of each crop [N, D], embedded on its own (see `bag_embeddings`); progress counts crops,
+    once per batch."""
+    embeddings = []
+    for start in range(0, len(crops), batch_size):
+        chunk = crops[start:start + batch_size]
+        if resize:
+            features = encoder.extract(chunk, batch_size=batch_size)
+        else:
+            features = encoder.forward_batch(torch.stack([encoder.to_tensor(c) for c in chunk]))  # [B, 3, c, c]
+        embeddings += [f.image_embedding for f in features]
+        if progress is not None:
+            progress(start + len(chunk), len(crops))
+    return torch.stack(embeddings)
+
+
 def bag_embeddings(encoder: Encoder, images: Sequence[Image.Image], crop: int, resize: bool = True,
                    batch_size: int = 16, progress: ProgressFn | None = None) -> torch.Tensor:
     """Per image, the mean image embedding of its tiles of side ``crop`` (`tile_boxes`), each crop embedded on its
@@ -86,17 +103,31 @@ def bag_embeddings(encoder: Encoder, images: Sequence[Image.Image], crop: int, r
         raise BadRequest("a bag of crops needs images of one size")
     boxes = tile_boxes(width, height, crop)
     crops = [image.crop(box) for image in images for box in boxes]
-    embeddings = []
-    for start in range(0, len(crops), batch_size):
-        chunk = crops[start:start + batch_size]
-        if resize:
-            features = encoder.extract(chunk, batch_size=batch_size)
-        else:
-            features = encoder.forward_batch(torch.stack([encoder.to_tensor(c) for c in chunk]))  # [B, 3, c, c]
-        embeddings += [f.image_embedding for f in features]
-        if progress is not None:
-            progress(min(start + batch_size, len(crops)) // len(boxes), len(images))
-    return torch.stack(embeddings).reshape(len(images), len(boxes), -1).mean(1)  # [n, D]
+    counted = None if progress is None else (lambda done, _total: progress(done // len(boxes), len(images)))
+    embeddings = embed_crops(encoder, crops, resize, batch_size, counted)
+    return embeddings.reshape(len(images), len(boxes), -1).mean(1)  # [n, D]
+
+
+def check_crop_sizes(crop_sizes: Sequence[int], width: int, height: int) -> list[int]:
+    """The distinct crop sizes, smallest first, for an image of ``width`` x ``height`` pixels as the model sees it;
+    `BadRequest` naming any size that is not a whole number of pixels from 1 to the image's short side."""
+    side = min(width, height)
+    sizes = [int(s) for s in crop_sizes]
+    small = [s for s in sizes if s < 1]
+    if small:
+        raise BadRequest(f"A crop size must be at least 1 pixel, not {', '.join(map(str, small))}.")
+    large = [s for s in sizes if s > side]
+    if large:
+        raise BadRequest(f"Crop size {', '.join(map(str, large))} is larger than the image as the model sees it "
+                         f"({width}x{height} px): choose sizes from 1 to {side}.")
+    return sorted(set(sizes))
+
+
+def crop_count(crop_sizes: Sequence[int], width: int, height: int) -> int:
+    """Forward passes `bag_of_crops` makes for these sizes on an image of ``width`` x ``height`` (model pixels):
+    every crop of every size below the short side, the full image, and the whole image as its own crop."""
+    side = min(width, height)
+    return sum(len(tile_boxes(width, height, s)) for s in set(crop_sizes) if 0 < s < side) + 2
 
 
 @dataclass
@@ -109,7 +140,10 @@ class BagOfCrops:
 
 def bag_of_crops(encoder: Encoder, image: Image.Image, crop_sizes: Sequence[int] = (32, 64, 96, 128),
                  progress: ProgressFn | None = None) -> BagOfCrops:
-    """Embed crops of each size on their own and compare their average with the full-image embedding."""
+    """Embed crops of each size on their own and compare their average with the full-image embedding.
+
+    Sizes are in pixels of the image as the model sees it; a size from its short side up is the whole image (shown
+    once, last). Progress counts crops, once per batch of them."""
     seen = encoder.prepare(image)  # the image as the model sees it; crop sizes are in its pixels
     [full] = encoder.extract([seen])
     target = full.image_embedding  # [D]
@@ -118,10 +152,11 @@ def bag_of_crops(encoder: Encoder, image: Image.Image, crop_sizes: Sequence[int]
     counts = [len(tile_boxes(width, height, s)) for s in sizes]
     cosines = []
     for i, size in enumerate(sizes):
-        bag = bag_embeddings(encoder, [seen], size)[0]  # [D]
+        done = sum(counts[:i])
+        counted = None if progress is None else (lambda n, _total, done=done: progress(done + n, sum(counts)))
+        crops = [seen.crop(box) for box in tile_boxes(width, height, size)]
+        bag = embed_crops(encoder, crops, progress=counted).mean(0)  # [D]
         cosines.append(float(F.cosine_similarity(bag, target, dim=0)))
-        if progress is not None:
-            progress(sum(counts[:i + 1]), sum(counts))
     # the whole image as its own single crop: the bag equals the full image
     [again] = encoder.extract([seen.crop((0, 0, width, height))])
     cosines.append(float(F.cosine_similarity(again.image_embedding, target, dim=0)))

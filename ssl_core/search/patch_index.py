@@ -17,7 +17,8 @@ Policy:
   One index holds one layer: the layer of every vector is the manifest's. A save merges images other processes
   committed since this index was loaded, so concurrent adds lose nothing.
 * **Incremental.** ``add`` embeds only files not indexed yet (by resolved path and content hash); a file whose
-  content changed is re-embedded and its old vectors dropped. Bad images are listed and skipped, and so are
+  content changed is re-embedded and its old vectors dropped; a copy of an indexed image (same content, another
+  path) is left out, so adding the same pictures again never duplicates them. Bad images are listed and skipped, and so are
   symlink loops and symlinked folders (not followed; named in the report).
 """
 from __future__ import annotations
@@ -153,18 +154,8 @@ class PatchIndex:
         """
         self.check_encoder(encoder)
         report = AddReport()
-        todo: dict[str, str] = {}  # resolved path -> content hash
         paths, report.skipped, report.refused = gallery_files(sources, readable)
-        for path in paths:
-            resolved = str(path.resolve())
-            if resolved in todo:
-                continue
-            content = file_fingerprint(path) if path.is_file() else ""
-            known = self._by_path.get(resolved)
-            if known is not None and self.images[known].hash == content:
-                report.unchanged.append(resolved)
-                continue
-            todo[resolved] = content
+        todo = self._new_files(paths, report)  # resolved path -> content hash
         paths = list(todo)
         new_images: list[IndexedImage] = []
         new_vectors: list[np.ndarray] = []
@@ -181,6 +172,26 @@ class PatchIndex:
         if new_images:
             report.rebuilt = self.append_embedded(new_images, new_vectors)
         return report
+
+    def _new_files(self, paths: Sequence[Path], report: AddReport) -> dict[str, str]:
+        """The files ``add`` must embed (resolved path -> content hash): not those indexed with the same content,
+        nor a copy (same content, another path) of an indexed image or of an earlier file of ``paths``."""
+        todo: dict[str, str] = {}
+        seen = {image.hash for image in self.images}  # contents indexed or about to be
+        for path in paths:
+            resolved = str(path.resolve())
+            if resolved in todo:
+                continue
+            content = file_fingerprint(path) if path.is_file() else ""
+            known = self._by_path.get(resolved)
+            if known is not None and self.images[known].hash == content:
+                report.unchanged.append(resolved)
+            elif known is None and content in seen and content:
+                report.duplicates.append(resolved)
+            else:
+                todo[resolved] = content
+                seen.add(content)
+        return todo
 
     def append_embedded(self, new_images: list[IndexedImage], new_vectors: list[np.ndarray]) -> bool:
         """Add embedded images (replacing same-path ones); returns whether the FAISS index was rebuilt."""

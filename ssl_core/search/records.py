@@ -140,6 +140,7 @@ class AddReport:
     added: list[str] = field(default_factory=list)  # newly indexed files
     replaced: list[str] = field(default_factory=list)  # files whose content changed: re-embedded
     unchanged: list[str] = field(default_factory=list)  # already indexed with the same content: not embedded
+    duplicates: list[str] = field(default_factory=list)  # same content as an indexed image under another path: left out
     failed: list[str] = field(default_factory=list)  # "path: reason" for inputs that are not readable images
     skipped: list[str] = field(default_factory=list)  # "path: reason" for links not followed (loops, folders)
     refused: list[str] = field(default_factory=list)  # what the caller's check reports for files it may not read
@@ -152,6 +153,8 @@ class AddReport:
             parts.append(f"{len(self.replaced)} changed and re-embedded")
         if self.unchanged:
             parts.append(f"{len(self.unchanged)} already indexed")
+        if self.duplicates:
+            parts.append(f"{len(self.duplicates)} copies of indexed images left out")
         if self.failed:
             parts.append(f"{len(self.failed)} skipped as unreadable")
         if self.skipped:
@@ -167,8 +170,8 @@ class AddReport:
     @property
     def found(self) -> int:
         """Inputs seen: image files (readable or not) and links not followed."""
-        return (len(self.added) + len(self.replaced) + len(self.unchanged) + len(self.failed) + len(self.skipped)
-                + len(self.refused))
+        return (len(self.added) + len(self.replaced) + len(self.unchanged) + len(self.duplicates) + len(self.failed)
+                + len(self.skipped) + len(self.refused))
 
 
 __all__ = ["IndexedImage", "IndexManifest", "PatchHit", "ImageHit", "QueryImage", "AddReport", "FORMAT_VERSION",

@@ -39,7 +39,7 @@ class CompareTab:
 
     def run(self, images: list[LoadedImage], selected: str | None, models: list[str], k: float, click: Click | None,
             grid: bool, model: str, weights_upload: str | None, weights_path: str, image_size: float | None,
-            progress: gr.Progress = gr.Progress()) -> ViewResult:
+            request: gr.Request, progress: gr.Progress = gr.Progress()) -> ViewResult:
         image = find_image(images, selected)
         if image is None:
             raise BadRequest("Add an image first.")
@@ -56,6 +56,7 @@ class CompareTab:
                                      allow_custom_value=True, scale=3)
                 k = gr.Slider(2, 12, 5, step=1, label="Parts (k)", scale=1)
                 run = gr.Button("Compare", variant="primary", elem_id="compare-run", scale=1)
+                stop = gr.Button("Stop", variant="stop", elem_id="compare-stop", scale=1)
             with gr.Row():
                 image = gr.Image(label="Click a spot: every encoder's similarity map follows", interactive=False,
                                  format="png", elem_id="compare-image", scale=1)
@@ -71,9 +72,9 @@ class CompareTab:
             click = gr.State(Click.centre())  # the spot, on the image as shown
 
         app = self.app
-        compare = app.view(self.run, [shared.images, shared.selected, models, k, click, *shared.grid_and_model], {
-            "image": image, "by_encoder": table, "comparison.png": png, "comparison.html": report,
-            "numbers": numbers, "readout": readout, **rows})
-        compare.on(run.click)
+        compare = app.job("Compare", self.run, [shared.images, shared.selected, models, k, click, *shared.grid_and_model],
+                          {"image": image, "by_encoder": table, "comparison.png": png, "comparison.html": report,
+                           "numbers": numbers, "readout": readout, **rows})
+        app.stoppable(compare, run.click, stop)
         chain(app.action(clicked, [image], [click]).on(image.select), compare)
         return self

@@ -57,17 +57,27 @@ class GalleryTab:
         self.app = app
 
     def build_index(self, images: list[LoadedImage], source: str, folder: str, kind: str, current: PatchIndex | None,
-                    layer: str, *model_args: object, progress: gr.Progress = gr.Progress()) -> ViewResult:
-        encoder, access = self.app.encoder(*model_args), self.app.access
-        if source == "server folder":
+                    layer: str, model: str, weights_upload: str | None, weights_path: str, image_size: float | None,
+                    request: gr.Request, progress: gr.Progress = gr.Progress()) -> ViewResult:
+        """An index of the loaded images (built afresh: building twice gives the same index), or of a server folder
+        (added to the current index when that has the same model and layer)."""
+        encoder, access = self.app.encoder(model, weights_upload, weights_path, image_size), self.app.access
+        fresh = source != "server folder"
+        if not fresh:
             path = _folder(folder, "Name a folder on the server (it must lie under a --allow-dir folder).")
             sources = [str(access.readable(path, "the gallery folder"))]
         elif not images:
             raise BadRequest("Add images first, or index a server folder.")
         else:  # files for the index, in this session's own folder
+            self.app.limits.check(f"Indexing {len(images):,} images", len(images), "Index fewer images at once.")
             sources = write_images(images, Path(tempfile.mkdtemp(dir=access.session_folder())))
-        return views.build_index(encoder, sources, parse_layer(layer), kind, current=current,
-                                 progress=progress_callback(progress, "embedding"), readable=access.walk_problem)
+        result = views.build_index(encoder, sources, parse_layer(layer), kind, current=None if fresh else current,
+                                   progress=progress_callback(progress, "embedding"), readable=access.walk_problem,
+                                   limits=self.app.limits)
+        if fresh and current is not None:
+            result.notes += (f"\n\nIt replaces the previous index ({len(current.images)} images): Build indexes the "
+                             "loaded images afresh.")
+        return result
 
     def load_index(self, path: str) -> ViewResult:
         path = _folder(path, "Name the index folder to load (under --allow-dir).")
@@ -84,10 +94,14 @@ class GalleryTab:
 
     def show_query(self, images: list[LoadedImage], selected: str | None, index: PatchIndex | None,
                    *model_args: object) -> ViewResult:
+        """The query picture; a note (not an error) when the index was built with another model or layer."""
         image = find_image(images, selected)
         if index is None or image is None:
             return ViewResult()
-        return views.query_picture(index, self.app.encoder(*model_args), image.image)
+        encoder = self.app.encoder(*model_args)
+        if not index.matches(encoder):
+            return views.mismatch_note(index, encoder)
+        return views.query_picture(index, encoder, image.image)
 
     def search(self, images: list[LoadedImage], selected: str | None, index: PatchIndex | None, k: float,
                query: np.ndarray | None, model: str, weights_upload: str | None, weights_path: str,
@@ -97,18 +111,24 @@ class GalleryTab:
         if image is None:
             raise BadRequest("Add an image to query with.")
         encoder = self.app.encoder(model, weights_upload, weights_path, image_size)
+        if not index.matches(encoder):
+            return views.mismatch_note(index, encoder)
         return views.search_click(index, encoder, image.image, clicked(query, evt), int(k)).for_image(image.name)
 
     def draw_map(self, images: list[LoadedImage], source: str, method: str, colour: str, index: PatchIndex | None,
-                 layer: str, *model_args: object, progress: gr.Progress = gr.Progress()) -> ViewResult:
+                 layer: str, model: str, weights_upload: str | None, weights_path: str, image_size: float | None,
+                 request: gr.Request, progress: gr.Progress = gr.Progress()) -> ViewResult:
         callback = StagedProgress(progress, "mapping patches")
         if source == "the index":
             return views.map_of_index(_need_index(index, ", or map the loaded images"), method, colour,
                                       progress=callback, stage=callback.stage)
         if not images:
             raise BadRequest("Add images first.")
+        self.app.limits.check(f"A map of {len(images):,} images", len(images), "Map fewer images, or index them "
+                              "and map a sample of the index.")
+        encoder = self.app.encoder(model, weights_upload, weights_path, image_size)
         callback.stage("embedding the patches")
-        return views.map_of_images(self.app.encoder(*model_args), [i.image for i in images], [i.name for i in images],
+        return views.map_of_images(encoder, [i.image for i in images], [i.name for i in images],
                                    parse_layer(layer), method, colour, progress=callback, stage=callback.stage)
 
     def pick_map_point(self, view: views.MapView | None, picture: np.ndarray | None, evt: gr.SelectData) -> ViewResult:
@@ -117,10 +137,19 @@ class GalleryTab:
         click = clicked(picture, evt)
         return views.pick_point(view, click.x, click.y)
 
+    @staticmethod
+    def drop_map(view: views.MapView | None) -> tuple:
+        """A map of the loaded images is dropped when the images or the model change (its points are no longer
+        theirs); a map of the index stays."""
+        if view is None or view.index is not None:
+            return (view, *[gr.update()] * 6)
+        return None, None, None, None, None, "", "The loaded images or the model changed: draw the map again."
+
     def cka(self, images: list[LoadedImage], model_a: str, model_b: str, pooling: str, debiased: bool,
-            progress: gr.Progress = gr.Progress()) -> ViewResult:
+            request: gr.Request, progress: gr.Progress = gr.Progress()) -> ViewResult:
         if not images:
             raise BadRequest("Add images first: CKA compares two encoders over the loaded images.")
+        self.app.limits.check(f"CKA over {len(images):,} images", 2 * len(images), "Load fewer images.")
         return views.cka_view(self.app.pool.get(model_a), self.app.pool.get(model_b), [i.image for i in images],
                               pooling, debiased=debiased, progress=progress_callback(progress, "embedding"))
 
@@ -141,6 +170,7 @@ class GalleryTab:
             folder = gr.Textbox(label="Server folder (under --allow-dir)", elem_id="gallery-folder")
             kind = gr.Dropdown(["auto", "exact", "ivf", "hnsw"], value="auto", label="Index kind")
             build = gr.Button("Build index", variant="primary", elem_id="gallery-build")
+            stop = gr.Button("Stop", variant="stop", elem_id="gallery-stop")
         with gr.Row():
             index_path = gr.Textbox(label="Index folder to load or save (under --allow-dir)")
             index_load = gr.Button("Load index")
@@ -158,12 +188,15 @@ class GalleryTab:
 
         app, images, selected, model_inputs = self.app, shared.images, shared.selected, shared.model_inputs
         indexed = {"state": index, "markdown": index_info}
-        show_query = app.view(self.show_query, [images, selected, index, *model_inputs], {"query": query})
-        show_query.after(app.view(self.build_index, [images, source, folder, kind, index, layer, *model_inputs],
-                                  indexed).on(build.click))
+        show_query = app.view(self.show_query, [images, selected, index, *model_inputs], {
+            "query": query, "hits": hits, "source": hit_source, "markdown": hit_info})
+        building = app.job("index build", self.build_index, [images, source, folder, kind, index, layer, *model_inputs],
+                           indexed)
+        show_query.after(app.stoppable(building, build.click, stop))
         show_query.after(app.view(self.load_index, [index_path], indexed).on(index_load.click))
         app.view(self.save_index, [index, index_path], {"markdown": index_info}).on(index_save.click)
         show_query.on(selected.change)
+        shared.on_model.append(show_query)
         app.view(self.search, [images, selected, index, k, query, *model_inputs], {
             "query": query, "hits": hits, "source": hit_source, "markdown": hit_info, "numbers": hit_numbers}
         ).on(query.select)
@@ -175,6 +208,7 @@ class GalleryTab:
             method = gr.Radio(["umap", "pca"], value="umap", label="Method")
             colour = gr.Dropdown(["image", "part", "position", "attention"], value="image", label="Colour by")
             run = gr.Button("Draw map", variant="primary", elem_id="map-run")
+            stop = gr.Button("Stop", variant="stop", elem_id="map-stop")
         with gr.Row():
             picture = gr.Image(label="Map (click a point)", interactive=False, format="png", elem_id="map-picture",
                                scale=2)
@@ -188,8 +222,13 @@ class GalleryTab:
                           elem_id="map-export")
         drawn = gr.State(None)  # the map last drawn, for picking points
 
-        self.app.view(self.draw_map, [shared.images, source, method, colour, index, layer, *shared.model_inputs], {
-            "state": drawn, "map": picture, "scatter": figure, "markdown": info, "numbers": numbers}).on(run.click)
+        drawing = self.app.job("map", self.draw_map, [shared.images, source, method, colour, index, layer,
+                                                      *shared.model_inputs],
+                               {"state": drawn, "map": picture, "scatter": figure, "markdown": info, "numbers": numbers})
+        self.app.stoppable(drawing, run.click, stop)
+        dropping = self.app.action(self.drop_map, [drawn], [drawn, picture, figure, crop, crop_source, caption, info])
+        shared.on_model.append(dropping)
+        shared.on_images.append(dropping)
         self.app.view(self.pick_map_point, [drawn, picture], {
             "map": picture, "crop": crop, "source": crop_source, "markdown": caption}).on(picture.select)
 
@@ -203,8 +242,10 @@ class GalleryTab:
             pooling = gr.Radio(["grid", "mean"], value="grid", label="Per image")
             debiased = gr.Checkbox(False, label="Debiased CKA")
             run = gr.Button("CKA over the loaded images", variant="primary", elem_id="cka-run")
+            stop = gr.Button("Stop", variant="stop", elem_id="cka-stop")
         plot = gr.Plot(label="Layer-by-layer CKA", elem_id="cka-plot")
         info = gr.Markdown(elem_id="cka-info")
         numbers = gr.File(label="CKA matrix and block labels (.npz)", elem_id="cka-export")
-        self.app.view(self.cka, [shared.images, model_a, model_b, pooling, debiased], {
-            "cka": plot, "markdown": info, "numbers": numbers}).on(run.click)
+        comparing = self.app.job("CKA", self.cka, [shared.images, model_a, model_b, pooling, debiased], {
+            "cka": plot, "markdown": info, "numbers": numbers})
+        self.app.stoppable(comparing, run.click, stop)

@@ -8,7 +8,17 @@ import gradio as gr
 import numpy as np
 from gradio.components import Component
 
-from app.ui.app import PatchLensApp, Runner, SharedControls, chain, clicked, find_image, progress_callback, readout_plot
+from app.ui.app import (
+    PatchLensApp,
+    Runner,
+    SharedControls,
+    chain,
+    clicked,
+    find_image,
+    progress_callback,
+    readout_plot,
+    switch,
+)
 from app.ui.state import LoadedImage, load_image_bytes
 from app.views import inspect as views
 from app.views.result import ViewResult
@@ -40,7 +50,7 @@ to each patch in the last layer (heads averaged) — often the object the image 
               "against the full image (a crop of the whole image gives 1). Below: each patch token's cosine to the image "
               "embedding — which patches the embedding is made of.",
 }
-ClickedPatch = tuple[str, int, int]  # (image name, row, col)
+ClickedPatch = tuple[str, int, int, tuple[int, int]]  # (image name, row, col, the grid it was clicked on)
 
 
 def _pictures(images: list[LoadedImage]) -> tuple[list, list[str]]:
@@ -55,25 +65,31 @@ class InspectTab:
         self.runners: dict[str, Runner] = {}  # by view, for the events of other tabs and the app
         self.layer: gr.Dropdown | None = None  # "Tokens from": the Gallery tab indexes and maps that layer too
         self.shared: SharedControls | None = None
+        self.after_model: list[Runner] = []  # the views a switch of model refreshes, in order
 
     # ------------------------------------------------------------------------------------- callbacks
     def model_status(self, model: str, weights_upload: str | None, weights_path: str, image_size: float | None,
-                     ) -> tuple:
-        """The model's description, and the layer, block and head choices it offers."""
-        encoder = self.app.encoder(model, weights_upload, weights_path, image_size)
+                     loaded: list | None) -> tuple:
+        """The model's description, the layer, block and head choices it offers, and what is now loaded; when the
+        switch fails, the model controls go back to the model still loaded (see `switch`)."""
+        values = [model, weights_upload, weights_path, image_size]
+        encoder, controls = switch(self.app.encoder, values, loaded, "model")
+        if encoder is None:
+            return (*controls, *[gr.update()] * 4, loaded)
         heads = ["mean", *map(str, range(encoder.num_heads))]
-        return (views.model_status(encoder).markdown,
+        return (*controls, views.model_status(encoder).markdown,
                 gr.update(choices=views.layer_choices(encoder), value=views.FINAL_LAYER),
                 gr.update(maximum=encoder.depth - 1, value=encoder.depth - 1),
-                gr.update(choices=heads, value="mean"))
+                gr.update(choices=heads, value="mean"), values)
 
-    def overview(self, images: list[LoadedImage], selected: str | None, grid: bool, *model_args: object,
+    def overview(self, images: list[LoadedImage], selected: str | None, grid: bool, model: str,
+                 weights_upload: str | None, weights_path: str, image_size: float | None,
                  progress: gr.Progress = gr.Progress()) -> ViewResult:
         image = find_image(images, selected)
         if image is None:
             return ViewResult(notes="Add an image (or the examples) to start.")
         progress(0.2, desc="loading model")
-        encoder = self.app.encoder(*model_args)
+        encoder = self.app.encoder(model, weights_upload, weights_path, image_size)
         progress(0.5, desc="forward pass")
         return views.overview(encoder, image.image, bool(grid)).for_image(image.name)
 
@@ -84,16 +100,19 @@ class InspectTab:
         if image is None or evt is None or evt.index is None:
             return None
         encoder = self.app.encoder(model, weights_upload, weights_path, image_size)
+        grid = views.patch_grid(encoder, image.image)
         row, col = views.clicked_patch(encoder, image.image, clicked(shown, evt))
-        return image.name, row, col
+        return image.name, row, col, grid
 
     def similarity(self, images: list[LoadedImage], click: ClickedPatch | None, layer: str, grid: bool,
                    *model_args: object) -> ViewResult:
-        if not images or not click or find_image(images, click[0]) is None:
-            return ViewResult(notes="Click a patch on the image above.")
+        image = find_image(images, click[0]) if images and click else None
+        encoder = self.app.encoder(*model_args) if image is not None else None
+        if image is None or len(click) != 4 or views.patch_grid(encoder, image.image) != tuple(click[3]):
+            return ViewResult(notes="Click a patch on the image above.")  # none yet, or one of another grid
         pictures, names = _pictures(images)
-        return views.similarity_view(self.app.encoder(*model_args), pictures, names, names.index(click[0]), click[1],
-                                     click[2], views.parse_layer(layer), bool(grid))
+        return views.similarity_view(encoder, pictures, names, names.index(click[0]), click[1], click[2],
+                                     views.parse_layer(layer), bool(grid))
 
     def pca(self, images: list[LoadedImage], layer: str, joint: bool, use_foreground: bool, threshold: float,
             invert: bool, grid: bool, *model_args: object) -> ViewResult:
@@ -121,15 +140,16 @@ class InspectTab:
         return views.attention_view(self.app.encoder(*model_args), image.image, int(block), head_index, rollout,
                                     float(keep_mass), bool(grid)).for_image(image.name)
 
-    def bagssl(self, images: list[LoadedImage], selected: str | None, crop_text: str, grid: bool, *model_args: object,
+    def bagssl(self, images: list[LoadedImage], selected: str | None, crop_text: str, grid: bool, model: str,
+               weights_upload: str | None, weights_path: str, image_size: float | None, request: gr.Request,
                progress: gr.Progress = gr.Progress()) -> ViewResult:
         image = find_image(images, selected)
         if image is None:
             raise BadRequest("Add an image first.")
         sizes = views.parse_crop_sizes(crop_text)
-        encoder = self.app.encoder(*model_args)
+        encoder = self.app.encoder(model, weights_upload, weights_path, image_size)
         result = views.bagssl_view(encoder, image.image, sizes, progress_callback(progress, "embedding crops"),
-                                   bool(grid))
+                                   bool(grid), limits=self.app.limits)
         return result.for_image(image.name)
 
     # ------------------------------------------------------------------------------------- scripted API
@@ -179,13 +199,13 @@ class InspectTab:
                                           "parts": self._parts_tab()}
                 runners["attention"], block, head = self._attention_tab()
                 runners["bagssl"] = self._bagssl_tab()
-        runners["status"] = app.action(self.model_status, model_inputs, [shared.model_info, layer, block, head])
+        runners["status"] = app.action(self.model_status, [*model_inputs, shared.loaded],
+                                       [*model_inputs, shared.model_info, layer, block, head, shared.loaded])
         runners["overview"] = app.view(self.overview, [images, selected, *shared.grid_and_model], {
             "image": shown, "pca": pca, "attention": attention, "attention_readout": overview_readout,
             "markdown": overview_info, "numbers": overview_file})
         everything = [runners[name] for name in ("overview", "pca", "parts", "attention", "similarity")]
-        for component in model_inputs:
-            chain(runners["status"].on(component.change), *everything)
+        self.after_model = everything  # refreshed after a switch of model (wired by the app)
         clicking = app.action(self.click_patch, [images, selected, shown, *model_inputs], [click])
         chain(clicking.on(shown.select), runners["similarity"])
         chain(runners["pca"].on(layer.change), runners["parts"], runners["similarity"])
@@ -267,8 +287,9 @@ class InspectTab:
         with gr.Tab("BagSSL", id="bagssl"):
             gr.Markdown(HELP["bagssl"])
             with gr.Row():
-                sizes = gr.Textbox("16,32,48,64", label="Crop sizes (px of the model's input)")
+                sizes = gr.Textbox("16,32,48,64", label="Crop sizes (px of the model's input)", elem_id="bagssl-sizes")
                 run = gr.Button("Run BagSSL", variant="primary", elem_id="bagssl-run")
+                stop = gr.Button("Stop", variant="stop", elem_id="bagssl-stop")
             with gr.Row():
                 layers = gr.Plot(label="Per block", elem_id="bagssl-layers")
                 crops = gr.Plot(label="Bag of crops", elem_id="bagssl-crops")
@@ -278,9 +299,10 @@ class InspectTab:
             readout = readout_plot("bagssl-readout")
             numbers = gr.File(label="BagSSL numbers (.npz)")
         inputs = [self.shared.images, self.shared.selected, sizes, *self.shared.grid_and_model]
-        runner = self.app.view(self.bagssl, inputs, {"layers": layers, "crops": crops, "patch_to_embedding": picture,
-                                                     "readout": readout, "markdown": info, "numbers": numbers})
-        runner.on(run.click)
+        runner = self.app.job("BagSSL", self.bagssl, inputs, {
+            "layers": layers, "crops": crops, "patch_to_embedding": picture, "readout": readout, "markdown": info,
+            "numbers": numbers})
+        self.app.stoppable(runner, run.click, stop)
         return runner
 
     @staticmethod

@@ -22,9 +22,13 @@ class LabTab:
         self.app = app
 
     def run(self, models: list[str] | None, measure: str, n_train: float | None, n_test: float | None,
-            seed: float | None, progress: gr.Progress = gr.Progress()) -> ViewResult:
-        encoders = {name: self.app.pool.get(name) for name in (models or []) if name}
+            seed: float | None, request: gr.Request, progress: gr.Progress = gr.Progress()) -> ViewResult:
         config = views.lab_config(n_train or 1, n_test or 1, seed or 0)
+        names = [name for name in (models or []) if name]
+        self.app.limits.check(f"The Lab on {len(names)} encoder(s) over {config.n_train + config.n_test:,} scenes",
+                              len(names) * (config.n_train + config.n_test),
+                              "Choose fewer scenes or fewer encoders.", limit=self.app.limits.lab_scenes)
+        encoders = {name: self.app.pool.get(name) for name in names}
         return views.measure_view(encoders, measure, config, progress_callback(progress, "measuring"))
 
     def build(self, shared: SharedControls) -> LabTab:
@@ -41,6 +45,7 @@ class LabTab:
                 n_test = gr.Number(LabConfig.n_test, precision=0, label="Scenes to score on")
                 seed = gr.Number(LabConfig.seed, precision=0, label="Seed")
                 run = gr.Button("Run", variant="primary", elem_id="lab-run")
+                stop = gr.Button("Stop", variant="stop", elem_id="lab-stop")
             text = gr.Markdown(elem_id="lab-result")
             with gr.Row():
                 location = gr.Image(label="Location probe: swapped patches boxed, P(swapped)", interactive=False,
@@ -50,7 +55,7 @@ class LabTab:
             cka = gr.Plot(label="CKA", elem_id="lab-cka")
             numbers = gr.File(label="The numbers (.json)", elem_id="lab-json")
 
-        self.app.view(self.run, [models, measure, n_train, n_test, seed], {
-            "markdown": text, "location": location, "part_map": part_map, "cka": cka, "numbers": numbers}
-        ).on(run.click)
+        runner = self.app.job("Lab", self.run, [models, measure, n_train, n_test, seed], {
+            "markdown": text, "location": location, "part_map": part_map, "cka": cka, "numbers": numbers})
+        self.app.stoppable(runner, run.click, stop)
         return self

@@ -5,7 +5,7 @@ import gradio as gr
 import numpy as np
 from gradio.components import Component
 
-from app.ui.app import PatchLensApp, SharedControls, chain, clicked, find_image, readout_plot
+from app.ui.app import PatchLensApp, SharedControls, chain, clicked, find_image, readout_plot, switch
 from app.ui.state import LoadedImage
 from app.views import reconstruct as views
 from app.views.result import ViewResult, file_stem
@@ -44,6 +44,16 @@ class ReconstructTab:
         result = views.reconstruct_view(mae, image.image, kind, ratio, int(seed or 0), hidden or frozenset(),
                                         bool(grid))
         return result.named(file_stem(mae_name or "mae", "reconstruction")).for_image(image.name)
+
+    def mae_status(self, mae_name: str, mae_weights: str | None, loaded: list | None, hidden: Hidden | None) -> tuple:
+        """Load the chosen MAE: (its name and checkpoint, what is loaded, the custom mask: kept only on the same
+        grid). When it fails, the MAE controls go back to the MAE still loaded (see `switch`)."""
+        mae, controls = switch(self.app.mae, [mae_name, mae_weights], loaded[:2] if loaded else None, "MAE")
+        if mae is None:
+            return (*controls, loaded, hidden)
+        grid = list(mae.grid_hw)
+        same_grid = bool(loaded) and len(loaded) > 2 and loaded[2] == grid
+        return (*controls, [mae_name, mae_weights, grid], hidden if same_grid else frozenset())
 
     def toggle_patch(self, images: list[LoadedImage], selected: str | None, mae_name: str, mae_weights: str | None,
                      hidden: Hidden | None, masked: np.ndarray | None, evt: gr.SelectData) -> tuple:
@@ -113,7 +123,8 @@ class ReconstructTab:
             drift = self._map_row("drift", "Context drift of the chosen model (the MAE's centre crop and mask)")
             cae = self._map_row("cae", "CAE: predicted vs own latent of each hidden patch (cosine)")
             hidden = gr.State(frozenset())  # custom mask: hidden (row, col) cells
-        self._wire(shared, mae_name, mae_weights, [mask_kind, mask_ratio, mask_seed, hidden], mask_clear, rec, {
+            mae_loaded = gr.State([DEFAULT_MAE, None, None])  # the MAE last loaded: name, checkpoint, grid
+        self._wire(shared, mae_name, mae_weights, mae_loaded, [mask_kind, mask_ratio, mask_seed, hidden], mask_clear, rec, {
             "markdown": rec_info, "error_readout": rec_readout, "numbers": rec_numbers}, drift, cae)
         return self
 
@@ -127,7 +138,8 @@ class ReconstructTab:
             numbers = gr.File(label=f"{label.split(' (')[0]} (.npz)", elem_id=f"{elem}-export")
         return {"picture": picture, "markdown": info, "readout": readout, "numbers": numbers}
 
-    def _wire(self, shared: SharedControls, mae_name: gr.Dropdown, mae_weights: gr.File, mask_inputs: list[Component],
+    def _wire(self, shared: SharedControls, mae_name: gr.Dropdown, mae_weights: gr.File, mae_loaded: gr.State,
+              mask_inputs: list[Component],
               mask_clear: gr.Button, rec: dict[str, gr.Image], rec_outputs: dict[str, Component],
               drift_row: dict[str, Component], cae_row: dict[str, Component]) -> None:
         app, images, selected, grid = self.app, shared.images, shared.selected, shared.grid
@@ -144,7 +156,13 @@ class ReconstructTab:
         mask_kind.change(self.ratio_control, [mask_kind], [mask_ratio])
         chain(drift.on(selected.change), cae)  # the views that need no MAE go on without one
         reconstruct.on(selected.change)
-        for control in (mae_name, mae_weights, mask_kind, mask_ratio, mask_seed, grid):
+        checking = app.action(self.mae_status, [mae_name, mae_weights, mae_loaded, hidden],
+                              [mae_name, mae_weights, mae_loaded, hidden])
+        for control in (mae_name, mae_weights):  # a failed switch puts the controls back (`mae_status`)
+            switched = checking.on(control.change)
+            chain(switched, reconstruct)
+            chain(switched, drift, cae)
+        for control in (mask_kind, mask_ratio, mask_seed, grid):
             reconstruct.on(control.change)
             chain(drift.on(control.change), cae)
         toggled = app.action(self.toggle_patch, [images, selected, mae_name, mae_weights, hidden, rec["masked"]],
