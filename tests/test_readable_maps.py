@@ -172,8 +172,9 @@ def test_the_lab_cka_figure_is_the_first_pair_of_the_cka_finding():
 def test_the_app_shows_the_core_messages_for_random_weights_and_bombs(tmp_path):
     import gradio as gr
 
-    from app.ui.app import PatchLensApp, ui_errors
+    from app.ui.app import PatchLensApp
     from app.ui.state import load_uploads
+    from app.ui.wiring import ui_errors
 
     junk = tmp_path / "weights.pth"
     junk.write_bytes(b"\x07" + os.urandom(4000))

@@ -32,7 +32,7 @@ class SessionStore:
     """This server's session folders, one per browser that loaded images."""
 
     def __init__(self, root: Path | None = None):
-        self.root = root or Path(tempfile.mkdtemp(prefix="patchlens-sessions-"))
+        self.root = root or Path(tempfile.mkdtemp(prefix="patchlens-restore-"))
 
     def folder(self, saved: Saved | None) -> Path | None:
         """The session folder a browser's record names, if the token is well formed and the folder exists."""

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import gradio as gr
 
-from app.ui.app import PatchLensApp, SharedControls, chain, clicked, find_image, model_choices, readout_plot
+from app.ui.app import PatchLensApp
 from app.ui.state import LoadedImage
+from app.ui.wiring import SharedControls, chain, clicked, find_image, model_choices, readout_plot
 from app.views import compare as views
 from app.views.result import Click, ViewResult
 from ssl_core.errors import BadRequest

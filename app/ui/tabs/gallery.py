@@ -8,16 +8,9 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from app.ui.app import (
-    PatchLensApp,
-    SharedControls,
-    StagedProgress,
-    clicked,
-    find_image,
-    model_choices,
-    progress_callback,
-)
+from app.ui.app import PatchLensApp
 from app.ui.state import LoadedImage, write_images
+from app.ui.wiring import SharedControls, StagedProgress, clicked, find_image, model_choices, progress_callback
 from app.views import gallery as views
 from app.views.inspect import parse_layer
 from app.views.result import ViewResult

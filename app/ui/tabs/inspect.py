@@ -8,18 +8,9 @@ import gradio as gr
 import numpy as np
 from gradio.components import Component
 
-from app.ui.app import (
-    PatchLensApp,
-    Runner,
-    SharedControls,
-    chain,
-    clicked,
-    find_image,
-    progress_callback,
-    readout_plot,
-    switch,
-)
+from app.ui.app import PatchLensApp
 from app.ui.state import LoadedImage, load_image_bytes
+from app.ui.wiring import Runner, SharedControls, chain, clicked, find_image, progress_callback, readout_plot, switch
 from app.views import inspect as views
 from app.views.result import ViewResult
 from ssl_core.errors import BadRequest

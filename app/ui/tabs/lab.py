@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from app.ui.app import PatchLensApp, SharedControls, model_choices, progress_callback
+from app.ui.app import PatchLensApp
+from app.ui.wiring import SharedControls, model_choices, progress_callback
 from app.views import lab as views
 from app.views.result import ViewResult
 from ssl_core.lab import LabConfig

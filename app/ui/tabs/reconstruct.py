@@ -5,8 +5,9 @@ import gradio as gr
 import numpy as np
 from gradio.components import Component
 
-from app.ui.app import PatchLensApp, SharedControls, chain, clicked, find_image, readout_plot, switch
+from app.ui.app import PatchLensApp
 from app.ui.state import LoadedImage
+from app.ui.wiring import SharedControls, chain, clicked, find_image, readout_plot, switch
 from app.views import reconstruct as views
 from app.views.result import ViewResult, file_stem
 from ssl_core.errors import PatchLensError
