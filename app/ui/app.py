@@ -27,6 +27,7 @@ from ssl_core.features.encoder import Encoder
 from ssl_core.mim.mae import MaskedAutoencoder
 from ssl_core.models.registry import all_specs, default_model_name
 from ssl_core.progress import ProgressFn
+from ssl_core.system import limit_malloc_arenas
 from ssl_core.work import WorkLimits
 
 log = logging.getLogger("patchlens")
@@ -348,6 +349,7 @@ def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 7860, a
           max_upload_mb: float = 50.0, concurrency: int = 1, max_models: int = 4, cache_mb: float | None = None,
           block: bool = True, max_forward_passes: int | None = None) -> gr.Blocks:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    limit_malloc_arenas()  # many worker threads: without a cap, freed memory stays in per-thread arenas
     if cache_mb is not None:
         from ssl_core.features.encoder import FEATURE_CACHE
         FEATURE_CACHE.max_size = cache_mb * 1024 * 1024
