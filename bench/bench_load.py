@@ -271,18 +271,20 @@ def run(args: argparse.Namespace) -> None:
         reference_clients = []
         memory = [("started", rss_mb(app.process.pid))]
         rounds, start = [], time.monotonic()
-        for r in range(args.rounds + 1):  # round 0 warms up: models loaded, sessions made, caches filled
+        warmup = max(1, args.warmup_rounds)  # models loaded, sessions made, caches and per-grid model copies filled
+        for r in range(warmup + args.rounds):
             clients = [Client(c, r) for c in range(args.clients)]
             for client in clients:  # the images are made and measured before the load starts
                 prepare(client, reference)
             with ThreadPoolExecutor(max_workers=args.clients) as pool:
                 done = list(pool.map(lambda c: c.run(sessions[c.index], args.requests), clients))
-            if r:
-                rounds.append(done)
             reference_clients += done
-            memory.append((f"after round {r} ({r * args.clients * args.requests:,} requests)" if r else
-                           "after the warm-up round", rss_mb(app.process.pid)))
-            start = start if r else time.monotonic()
+            timed = r + 1 - warmup  # timed rounds so far
+            if timed > 0:
+                rounds.append(done)
+            memory.append((f"after round {timed} ({timed * args.clients * args.requests:,} requests)" if timed > 0
+                           else f"after warm-up round {r + 1}", rss_mb(app.process.pid)))
+            start = time.monotonic() if timed == 0 else start
         elapsed = time.monotonic() - start
         log = app.output()
     wrong = [w for client in reference_clients for w in reference.check(client)]
@@ -312,15 +314,19 @@ def report(args: argparse.Namespace, rounds: list[list[Client]], memory: list[tu
     table = markdown_table(["request", "count", "p50 ms", "p95 ms", "max ms"], rows)
     table += "\n\n" + markdown_table(["server memory", "RSS MB"], [[label, f"{mb:.0f}"] for label, mb in memory])
     checked, wrong = checks
-    growth = memory[-1][1] - memory[1][1]
-    notes = (f"{args.clients} clients x {args.requests} requests per round, {args.rounds} rounds after a warm-up round "
+    warmup = max(1, args.warmup_rounds)
+    growth = memory[-1][1] - memory[warmup][1]
+    notes = (f"{args.clients} clients x {args.requests} requests per round, {args.rounds} rounds after "
+             f"{warmup} warm-up round(s) "
              f"({len(answers):,} requests timed, plus each client's setup per round: clear, upload, index build, "
              f"query picture, overview) in {elapsed:.0f} s against one `patchlens serve --model {MODEL} "
              f"--concurrency {args.concurrency} --cache-mb {args.cache_mb}` on 127.0.0.1. Each client sends its "
              f"requests one after another, all clients at once. Every answer, warm-up included, checked against the "
              f"view computed in the benchmark's process: {checked - len(wrong):,} of {checked:,} right"
              f"{'' if not errors_logged else '; the server logged an unexpected error'}. Server memory over the "
-             f"{len(answers):,} timed requests: {growth:+.0f} MB (feature cache limit {args.cache_mb} MB). A click "
+             f"{len(answers):,} timed requests: {growth:+.0f} MB (feature cache limit {args.cache_mb} MB; besides the cache, "
+             f"an encoder keeps at most 4 copies of itself for grids other than its own, and the clients' images "
+             f"come in 8 sizes). A click "
              f"is two events (the patch, then the similarity maps) and a choice of image two (its overview, then "
              f"the gallery's query picture), as the page sends them.")
     if wrong:
@@ -333,6 +339,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--requests", type=int, default=10, help="requests per client and round")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup-rounds", type=int, default=2, help="rounds before the timed ones (at least 1)")
     parser.add_argument("--cache-mb", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--print-only", action="store_true", help="print the result without recording it")
