@@ -48,7 +48,7 @@ def test_the_model_chosen_at_the_top_is_compared_with_its_weights_file(tmp_path,
     app = PatchLensApp(AppConfig(allow_dirs=[tmp_path], default_model="random-tiny"))
     images = [LoadedImage("photo.png", Image.fromarray(image_333x517))]
     result = CompareTab(app).run(images, "photo.png", ["random-tiny", "patchlens-sup"], 4, Click.centre(),
-                                 "random-tiny", None, str(weights), 0, progress=lambda *args, **kwargs: None)
+                                 "random-tiny", None, str(weights), 0, None, progress=lambda *args, **kwargs: None)
     rows = result.tables["by_encoder"].rows
     assert "weights: mine.safetensors" in rows[0][1]  # the top model: its weights file, as in the other views
     assert "weights: patchlens-sup.safetensors" in rows[1][1]  # the others: their own (bundled) weights
