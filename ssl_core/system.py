@@ -1,6 +1,7 @@
 """What machine this is, in words: for model cards and benchmark records."""
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 from pathlib import Path
@@ -35,3 +36,15 @@ def machine_summary(**versions: str) -> str:
     parts = [f"Python {platform.python_version()}", f"torch {torch.__version__}", f"timm {timm.__version__}",
              *(f"{name} {version}" for name, version in versions.items())]
     return f"{hardware()}; {', '.join(parts)}; {datetime.date.today().isoformat()}"
+
+
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """Cap glibc's malloc arenas, as ``MALLOC_ARENA_MAX`` does (which, when set, wins). A server's many worker
+    threads otherwise each keep an arena of freed memory and its resident size creeps up with the requests it
+    serves (`bench/bench_load.py`). Returns whether the cap was set (glibc only)."""
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    try:
+        return ctypes.CDLL("libc.so.6").mallopt(-8, arenas) == 1  # -8: M_ARENA_MAX
+    except (OSError, AttributeError):
+        return False

@@ -6,6 +6,7 @@ import shutil
 import threading
 
 import pytest
+import torch
 from conftest import smooth_image
 from PIL import Image
 
@@ -181,3 +182,12 @@ def test_a_custom_mask_of_another_grid_is_noted(tiny_encoder):
     note = context_drift_view(tiny_encoder, image, "custom", 0.75, 0, frozenset({(20, 20), (1, 1)}))
     assert "1 of its patches lie outside" in note.markdown and not note.pictures
     assert context_drift_view(tiny_encoder, image, "custom", 0.75, 0, frozenset({(1, 1)})).pictures
+
+
+def test_features_of_a_batch_do_not_keep_the_whole_batch_alive(tiny_encoder):
+    images = [Image.fromarray(smooth_image(64, 64, seed=s)) for s in range(4)]
+    features = tiny_encoder.forward_batch(torch.stack([tiny_encoder.to_tensor(tiny_encoder.prepare(i)) for i in images]),
+                                          layers=(1,), attention=True)
+    for f in features:  # what the feature cache counts is what each item holds
+        tensors = [f.patch_tokens, f.prefix_tokens, f.image_embedding, f.attention, *f.layer_tokens.values()]
+        assert all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in tensors)

@@ -30,6 +30,7 @@ from ssl_core.errors import BadRequest
 from ssl_core.features.encoder import Encoder
 from ssl_core.mim.mae import MaskedAutoencoder
 from ssl_core.models.registry import DEFAULT_MAE, MAE_SOURCES, default_model_name
+from ssl_core.system import limit_malloc_arenas
 from ssl_core.work import WorkLimits
 
 log = logging.getLogger("patchlens")
@@ -303,6 +304,7 @@ def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 7860, a
           block: bool = True, max_forward_passes: int | None = None) -> gr.Blocks:
     """Serve the app on host:port (by default this machine only); ``block=False``: return once it answers."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    limit_malloc_arenas()  # many worker threads: without a cap, freed memory stays in per-thread arenas
     if cache_mb is not None:
         from ssl_core.features.encoder import FEATURE_CACHE
         FEATURE_CACHE.max_size = cache_mb * 1024 * 1024

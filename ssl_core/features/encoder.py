@@ -255,21 +255,23 @@ class Encoder:
         for layer, item in zip(indices, intermediates):
             tokens, prefix = item if P > 0 else (item, None)
             per_layer[layer] = (tokens.float().cpu(), None if prefix is None else prefix.float().cpu())
-        out = []
+        own = (lambda t: t.clone()) if B > 1 else (lambda t: t)  # each image its own storage: a cached item must
+        out = []                                                    # not keep its whole batch alive
         for b in range(B):
             out.append(PatchFeatures(
-                patch_tokens=final[b, P:].reshape(grid[0], grid[1], -1),
-                prefix_tokens=final[b, :P],
-                image_embedding=embedding[b],
+                patch_tokens=own(final[b, P:]).reshape(grid[0], grid[1], -1),
+                prefix_tokens=own(final[b, :P]),
+                image_embedding=own(embedding[b]),
                 grid_hw=grid,
                 patch_size=p,
                 has_class_token=self.has_class_token,
                 num_registers=self.num_registers,
                 image=np.zeros((H, W, 3), np.uint8),
-                layer_tokens={l: t[b].reshape(grid[0], grid[1], -1) for l, (t, _) in per_layer.items() if l in layers},
-                layer_prefix_tokens={l: (pt[b] if pt is not None else final.new_zeros(0, t.shape[-1]))
+                layer_tokens={l: own(t[b]).reshape(grid[0], grid[1], -1) for l, (t, _) in per_layer.items()
+                              if l in layers},
+                layer_prefix_tokens={l: (own(pt[b]) if pt is not None else final.new_zeros(0, t.shape[-1]))
                                      for l, (t, pt) in per_layer.items() if l in layers},
-                attention=attn[b].cpu() if attn is not None else None,
+                attention=own(attn[b].cpu()) if attn is not None else None,
                 model_key=self.key,
             ))
         return out
