@@ -6,7 +6,9 @@
 #   scripts/mutation.sh lab --only 'ssl_core/lab/findings.py,ssl_core/lab/cka.py'    # some of its modules (globs)
 #   scripts/mutation.sh features --only 'ssl_core/features/encoder.py' \
 #       --names 'ssl_core.features.encoder.xǁPatchFeaturesǁ*'                          # some mutants (name globs)
-#   scripts/mutation.sh analyses --again         # keep the results, re-test only the mutants that were not killed
+#   scripts/mutation.sh lab --tests 'tests/test_lab_findings.py'   # other test files than the table below
+#   scripts/mutation.sh analyses --again         # re-test only the mutants that were not killed, with the new
+#                                                # sources and tests (the files and test files of the first run)
 #   scripts/mutation.sh lab --score              # print the score of the last run again
 #
 # Each area runs in its own folder mutants/AREA/ (git-ignored): a copy of ssl_core/, app/, tests/ and a
@@ -58,6 +60,7 @@ while [ $# -gt 0 ]; do
     --score) MODE=score ;;
     --only) shift; IFS=',' read -ra ONLY <<< "$1" ;;
     --names) shift; IFS=',' read -ra NAMES <<< "$1" ;;
+    --tests) shift; TESTS[$AREA]=$1 ;;
     *) echo "unknown option $1" >&2; usage 2 ;;
   esac
   shift
@@ -104,10 +107,10 @@ if [ "$MODE" = score ]; then score; exit 0; fi
 # Lay the area's copy (fresh: from scratch; again: refresh sources and tests, keep mutmut's results).
 [ "$MODE" = fresh ] && rm -rf "$WORK"
 mkdir -p "$WORK"
-"$PY" - "$ROOT" "$WORK" "${TESTS[$AREA]}" "${ONLY[@]}" <<'PYTHON'
+"$PY" - "$ROOT" "$WORK" "$MODE" "${TESTS[$AREA]}" "${ONLY[@]}" <<'PYTHON'
 import json, shutil, sys, tomllib
 from pathlib import Path
-root, work, tests, only = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3].split(), sys.argv[4:]
+root, work, mode, tests, only = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4].split(), sys.argv[5:]
 ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
 for name in ("ssl_core", "app", "tests"):
     shutil.copytree(root / name, work / name, ignore=ignore, dirs_exist_ok=True)
@@ -122,7 +125,7 @@ tail = tail[tail.find("\n[", 1):] if "\n[" in tail else ""
 body = "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
 new = f"{head}[tool.mutmut]\n{body}{tail}"
 target = work / "pyproject.toml"
-if not target.exists() or target.read_text() != new:
+if not target.exists() or mode == "fresh":  # --again keeps the run's own files and tests (a change resets mutmut)
     target.write_text(new)
 PYTHON
 

@@ -1,0 +1,195 @@
+"""The core's numbers checked against independent references (numpy, scikit-learn, hand computation), written to
+kill the mutants that `scripts/mutation.sh` found surviving: wrong slices, inverted comparisons, dropped
+normalisations, off-by-one grids and changed defaults. See docs/development.md."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ssl_core.analyses.cka import CKAResult
+from ssl_core.analyses.token_norm import token_norms
+from ssl_core.errors import BadRequest
+from ssl_core.features.encoder import PatchFeatures
+from ssl_core.lab import (
+    CKAComparison,
+    EncoderLab,
+    KNNResult,
+    LabConfig,
+    LabReport,
+    LocationResult,
+    MIMResult,
+    PartMapResult,
+    ProbeResult,
+)
+from ssl_core.lab.findings import (
+    MARGIN,
+    _verdict,
+    bagssl_finding,
+    cka_finding,
+    dilemma_finding,
+    findings,
+    mim_findings,
+    part_aware_finding,
+    part_map_finding,
+    untrained_findings,
+)
+
+
+# ------------------------------------------------------------------------------------------ lab: verdicts and claims
+def test_verdict_reads_the_sign_of_the_difference_and_calls_only_smaller_differences_ties():
+    assert _verdict(0.3) == "holds" and _verdict(-0.3) == "does not hold"
+    assert _verdict(MARGIN / 2) == _verdict(-MARGIN / 2) == _verdict(0.0) == "a tie here"
+    assert _verdict(MARGIN) == "holds" and _verdict(-MARGIN) == "does not hold"  # "smaller than the margin" only
+    assert _verdict(0.5, "above", "below") == "above" and _verdict(-0.5, "above", "below") == "below"
+
+
+def _probe(balanced: float) -> ProbeResult:
+    return ProbeResult("probe", "", 0.5, balanced, 0.4, 0.25, 4, 30, 20, 30, 20, 0, True)
+
+
+def _lab(name: str, class_token: float | None = 0.5, bag: float = 0.5, trained: bool = True,
+         part_map: tuple[float, float, float, float] = (0.4, 0.0, 0.05, 0.4), paradigm: str = "joint-embedding",
+         obj: float = 0.5, part: float = 0.3, auc: float | None = 0.5, mim: MIMResult | None = None) -> EncoderLab:
+    """part_map: (ARI per scene, its chance, ARI against grid position, ARI with the position mean removed)."""
+    knn = KNNResult(class_token, 0.4, bag, 0.25, 20, 0.07, 48, 4, 30, 20, 0)
+    ari, chance, position, centred = part_map
+    part_map = PartMapResult(ari, 0.05, chance, 0.0, position, centred, 16, 20, 20 * 144, 0, ari)
+    return EncoderLab(name, name, f"{name}@test", trained, paradigm, 96, _probe(obj), _probe(part), knn,
+                      LocationResult(_probe(0.5), auc, 0.15), part_map, mim, 0.1)
+
+
+def test_bagssl_finding_counts_the_trained_class_token_models_whose_bag_is_within_005():
+    models = [_lab("close", 0.60, 0.62), _lab("far", 0.60, 0.40), _lab("pooled", None, 0.5),
+              _lab("untrained", 0.30, 0.30, trained=False)]
+    text = bagssl_finding(LabReport(LabConfig(n_train=30, n_test=20), models, [], 1.0))
+    assert "close 0.600 / 0.400 / 0.620; far 0.600 / 0.400 / 0.400." in text  # class token / patch mean / bag
+    assert text.endswith("Bag within 0.05 of the class token for 1 of 2 models (close).")
+    assert "pooled" not in text and "untrained" not in text
+    report = LabReport(LabConfig(n_train=30, n_test=20), models, [], 1.0)
+    assert text in findings(report)
+    assert bagssl_finding(LabReport(LabConfig(n_train=30, n_test=20), models[2:], [], 1.0)) is None
+    two = bagssl_finding(_report(_lab("a", 0.5, 0.53), _lab("b", 0.5, 0.47)))
+    assert "a 0.500 / 0.400 / 0.530; b 0.500 / 0.400 / 0.470." in two and two.endswith("for 2 of 2 models (a, b).")
+    assert bagssl_finding(_report(_lab("far", 0.2, 0.9))).endswith("for 0 of 1 models.")
+
+
+def _report(*encoders: EncoderLab) -> LabReport:
+    return LabReport(LabConfig(n_train=30, n_test=20), list(encoders), [], 1.0)
+
+
+def test_part_map_finding_counts_models_above_chance_and_names_those_that_follow_position():
+    text = part_map_finding(_report(
+        _lab("parts", part_map=(0.50, 0.00, 0.20, 0.45)),  # well above chance, parts over position
+        _lab("grid", part_map=(0.15, 0.10, 0.60, 0.30)),  # 0.05 over its chance: not counted; follows position
+        _lab("random", part_map=(0.90, 0.00, 0.00, 0.90), trained=False)))  # untrained: left out
+    assert "0.1 over shuffled labels) for 1 of 2 trained models; best parts at 0.500." in text
+    assert text.endswith("(ARI against 4 x 4 grid blocks vs against parts): grid (0.600 vs 0.150; 0.300 against "
+                         "parts once each position's mean is removed).")
+    plain = part_map_finding(_report(_lab("parts", part_map=(0.50, 0.00, 0.20, 0.45)),
+                                     _lab("tied", part_map=(0.30, 0.25, 0.30, 0.30))))
+    assert "for 1 of 2 trained models; best parts at 0.500." in plain and plain.endswith("0.500.")
+    assert part_map_finding(_report(_lab("random", trained=False))) is None
+
+
+def _cka(a: str, b: str, diagonal: list[float]) -> CKAComparison:
+    labels = [f"block {i}" for i in range(len(diagonal))]
+    return CKAComparison(CKAResult(np.diag(diagonal), a, b, labels, labels, 320, 20, "grid", 4, False), 96, 0)
+
+
+@pytest.mark.parametrize(("diagonal", "expected"), [
+    ([0.5, 0.9, 0.9, 0.2], "0.50, 0.90, 0.90, 0.20 — holds (first block above the last)"),  # first vs last only
+    ([0.3, 0.1, 0.5, 0.2], "0.30, 0.10, 0.50, 0.20 — holds (first block above the last)"),
+    ([0.2, 0.9, 0.1, 0.6], "0.20, 0.90, 0.10, 0.60 — does not hold (first block not above the last)")])
+def test_cka_finding_compares_the_first_block_with_the_last(diagonal, expected):
+    report = _report(_lab("sup", paradigm="supervised"), _lab("ssl"))
+    report.cka.append(_cka("ssl", "sup", diagonal))
+    assert f"sup vs ssl (20 scenes), block 0 to 3: {expected}." in cka_finding(report)
+
+
+def test_part_aware_counts_only_self_supervised_models_beyond_the_margin():
+    text = part_aware_finding(_report(_lab("sup", paradigm="supervised", obj=0.9, part=0.40),
+                                      _lab("a", paradigm="mim", obj=0.5, part=0.60),
+                                      _lab("b", paradigm="location", obj=0.5, part=0.41),  # within the margin
+                                      _lab("c", part=0.30)))
+    assert "(1 of 3 self-supervised models beat supervised by more than 0.02)" in text
+    missing = part_aware_finding(_report(_lab("sup", paradigm="supervised")))
+    assert "of the joint-embedding, mim or location paradigm)." in missing
+
+
+def test_dilemma_finding_leaves_untrained_models_out():
+    text = dilemma_finding(_report(_lab("loc", paradigm="location", auc=0.8), _lab("other", auc=0.6),
+                                   _lab("random", auc=0.95, trained=False)))
+    assert "loc 0.800 vs best other 0.600 (other) — holds; other 0.600 (chance 0.5)." in text
+
+
+def _mim(kind: str, mse: float, zero: float, alignment: float | None = None) -> MIMResult:
+    return MIMResult(kind, 0.5, mse, zero, False, alignment, None if alignment is None else 0.1,
+                     None if alignment is None else 0.3, 12, 72, 0)
+
+
+def test_mim_findings_compare_each_model_with_its_zero_baseline():
+    texts = mim_findings(_report(_lab("no-result", paradigm="mim"),
+                                 _lab("mae", paradigm="mim", mim=_mim("MAE", 1.2, 1.0)),
+                                 _lab("cae", paradigm="mim", mim=_mim("CAE", 0.5, 1.0, alignment=0.7))))
+    assert texts == [
+        "**MAE** (mae, 12 scenes): reconstruction MSE 1.200 against 1.000 for predicting 0 — not below the baseline.",
+        "**CAE** (cae, 12 scenes): reconstruction MSE 0.500 against 1.000 for predicting 0 — below the baseline; "
+        "predicted latents' cosine to the encoder's own 0.700 against 0.100 for other scenes' latents."]
+
+
+def test_untrained_findings_print_each_untrained_models_own_numbers():
+    [text] = untrained_findings(_report(_lab("random", trained=False, obj=0.41, part=0.22, auc=0.53), _lab("trained")))
+    assert text.startswith("**Random weights** (random): object probe 0.410 (chance 0.250), part probe 0.220 (chance "
+                           "0.250), location AUC 0.530, part-map ARI 0.400")
+
+
+@pytest.mark.parametrize("changes", [dict(n_train=1), dict(n_test=1), dict(batch_size=0), dict(knn_k=0),
+                                     dict(seed=-1), dict(seed=1 << 29), dict(crop_fraction=0.0),
+                                     dict(crop_fraction=1.01), dict(swap_ratio=0.0), dict(swap_ratio=1.0),
+                                     dict(mask_ratio=0.0), dict(mask_ratio=1.0)])
+def test_lab_config_refuses_sizes_outside_their_documented_ranges(changes):
+    with pytest.raises(BadRequest):
+        LabConfig(**changes)
+
+
+def test_lab_config_accepts_the_edges_of_its_ranges():
+    edge = LabConfig(n_train=2, n_test=2, batch_size=1, patch_train_images=1, patch_test_images=1,
+                     max_probe_patches=1, max_iter=1, knn_k=1, part_map_images=1, cka_images=1, mim_images=1,
+                     seed=(1 << 29) - 1, crop_fraction=1.0, swap_ratio=0.5, mask_ratio=0.5)
+    assert (edge.patch_train_scenes, edge.patch_test_scenes, edge.cka_scenes) == (1, 1, 1)
+    assert LabConfig(seed=0).seed == 0
+
+
+# ------------------------------------------------------------------------------------------ features: prefix tokens
+def _features(has_class_token: bool, num_registers: int, dim: int = 4) -> PatchFeatures:
+    prefix = int(has_class_token) + num_registers
+    prefix_tokens = torch.arange(prefix * dim, dtype=torch.float32).reshape(prefix, dim) + 1
+    return PatchFeatures(patch_tokens=torch.ones(2, 3, dim), prefix_tokens=prefix_tokens,
+                         image_embedding=torch.zeros(dim), grid_hw=(2, 3), patch_size=16,
+                         has_class_token=has_class_token, num_registers=num_registers,
+                         image=np.zeros((32, 48, 3), np.uint8))
+
+
+@pytest.mark.parametrize(("has_class_token", "num_registers"), [(True, 4), (True, 0), (False, 2), (False, 0)])
+def test_register_tokens_are_the_rows_after_the_class_token(has_class_token, num_registers):
+    f = _features(has_class_token, num_registers)
+    first = 1 if has_class_token else 0  # [class | registers], the order timm keeps them in
+    assert f.num_prefix == first + num_registers
+    assert torch.equal(f.register_tokens, f.prefix_tokens[first:first + num_registers])
+    assert f.register_tokens.shape == (num_registers, 4)
+    assert (f.cls_token is None) != has_class_token
+    if has_class_token:
+        assert torch.equal(f.cls_token, f.prefix_tokens[0])
+
+
+def test_token_norms_report_class_and_register_norms_from_their_own_rows():
+    f = _features(True, 3)
+    norms = token_norms(f)
+    by_hand = np.linalg.norm(f.prefix_tokens.numpy(), axis=1)  # [class, r1, r2, r3]
+    np.testing.assert_allclose(norms.class_norms, by_hand[:1], rtol=1e-6)
+    np.testing.assert_allclose(norms.register_norms, by_hand[None, 1:], rtol=1e-6)
+    pooled = _features(False, 2)
+    assert token_norms(pooled).class_norms is None
+    by_hand = np.linalg.norm(pooled.prefix_tokens.numpy(), axis=1)
+    np.testing.assert_allclose(token_norms(pooled).register_norms[0], by_hand, rtol=1e-6)
