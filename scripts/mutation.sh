@@ -24,6 +24,7 @@
 # Environment: PY (interpreter with mutmut and the project's dependencies; default python3), JOBS (mutants run in
 # parallel; default 2).
 set -euo pipefail
+{ # the whole script is read before it runs, so editing it during a (long) run does not disturb that run
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 PY=${PY:-python3}
@@ -139,3 +140,5 @@ else
 fi || { tail -n 40 mutmut.log; exit 1; }
 cd "$ROOT"
 score
+exit
+}

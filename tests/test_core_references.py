@@ -7,7 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from ssl_core.analyses.attention import class_attention_map, mass_mask, rollout, rollout_map
 from ssl_core.analyses.cka import CKAResult
+from ssl_core.analyses.correspondence import best_buddies
+from ssl_core.analyses.pca import _border, foreground_mask, pca_rgb
+from ssl_core.analyses.similarity import patch_similarity
 from ssl_core.analyses.token_norm import token_norms
 from ssl_core.errors import BadRequest
 from ssl_core.features.encoder import PatchFeatures
@@ -193,3 +197,164 @@ def test_token_norms_report_class_and_register_norms_from_their_own_rows():
     assert token_norms(pooled).class_norms is None
     by_hand = np.linalg.norm(pooled.prefix_tokens.numpy(), axis=1)
     np.testing.assert_allclose(token_norms(pooled).register_norms[0], by_hand, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ analyses: attention
+def _attention(layers: int = 2, heads: int = 3, tokens: int = 5, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.softmax(torch.randn(layers, heads, tokens, tokens, generator=generator) * 2, dim=-1).double()
+
+
+def _rollout_by_hand(attention: np.ndarray, fuse, weight: float = 0.5) -> np.ndarray:
+    """Abnar & Zuidema's rollout in numpy: fuse heads, mix with the identity, renormalise rows, multiply."""
+    result = np.eye(attention.shape[-1])
+    for layer in attention:
+        mixed = weight * np.eye(attention.shape[-1]) + (1 - weight) * fuse(layer, axis=0)
+        result = (mixed / mixed.sum(-1, keepdims=True)) @ result
+    return result
+
+
+@pytest.mark.parametrize(("fusion", "fuse"), [("mean", np.mean), ("max", np.max), ("min", np.min)])
+def test_rollout_matches_numpy_for_every_head_fusion(fusion, fuse):
+    attention = _attention()
+    expected = _rollout_by_hand(attention.numpy(), fuse, weight=0.3)
+    np.testing.assert_allclose(rollout(attention, 0.3, fusion).numpy(), expected, atol=1e-12)
+    assert not np.allclose(expected.sum(-1), 0) and np.allclose(expected.sum(-1), 1)  # rows renormalised
+    with_prefix = rollout_map(attention, num_prefix=1, grid_hw=(2, 2), residual_weight=0.3, head_fusion=fusion)
+    np.testing.assert_allclose(with_prefix.numpy(), expected[0, 1:].reshape(2, 2), atol=1e-12)
+
+
+def test_rollout_map_of_a_pooled_model_is_the_mean_row_over_all_tokens():
+    attention = _attention(tokens=6)
+    expected = _rollout_by_hand(attention.numpy(), np.mean)
+    pooled = rollout_map(attention, num_prefix=0, grid_hw=(2, 3))
+    np.testing.assert_allclose(pooled.numpy(), expected.mean(0).reshape(2, 3), atol=1e-12)
+
+
+def test_class_attention_map_reads_one_row_or_the_mean_row():
+    attention = _attention(tokens=5)  # [L=2, heads=3, 5, 5]: class + 4 patches
+    a = attention.numpy()
+    np.testing.assert_allclose(class_attention_map(attention, 1, (2, 2)).numpy(), a[-1, :, 0, 1:].mean(0).reshape(2, 2))
+    np.testing.assert_allclose(class_attention_map(attention, 1, (2, 2), layer=0, head=2, query=3).numpy(),
+                               a[0, 2, 3, 1:].reshape(2, 2))
+    np.testing.assert_allclose(class_attention_map(attention[..., 1:, 1:], 0, (2, 2)).numpy(),
+                               a[-1, :, 1:, 1:].mean((0, 1)).reshape(2, 2))
+
+
+def test_mass_mask_does_not_depend_on_the_scale_of_the_weights_and_keeps_nothing_for_zero_mass():
+    weights = torch.tensor([0.04, 0.03, 0.02, 0.01])  # sums to 0.1
+    assert mass_mask(weights, 0.6).tolist() == [True, True, False, False]
+    assert mass_mask(weights * 100, 0.9).tolist() == [True, True, True, False]
+    assert not mass_mask(weights, 0.0).any()
+    assert mass_mask(weights, 1.0).all()
+    for bad in (-0.1, 1.5):
+        with pytest.raises(BadRequest):
+            mass_mask(weights, bad)
+
+
+# ------------------------------------------------------------------------------------------ analyses: PCA, similarity
+def _numpy_pca(x: np.ndarray, k: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """mean, components (sign: largest |loading| positive), 1st and 99th percentiles of the projections."""
+    mean = x.mean(0)
+    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+    components = vt[:k] * np.sign(vt[:k][np.arange(k), np.abs(vt[:k]).argmax(1)])[:, None]
+    projections = (x - mean) @ components.T
+    return mean, components, np.percentile(projections, 1, axis=0), np.percentile(projections, 99, axis=0)
+
+
+def test_pca_colours_are_projections_scaled_by_their_robust_range():
+    grid = torch.randn(6, 7, 10, generator=torch.Generator().manual_seed(3)) * torch.linspace(3, 0.5, 10)
+    mean, components, low, high = _numpy_pca(grid.reshape(-1, 10).double().numpy())
+    [colours], fit = pca_rgb([grid])
+    expected = np.clip(((grid.double().numpy() - mean) @ components.T - low) / (high - low), 0, 1)
+    np.testing.assert_allclose(colours.numpy(), expected, atol=1e-4)
+    np.testing.assert_allclose(fit.low.numpy(), low, rtol=1e-4)
+    np.testing.assert_allclose(fit.high.numpy(), high, rtol=1e-4)
+
+
+def test_pca_on_the_foreground_is_fitted_on_foreground_patches_only_and_blacks_out_the_rest():
+    gen = torch.Generator().manual_seed(4)
+    grids = [torch.randn(5, 6, 8, generator=gen), torch.randn(4, 4, 8, generator=gen) * 3]
+    masks = [torch.rand(5, 6, generator=gen) > 0.4, torch.rand(4, 4, generator=gen) > 0.4]
+    selected = np.concatenate([g[m].double().numpy() for g, m in zip(grids, masks)])
+    mean, components, low, high = _numpy_pca(selected)
+    maps, fit = pca_rgb(grids, foreground=masks)
+    np.testing.assert_allclose(fit.mean.numpy(), mean, atol=1e-5)
+    np.testing.assert_allclose(fit.components.numpy(), components, atol=1e-4)
+    for grid, mask, colours in zip(grids, masks, maps):
+        expected = np.clip(((grid.double().numpy() - mean) @ components.T - low) / (high - low), 0, 1)
+        expected[~mask.numpy()] = 0
+        assert colours.shape == (*mask.shape, 3)
+        np.testing.assert_allclose(colours.numpy(), expected, atol=1e-4)
+    # fewer than 3 foreground patches: the fit falls back to all patches (and the background stays black)
+    few = [torch.zeros(5, 6, dtype=torch.bool), torch.zeros(4, 4, dtype=torch.bool)]
+    few[0][0, 0] = few[0][0, 1] = True
+    maps, fit = pca_rgb(grids, foreground=few)
+    everything = np.concatenate([g.reshape(-1, 8).double().numpy() for g in grids])
+    np.testing.assert_allclose(fit.mean.numpy(), everything.mean(0), atol=1e-5)
+    assert maps[1].abs().sum() == 0 and maps[0][1:].abs().sum() == 0
+    three = [torch.zeros(5, 6, dtype=torch.bool), few[1]]
+    three[0][0, :3] = True
+    np.testing.assert_allclose(pca_rgb(grids, foreground=three)[1].mean.numpy(), grids[0][0, :3].mean(0), atol=1e-5)
+
+
+def test_border_is_every_edge_cell_once():
+    grid = torch.arange(20).reshape(4, 5)
+    edge = np.ones((4, 5), bool)
+    edge[1:-1, 1:-1] = False
+    assert sorted(_border(grid).tolist()) == sorted(grid.numpy()[edge].tolist())
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_foreground_mask_finds_the_object_whichever_sign_the_component_takes(sign):
+    grid = torch.randn(10, 12, 8, generator=torch.Generator().manual_seed(5)) * 0.05
+    grid[3:7, 4:9] += torch.tensor([3.0 * sign] + [0.0] * 7)
+    [mask] = foreground_mask([grid])  # default threshold 0.5
+    truth = torch.zeros(10, 12, dtype=torch.bool)
+    truth[3:7, 4:9] = True
+    assert torch.equal(mask, truth)
+    assert torch.equal(foreground_mask([grid], invert=True)[0], ~truth)
+
+
+def test_similarity_accepts_every_patch_of_the_grid_and_refuses_the_next_one():
+    grids = [torch.randn(3, 4, 6, generator=torch.Generator().manual_seed(6))]
+    for row, col in [(0, 0), (0, 3), (2, 0), (2, 3)]:
+        [sim] = patch_similarity(grids, 0, row, col)
+        a = grids[0].reshape(-1, 6).numpy()
+        q = grids[0][row, col].numpy()
+        expected = a @ q / (np.linalg.norm(a, axis=1) * np.linalg.norm(q))
+        np.testing.assert_allclose(sim.reshape(-1).numpy(), expected, atol=1e-6)
+    for row, col in [(3, 0), (0, 4), (-1, 0), (0, -1)]:
+        with pytest.raises(BadRequest):
+            patch_similarity(grids, 0, row, col)
+
+
+# ------------------------------------------------------------------------------------------ analyses: dense tools
+def test_best_buddies_refuses_mismatched_dimensions_and_keeps_top_one():
+    tokens = torch.randn(3, 3, 8, generator=torch.Generator().manual_seed(7))
+    assert best_buddies(tokens, tokens, top=1).count == 1
+    with pytest.raises(BadRequest):
+        best_buddies(tokens, tokens, top=0)
+    with pytest.raises(BadRequest):
+        best_buddies(tokens, tokens[..., :4])
+
+
+def test_token_norms_default_threshold_cutoffs_and_final_block():
+    norms = np.random.default_rng(8).normal(10.0, 1.0, 20)
+    norms[7] = 100.0  # the largest: its exact value moves neither the median nor the MAD
+
+    def cutoff(threshold: float) -> float:  # median + threshold robust sd, by hand
+        median = np.median(norms)
+        return median + threshold * 1.4826 * np.median(np.abs(norms - median))
+
+    norms[7] = (cutoff(5.0) + cutoff(6.0)) / 2  # an outlier at threshold 5, not at 6
+    direction = torch.nn.functional.normalize(torch.randn(4, 5, 3, generator=torch.Generator().manual_seed(9)), dim=-1)
+    f = _features(True, 0)
+    f.patch_tokens = direction * torch.from_numpy(norms).float().reshape(4, 5, 1)
+    result = token_norms(f)  # no blocks extracted: the final output, as block -1, threshold 5
+    assert result.blocks == [-1] and result.threshold == 5.0
+    np.testing.assert_allclose(result.patch_norms[0], norms.reshape(4, 5), rtol=1e-5)
+    np.testing.assert_allclose(result.cutoffs, [cutoff(5.0)], rtol=1e-5)
+    assert result.outliers[0, 1, 2] and result.outliers.sum() == 1
+    assert not token_norms(f, threshold=6.0).outliers.any()
+    assert token_norms(f, threshold=0.5).outliers.sum() > 1
