@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import smooth_image
+from PIL import Image
 
 from ssl_core.analyses.attention import class_attention_map, mass_mask, rollout, rollout_map
 from ssl_core.analyses.cka import CKAResult
@@ -38,6 +40,8 @@ from ssl_core.lab.findings import (
     part_map_finding,
     untrained_findings,
 )
+from ssl_core.search.patch_index import PatchIndex
+from ssl_core.search.vectors import AUTO_EXACT_LIMIT, exact_search_torch, ivf_list_count, recall_at_k, resolve_kind
 
 
 # ------------------------------------------------------------------------------------------ lab: verdicts and claims
@@ -358,3 +362,89 @@ def test_token_norms_default_threshold_cutoffs_and_final_block():
     assert result.outliers[0, 1, 2] and result.outliers.sum() == 1
     assert not token_norms(f, threshold=6.0).outliers.any()
     assert token_norms(f, threshold=0.5).outliers.sum() > 1
+
+
+# ------------------------------------------------------------------------------------------ search
+def test_exact_search_finds_the_first_row_and_merges_chunks_like_numpy():
+    database = np.random.default_rng(10).standard_normal((23, 6)).astype(np.float32)
+    queries = np.concatenate([database[:1], database[22:], database[5:9]])  # row 0 and the last row among them
+    expected = np.argsort(-(queries.astype(np.float64) @ database.T.astype(np.float64)), axis=1, kind="stable")[:, :4]
+    for chunk_rows in (5, 23, 65_536):
+        scores, ids = exact_search_torch(torch.from_numpy(database), torch.from_numpy(queries), 4, chunk_rows)
+        np.testing.assert_array_equal(ids.numpy(), expected)
+        np.testing.assert_allclose(scores.numpy(), np.take_along_axis(queries @ database.T, expected, 1), rtol=1e-5)
+    assert ids[0, 0] == 0 and ids[1, 0] == 22
+    scores, ids = exact_search_torch(torch.from_numpy(database[:3]), torch.from_numpy(queries), 10)
+    assert ids.shape == (6, 3)  # k' = min(k, N)
+
+
+def test_recall_at_k_by_hand():
+    truth = np.array([[1, 2, 3], [4, 5, 6]])
+    found = np.array([[3, 1, -1, 9], [7, 8, 9, 4]])  # -1: no result
+    assert recall_at_k(found, truth) == pytest.approx((2 / 3 + 1 / 3) / 2)
+    assert recall_at_k(np.array([[5, -1]]), np.array([[5]])) == 1.0
+    assert recall_at_k(np.array([[-1, 2]]), np.array([[5]])) == 0.0
+    assert recall_at_k(np.zeros((0, 3), int), np.zeros((0, 3), int)) == 1.0
+
+
+@pytest.mark.parametrize(("count", "lists"), [(10, 1), (100, 2), (1000, 25), (3900, 100), (10_000, 200),
+                                              (1_000_000, 2000)])
+def test_ivf_list_count_is_twice_the_square_root_with_39_vectors_a_list(count, lists):
+    assert ivf_list_count(count) == lists
+
+
+def test_resolve_kind_switches_to_ivf_above_the_exact_limit():
+    assert resolve_kind("auto", AUTO_EXACT_LIMIT) == "exact" and resolve_kind("auto", AUTO_EXACT_LIMIT + 1) == "ivf"
+    assert resolve_kind("hnsw", 10) == "hnsw"
+    with pytest.raises(BadRequest):
+        resolve_kind("flat", 10)
+
+
+@pytest.fixture(scope="module")
+def small_index(tiny_encoder, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gallery")
+    for i, (h, w) in enumerate([(64, 96), (80, 80), (72, 64)]):
+        Image.fromarray(smooth_image(h, w, seed=20 + i)).save(folder / f"img{i}.png")
+    index, _ = PatchIndex.build([folder], tiny_encoder)
+    return index
+
+
+def test_image_search_votes_and_best_pairs_match_a_brute_force_count(tiny_encoder, small_index):
+    index = small_index
+    query = index.embed_query(tiny_encoder, smooth_image(70, 90, seed=29))
+    assert query.image_index is None
+    database = index.vectors().astype(np.float64)
+    image_ids, rows, cols = index.patch_positions()
+    h, w = query.grid_hw
+    flat = query.vectors.reshape(h * w, -1).astype(np.float64)
+    scores = flat @ database.T  # [queries, N]
+    per_patch = 4
+    nearest = np.argsort(-scores, axis=1)[:, :per_patch]
+    votes, best = {}, {}
+    for q, ids in enumerate(nearest):
+        for image in set(image_ids[ids].tolist()):
+            votes[image] = votes.get(image, 0) + 1
+        for vid in ids:
+            image = int(image_ids[vid])
+            if image not in best or scores[q, vid] > best[image][0]:
+                best[image] = (scores[q, vid], q, int(vid))
+    ranked = sorted(votes, key=lambda i: (votes[i], best[i][0]), reverse=True)[:2]
+    hits = index.search_image(query, k=2, per_patch=per_patch)
+    assert [hit.image_index for hit in hits] == ranked and len(ranked) == 2
+    for hit, image in zip(hits, ranked):
+        score, q, vid = best[image]
+        assert hit.image == index.images[image].path and hit.votes == votes[image]
+        assert hit.score == pytest.approx(score, abs=2e-3)
+        assert (hit.query_row, hit.query_col) == (q // w, q % w) and (hit.row, hit.col) == (rows[vid], cols[vid])
+    assert len(index.search_vectors(flat[:1].astype(np.float32))[0]) == 10  # k defaults to 10
+
+
+def test_region_search_leaves_the_query_image_out_on_request(tiny_encoder, small_index):
+    query = small_index.embed_query(tiny_encoder, small_index.images[1].path)
+    assert query.image_index == 1
+    mask = np.zeros(query.grid_hw, bool)
+    mask[1:3, 2:4] = True
+    assert small_index.search_region(query, mask, k=3)[0].image_index == 1
+    others = small_index.search_region(query, mask, k=5, exclude_query_image=True)
+    assert len(others) == 5 and all(hit.image_index != 1 for hit in others)
+    assert len(small_index.search_region(query, [(0, 0)])) == 10  # k defaults to 10
