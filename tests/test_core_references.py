@@ -9,10 +9,10 @@ import torch
 from conftest import smooth_image
 from PIL import Image
 
-from ssl_core.analyses.attention import class_attention_map, mass_mask, rollout, rollout_map
+from ssl_core.analyses.attention import class_attention_map, mass_mask, query_attention_to_patches, rollout, rollout_map
 from ssl_core.analyses.cka import CKAResult
 from ssl_core.analyses.correspondence import best_buddies
-from ssl_core.analyses.pca import _border, foreground_mask, pca_rgb
+from ssl_core.analyses.pca import _border, fit_pca, foreground_mask, pca_rgb
 from ssl_core.analyses.similarity import patch_similarity
 from ssl_core.analyses.token_norm import token_norms
 from ssl_core.errors import BadRequest
@@ -245,6 +245,13 @@ def test_class_attention_map_reads_one_row_or_the_mean_row():
                                a[-1, :, 1:, 1:].mean((0, 1)).reshape(2, 2))
 
 
+def test_query_rows_of_several_heads_become_one_grid_per_head():
+    rows = torch.arange(3 * 7, dtype=torch.float32).reshape(3, 7)  # [heads, T] with T = 1 prefix + 2x3 patches
+    grids = query_attention_to_patches(rows, num_prefix=1, grid_hw=(2, 3))
+    assert grids.shape == (3, 2, 3)
+    np.testing.assert_array_equal(grids.numpy(), rows.numpy()[:, 1:].reshape(3, 2, 3))
+
+
 def test_mass_mask_does_not_depend_on_the_scale_of_the_weights_and_keeps_nothing_for_zero_mass():
     weights = torch.tensor([0.04, 0.03, 0.02, 0.01])  # sums to 0.1
     assert mass_mask(weights, 0.6).tolist() == [True, True, False, False]
@@ -274,6 +281,21 @@ def test_pca_colours_are_projections_scaled_by_their_robust_range():
     np.testing.assert_allclose(colours.numpy(), expected, atol=1e-4)
     np.testing.assert_allclose(fit.low.numpy(), low, rtol=1e-4)
     np.testing.assert_allclose(fit.high.numpy(), high, rtol=1e-4)
+
+
+def test_pca_explained_variance_and_ratio_match_numpy_and_small_ranges_are_not_clamped():
+    scales = torch.tensor([5, 3, 2, 1, 0.5, 0.1])
+    x = (torch.randn(40, 6, generator=torch.Generator().manual_seed(11)) * scales).double()
+    fit = fit_pca(x, k=3)
+    eigenvalues = np.sort(np.linalg.eigvalsh(np.cov(x.numpy(), rowvar=False)))[::-1]  # ddof 1
+    np.testing.assert_allclose(fit.explained_variance.numpy(), eigenvalues[:3], rtol=1e-5)
+    np.testing.assert_allclose(fit.explained_ratio.numpy(), eigenvalues[:3] / eigenvalues.sum(), rtol=1e-5)
+    two = fit_pca(torch.tensor([[0.0, 1.0], [2.0, 1.0]]), k=1)  # two samples: variance 2 (ddof 1), all of it
+    assert float(two.explained_variance[0]) == pytest.approx(2.0) and float(two.explained_ratio[0]) == pytest.approx(1)
+    tiny = (x * 1e-3).float()  # a robust range far below 1: colours still span [0, 1]
+    colours = fit_pca(tiny).to_unit(tiny)
+    assert float(colours.min()) == 0.0 and float(colours.max()) == 1.0
+    assert 0.2 < float(colours.mean()) < 0.8
 
 
 def test_pca_on_the_foreground_is_fitted_on_foreground_patches_only_and_blacks_out_the_rest():
@@ -362,6 +384,11 @@ def test_token_norms_default_threshold_cutoffs_and_final_block():
     assert result.outliers[0, 1, 2] and result.outliers.sum() == 1
     assert not token_norms(f, threshold=6.0).outliers.any()
     assert token_norms(f, threshold=0.5).outliers.sum() > 1
+    assert result.describe() == (f"block -1: patch-token norms median {np.median(norms):.1f}, max {norms.max():.1f}; "
+                                 f"1 of 20 patches above {cutoff(5.0):.1f} (median + 5 robust sd)")
+    f.num_registers = 2
+    f.prefix_tokens = torch.tensor([[1.0, 0, 0], [0, 3.0, 4.0], [0, 0, 2.0]])
+    assert token_norms(f).describe().endswith("; register norms 5.0, 2.0")
 
 
 # ------------------------------------------------------------------------------------------ search
