@@ -475,3 +475,20 @@ def test_region_search_leaves_the_query_image_out_on_request(tiny_encoder, small
     others = small_index.search_region(query, mask, k=5, exclude_query_image=True)
     assert len(others) == 5 and all(hit.image_index != 1 for hit in others)
     assert len(small_index.search_region(query, [(0, 0)])) == 10  # k defaults to 10
+
+
+def test_attention_shares_split_a_row_into_class_registers_and_patches():
+    from ssl_core.analyses import attention as attention_module
+
+    shares = getattr(attention_module, "attention_shares", None)
+    if shares is None:
+        pytest.skip("ssl_core.analyses.attention.attention_shares is not in this tree yet")
+    attention = _attention(layers=2, heads=3, tokens=1 + 4 + 6)  # [class | 4 registers | 2x3 patches]
+    a = attention.numpy()
+    row = a[-1, :, 0].mean(0)  # the class token's row in the last layer, heads averaged
+    result = shares(attention, True, 4)
+    assert (result.class_token, result.registers, result.patches) == pytest.approx((row[0], row[1:5].sum(),
+                                                                                     row[5:].sum()))
+    row = a[0, :, 7].mean(0)
+    result = shares(attention, False, 2, layer=0, query=7)  # no class token: [2 registers | 9 patches]
+    assert (result.class_token, result.registers, result.patches) == pytest.approx((0.0, row[:2].sum(), row[2:].sum()))
