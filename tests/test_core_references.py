@@ -15,8 +15,12 @@ from ssl_core.analyses.correspondence import best_buddies
 from ssl_core.analyses.pca import _border, fit_pca, foreground_mask, pca_rgb
 from ssl_core.analyses.similarity import patch_similarity
 from ssl_core.analyses.token_norm import token_norms
-from ssl_core.errors import BadRequest
-from ssl_core.features.encoder import PatchFeatures
+from ssl_core.errors import AttentionUnavailableError, BadRequest
+from ssl_core.features.attention_hooks import check_attention
+from ssl_core.features.cache import LRUCache
+from ssl_core.features.encoder import Encoder, PatchFeatures, build_model, split_on_oom
+from ssl_core.features.patch_table import PatchTable, grid_positions, normalize_rows
+from ssl_core.features.pixels import denormalize_pixels, normalize_pixels
 from ssl_core.lab import (
     CKAComparison,
     EncoderLab,
@@ -40,6 +44,7 @@ from ssl_core.lab.findings import (
     part_map_finding,
     untrained_findings,
 )
+from ssl_core.models.registry import resolve_spec, with_image_size
 from ssl_core.search.patch_index import PatchIndex
 from ssl_core.search.vectors import AUTO_EXACT_LIMIT, exact_search_torch, ivf_list_count, recall_at_k, resolve_kind
 
@@ -492,3 +497,127 @@ def test_attention_shares_split_a_row_into_class_registers_and_patches():
     row = a[0, :, 7].mean(0)
     result = shares(attention, False, 2, layer=0, query=7)  # no class token: [2 registers | 9 patches]
     assert (result.class_token, result.registers, result.patches) == pytest.approx((0.0, row[:2].sum(), row[2:].sum()))
+
+
+# ------------------------------------------------------------------------------------------ features
+def test_pixels_are_normalised_with_imagenets_mean_and_std_by_default():
+    rgb = np.random.default_rng(12).integers(0, 256, (2, 3, 4, 5), dtype=np.uint8)  # [B, 3, H, W]
+    mean = np.array([0.485, 0.456, 0.406])[:, None, None]  # timm's IMAGENET_DEFAULT_MEAN / _STD, written out
+    std = np.array([0.229, 0.224, 0.225])[:, None, None]
+    expected = (rgb / 255.0 - mean) / std
+    np.testing.assert_allclose(normalize_pixels(torch.from_numpy(rgb)).numpy(), expected, atol=1e-5)
+    as_float = torch.from_numpy(rgb / 255.0).float()  # float input is taken as [0, 1] already
+    np.testing.assert_allclose(normalize_pixels(as_float).numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(denormalize_pixels(torch.from_numpy(expected).float()).numpy(), rgb / 255.0, atol=1e-5)
+    own_mean, own_std = (0.5, 0.25, 0.0), torch.tensor([0.5, 0.5, 2.0])
+    expected = (rgb / 255.0 - np.array(own_mean)[:, None, None]) / own_std.numpy()[:, None, None]
+    normalised = normalize_pixels(torch.from_numpy(rgb), own_mean, own_std)
+    np.testing.assert_allclose(normalised.numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(denormalize_pixels(normalised, own_mean, own_std).numpy(), rgb / 255.0, atol=1e-5)
+
+
+def test_lru_cache_evicts_the_least_recently_used_by_total_size():
+    cache = LRUCache(max_size=10, size_of=len)
+    cache.put("a", "xxxx")
+    cache.put("b", "xxx")
+    assert cache.get("a") == "xxxx" and cache.total_size == 7  # "a" is now the most recently used
+    cache.put("c", "xxxx")  # 11 > 10: "b", the least recently used, goes
+    assert cache.keys() == ["a", "c"] and cache.total_size == 8 and cache.get("b") is None
+    cache.put("a", "x")  # replacing an entry replaces its size
+    assert cache.total_size == 5 and len(cache) == 2
+    cache.put("huge", "x" * 11)  # larger than the whole cache: not kept, nothing evicted
+    assert cache.keys() == ["c", "a"] and cache.total_size == 5
+    cache.put("d", "xxxxxx")  # 11: "c" goes, then 7 fits
+    assert cache.keys() == ["a", "d"] and cache.total_size == 7
+    assert cache.pop("a") == "x" and cache.pop("a") is None and cache.total_size == 6
+    assert (cache.hits, cache.misses) == (1, 1)
+    cache.clear()
+    assert len(cache) == 0 and cache.total_size == 0
+    counted = LRUCache(max_size=2)  # one per entry by default
+    for key in "xyz":
+        counted.put(key, key)
+    assert counted.keys() == ["y", "z"]
+
+
+def test_patch_table_rows_are_each_images_patches_row_major_as_unit_vectors():
+    first, second = _features(True, 0, dim=3), _features(True, 0, dim=3)
+    first.patch_tokens = torch.randn(2, 3, 3, generator=torch.Generator().manual_seed(13)) * 5
+    second.patch_tokens = torch.randn(4, 1, 3, generator=torch.Generator().manual_seed(14))
+    second.grid_hw = (4, 1)
+    table = PatchTable.from_features(["a", "b"], [first, second], layer=None)
+    assert len(table) == 10 and table.grids == [(2, 3), (4, 1)]
+    np.testing.assert_array_equal(table.image_ids, [0] * 6 + [1] * 4)
+    np.testing.assert_array_equal(table.rows, [0, 0, 0, 1, 1, 1, 0, 1, 2, 3])
+    np.testing.assert_array_equal(table.cols, [0, 1, 2, 0, 1, 2, 0, 0, 0, 0])
+    tokens = np.concatenate([first.patch_tokens.reshape(-1, 3).numpy(), second.patch_tokens.reshape(-1, 3).numpy()])
+    np.testing.assert_allclose(table.vectors, tokens / np.linalg.norm(tokens, axis=1, keepdims=True), rtol=1e-5)
+    heights, widths = table.heights_widths()
+    np.testing.assert_array_equal(heights, [2] * 6 + [4] * 4)
+    np.testing.assert_array_equal(widths, [3] * 6 + [1] * 4)
+    part = table.subset(np.array([7, 2]))
+    assert part.rows.tolist() == [1, 0] and part.cols.tolist() == [0, 2] and part.image_ids.tolist() == [1, 0]
+    np.testing.assert_array_equal(part.vectors, table.vectors[[7, 2]])
+    rows, cols = grid_positions((3, 4))
+    expected_rows, expected_cols = np.unravel_index(np.arange(12), (3, 4))
+    np.testing.assert_array_equal(rows, expected_rows)
+    np.testing.assert_array_equal(cols, expected_cols)
+    empty = PatchTable.from_features([], [], layer=None)
+    assert len(empty) == 0 and empty.image_ids.shape == (0,)
+    assert np.all(normalize_rows(np.zeros((2, 3))) == 0)
+
+
+def test_captured_maps_are_checked_to_be_attention_weights():
+    good = [torch.softmax(torch.randn(1, 2, 5, 5), -1) for _ in range(3)]
+    assert check_attention(good, 3, 5).shape == (1, 3, 2, 5, 5)
+    for maps, blocks, tokens in [(good[:2], 3, 5), (good, 3, 6), ([g * 1.05 for g in good], 3, 5),
+                                 ([g * 0.95 for g in good], 3, 5)]:
+        with pytest.raises(AttentionUnavailableError):
+            check_attention(maps, blocks, tokens)
+    nearly = [g * (1 + 5e-3) for g in good]  # within the 1e-2 tolerance (bf16 on a GPU)
+    assert check_attention(nearly, 3, 5).shape == (1, 3, 2, 5, 5)
+
+
+def test_split_on_oom_halves_until_batches_fit_and_joins_in_order():
+    calls = []
+
+    def fn(batch: torch.Tensor) -> torch.Tensor:
+        calls.append(batch.tolist())
+        if batch.shape[0] > 2:
+            raise torch.OutOfMemoryError("simulated")
+        return batch * 10
+
+    assert split_on_oom(fn, torch.arange(5), lambda a, b: torch.cat([a, b])).tolist() == [0, 10, 20, 30, 40]
+    assert calls == [[0, 1, 2, 3, 4], [0, 1], [2, 3, 4], [2], [3, 4]]
+
+    def never(batch: torch.Tensor) -> torch.Tensor:
+        raise torch.OutOfMemoryError("simulated")
+
+    with pytest.raises(torch.OutOfMemoryError):
+        split_on_oom(never, torch.arange(3), lambda a, b: torch.cat([a, b]))
+
+
+def test_patch_features_layers_coverage_and_size_by_hand():
+    f = _features(True, 1, dim=4)
+    f.layer_tokens = {2: torch.zeros(2, 3, 4)}
+    f.layer_prefix_tokens = {2: torch.zeros(2, 4)}
+    assert torch.equal(f.tokens(), f.patch_tokens) and torch.equal(f.tokens(2), f.layer_tokens[2])
+    with pytest.raises(BadRequest, match="layer 3"):
+        f.tokens(3)
+    assert f.covers([2], attention=False) and f.covers([], attention=False)
+    assert not f.covers([2, 3], attention=False) and not f.covers([2], attention=True)
+    f.attention = torch.zeros(1, 1, 8, 8)
+    assert f.covers([2], attention=True)
+    # patch tokens, prefix tokens, embedding, one layer's tokens and prefix tokens, attention; float32
+    floats = 2 * 3 * 4 + 2 * 4 + 4 + 2 * 3 * 4 + 2 * 4 + 8 * 8
+    assert f.nbytes() == 4 * floats + 32 * 48 * 3
+
+
+@pytest.mark.parametrize(("name", "registers", "prefix"), [("dinov2-vits14-reg", 4, 5), ("dinov2-vits14", 0, 1),
+                                                           ("siglip2-vitb16-224", 0, 0)])
+def test_encoders_count_their_registers_past_the_class_token(name, registers, prefix, image_333x517):
+    spec = with_image_size(resolve_spec(name), 56)
+    model, dynamic = build_model(spec)
+    encoder = Encoder(spec, model, dynamic, None, torch.device("cpu"), cache=None)
+    assert (encoder.num_registers, encoder.num_prefix_tokens) == (registers, prefix)
+    [f] = encoder.extract([image_333x517])
+    assert f.num_registers == registers and f.num_prefix == prefix and f.register_tokens.shape[0] == registers
