@@ -471,6 +471,29 @@ def test_image_search_votes_and_best_pairs_match_a_brute_force_count(tiny_encode
     assert len(index.search_vectors(flat[:1].astype(np.float32))[0]) == 10  # k defaults to 10
 
 
+def test_image_search_ranks_equal_votes_by_the_best_patch_score(tiny_encoder, small_index):
+    index = small_index
+    query = index.embed_query(tiny_encoder, smooth_image(70, 90, seed=30))
+    hits = index.search_image(query, per_patch=len(index))  # every query patch votes for every image
+    h, w = query.grid_hw
+    assert [hit.votes for hit in hits] == [h * w] * 3
+    best = (query.vectors.reshape(h * w, -1) @ index.vectors().astype(np.float32).T).max(0)  # per stored patch
+    image_ids = index.patch_positions()[0]
+    by_score = sorted(range(3), key=lambda i: -best[image_ids == i].max())
+    assert [hit.image_index for hit in hits] == by_score
+    assert [hit.score for hit in hits] == pytest.approx([best[image_ids == i].max() for i in by_score], abs=2e-3)
+
+
+def test_patch_search_accepts_every_patch_and_refuses_the_next_one(tiny_encoder, small_index):
+    query = small_index.embed_query(tiny_encoder, small_index.images[0].path)
+    h, w = query.grid_hw
+    assert len(small_index.search_patch(query, h - 1, w - 1)) == 10  # k defaults to 10
+    assert small_index.search_patch(query, 0, 0, k=1)[0].vector_id == small_index.images[0].first
+    for row, col in [(h, 0), (0, w), (-1, 0)]:
+        with pytest.raises(BadRequest):
+            small_index.search_patch(query, row, col)
+
+
 def test_region_search_leaves_the_query_image_out_on_request(tiny_encoder, small_index):
     query = small_index.embed_query(tiny_encoder, small_index.images[1].path)
     assert query.image_index == 1
