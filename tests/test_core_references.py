@@ -589,6 +589,19 @@ def test_patch_table_rows_are_each_images_patches_row_major_as_unit_vectors():
     assert np.all(normalize_rows(np.zeros((2, 3))) == 0)
 
 
+def test_patch_table_embed_reads_the_requested_block_and_attention(tiny_encoder):
+    images = [smooth_image(64, 96, seed=31), smooth_image(80, 64, seed=32)]
+    table, features = PatchTable.embed(tiny_encoder, ["a", "b"], images, layer=-2, attention=True)
+    assert all(f.attention is not None and 4 in f.layer_tokens for f in features)  # block -2 of 6 is block 4
+    tokens = np.concatenate([f.layer_tokens[4].reshape(-1, 192).numpy() for f in features])
+    np.testing.assert_allclose(table.vectors, tokens / np.linalg.norm(tokens, axis=1, keepdims=True), atol=1e-5)
+    assert table.names == ["a", "b"] and table.grids == [tuple(f.grid_hw) for f in features]
+    final, plain = PatchTable.embed(tiny_encoder, ["a", "b"], images)
+    assert all(f.layer_tokens == {} or 4 not in f.layer_tokens for f in plain)
+    tokens = np.concatenate([f.patch_tokens.reshape(-1, 192).numpy() for f in plain])
+    np.testing.assert_allclose(final.vectors, tokens / np.linalg.norm(tokens, axis=1, keepdims=True), atol=1e-5)
+
+
 def test_captured_maps_are_checked_to_be_attention_weights():
     good = [torch.softmax(torch.randn(1, 2, 5, 5), -1) for _ in range(3)]
     assert check_attention(good, 3, 5).shape == (1, 3, 2, 5, 5)
