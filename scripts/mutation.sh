@@ -134,6 +134,7 @@ cd "$WORK"
 if [ "$MODE" = again ] && [ -f survivors.txt ]; then
   mapfile -t names < <(sed -n 's/^\([^:]*\): .*$/\1/p' survivors.txt)
   echo "re-testing the ${#names[@]} mutants that were not killed"
+  rm -f mutants/mutmut-stats.json  # rebuild which tests reach which function: tests may have changed, not only grown
   [ ${#names[@]} -eq 0 ] || "$PY" -m mutmut run --max-children "$JOBS" "${names[@]}" > mutmut.log 2>&1
 else
   "$PY" -m mutmut run --max-children "$JOBS" ${NAMES[@]+"${NAMES[@]}"} > mutmut.log 2>&1
