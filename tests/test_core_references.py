@@ -298,6 +298,7 @@ def test_pca_explained_variance_and_ratio_match_numpy_and_small_ranges_are_not_c
     two = fit_pca(torch.tensor([[0.0, 1.0], [2.0, 1.0]]), k=1)  # two samples: variance 2 (ddof 1), all of it
     assert float(two.explained_variance[0]) == pytest.approx(2.0) and float(two.explained_ratio[0]) == pytest.approx(1)
     tiny = (x * 1e-3).float()  # a robust range far below 1: colours still span [0, 1]
+    np.testing.assert_allclose(fit_pca(tiny).explained_ratio.numpy(), fit.explained_ratio.numpy(), rtol=1e-4)
     colours = fit_pca(tiny).to_unit(tiny)
     assert float(colours.min()) == 0.0 and float(colours.max()) == 1.0
     assert 0.2 < float(colours.mean()) < 0.8
