@@ -580,13 +580,15 @@ def test_patch_table_rows_are_each_images_patches_row_major_as_unit_vectors():
     np.testing.assert_array_equal(widths, [3] * 6 + [1] * 4)
     part = table.subset(np.array([7, 2]))
     assert part.rows.tolist() == [1, 0] and part.cols.tolist() == [0, 2] and part.image_ids.tolist() == [1, 0]
+    assert part.names == ["a", "b"] and part.grids == [(2, 3), (4, 1)]
     np.testing.assert_array_equal(part.vectors, table.vectors[[7, 2]])
     rows, cols = grid_positions((3, 4))
     expected_rows, expected_cols = np.unravel_index(np.arange(12), (3, 4))
     np.testing.assert_array_equal(rows, expected_rows)
     np.testing.assert_array_equal(cols, expected_cols)
     empty = PatchTable.from_features([], [], layer=None)
-    assert len(empty) == 0 and empty.image_ids.shape == (0,)
+    assert len(empty) == 0 and empty.image_ids.shape == empty.rows.shape == empty.cols.shape == (0,)
+    assert empty.vectors.shape == (0, 0) and empty.heights_widths()[0].shape == (0,)
     assert np.all(normalize_rows(np.zeros((2, 3))) == 0)
 
 
@@ -597,8 +599,10 @@ def test_patch_table_embed_reads_the_requested_block_and_attention(tiny_encoder)
     tokens = np.concatenate([f.layer_tokens[4].reshape(-1, 192).numpy() for f in features])
     np.testing.assert_allclose(table.vectors, tokens / np.linalg.norm(tokens, axis=1, keepdims=True), atol=1e-5)
     assert table.names == ["a", "b"] and table.grids == [tuple(f.grid_hw) for f in features]
-    final, plain = PatchTable.embed(tiny_encoder, ["a", "b"], images)
-    assert all(f.layer_tokens == {} or 4 not in f.layer_tokens for f in plain)
+    seen = []
+    final, plain = PatchTable.embed(tiny_encoder, ["a", "b"], images, progress=lambda done, total: seen.append(total))
+    assert all(f.attention is None and 4 not in f.layer_tokens for f in plain)  # no attention unless asked
+    assert seen and seen[-1] == 2
     tokens = np.concatenate([f.patch_tokens.reshape(-1, 192).numpy() for f in plain])
     np.testing.assert_allclose(final.vectors, tokens / np.linalg.norm(tokens, axis=1, keepdims=True), atol=1e-5)
 
@@ -610,6 +614,9 @@ def test_captured_maps_are_checked_to_be_attention_weights():
                                  ([g * 0.95 for g in good], 3, 5)]:
         with pytest.raises(AttentionUnavailableError):
             check_attention(maps, blocks, tokens)
+    wide = [torch.softmax(torch.randn(1, 2, 5, 6), -1) for _ in range(3)]  # rows sum to 1, but 6 columns
+    with pytest.raises(AttentionUnavailableError):
+        check_attention(wide, 3, 5)
     nearly = [g * (1 + 5e-3) for g in good]  # within the 1e-2 tolerance (bf16 on a GPU)
     assert check_attention(nearly, 3, 5).shape == (1, 3, 2, 5, 5)
 
