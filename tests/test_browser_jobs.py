@@ -27,7 +27,7 @@ MISMATCH = "this index was built with"
 
 @pytest.fixture(scope="module")
 def app():
-    with LiveApp("--model", "random-tiny") as live:
+    with LiveApp("--model", "random-tiny", env={"PATCHLENS_UMAP_WARM_UP": "0"}) as live:  # CPU after Stop is the job's
         yield live
 
 
