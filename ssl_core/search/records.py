@@ -148,20 +148,11 @@ class AddReport:
     rebuilt: bool = False  # the FAISS index was rebuilt (kind changed, retrained, or vectors dropped)
 
     def summary(self) -> str:
+        others = [(self.replaced, "changed and re-embedded"), (self.unchanged, "already indexed"),
+                  (self.duplicates, "copies of indexed images left out"), (self.failed, "skipped as unreadable"),
+                  (self.skipped, "symlinks not followed"), (self.refused, "outside the allowed folders, not read")]
         parts = [f"{len(self.added)} images added ({self.patches_added} patches)"]
-        if self.replaced:
-            parts.append(f"{len(self.replaced)} changed and re-embedded")
-        if self.unchanged:
-            parts.append(f"{len(self.unchanged)} already indexed")
-        if self.duplicates:
-            parts.append(f"{len(self.duplicates)} copies of indexed images left out")
-        if self.failed:
-            parts.append(f"{len(self.failed)} skipped as unreadable")
-        if self.skipped:
-            parts.append(f"{len(self.skipped)} symlinks not followed")
-        if self.refused:
-            parts.append(f"{len(self.refused)} outside the allowed folders, not read")
-        return ", ".join(parts)
+        return ", ".join(parts + [f"{len(items)} {what}" for items, what in others if items])
 
     @property
     def changed(self) -> bool:
