@@ -259,7 +259,8 @@ def test_a_click_from_before_a_resolution_change_is_dropped_and_bad_sizes_are_na
     page.get_by_text("Weights and resolution").click()
     previous = src_of(page, "#inspect-image")
     size = page.locator("#image-size input")
-    size.fill("16")
+    size.fill("")
+    size.press_sequentially("16", delay=300)  # typed: "1" alone is out of range, but counts only once entered
     size.press("Enter")
     wait_for_new_image(page, "#inspect-image", previous)
     wait_for_text(page, "#similarity-info", "Click a patch", timeout_ms=60_000)

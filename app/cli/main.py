@@ -143,7 +143,8 @@ def _serve(parser: argparse.ArgumentParser):
     parser.add_argument("--allow-dir", action="append", default=[], metavar="DIR",
                         help="a directory the app may read galleries and weights files from (repeatable)")
     parser.add_argument("--max-upload-mb", type=float, default=50.0, help="largest accepted upload")
-    parser.add_argument("--concurrency", type=int, default=1, help="forward passes that may run at once")
+    parser.add_argument("--concurrency", type=int, default=1,
+                        help="requests that may run at once in each queue, views and long jobs (at least 2 each)")
     parser.add_argument("--max-models", type=int, default=4, help="encoders kept loaded (least recently used go first)")
     parser.add_argument("--cache-mb", type=float, default=None, help="memory for cached features (default 2048)")
     parser.add_argument("--max-forward-passes", type=int, default=None, metavar="N",

@@ -283,12 +283,16 @@ class PatchLensApp:
     @staticmethod
     def wire_model_switch(shared: SharedControls, status: Runner, views: list[Runner]) -> None:
         """A change of any model control loads the model (or puts the controls back: see `switch`), then refreshes
-        ``views`` in order and, alongside, what the tabs registered in ``shared.on_model``."""
+        ``views`` in order and, alongside, what the tabs registered in ``shared.on_model``. Typed values (a weights
+        path, a resolution) count once entered or left, not at each keystroke (a half-typed one would be refused and
+        reset)."""
         for component in shared.model_inputs:
-            event = status.on(component.change)
-            chain(event, *views)
-            for runner in shared.on_model:
-                runner.after(event)
+            typed = isinstance(component, (gr.Textbox, gr.Number))
+            for trigger in (component.submit, component.blur) if typed else (component.change,):
+                event = status.on(trigger)
+                chain(event, *views)
+                for runner in shared.on_model:
+                    runner.after(event)
 
 
 def build_app(config: AppConfig | None = None, concurrency: int = 1,
