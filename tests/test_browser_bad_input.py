@@ -21,9 +21,15 @@ def expect_message(page, text: str, timeout_ms: int = 120_000) -> None:
 
 
 def close_toasts(page) -> None:
-    for button in page.locator(".toast-close").all():
-        if button.is_visible():
-            button.click()
+    """Close the toasts shown (one at a time: closing one renumbers the others, so a list taken first goes stale)."""
+    buttons = page.locator(".toast-close")
+    for _ in range(10):
+        if buttons.count() == 0 or not buttons.first.is_visible():
+            return
+        try:
+            buttons.first.click(timeout=5_000)
+        except Exception:  # noqa: BLE001  (it closed by itself meanwhile)
+            pass
 
 
 def test_bad_inputs_get_clear_messages_and_the_app_keeps_serving(tmp_path, image_file):
