@@ -557,6 +557,15 @@ def test_lru_cache_evicts_the_least_recently_used_by_total_size():
     assert (cache.hits, cache.misses) == (1, 1)
     cache.clear()
     assert len(cache) == 0 and cache.total_size == 0
+    sizes = LRUCache(max_size=10, size_of=len)
+    sizes.put("a", "xx")
+    sizes.put("b", "xxx")
+    sizes.put("a", "x")  # 5 - 2 + 1
+    assert sizes.total_size == 4
+    sizes.put("full", "x" * 10)  # exactly the whole cache: kept, everything else evicted
+    assert sizes.keys() == ["full"] and sizes.total_size == 10
+    assert sizes.get("full") and sizes.get("full") and sizes.get("a") is None and sizes.get("b") is None
+    assert (sizes.hits, sizes.misses) == (2, 2)
     counted = LRUCache(max_size=2)  # one per entry by default
     for key in "xyz":
         counted.put(key, key)
