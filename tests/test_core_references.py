@@ -666,6 +666,7 @@ def test_split_on_oom_halves_until_batches_fit_and_joins_in_order():
 
     assert split_on_oom(fn, torch.arange(5), lambda a, b: torch.cat([a, b])).tolist() == [0, 10, 20, 30, 40]
     assert calls == [[0, 1, 2, 3, 4], [0, 1], [2, 3, 4], [2], [3, 4]]
+    assert split_on_oom(fn, torch.arange(8), lambda a, b: torch.cat([a, b])).tolist() == list(range(0, 80, 10))
 
     def never(batch: torch.Tensor) -> torch.Tensor:
         raise torch.OutOfMemoryError("simulated")
