@@ -45,7 +45,7 @@ declare -A TESTS=(
   [lab]="tests/test_lab_findings.py tests/test_lab.py tests/test_core_references.py"
 )
 
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 AREA=${1:-}
 [ -n "$AREA" ] || usage 2

@@ -46,7 +46,14 @@ from ssl_core.lab.findings import (
 )
 from ssl_core.models.registry import resolve_spec, with_image_size
 from ssl_core.search.patch_index import PatchIndex
-from ssl_core.search.vectors import AUTO_EXACT_LIMIT, exact_search_torch, ivf_list_count, recall_at_k, resolve_kind
+from ssl_core.search.vectors import (
+    AUTO_EXACT_LIMIT,
+    exact_search_torch,
+    ivf_list_count,
+    make_vector_index,
+    recall_at_k,
+    resolve_kind,
+)
 
 
 # ------------------------------------------------------------------------------------------ lab: verdicts and claims
@@ -426,6 +433,18 @@ def test_ivf_list_count_is_twice_the_square_root_with_39_vectors_a_list(count, l
     assert ivf_list_count(count) == lists
 
 
+@pytest.mark.parametrize("kind", ["exact", "ivf"])
+def test_stored_vectors_read_back_in_chunks_are_the_fp16_rows(kind):
+    vectors = np.random.default_rng(15).standard_normal((400, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    built = make_vector_index(vectors, kind)
+    expected = vectors.astype(np.float16)
+    for chunk_rows in (7, 400, 65_536):
+        np.testing.assert_array_equal(built.vectors(chunk_rows), expected)
+    np.testing.assert_array_equal(built.vector(123), expected[123])
+    np.testing.assert_array_equal(built.vector_range(395, 5), expected[395:])
+
+
 def test_resolve_kind_switches_to_ivf_above_the_exact_limit():
     assert resolve_kind("auto", AUTO_EXACT_LIMIT) == "exact" and resolve_kind("auto", AUTO_EXACT_LIMIT + 1) == "ivf"
     assert resolve_kind("hnsw", 10) == "hnsw"
@@ -483,6 +502,12 @@ def test_image_search_ranks_equal_votes_by_the_best_patch_score(tiny_encoder, sm
     by_score = sorted(range(3), key=lambda i: -best[image_ids == i].max())
     assert [hit.image_index for hit in hits] == by_score
     assert [hit.score for hit in hits] == pytest.approx([best[image_ids == i].max() for i in by_score], abs=2e-3)
+
+
+def test_image_search_defaults_are_ten_images_from_twenty_patches_each(tiny_encoder, small_index):
+    query = small_index.embed_query(tiny_encoder, smooth_image(70, 90, seed=33))
+    assert small_index.search_image(query) == small_index.search_image(query, k=10, per_patch=20)
+    assert small_index.search_image(query) != small_index.search_image(query, k=10, per_patch=21)
 
 
 def test_patch_search_accepts_every_patch_and_refuses_the_next_one(tiny_encoder, small_index):
@@ -557,6 +582,15 @@ def test_lru_cache_evicts_the_least_recently_used_by_total_size():
     assert (cache.hits, cache.misses) == (1, 1)
     cache.clear()
     assert len(cache) == 0 and cache.total_size == 0
+    sizes = LRUCache(max_size=10, size_of=len)
+    sizes.put("a", "xx")
+    sizes.put("b", "xxx")
+    sizes.put("a", "x")  # 5 - 2 + 1
+    assert sizes.total_size == 4
+    sizes.put("full", "x" * 10)  # exactly the whole cache: kept, everything else evicted
+    assert sizes.keys() == ["full"] and sizes.total_size == 10
+    assert sizes.get("full") and sizes.get("full") and sizes.get("a") is None and sizes.get("b") is None
+    assert (sizes.hits, sizes.misses) == (2, 2)
     counted = LRUCache(max_size=2)  # one per entry by default
     for key in "xyz":
         counted.put(key, key)
@@ -632,6 +666,7 @@ def test_split_on_oom_halves_until_batches_fit_and_joins_in_order():
 
     assert split_on_oom(fn, torch.arange(5), lambda a, b: torch.cat([a, b])).tolist() == [0, 10, 20, 30, 40]
     assert calls == [[0, 1, 2, 3, 4], [0, 1], [2, 3, 4], [2], [3, 4]]
+    assert split_on_oom(fn, torch.arange(8), lambda a, b: torch.cat([a, b])).tolist() == list(range(0, 80, 10))
 
     def never(batch: torch.Tensor) -> torch.Tensor:
         raise torch.OutOfMemoryError("simulated")
