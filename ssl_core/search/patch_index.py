@@ -37,6 +37,7 @@ from ssl_core.features.patch_table import PatchTable, grid_positions, normalize_
 from ssl_core.features.pipeline import PipelineConfig, embed_files
 from ssl_core.models.weights import file_fingerprint
 from ssl_core.progress import ProgressFn
+from ssl_core.search.ivfpq import NOT_IN_PLACE, OnDiskVectorIndex
 from ssl_core.search.records import (
     MANIFEST_FILE,
     AddReport,
@@ -60,7 +61,8 @@ IVF_RETRAIN_GROWTH = 4.0
 class PatchIndex:
     """Every patch of a gallery, embedded by one encoder at one layer, searchable by cosine similarity."""
 
-    def __init__(self, manifest: IndexManifest, vector_index: VectorIndex | None, device: str | torch.device | None = None):
+    def __init__(self, manifest: IndexManifest, vector_index: VectorIndex | OnDiskVectorIndex | None,
+                 device: str | torch.device | None = None):
         self.manifest = manifest
         self.vector_index = vector_index
         self.device = torch.device(device) if device is not None else default_device()
@@ -80,11 +82,12 @@ class PatchIndex:
     # ----------------------------------------------------------------------------------------- creation
     @classmethod
     def create(cls, encoder: Encoder, layer: int | None = None, kind: str = "auto",
-               device: str | torch.device | None = None) -> "PatchIndex":
-        """An empty index for an encoder at a layer (None: the final normed tokens)."""
+               device: str | torch.device | None = None, sharded: bool = False) -> "PatchIndex":
+        """An empty index for an encoder at a layer (None: the final normed tokens); ``sharded``: for a sharded
+        build (`ssl_core.scale`), which may make an on-disk ivfpq index."""
         import faiss
 
-        resolve_kind(kind, 0)
+        resolve_kind(kind, 0, on_disk=sharded)
         resolved = None if layer is None else encoder.resolve_layers([layer])[0]
         now = _now()
         manifest = IndexManifest(
@@ -123,6 +126,9 @@ class PatchIndex:
         if m.kind in ("ivf", "hnsw"):
             name = "nprobe" if m.kind == "ivf" else "efSearch"
             tuning = f", {name} {m.search_param} (recall@10 {m.recall:.3f} on a sample)"
+        elif m.kind == "ivfpq":
+            tuning = (f" on disk ({m.factory}), nprobe {m.search_param}, {m.rerank} candidates re-ranked exactly "
+                      f"(recall@10 {m.recall:.3f} on a sample)")
         return (f"{m.count:,} patches of {len(m.images)} images · {m.describe_embedding()} · "
                 f"{m.kind or 'empty'} index{tuning}")
 
@@ -151,6 +157,8 @@ class PatchIndex:
         Images are embedded by `ssl_core.features.pipeline.embed_files` (decoding in worker processes, batches by grid).
         """
         self.check_encoder(encoder)
+        if self.kind == "ivfpq":
+            raise BadRequest(NOT_IN_PLACE)
         report = AddReport()
         todo: dict[str, str] = {}  # resolved path -> content hash
         paths, report.skipped = gallery_files(sources)
@@ -249,7 +257,8 @@ class PatchIndex:
         ids = np.arange(len(self))
         if limit is not None and len(self) > limit:
             ids = np.sort(np.random.default_rng(seed).choice(len(self), limit, replace=False))
-        return PatchTable(self.vectors()[ids], self._image_ids[ids], self._rows[ids].astype(np.int64),
+        vectors = self.vector_index.take(ids) if self.kind == "ivfpq" else self.vectors()[ids]  # [n, D]
+        return PatchTable(vectors, self._image_ids[ids], self._rows[ids].astype(np.int64),
                           self._cols[ids].astype(np.int64), [im.path for im in self.images],
                           [im.grid_hw for im in self.images])
 
@@ -315,7 +324,7 @@ class PatchIndex:
         return out
 
     def _search_raw(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and self.kind != "ivfpq":  # an on-disk index is not copied to the GPU
             if self._device_search is None:
                 self._device_search = DeviceSearch(self.vectors(), self.device)
             return self._device_search.search(queries, k)
