@@ -51,6 +51,10 @@ OPQ_MIN_DIM = 256  # OPQ (rotation + reduction to OPQ_DIM) from this width up; b
 OPQ_DIM = 256
 RERANK_CHOICES = (16, 32, 64, 128, 256, 512)  # candidates per query re-ranked exactly, tried in this order
 CHUNK_ROWS = 65_536
+TOP1_TARGET = 0.995  # tuning: the best hit must be the true nearest neighbour for all but 1 in 200 sampled queries
+# tuning: the nprobe found on stored vectors is doubled. Stored vectors as queries flatter IVF (each lies in the
+# list it probes first, with most of its neighbours); new queries fall near list boundaries more often.
+NPROBE_SAFETY = 2
 NOT_IN_PLACE = ("an on-disk ivfpq index is not added to in place: run `patchlens index build` again with all the "
                 "sources and the same --out (committed shards are reused: only new images are embedded)")
 
@@ -256,22 +260,31 @@ class OnDiskVectorIndex:
         return rerank_exact(self.store, queries, found, int(k))
 
     def tune(self, target: float = RECALL_TARGET, k: int = 10, seed: int = 0) -> None:
-        """The smallest nprobe, then rerank, whose recall@k reaches ``target`` on stored vectors used as queries
-        (each one's own entry left out, as in `ssl_core.search.vectors.VectorIndex.tune`)."""
+        """Tune nprobe and rerank on stored vectors used as queries (each one's own entry left out, as in
+        `ssl_core.search.vectors.VectorIndex.tune`): the smallest nprobe at which recall@k reaches ``target`` plus
+        `TUNE_MARGIN` and the best hit is right for `TOP1_TARGET` of the queries, times `NPROBE_SAFETY`; then the
+        smallest rerank that keeps both at that nprobe."""
         n = self.ntotal
         sample = np.sort(np.random.default_rng(seed).choice(n, min(TUNE_QUERIES, n), replace=False))
         queries = self.store.take(sample).astype(np.float32)  # [s, D]
         _, truth = exact_search_torch(self.store, torch.from_numpy(queries), k + 1)
         truth = without_own(truth.numpy(), sample, k)
+
+        def quality(nprobe: int, depths: Sequence[int]) -> Iterator[tuple[int, float, bool]]:
+            found = self.candidates(queries, depths[-1], nprobe)
+            for rerank in depths:
+                ids = without_own(rerank_exact(self.store, queries, found[:, :rerank], k + 1)[1], sample, k)
+                recall, top1 = recall_at_k(ids, truth), float(np.mean(ids[:, 0] == truth[:, 0]))
+                yield rerank, recall, recall >= target + TUNE_MARGIN and top1 >= TOP1_TARGET
+
         probes = [2**i for i in range(int(math.log2(self.nlist)) + 1) if 2**i < self.nlist] + [self.nlist]
-        for nprobe in probes:
-            found = self.candidates(queries, RERANK_CHOICES[-1], nprobe)
-            for rerank in (r for r in RERANK_CHOICES if r > k):
-                ids = rerank_exact(self.store, queries, found[:, :rerank], k + 1)[1]
-                self.search_param, self.rerank = nprobe, rerank
-                self.recall = recall_at_k(without_own(ids, sample, k), truth)
-                if self.recall >= target + TUNE_MARGIN:
-                    return
+        nprobe = next((p for p in probes if next(quality(p, RERANK_CHOICES[-1:]))[2]), self.nlist)
+        self.search_param = min(self.nlist, NPROBE_SAFETY * nprobe)
+        depths = [r for r in RERANK_CHOICES if r > k]
+        for rerank, recall, good in quality(self.search_param, depths):
+            self.rerank, self.recall = rerank, recall
+            if good:
+                return
 
     # ----------------------------------------------------------------------------------------- reading back
     def vector(self, i: int) -> np.ndarray:

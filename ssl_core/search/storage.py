@@ -243,7 +243,7 @@ def write_generation(directory: Path, write_data: Callable[[Path], list[str]],
     writes the manifest (which lists the records) and returns its name. Returns the committed pointer.
     ``known`` holds records already computed for some names (files linked from committed shards), not re-read.
     """
-    known = known or {}
+    known = {} if known is None else known
     existing = [int(name[len(GENERATION_PREFIX):]) for name in generations(directory)]
     folder = directory / f"{GENERATION_PREFIX}{max(existing, default=0) + 1:06d}"
     folder.mkdir()
