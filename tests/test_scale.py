@@ -189,7 +189,7 @@ def test_local_sharded_ivfpq_build_matches_the_single_process_index(sup_encoder,
         on_disk.add([tmp_path / "g"], sup_encoder)
 
 
-def test_mapped_files_are_size_checked_on_load_and_checksummed_by_verify(tmp_path):
+def test_big_files_are_size_checked_on_load_and_checksummed_by_verify(tmp_path):
     make_gallery(tmp_path / "g", count=8)
     build_sharded([str(tmp_path / "g")], tmp_path / "idx", EncoderArgs("random-tiny"),
                   config=ShardedBuild(kind="ivfpq", shard_size=4, device="cpu"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -51,21 +52,28 @@ def global_images(records: Sequence[ShardRecord]) -> list[IndexedImage]:
 
 
 def commit_ivfpq(target: Path, manifest: IndexManifest, records: Sequence[ShardRecord], fill: FillFn = fill_local,
-                 seed: int = 0) -> Pointer:
-    """Build the on-disk index of the shards' vectors and commit it as a generation (caller holds the lock)."""
+                 seed: int = 0, opq: bool | None = None, seconds: dict[str, float] | None = None) -> Pointer:
+    """Build the on-disk index of the shards' vectors and commit it as a generation (caller holds the lock).
+
+    ``opq``: None lets `ivfpq_settings` decide by width. ``seconds`` receives the time of each step (train, fill,
+    merge, tune, commit; a step found done in work/ costs nothing)."""
+    seconds = {} if seconds is None else seconds
+    clock = _Clock(seconds)
     root, work = target / SHARDS_DIR, target / WORK_DIR
     work.mkdir(exist_ok=True)
     kept = [r for r in records if r.count]
     shard_files = [root / r.name / TOKENS_FILE for r in kept]
     vectors = ShardedVectors(shard_files)
-    settings = ivfpq_settings(len(vectors), vectors.dim)
+    settings = ivfpq_settings(len(vectors), vectors.dim, opq)
     key = hashlib.blake2b(f"{[r.name for r in kept]}|{settings}|{seed}".encode(), digest_size=8).hexdigest()
     trained = work / f"trained-{key}.faiss"
     if not trained.exists():
         train_ivfpq(vectors, settings, trained, seed)
+    clock.lap("train")
     filled = [work / f"filled-{key}-{r.name}.faiss" for r in kept]
     fill([(trained, f, int(first), out) for f, first, out in zip(shard_files, vectors.starts, filled)
           if not out.exists()])
+    clock.lap("fill")
     names = [f"{VECTORS_PREFIX}{i:05d}.npy" for i in range(len(kept))]
     known: dict[str, FileRecord] = {name: r.files[TOKENS_FILE] for name, r in zip(names, kept)}
     manifest.images, manifest.count, manifest.kind = global_images(records), len(vectors), "ivfpq"
@@ -76,13 +84,30 @@ def commit_ivfpq(target: Path, manifest: IndexManifest, records: Sequence[ShardR
         for source, name in zip(shard_files, names):
             _link_or_copy(source, folder / name)
         patches = write_patches(PatchIndex(manifest, None, "cpu"), folder)
+        clock.lap("merge")
         index = OnDiskVectorIndex.open(folder, [folder / name for name in names])
         index.tune(seed=seed)
         manifest.search_param, manifest.rerank, manifest.recall = index.search_param, index.rerank, index.recall
         del index  # unmaps the lists before they are fsynced and committed
+        clock.lap("tune")
         return [INDEX_FILE, LISTS_FILE, *names, patches]
 
-    return write_generation(target, write_data, lambda folder, files: write_manifest(manifest, folder, files), known)
+    pointer = write_generation(target, write_data, lambda folder, files: write_manifest(manifest, folder, files),
+                               known)
+    clock.lap("commit")
+    return pointer
+
+
+class _Clock:
+    """Seconds since the last lap, recorded under a name."""
+
+    def __init__(self, seconds: dict[str, float]):
+        self.seconds, self.last = seconds, time.monotonic()
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self.last
+        self.last = now
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

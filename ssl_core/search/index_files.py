@@ -143,7 +143,7 @@ def load_index(directory: str | os.PathLike, device: str | torch.device | None =
                all_checksums: bool = False) -> PatchIndex:
     """Read the committed generation of an index folder, checking every file (`IndexFormatError` names damage).
 
-    The memory-mapped files of an on-disk (ivfpq) index, many GB, are checked by size unless ``all_checksums``
+    The big files of an on-disk (ivfpq) index (lists and vectors, many GB) are checked by size unless ``all_checksums``
     (`ssl_core.search.verify` reads them all); every other file by its checksum.
     """
     where = Path(directory)
@@ -174,7 +174,7 @@ def _read(where: Path, pointer: Pointer, device: str | torch.device | None, all_
         raise IndexFormatError(f"{folder / MANIFEST_FILE}: lists the files {sorted(manifest.files)}, an index of "
                                f"{manifest.count} vectors has {sorted(expected)}")
     for name in sorted(expected):
-        check_file(folder / name, manifest.files[name], name, contents=all_checksums or not _mapped(name))
+        check_file(folder / name, manifest.files[name], name, contents=all_checksums or not _big(name))
     vectors = _read_ondisk(folder, manifest) if manifest.kind == "ivfpq" else _read_vectors(folder, manifest)
     index = PatchIndex(manifest, vectors, device)
     _check_patches(folder / PATCHES_FILE, index)
@@ -207,7 +207,7 @@ def expected_files(manifest: IndexManifest) -> set[str]:
     return {PATCHES_FILE} | ({INDEX_FILE} if manifest.count else set())
 
 
-def _mapped(name: str) -> bool:
+def _big(name: str) -> bool:
     return name == LISTS_FILE or name.startswith(VECTORS_PREFIX)
 
 

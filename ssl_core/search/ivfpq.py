@@ -10,11 +10,11 @@
 How it searches: the optional OPQ rotation, the coarse quantizer (``nlist`` centroids) and the PQ codebooks are
 small and read into memory; the inverted lists (``lists.ivfdata``: per vector a PQ code of ``m`` bytes and an
 8-byte id) are memory-mapped, and a query touches only the ``nprobe`` lists it scans. The ``rerank`` best
-candidates by PQ score are then scored exactly against their float16 vectors, read row by row from the
-memory-mapped shards (`ShardedVectors`), so the hits and their scores are those of an exact search whenever the
-true neighbours are among the candidates. ``nprobe`` and ``rerank`` are tuned at build time like the in-memory
-kinds (`ssl_core.search.vectors`): the smallest ``nprobe`` (then ``rerank``) whose recall@10 on a sample of
-stored vectors reaches the target.
+candidates by PQ score are then scored exactly against their float16 vectors, read row by row from the shards
+(`ShardedVectors`: one ``pread`` per row, not a mapping, which keeps the resident set to the rows read), so the
+hits and their scores are those of an exact search whenever the true neighbours are among the candidates.
+``nprobe`` and ``rerank`` are tuned at build time like the in-memory kinds (`ssl_core.search.vectors`; see
+`OnDiskVectorIndex.tune`).
 
 Files are read with ``IO_FLAG_SKIP_IVF_DATA | IO_FLAG_READ_ONLY`` and the lists mapped by hand from the folder the
 index is in: what ``IO_FLAG_ONDISK_SAME_DIR`` does, without the line FAISS prints on standard output (which
@@ -47,8 +47,8 @@ from ssl_core.search.vectors import (
 
 TRAIN_PER_LIST = 39  # FAISS's minimum training points per centroid
 MAX_TRAIN = 200_000  # training sample cap: 200k x 768 float32 is 600 MB
-OPQ_MIN_DIM = 256  # OPQ (rotation + reduction to OPQ_DIM) from this width up; below, plain PQ on the raw vectors
-OPQ_DIM = 256
+PQ_SUBDIM = 8  # dimensions per PQ sub-quantizer
+OPQ_DIM = 256  # width after the OPQ rotation, when OPQ is asked for
 RERANK_CHOICES = (16, 32, 64, 128, 256, 512)  # candidates per query re-ranked exactly, tried in this order
 CHUNK_ROWS = 65_536
 TOP1_TARGET = 0.995  # tuning: the best hit must be the true nearest neighbour for all but 1 in 200 sampled queries
@@ -78,24 +78,26 @@ class IVFPQSettings:
 
 
 def ivfpq_settings(count: int, dim: int, opq: bool | None = None) -> IVFPQSettings:
-    """Settings for ``count`` vectors of width ``dim``.
+    """Settings for ``count`` vectors of width ``dim`` (measured on 768-d vectors: docs/scale.md).
 
-    ``nlist``: the power of two nearest sqrt(N), with at least `TRAIN_PER_LIST` training vectors per list (4096
-    at 10M: a query scans nprobe/4096 of the codes, and assigning 10M vectors stays within minutes on 2 cores).
-    PQ: sub-vectors of 4 dimensions, at most 64 bytes per code; 8-bit codes once there are enough vectors to
-    train 256 centroids per sub-quantizer. OPQ (default from `OPQ_MIN_DIM` up) rotates and reduces the vectors to
-    `OPQ_DIM` first, which both balances the sub-vectors and makes assigning vectors to lists 3x cheaper at 768-d.
+    ``nlist``: the power of two nearest sqrt(N)/2, with at least `TRAIN_PER_LIST` training vectors per list (2048
+    at 10M). Assigning a vector to its list costs nlist x D multiply-adds, the largest part of filling the index,
+    so lists are kept fewer than FAISS's usual 4 sqrt(N); queries scan longer lists instead, which the memory-
+    mapped codes allow. PQ: sub-vectors of `PQ_SUBDIM` dimensions (96 bytes per 768-d vector), 8-bit codes once
+    there are enough vectors to train 256 centroids per sub-quantizer (fewer bits below). With 8-d sub-vectors
+    the candidates are good enough that exact re-ranking of 128 of them reaches recall@10 0.99, so OPQ (a learnt
+    rotation, ``opq=True``, reducing to `OPQ_DIM`) is off by default: its training took minutes per 10k vectors
+    on 2 cores and bought nothing the re-ranking does not.
     """
-    if count < 1 or dim < 4:
-        raise BadRequest(f"an IVF-PQ index needs vectors of width 4 or more, not {count} of width {dim}")
+    if count < 1 or dim < PQ_SUBDIM:
+        raise BadRequest(f"an IVF-PQ index needs vectors of width {PQ_SUBDIM} or more, not {count} of width {dim}")
     cap = max(1, count // TRAIN_PER_LIST)
-    nlist = min(2 ** max(0, round(math.log2(math.sqrt(count)))), 2 ** int(math.log2(cap)))
-    use_opq = dim >= OPQ_MIN_DIM if opq is None else opq
-    pq_dim = min(dim, OPQ_DIM) if use_opq else dim
-    m = max(d for d in range(1, min(64, pq_dim // 4) + 1) if pq_dim % d == 0)
+    nlist = min(2 ** max(0, round(math.log2(math.sqrt(count) / 2))), 2 ** int(math.log2(cap)))
+    pq_dim = min(dim, OPQ_DIM) if opq else dim
+    m = max(d for d in range(1, pq_dim // PQ_SUBDIM + 1) if pq_dim % d == 0)
     nbits = int(min(8, max(4, math.floor(math.log2(cap)))))
     train = min(count, MAX_TRAIN, max(TRAIN_PER_LIST * nlist, TRAIN_PER_LIST * 2 ** nbits))
-    return IVFPQSettings(nlist, m, nbits, pq_dim if use_opq else 0, train)
+    return IVFPQSettings(nlist, m, nbits, pq_dim if opq else 0, train)
 
 
 # --------------------------------------------------------------------------------------------------- building
@@ -214,7 +216,7 @@ class OnDiskVectorIndex:
     """An IVF-PQ index with memory-mapped lists and float16 vectors for exact re-ranking (see the module docstring)."""
 
     index: object  # faiss.Index (IndexIVFPQ, or IndexPreTransform over one with OPQ)
-    store: ShardedVectors  # the float16 vectors, memory-mapped
+    store: ShardedVectors  # the float16 vectors, read row by row
     search_param: int = 1  # nprobe
     rerank: int = RERANK_CHOICES[-1]
     recall: float | None = None
@@ -305,4 +307,4 @@ class OnDiskVectorIndex:
 
 
 __all__ = ["IVFPQSettings", "ivfpq_settings", "train_ivfpq", "fill_shard", "merge_filled", "read_ondisk",
-           "rerank_exact", "OnDiskVectorIndex", "c_stdout_to_stderr", "RERANK_CHOICES", "OPQ_MIN_DIM", "NOT_IN_PLACE"]
+           "rerank_exact", "OnDiskVectorIndex", "c_stdout_to_stderr", "RERANK_CHOICES", "PQ_SUBDIM", "NOT_IN_PLACE"]

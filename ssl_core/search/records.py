@@ -19,7 +19,7 @@ from ssl_core.search.storage import FileRecord
 FORMAT_VERSION = 2  # 1: files at the top of the folder, no checksums (refused: rebuild)
 INDEX_FILE, PATCHES_FILE, MANIFEST_FILE = "index.faiss", "patches.npz", "manifest.json"
 LISTS_FILE = "lists.ivfdata"  # an on-disk (ivfpq) index's inverted lists: PQ codes and ids, memory-mapped
-VECTORS_PREFIX = "vectors-"  # an on-disk index's float16 vectors for re-ranking: vectors-00000.npy ..., mapped
+VECTORS_PREFIX = "vectors-"  # an on-disk index's float16 vectors for re-ranking: vectors-00000.npy ..., read by row
 
 
 @dataclass
