@@ -206,6 +206,16 @@ def test_big_files_are_size_checked_on_load_and_checksummed_by_verify(tmp_path):
         PatchIndex.load(tmp_path / "idx", device="cpu")
 
 
+def test_urls_are_read_with_fsspec_and_indexed_by_url(tmp_path):
+    make_gallery(tmp_path / "g", count=3)
+    report = build_sharded([f"file://{tmp_path / 'g'}"], tmp_path / "idx", EncoderArgs("random-tiny"),
+                           config=ShardedBuild(device="cpu"))
+    assert report.images == 3 and len(report.failed) == 2 and report.kind == "exact"
+    index = PatchIndex.load(tmp_path / "idx", device="cpu")
+    assert all(im.path.startswith("file://") for im in index.images)
+    assert index.processed_image(0).shape[2] == 3  # the gallery view reads a URL image back
+
+
 def test_a_build_of_only_unreadable_files_writes_nothing(tmp_path):
     folder = tmp_path / "bad"
     folder.mkdir()

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 import torch
 
-from ssl_core.data.images import ImageSource, ResizePolicy, load_image
+from ssl_core.data.images import ImageSource, ResizePolicy, is_url, load_image, read_image_bytes
 from ssl_core.errors import BadRequest, IndexMismatch
 from ssl_core.features.encoder import Encoder, default_device
 from ssl_core.features.patch_table import PatchTable, grid_positions, normalize_rows, patch_vectors
@@ -267,7 +267,9 @@ class PatchIndex:
 
     def processed_image(self, image_index: int) -> np.ndarray:
         """A gallery image as the encoder saw it [H, W, 3] uint8 (its patch grid matches the index's rows and cols)."""
-        return np.asarray(self.resize_policy().apply(load_image(self.images[image_index].path)), dtype=np.uint8)
+        path = self.images[image_index].path  # a local path, or a URL (indexed by a sharded build)
+        image = load_image(read_image_bytes(path), name=path) if is_url(path) else load_image(path)
+        return np.asarray(self.resize_policy().apply(image), dtype=np.uint8)
 
     # ----------------------------------------------------------------------------------------- searching
     def embed_query(self, encoder: Encoder, image: ImageSource, layer: int | None | str = "index") -> QueryImage:
