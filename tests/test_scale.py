@@ -17,7 +17,7 @@ from PIL import Image
 
 from ssl_core.errors import BadRequest, IndexFormatError
 from ssl_core.scale.build import EncoderArgs, ShardedBuild, build_sharded
-from ssl_core.scale.listing import list_sources
+from ssl_core.scale.listing import SourceFile, list_sources
 from ssl_core.scale.shards import (
     TEMP_PREFIX,
     EmbeddedShard,
@@ -83,21 +83,20 @@ def test_sources_folders_globs_lists_and_urls_give_one_sorted_list(tmp_path):
         list_sources([str(tmp_path / "nothing-*.jpg")])
 
 
-def test_shard_names_follow_inputs_and_embedding_and_cuts_are_content_defined(tmp_path):
-    files, _ = list_sources([str(p) for p in make_gallery(tmp_path / "g", count=40)])
-    plans = plan_shards(files, EMBEDDING, shard_size=4)
+def test_shard_names_follow_inputs_and_embedding_and_cuts_are_content_defined():
+    files = [SourceFile(f"/gallery/img{i:03d}.jpg", f"{1000 + i}-1") for i in range(200)]
+    plans = plan_shards(files, EMBEDDING, shard_size=8)
     assert [p for plan in plans for p in plan.paths] == [f.path for f in files]
-    assert plan_shards(files, EMBEDDING, 4) == plans  # deterministic
+    assert plan_shards(files, EMBEDDING, 8) == plans and 10 < len(plans) < 50  # deterministic, about 8 files each
+    assert all(2 <= len(plan.paths) <= 16 for plan in plans[:-1])
     other = Embedding("arch@fingerprint", 3, 96, 64_000_000)
-    assert not {p.name for p in plans} & {p.name for p in plan_shards(files, other, 4)}
-    # a new file changes the shard it falls into, not the others
-    extra = tmp_path / "g" / "img00b.png"
-    Image.fromarray(smooth_image(64, 64, seed=1)).save(extra)
-    grown = plan_shards(list_sources([str(tmp_path / "g")])[0], EMBEDDING, 4)
-    assert len({p.name for p in plans} - {p.name for p in grown}) <= 1 and len(grown) <= len(plans) + 1
-    os.utime(files[-1].path, ns=(1, 1))  # a file changed in place (new mtime): its shard is renamed
-    changed = plan_shards(list_sources([f.path for f in files])[0], EMBEDDING, 4)
-    assert [a.name == b.name for a, b in zip(plans, changed)] == [True] * (len(plans) - 1) + [False]
+    assert not {p.name for p in plans} & {p.name for p in plan_shards(files, other, 8)}
+    for extra in ("/gallery/img050b.jpg", "/gallery/img120b.jpg", "/gallery/img199b.jpg"):
+        grown = plan_shards(sorted([*files, SourceFile(extra, "1-1")], key=lambda f: f.path), EMBEDDING, 8)
+        assert len({p.name for p in plans} - {p.name for p in grown}) <= 2  # only around the new file
+    changed = [*files[:-1], SourceFile(files[-1].path, "999-2")]  # the last file changed in place
+    same = [a.name == b.name for a, b in zip(plans, plan_shards(changed, EMBEDDING, 8))]
+    assert same == [True] * (len(plans) - 1) + [False]
 
 
 def test_a_shard_commits_whole_and_leftovers_and_damage_are_cleaned(tmp_path):
