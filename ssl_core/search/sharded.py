@@ -13,6 +13,7 @@ but the file headers; the page cache keeps what is read often.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -26,6 +27,8 @@ class ShardedVectors:
     """Rows of several ``[n_i, D]`` float16 ``.npy`` files, one after another (see the module docstring)."""
 
     def __init__(self, files: Sequence[Path]):
+        self._fds: dict[int, int] = {}  # open file descriptors, by file (opened on first read)
+        self._lock = threading.Lock()
         self.files = [Path(f) for f in files]
         headers = [_header(f) for f in self.files]  # (rows, dim, data offset)
         dims = {dim for _, dim, _ in headers}
@@ -34,7 +37,6 @@ class ShardedVectors:
         self.dim = dims.pop() if dims else 0
         self.offsets = [offset for _, _, offset in headers]
         self.starts = np.concatenate([[0], np.cumsum([rows for rows, _, _ in headers])]).astype(np.int64)  # [files+1]
-        self._fds: dict[int, int] = {}  # open file descriptors, by file
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -77,9 +79,13 @@ class ShardedVectors:
         return out
 
     def _fd(self, i: int) -> int:
-        if i not in self._fds:
-            self._fds[i] = os.open(self.files[i], os.O_RDONLY | os.O_CLOEXEC)
-        return self._fds[i]
+        fd = self._fds.get(i)
+        if fd is None:
+            with self._lock:  # searches may run in several threads (the app)
+                if i not in self._fds:
+                    self._fds[i] = os.open(self.files[i], os.O_RDONLY | os.O_CLOEXEC)
+                fd = self._fds[i]
+        return fd
 
     def close(self) -> None:
         for fd in self._fds.values():
