@@ -40,7 +40,8 @@ def ray_built(tmp_path_factory):
     """A gallery of 12 good and 2 bad images, and its ivfpq index built on a local Ray (2 CPUs), uninterrupted."""
     root = tmp_path_factory.mktemp("ray")
     good = make_gallery(root / "gallery")
-    ray.init(num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False,
+             log_to_driver=False)
     try:
         report = build_sharded([str(root / "gallery")], root / "idx", EncoderArgs("patchlens-sup"),
                                config=ShardedBuild(engine="ray", kind="ivfpq", shard_size=SHARD_SIZE,

@@ -61,7 +61,9 @@ def start_ray(options: RayOptions) -> bool:
         ray.init(address=options.address, log_to_driver=False)
         return True
     memory = options.object_store_mb * 2**20 if options.object_store_mb else None
-    ray.init(num_cpus=options.num_cpus, object_store_memory=memory, include_dashboard=False, log_to_driver=False)
+    # "local": a new Ray of this process's own, even when a cluster started with `ray start` runs on this machine
+    ray.init(address="local", num_cpus=options.num_cpus, object_store_memory=memory, include_dashboard=False,
+             log_to_driver=False)
     return True
 
 
