@@ -49,13 +49,16 @@ def _layer_arg(text: str | None) -> int | None:
 def _index(parser: argparse.ArgumentParser):
     sub = parser.add_subparsers(dest="index_command", required=True)
     build = sub.add_parser("build", help="embed every patch of a gallery and save the index")
-    build.add_argument("folder", nargs="+", help="image folders (searched recursively) or files")
+    build.add_argument("folder", nargs="+", help="image folders (searched recursively) or files; with --engine ray "
+                       "or --kind ivfpq also globs, list files (.txt, .parquet with a 'path' column) and fsspec URLs")
     add_model_args(build)
     build.add_argument("--out", required=True, help="index directory to write")
     build.add_argument("--layer", default=None, help="block index to embed (default: the final normed tokens)")
-    build.add_argument("--kind", default="auto", choices=["auto", "exact", "ivf", "hnsw"],
-                       help="exact cosine search, or approximate IVF / HNSW (auto: exact up to 200k patches)")
+    build.add_argument("--kind", default="auto", choices=["auto", "exact", "ivf", "hnsw", "ivfpq"],
+                       help="exact cosine search, approximate IVF / HNSW, or IVF-PQ on disk (sharded builds); auto: "
+                       "exact up to 200k patches, IVF above, and IVF-PQ past 2M in a sharded build")
     build.add_argument("--batch-size", type=int, default=16)
+    _add_scale_args(build)
     add = sub.add_parser("add", help="embed images not indexed yet and add them to an index")
     add.add_argument("dir", help="index directory")
     add.add_argument("images", nargs="+", help="image files or folders")
@@ -85,6 +88,41 @@ def _index(parser: argparse.ArgumentParser):
     return run
 
 
+def _add_scale_args(build: argparse.ArgumentParser) -> None:
+    from ssl_core.scale.build import DEFAULT_SHARD_SIZE, ENGINES
+
+    scale = build.add_argument_group("sharded builds (docs/scale.md)")
+    scale.add_argument("--engine", default="local", choices=ENGINES, help="ray: embed shards with Ray Data (tasks "
+                       "decode, an actor pool embeds); local: one process (sharded only with --kind ivfpq)")
+    scale.add_argument("--address", default=None, help="Ray cluster to join ('auto', 'ray://head:10001'); default: "
+                       "start a local Ray")
+    scale.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: all)")
+    scale.add_argument("--object-store-mb", type=int, default=None, help="object store of a local Ray")
+    scale.add_argument("--actors", type=int, default=None, help="encoder actors (default: one per GPU, else half "
+                       "the CPUs)")
+    scale.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="images per shard (about)")
+
+
+def _index_build_sharded(args: argparse.Namespace) -> int:
+    from ssl_core import default_model_name
+    from ssl_core.scale.build import EncoderArgs, RayOptions, ShardedBuild, build_sharded
+    from ssl_core.search.patch_index import PatchIndex
+
+    ray = RayOptions(args.address, args.num_cpus, args.object_store_mb, args.actors)
+    config = ShardedBuild(args.engine, args.kind, args.shard_size, args.batch_size, args.device, ray)
+    encoder_args = EncoderArgs(args.model or default_model_name(), args.weights, args.image_size)
+    report = build_sharded(args.folder, args.out, encoder_args, _layer_arg(args.layer), config,
+                           log=lambda line: print(line, file=sys.stderr))
+    _report_problems(report)
+    if not report.patches:
+        print(f"patchlens index build: error: nothing indexed ({_nothing_reason(report, args.folder)})",
+              file=sys.stderr)
+        return 1
+    print(f"{report.summary()}; wrote {args.out}: {PatchIndex.load(args.out, device='cpu').describe()}",
+          file=sys.stderr)
+    return 0
+
+
 def _report_problems(report) -> None:
     for problem in report.failed + report.skipped:
         print(f"skipped {problem}", file=sys.stderr)
@@ -102,6 +140,8 @@ def _index_build(args: argparse.Namespace) -> int:
     from ssl_core.search.patch_index import PatchIndex
     from ssl_core.search.storage import check_writable_target
 
+    if args.engine == "ray" or args.kind == "ivfpq" or args.address:
+        return _index_build_sharded(args)
     check_writable_target(Path(args.out))  # before any embedding
     encoder = load_model_from_args(args)
     print(encoder.describe(), file=sys.stderr)

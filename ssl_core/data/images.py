@@ -61,10 +61,7 @@ def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS, name: 
         _check_pixels(source, max_pixels, name)
         return _to_rgb(ImageOps.exif_transpose(source), name)
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.is_file():
-            raise ImageLoadError(name, "no such file" if not path.exists() else "not a regular file")
-        data = path.read_bytes()
+        data = _read_local(Path(source), name)
     elif isinstance(source, (bytes, bytearray)):
         data = bytes(source)
     else:
@@ -72,6 +69,44 @@ def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS, name: 
     if not data:
         raise ImageLoadError(name, "the file is empty")
     return decode_image_bytes(data, name, max_pixels)
+
+
+def _read_local(path: Path, name: str) -> bytes:
+    if not path.is_file():
+        raise ImageLoadError(name, "no such file" if not path.exists() else "not a regular file")
+    return path.read_bytes()
+
+
+def is_url(source: str | os.PathLike) -> bool:
+    """Whether a source names a file by URL (``s3://``, ``gs://``, ``https://``, ``file://`` ...), read with fsspec."""
+    return isinstance(source, str) and re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]+://", source) is not None
+
+
+def read_image_bytes(source: str | os.PathLike) -> bytes:
+    """The bytes of an image file: a local path or an fsspec URL. Unreadable: `ImageLoadError` naming it.
+
+    Only the gallery pipelines call this with URLs (they come from listings the user asked for); `load_image`
+    itself reads local paths only.
+    """
+    name = str(source)
+    if not is_url(name):
+        return _read_local(Path(source), name)
+    import fsspec
+
+    try:
+        with fsspec.open(name, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ImageLoadError(name, "no such file") from None
+    except (OSError, ValueError) as err:
+        raise ImageLoadError(name, f"cannot read ({type(err).__name__}: {err})") from None
+
+
+def content_fingerprint(data: bytes) -> str:
+    """A content hash of a file's bytes: the same as `ssl_core.models.weights.file_fingerprint` of that file."""
+    import hashlib
+
+    return hashlib.blake2b(data, digest_size=12).hexdigest()
 
 
 def decode_image_bytes(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:

@@ -9,11 +9,12 @@ Vectors are L2-normalised (``faiss.normalize_L2``), so an inner product is a cos
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
 from ssl_core.data.images import ImageSource
+from ssl_core.errors import BadRequest
 from ssl_core.features.encoder import Encoder, PatchFeatures
 from ssl_core.progress import ProgressFn
 
@@ -32,6 +33,21 @@ def normalize_rows(vectors: np.ndarray) -> np.ndarray:
     out = np.ascontiguousarray(vectors, dtype=np.float32).copy()
     faiss.normalize_L2(out)
     return out
+
+
+def region_mask(cells: np.ndarray | Iterable[tuple[int, int]], grid_hw: tuple[int, int]) -> np.ndarray:
+    """A region of a patch grid as a bool mask [h, w], from a bool mask of that shape or (row, col) pairs."""
+    if isinstance(cells, np.ndarray) and cells.dtype == bool:
+        if cells.shape != tuple(grid_hw):
+            raise BadRequest(f"region mask of shape {cells.shape} for a {tuple(grid_hw)} grid")
+        mask = cells
+    else:
+        mask = np.zeros(grid_hw, bool)
+        for row, col in cells:
+            mask[row, col] = True
+    if not mask.any():
+        raise BadRequest("the region holds no patches")
+    return mask
 
 
 def patch_vectors(features: PatchFeatures, layer: int | None) -> np.ndarray:
@@ -85,4 +101,4 @@ class PatchTable:
         return grids[self.image_ids, 0], grids[self.image_ids, 1]
 
 
-__all__ = ["PatchTable", "grid_positions", "normalize_rows", "patch_vectors"]
+__all__ = ["PatchTable", "grid_positions", "normalize_rows", "patch_vectors", "region_mask"]

@@ -26,7 +26,7 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -81,18 +81,24 @@ class _Reader(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[str, str, torch.Tensor | str]:
-        path = self.paths[i]
-        try:
-            if self.decode == "jpeg" and path.lower().endswith(JPEG_SUFFIXES):
-                data = Path(path).read_bytes()
-                if data[:3] == b"\xff\xd8\xff":
-                    return "jpeg", path, torch.frombuffer(bytearray(data), dtype=torch.uint8)
-            image = self.policy.apply(load_image(path, self.max_pixels))
-            return "pixels", path, torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
-        except ImageLoadError as err:
-            return "error", path, str(err)
-        except OSError as err:
-            return "error", path, f"{path}: cannot read ({err.strerror or err})"
+        return decode_file(self.paths[i], self.policy, self.decode, self.max_pixels)
+
+
+def decode_file(path: str, policy: ResizePolicy, decode: str = "pil", max_pixels: int = DEFAULT_MAX_PIXELS,
+                data: bytes | None = None) -> tuple[str, str, torch.Tensor | str]:
+    """Stage 1 for one file (read from ``path``, or its bytes ``data`` when given): ("pixels", path, uint8
+    [3, H, W] resized by ``policy``) | ("jpeg", path, uint8 bytes [n]) | ("error", path, "path: reason")."""
+    try:
+        if decode == "jpeg" and path.lower().endswith(JPEG_SUFFIXES):
+            data = Path(path).read_bytes() if data is None else data
+            if data[:3] == b"\xff\xd8\xff":
+                return "jpeg", path, torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        image = policy.apply(load_image(path if data is None else data, max_pixels, name=path))
+        return "pixels", path, torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+    except ImageLoadError as err:
+        return "error", path, str(err)
+    except OSError as err:
+        return "error", path, f"{path}: cannot read ({err.strerror or err})"
 
 
 def _identity(item: T) -> T:
@@ -130,9 +136,17 @@ def embed_files(encoder: Encoder, paths: Sequence[str | os.PathLike], config: Pi
     """Embed image files batch by batch (see the module docstring); yields as batches finish."""
     config = config or PipelineConfig()
     paths = [str(p) for p in paths]
-    runner = _BatchRunner(encoder, config, len(paths), progress)
+    yield from embed_decoded(encoder, _reader_loader(paths, encoder.policy, config), len(paths), config, progress)
+
+
+def embed_decoded(encoder: Encoder, decoded: Iterable[tuple[str, str, torch.Tensor | str]], total: int,
+                  config: PipelineConfig | None = None, progress: ProgressFn | None = None) -> Iterator[EmbeddedBatch]:
+    """Stages 2-5 over files already read (`decode_file`'s results, from any process or machine): batches of
+    same-size images through the encoder, failures passed on; yields as batches finish."""
+    config = config or PipelineConfig()
+    runner = _BatchRunner(encoder, config, total, progress)
     failed: list[str] = []
-    for kind, path, payload in _reader_loader(paths, encoder.policy, config):
+    for kind, path, payload in decoded:
         if kind == "error":
             failed.append(payload)
             continue

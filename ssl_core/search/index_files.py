@@ -21,8 +21,17 @@ import numpy as np
 import torch
 
 from ssl_core.errors import BadRequest, IndexFormatError, IndexMismatch
+from ssl_core.search.ivfpq import OnDiskVectorIndex
 from ssl_core.search.patch_index import PatchIndex
-from ssl_core.search.records import INDEX_FILE, MANIFEST_FILE, PATCHES_FILE, IndexedImage, IndexManifest
+from ssl_core.search.records import (
+    INDEX_FILE,
+    LISTS_FILE,
+    MANIFEST_FILE,
+    PATCHES_FILE,
+    VECTORS_PREFIX,
+    IndexedImage,
+    IndexManifest,
+)
 from ssl_core.search.storage import (
     POINTER_FILE,
     FileRecord,
@@ -73,30 +82,43 @@ def save_index(index: PatchIndex, directory: str | os.PathLike, lock_timeout: fl
             committed = read_pointer(target) if (target / POINTER_FILE).exists() else None
             if committed is not None and committed.generation != origin.generation:
                 index.adopt(merged(index, _read(target, committed, index.device), origin))
-        pointer = write_generation(target, lambda folder: _write_data(index, folder),
-                                   lambda folder, records: _write_manifest(index.manifest, folder, records))
+        commit_locked(index, target)
     except OSError as err:  # a full disk, a folder made read-only meanwhile ...: the commit point was not reached
         raise BadRequest(f"{target}: writing the index failed ({err.strerror or err}); the committed index is "
                          f"unchanged") from None
     finally:
         lock.release()
-    index.origin = origin_of(index, target, pointer.generation)
     return target
+
+
+def commit_locked(index: PatchIndex, target: Path) -> Pointer:
+    """Write ``index`` as a new generation of ``target`` (the caller holds its lock; no merge)."""
+    pointer = write_generation(target, lambda folder: _write_data(index, folder),
+                               lambda folder, records: write_manifest(index.manifest, folder, records))
+    index.origin = origin_of(index, target, pointer.generation)
+    return pointer
 
 
 def _write_data(index: PatchIndex, folder: Path) -> list[str]:
     import faiss
 
+    if index.kind == "ivfpq":
+        raise BadRequest("an on-disk ivfpq index is written by `patchlens index build` (ssl_core.scale), not saved")
     names = []
     if index.vector_index is not None:
         faiss.write_index(index.vector_index.index, str(folder / INDEX_FILE))
         names.append(INDEX_FILE)
+    return names + [write_patches(index, folder)]
+
+
+def write_patches(index: PatchIndex, folder: Path) -> str:
+    """patches.npz: image id [N] int32, row [N] int16 and col [N] int16 of every vector; returns its name."""
     image_ids, rows, cols = index.patch_positions()
     np.savez(folder / PATCHES_FILE, image_id=image_ids, row=rows, col=cols)
-    return names + [PATCHES_FILE]
+    return PATCHES_FILE
 
 
-def _write_manifest(manifest: IndexManifest, folder: Path, records: dict[str, FileRecord]) -> str:
+def write_manifest(manifest: IndexManifest, folder: Path, records: dict[str, FileRecord]) -> str:
     manifest.files = dict(records)
     (folder / MANIFEST_FILE).write_text(manifest.to_json())
     return MANIFEST_FILE
@@ -117,14 +139,19 @@ def merged(ours: PatchIndex, theirs: PatchIndex, origin: IndexOrigin) -> PatchIn
 
 
 # --------------------------------------------------------------------------------------------------- loading
-def load_index(directory: str | os.PathLike, device: str | torch.device | None = None) -> PatchIndex:
-    """Read the committed generation of an index folder, checking every file (`IndexFormatError` names damage)."""
+def load_index(directory: str | os.PathLike, device: str | torch.device | None = None,
+               all_checksums: bool = False) -> PatchIndex:
+    """Read the committed generation of an index folder, checking every file (`IndexFormatError` names damage).
+
+    The big files of an on-disk (ivfpq) index (lists and vectors, many GB) are checked by size unless ``all_checksums``
+    (`ssl_core.search.verify` reads them all); every other file by its checksum.
+    """
     where = Path(directory)
     recover(where)
     for attempt in range(3):
         pointer = read_pointer(where)
         try:
-            return _read(where, pointer, device)
+            return _read(where, pointer, device, all_checksums)
         except IndexFormatError:
             try:
                 moved = read_pointer(where) != pointer  # a writer committed while this was read: read again
@@ -135,19 +162,21 @@ def load_index(directory: str | os.PathLike, device: str | torch.device | None =
     raise AssertionError("unreachable")
 
 
-def _read(where: Path, pointer: Pointer, device: str | torch.device | None) -> PatchIndex:
+def _read(where: Path, pointer: Pointer, device: str | torch.device | None, all_checksums: bool = False,
+          ) -> PatchIndex:
     folder = where / pointer.generation
     if not folder.is_dir():
         raise IndexFormatError(f"{folder}: the committed generation folder is missing; the index is damaged")
     check_file(folder / MANIFEST_FILE, pointer.manifest, "the manifest (edited or damaged since it was committed)")
     manifest = IndexManifest.from_json((folder / MANIFEST_FILE).read_bytes(), str(folder / MANIFEST_FILE))
-    expected = {PATCHES_FILE} | ({INDEX_FILE} if manifest.count else set())
+    expected = expected_files(manifest)
     if set(manifest.files) != expected:
         raise IndexFormatError(f"{folder / MANIFEST_FILE}: lists the files {sorted(manifest.files)}, an index of "
                                f"{manifest.count} vectors has {sorted(expected)}")
     for name in sorted(expected):
-        check_file(folder / name, manifest.files[name], name)
-    index = PatchIndex(manifest, _read_vectors(folder, manifest), device)
+        check_file(folder / name, manifest.files[name], name, contents=all_checksums or not _big(name))
+    vectors = _read_ondisk(folder, manifest) if manifest.kind == "ivfpq" else _read_vectors(folder, manifest)
+    index = PatchIndex(manifest, vectors, device)
     _check_patches(folder / PATCHES_FILE, index)
     index.origin = origin_of(index, where, pointer.generation)
     return index
@@ -170,6 +199,28 @@ def _read_vectors(folder: Path, manifest: IndexManifest) -> VectorIndex | None:
     return vectors
 
 
+def expected_files(manifest: IndexManifest) -> set[str]:
+    """The data files a generation with this manifest holds."""
+    if manifest.kind == "ivfpq":
+        vectors = {name for name in manifest.files if name.startswith(VECTORS_PREFIX)}
+        return {INDEX_FILE, LISTS_FILE, PATCHES_FILE} | (vectors or {f"{VECTORS_PREFIX}00000.npy"})
+    return {PATCHES_FILE} | ({INDEX_FILE} if manifest.count else set())
+
+
+def _big(name: str) -> bool:
+    return name == LISTS_FILE or name.startswith(VECTORS_PREFIX)
+
+
+def _read_ondisk(folder: Path, manifest: IndexManifest) -> OnDiskVectorIndex:
+    files = sorted(folder / name for name in manifest.files if name.startswith(VECTORS_PREFIX))
+    vectors = OnDiskVectorIndex.open(folder, files, manifest.search_param, manifest.rerank, manifest.recall,
+                                     manifest.trained_count)
+    if not (vectors.ntotal == len(vectors.store) == manifest.count) or vectors.dim != manifest.dim:
+        raise IndexFormatError(f"{folder}: the on-disk index holds {vectors.ntotal} codes and {len(vectors.store)} "
+                               f"vectors of dim {vectors.dim}, the manifest says {manifest.count} of dim {manifest.dim}")
+    return vectors
+
+
 def _check_patches(path: Path, index: PatchIndex) -> None:
     try:
         with np.load(path, allow_pickle=False) as patches:
@@ -180,4 +231,5 @@ def _check_patches(path: Path, index: PatchIndex) -> None:
         raise IndexFormatError(f"{path}: does not match the manifest's images")
 
 
-__all__ = ["save_index", "load_index", "merged", "IndexOrigin", "LOCK_TIMEOUT_S"]
+__all__ = ["save_index", "load_index", "commit_locked", "write_manifest", "write_patches", "expected_files", "merged",
+           "IndexOrigin", "LOCK_TIMEOUT_S"]

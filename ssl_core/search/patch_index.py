@@ -31,13 +31,14 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 import torch
 
-from ssl_core.data.images import ImageSource, ResizePolicy, load_image
+from ssl_core.data.images import ImageSource, ResizePolicy, is_url, load_image, read_image_bytes
 from ssl_core.errors import BadRequest, IndexMismatch
 from ssl_core.features.encoder import Encoder, default_device
-from ssl_core.features.patch_table import PatchTable, grid_positions, normalize_rows, patch_vectors
+from ssl_core.features.patch_table import PatchTable, grid_positions, normalize_rows, patch_vectors, region_mask
 from ssl_core.features.pipeline import PipelineConfig, embed_files
 from ssl_core.models.weights import file_fingerprint
 from ssl_core.progress import ProgressFn
+from ssl_core.search.ivfpq import NOT_IN_PLACE, OnDiskVectorIndex
 from ssl_core.search.records import (
     MANIFEST_FILE,
     AddReport,
@@ -61,7 +62,8 @@ IVF_RETRAIN_GROWTH = 4.0
 class PatchIndex:
     """Every patch of a gallery, embedded by one encoder at one layer, searchable by cosine similarity."""
 
-    def __init__(self, manifest: IndexManifest, vector_index: VectorIndex | None, device: str | torch.device | None = None):
+    def __init__(self, manifest: IndexManifest, vector_index: VectorIndex | OnDiskVectorIndex | None,
+                 device: str | torch.device | None = None):
         self.manifest = manifest
         self.vector_index = vector_index
         self.device = torch.device(device) if device is not None else default_device()
@@ -81,11 +83,12 @@ class PatchIndex:
     # ----------------------------------------------------------------------------------------- creation
     @classmethod
     def create(cls, encoder: Encoder, layer: int | None = None, kind: str = "auto",
-               device: str | torch.device | None = None) -> "PatchIndex":
-        """An empty index for an encoder at a layer (None: the final normed tokens)."""
+               device: str | torch.device | None = None, sharded: bool = False) -> "PatchIndex":
+        """An empty index for an encoder at a layer (None: the final normed tokens); ``sharded``: for a sharded
+        build (`ssl_core.scale`), which may make an on-disk ivfpq index."""
         import faiss
 
-        resolve_kind(kind, 0)
+        resolve_kind(kind, 0, on_disk=sharded)
         resolved = None if layer is None else encoder.resolve_layers([layer])[0]
         now = _now()
         manifest = IndexManifest(
@@ -124,6 +127,9 @@ class PatchIndex:
         if m.kind in ("ivf", "hnsw"):
             name = "nprobe" if m.kind == "ivf" else "efSearch"
             tuning = f", {name} {m.search_param} (recall@10 {m.recall:.3f} on a sample)"
+        elif m.kind == "ivfpq":
+            tuning = (f" on disk ({m.factory}), nprobe {m.search_param}, {m.rerank} candidates re-ranked exactly "
+                      f"(recall@10 {m.recall:.3f} on a sample)")
         return (f"{m.count:,} patches of {len(m.images)} images · {m.describe_embedding()} · "
                 f"{m.kind or 'empty'} index{tuning}")
 
@@ -153,6 +159,8 @@ class PatchIndex:
         Images are embedded by `ssl_core.features.pipeline.embed_files` (decoding in worker processes, batches by grid).
         """
         self.check_encoder(encoder)
+        if self.kind == "ivfpq":
+            raise BadRequest(NOT_IN_PLACE)
         report = AddReport()
         paths, report.skipped, report.refused = gallery_files(sources, readable)
         todo = self._new_files(paths, report)  # resolved path -> content hash
@@ -261,7 +269,8 @@ class PatchIndex:
         ids = np.arange(len(self))
         if limit is not None and len(self) > limit:
             ids = np.sort(np.random.default_rng(seed).choice(len(self), limit, replace=False))
-        return PatchTable(self.vectors()[ids], self._image_ids[ids], self._rows[ids].astype(np.int64),
+        vectors = self.vector_index.take(ids) if self.kind == "ivfpq" else self.vectors()[ids]  # [n, D]
+        return PatchTable(vectors, self._image_ids[ids], self._rows[ids].astype(np.int64),
                           self._cols[ids].astype(np.int64), [im.path for im in self.images],
                           [im.grid_hw for im in self.images])
 
@@ -270,7 +279,9 @@ class PatchIndex:
 
     def processed_image(self, image_index: int) -> np.ndarray:
         """A gallery image as the encoder saw it [H, W, 3] uint8 (its patch grid matches the index's rows and cols)."""
-        return np.asarray(self.resize_policy().apply(load_image(self.images[image_index].path)), dtype=np.uint8)
+        path = self.images[image_index].path  # a local path, or a URL (indexed by a sharded build)
+        image = load_image(read_image_bytes(path), name=path) if is_url(path) else load_image(path)
+        return np.asarray(self.resize_policy().apply(image), dtype=np.uint8)
 
     # ----------------------------------------------------------------------------------------- searching
     def embed_query(self, encoder: Encoder, image: ImageSource, layer: int | None | str = "index") -> QueryImage:
@@ -327,7 +338,7 @@ class PatchIndex:
         return out
 
     def _search_raw(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and self.kind != "ivfpq":  # an on-disk index is not copied to the GPU
             if self._device_search is None:
                 self._device_search = DeviceSearch(self.vectors(), self.device)
             return self._device_search.search(queries, k)
@@ -344,16 +355,7 @@ class PatchIndex:
     def search_region(self, query: QueryImage, cells: np.ndarray | Iterable[tuple[int, int]], k: int = 10,
                       exclude_query_image: bool = False) -> list[PatchHit]:
         """The k gallery patches nearest to the mean direction of a region: a bool mask [h, w] or (row, col) pairs."""
-        mask = np.zeros(query.grid_hw, bool)
-        if isinstance(cells, np.ndarray) and cells.dtype == bool:
-            if cells.shape != mask.shape:
-                raise BadRequest(f"region mask of shape {cells.shape} for a {mask.shape} grid")
-            mask = cells
-        else:
-            for row, col in cells:
-                mask[row, col] = True
-        if not mask.any():
-            raise BadRequest("the region holds no patches")
+        mask = region_mask(cells, query.grid_hw)  # [h, w] bool
         mean = normalize_rows(query.vectors[mask].mean(0, keepdims=True))
         return self.search_vectors(mean, k, self._excluded(query, exclude_query_image))[0]
 

@@ -18,6 +18,8 @@ from ssl_core.search.storage import FileRecord
 
 FORMAT_VERSION = 2  # 1: files at the top of the folder, no checksums (refused: rebuild)
 INDEX_FILE, PATCHES_FILE, MANIFEST_FILE = "index.faiss", "patches.npz", "manifest.json"
+LISTS_FILE = "lists.ivfdata"  # an on-disk (ivfpq) index's inverted lists: PQ codes and ids, memory-mapped
+VECTORS_PREFIX = "vectors-"  # an on-disk index's float16 vectors for re-ranking: vectors-00000.npy ..., read by row
 
 
 @dataclass
@@ -42,11 +44,13 @@ class IndexManifest:
     patch_size: int
     layer: int | None  # block index, or None for the final normed tokens
     dim: int
-    kind_requested: str  # "auto" | "exact" | "ivf" | "hnsw"
+    kind_requested: str  # "auto" | "exact" | "ivf" | "hnsw" | "ivfpq"
     kind: str = ""  # the concrete kind built ("" while empty)
     count: int = 0
-    search_param: int = 0
+    search_param: int = 0  # nprobe (ivf, ivfpq) or efSearch (hnsw)
     recall: float | None = None
+    rerank: int = 0  # ivfpq: candidates per query re-ranked exactly from the float16 vectors
+    factory: str = ""  # ivfpq: the FAISS factory string (e.g. "OPQ64_256,IVF4096,PQ64")
     trained_count: int = 0
     images: list[IndexedImage] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
@@ -166,4 +170,4 @@ class AddReport:
 
 
 __all__ = ["IndexedImage", "IndexManifest", "PatchHit", "ImageHit", "QueryImage", "AddReport", "FORMAT_VERSION",
-           "INDEX_FILE", "PATCHES_FILE", "MANIFEST_FILE"]
+           "INDEX_FILE", "PATCHES_FILE", "MANIFEST_FILE", "LISTS_FILE", "VECTORS_PREFIX"]

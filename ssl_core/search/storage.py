@@ -6,6 +6,7 @@ A folder holds generations; exactly one is committed, named by the pointer file:
       CURRENT           the commit point: the committed generation and the size and sha256 of its manifest
       gen-000007/       the committed generation: data files and a manifest listing their sizes and checksums
       .lock             the writer lock: pid, host and start time of the holder while a write runs (else empty)
+      shards/, work/    a sharded build's embedded shards and resumable index stages (`ssl_core.scale`), if any
 
 A write (`write_generation`, under `WriterLock`) makes a new ``gen-N`` folder, writes and fsyncs its files and the
 folder, writes the pointer to a temporary file, fsyncs it, and ``os.replace``-s it onto ``CURRENT``, then fsyncs the
@@ -37,6 +38,7 @@ from typing import Callable
 from ssl_core.errors import BadRequest, IndexFormatError
 
 POINTER_FILE, LOCK_FILE, GENERATION_PREFIX = "CURRENT", ".lock", "gen-"
+SHARDS_DIR, WORK_DIR = "shards", "work"  # a sharded build's embedded shards and its resumable index stages
 POINTER_VERSION = 2
 CRASH_ENV = "PATCHLENS_CRASH_AT"
 CRASH_STEPS = ("locked", "generation-created", "data-written", "manifest-written", "synced", "pointer-written",
@@ -69,14 +71,20 @@ def file_record(path: Path) -> FileRecord:
     return FileRecord(size, digest.hexdigest())
 
 
-def check_file(path: Path, expected: FileRecord, label: str) -> None:
-    """Refuse a file that is missing, of another size or with other contents than recorded (`IndexFormatError`)."""
+def check_file(path: Path, expected: FileRecord, label: str, contents: bool = True) -> None:
+    """Refuse a file that is missing, of another size or with other contents than recorded (`IndexFormatError`).
+
+    ``contents=False`` checks the size only (memory-mapped files of many GB, whose checksums `index verify` reads).
+    """
     if not path.is_file():
         raise IndexFormatError(f"{path}: {label} is missing; the index is damaged")
-    actual = file_record(path)
-    if actual.size != expected.size:
-        raise IndexFormatError(f"{path}: {label} is damaged: {actual.size:,} bytes, {expected.size:,} were written "
+    size = path.stat().st_size
+    if size != expected.size:
+        raise IndexFormatError(f"{path}: {label} is damaged: {size:,} bytes, {expected.size:,} were written "
                                f"(truncated or extended)")
+    if not contents:
+        return
+    actual = file_record(path)
     if actual.sha256 != expected.sha256:
         raise IndexFormatError(f"{path}: {label} is damaged: its checksum does not match the one recorded when it "
                                f"was written (the bytes were altered)")
@@ -227,24 +235,27 @@ def generations(directory: Path) -> list[str]:
 
 
 def write_generation(directory: Path, write_data: Callable[[Path], list[str]],
-                     write_manifest: Callable[[Path, dict[str, FileRecord]], str]) -> Pointer:
+                     write_manifest: Callable[[Path, dict[str, FileRecord]], str],
+                     known: dict[str, FileRecord] | None = None) -> Pointer:
     """Write and commit a new generation; the caller holds the `WriterLock`.
 
     ``write_data(folder)`` writes the data files and returns their names; ``write_manifest(folder, records)``
     writes the manifest (which lists the records) and returns its name. Returns the committed pointer.
+    ``known`` holds records already computed for some names (files linked from committed shards), not re-read.
     """
+    known = {} if known is None else known
     existing = [int(name[len(GENERATION_PREFIX):]) for name in generations(directory)]
     folder = directory / f"{GENERATION_PREFIX}{max(existing, default=0) + 1:06d}"
     folder.mkdir()
     crash_point("generation-created")
     names = write_data(folder)
     crash_point("data-written")
-    manifest_name = write_manifest(folder, {name: file_record(folder / name) for name in names})
+    manifest_name = write_manifest(folder, {name: known.get(name) or file_record(folder / name) for name in names})
     crash_point("manifest-written")
     for name in [*names, manifest_name]:
-        _fsync_path(folder / name)
-    _fsync_path(folder)
-    _fsync_path(directory)
+        fsync_path(folder / name)
+    fsync_path(folder)
+    fsync_path(directory)
     crash_point("synced")
     pointer = Pointer(folder.name, file_record(folder / manifest_name))
     temp = directory / f".{POINTER_FILE}.tmp-{uuid.uuid4().hex[:12]}"
@@ -254,7 +265,7 @@ def write_generation(directory: Path, write_data: Callable[[Path], list[str]],
         os.fsync(f.fileno())
     crash_point("pointer-written")
     os.replace(temp, directory / POINTER_FILE)  # the commit
-    _fsync_path(directory)
+    fsync_path(directory)
     crash_point("committed")
     remove_uncommitted(directory, pointer.generation)
     return pointer
@@ -306,7 +317,7 @@ def check_writable_target(directory: Path) -> None:
         return
     if not directory.is_dir():
         raise BadRequest(f"{directory}: exists and is not a folder; choose a new folder for the index")
-    ours = {POINTER_FILE, LOCK_FILE}
+    ours = {POINTER_FILE, LOCK_FILE, SHARDS_DIR, WORK_DIR}
     foreign = [p.name for p in directory.iterdir() if p.name not in ours and not _GENERATION.fullmatch(p.name)
                and not _POINTER_TEMP.fullmatch(p.name)]
     if "manifest.json" in foreign:
@@ -317,7 +328,7 @@ def check_writable_target(directory: Path) -> None:
                          f"an index folder; choose a new or empty folder for the index")
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -331,4 +342,4 @@ def _now() -> str:
 
 __all__ = ["FileRecord", "Pointer", "WriterLock", "IndexLocked", "file_record", "check_file", "read_pointer",
            "write_generation", "remove_uncommitted", "recover", "generations", "crash_point", "is_index_directory",
-           "check_writable_target", "POINTER_FILE", "LOCK_FILE", "CRASH_ENV", "CRASH_STEPS"]
+           "check_writable_target", "fsync_path", "POINTER_FILE", "LOCK_FILE", "SHARDS_DIR", "WORK_DIR", "CRASH_ENV", "CRASH_STEPS"]

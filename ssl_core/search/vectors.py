@@ -28,8 +28,11 @@ import torch
 
 from ssl_core.errors import BadRequest
 
-KINDS = ("auto", "exact", "ivf", "hnsw")
+KINDS = ("auto", "exact", "ivf", "hnsw", "ivfpq")
 AUTO_EXACT_LIMIT = 200_000  # vectors; an exact scan of this many 384-d fp16 vectors takes ~15 ms per query on 2 cores
+# vectors; past this a sharded build (`ssl_core.scale`) makes an on-disk IVF-PQ index (`ssl_core.search.ivfpq`):
+# 2M 768-d vectors are 3 GB of float16, as much as an in-memory index should hold on a small machine
+AUTO_IVFPQ_LIMIT = 2_000_000
 RECALL_TARGET = 0.95
 TUNE_MARGIN = 0.01  # tuning aims this far above the target: 200 sampled queries measure recall to about +-0.007
 TUNE_QUERIES = 200
@@ -67,12 +70,18 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 # --------------------------------------------------------------------------------------------------- FAISS indexes
-def resolve_kind(kind: str, count: int) -> str:
-    """The concrete index kind for a requested one ("auto" depends on the vector count)."""
+def resolve_kind(kind: str, count: int, on_disk: bool = False) -> str:
+    """The concrete index kind for a requested one ("auto" depends on the vector count, and on whether the build
+    is sharded (``on_disk``): only a sharded build makes an ``ivfpq`` index, past `AUTO_IVFPQ_LIMIT`)."""
     if kind not in KINDS:
         raise BadRequest(f"index kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    if kind == "ivfpq" and not on_disk:
+        raise BadRequest("an ivfpq index is built from shards on disk: use `patchlens index build --engine ray` "
+                         "(or --engine local --kind ivfpq)")
     if kind == "auto":
-        return "exact" if count <= AUTO_EXACT_LIMIT else "ivf"
+        if count <= AUTO_EXACT_LIMIT:
+            return "exact"
+        return "ivfpq" if on_disk and count > AUTO_IVFPQ_LIMIT else "ivf"
     return kind
 
 
@@ -161,19 +170,19 @@ class VectorIndex:
         sample = np.sort(np.random.default_rng(seed).choice(vectors.shape[0], min(TUNE_QUERIES, vectors.shape[0]), replace=False))
         queries = np.asarray(vectors[sample], dtype=np.float32)
         _, truth = exact_search_torch(torch.from_numpy(np.asarray(vectors)), torch.from_numpy(queries), k + 1)
-        truth = _without(truth.numpy(), sample, k)
+        truth = without_own(truth.numpy(), sample, k)
         limit = faiss_ivf_lists(self.index) if self.kind == "ivf" else 1024
         candidates = [2**i for i in range(0, 11) if 2**i < limit] + [limit]
         if self.kind == "hnsw":  # stored vectors as queries flatter HNSW (their own node is in the graph): start at 32
             candidates = [c for c in candidates if c >= 32]
         for value in candidates:
-            found = _without(self.search(queries, k + 1, search_param=value)[1], sample, k)
+            found = without_own(self.search(queries, k + 1, search_param=value)[1], sample, k)
             self.search_param, self.recall = value, recall_at_k(found, truth)
             if self.recall >= target + TUNE_MARGIN:
                 break
 
 
-def _without(ids: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
+def without_own(ids: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
     """Result rows ids [q, k+1] without each query's own id own[q], cut to k columns."""
     return np.array([[i for i in row if i != self_id][:k] for row, self_id in zip(ids.tolist(), own.tolist())])
 
@@ -245,4 +254,5 @@ class DeviceSearch:
 
 
 __all__ = ["VectorIndex", "make_vector_index", "exact_search_torch", "recall_at_k", "resolve_kind", "ivf_list_count",
-           "DeviceSearch", "faiss_has_gpu", "KINDS", "AUTO_EXACT_LIMIT", "RECALL_TARGET", "HNSW_M"]
+           "without_own", "DeviceSearch", "faiss_has_gpu", "KINDS", "AUTO_EXACT_LIMIT", "AUTO_IVFPQ_LIMIT",
+           "RECALL_TARGET", "HNSW_M"]

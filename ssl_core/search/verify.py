@@ -60,8 +60,10 @@ class VerifyReport:
 
 def verify_index(directory: str | os.PathLike, encoder_for: Callable[[PatchIndex], Encoder] | None = None,
                  sample: int = DEFAULT_SAMPLE, seed: int = 0, min_cosine: float = MIN_COSINE) -> VerifyReport:
-    """Load (checking every file) and, with ``encoder_for``, re-embed a sample of images (see the module docstring)."""
-    index = PatchIndex.load(directory, device="cpu")
+    """Load (checking every file's checksum) and, with ``encoder_for``, re-embed a sample of images (see the module docstring)."""
+    from ssl_core.search.index_files import load_index
+
+    index = load_index(directory, device="cpu", all_checksums=True)  # the mapped files of an ivfpq index too
     folder = Path(directory) / index.origin.generation
     m = index.manifest
     report = VerifyReport(str(directory), index.origin.generation, {
