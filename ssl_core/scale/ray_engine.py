@@ -79,10 +79,6 @@ def _decode_row(row: dict, policy: ResizePolicy, max_pixels: int) -> dict:
     return {"name": row["name"], "paths": row["paths"], "decoded": pickle.dumps(decoded, protocol=5)}
 
 
-def _decode_task_args() -> dict:
-    return {"num_cpus": 1}
-
-
 class ShardEmbedder:
     """A Ray Data actor: loads the encoder once, then embeds, writes and commits one shard per call."""
 
@@ -136,7 +132,7 @@ def embed_shards_ray(plans: Sequence[ShardPlan], root: Path, encoder_args: Encod
     rows = [{"name": plan.name, "paths": json.dumps(list(plan.paths))} for plan in plans]
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
     dataset = dataset.map(_decode_row, fn_kwargs={"policy": policy, "max_pixels": embedding.max_pixels},
-                          ray_remote_args_fn=_decode_task_args)
+                          num_cpus=1)
     dataset = dataset.map_batches(
         ShardEmbedder, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(actors, len(plans))),
         fn_constructor_kwargs={"encoder_args": encoder_args, "embedding": embedding, "layer": layer,
