@@ -212,3 +212,70 @@ def test_click_callbacks_get_their_event_and_every_callback_is_typed():
         return ((types.get(node["id"]) != "tabs" or all(types[c["id"]] == "tabitem" for c in children))
                 and all(tabs_hold_only_tabs(c) for c in children))
     assert tabs_hold_only_tabs(config["layout"])
+
+
+# ------------------------------------------------------------------------------------------------- resolution, facets
+def test_every_resolution_draws_maps_at_one_size_so_clicks_land_on_the_same_patch(tiny_encoder):
+    from app.views.resolution import CHOICES, Resolution
+    from ssl_core.render.draw import COLORBAR_WIDTH
+
+    image = Image.fromarray(smooth_image(64, 96, seed=3))
+    shown = {choice: inspect_views.overview(tiny_encoder, image, resolution=choice).pictures for choice in CHOICES}
+    raw = shown["patch grid"]
+    grid_hw = encoder_display_grid(tiny_encoder, image).grid_hw
+    for choice, pictures in shown.items():
+        for name in ("pca", "attention"):
+            assert pictures[name].shape == raw[name].shape or (  # a difference of an RGB map adds a colour bar
+                Resolution.of(choice).difference and pictures[name].shape[1] == raw[name].shape[1] + COLORBAR_WIDTH)
+        click = Click(37.0, 21.0, pictures["attention"].shape[:2])
+        assert patch_at(click, grid_hw) == patch_at(Click(37.0, 21.0, raw["attention"].shape[:2]), grid_hw)
+    for name in ("pca", "attention"):
+        assert not np.array_equal(shown["guided"][name], raw[name])  # guidance redraws the map
+        assert not np.array_equal(shown["bilinear"][name], shown["guided"][name])
+    difference = shown["difference: guided − patch grid"]["attention"].astype(int)
+    assert np.abs(difference - raw["attention"].astype(int)).mean() > 1
+
+
+def test_resolution_reaches_parts_similarity_and_token_norms_and_bad_choices_are_refused(tiny_encoder):
+    import pytest
+
+    from ssl_core.errors import BadRequest
+
+    images = [Image.fromarray(smooth_image(64, 96, seed=1)), Image.fromarray(smooth_image(80, 80, seed=2))]
+    for view in (lambda r: inspect_views.parts_view(tiny_encoder, images, ["a", "b"], None, k=3, resolution=r)
+                 .galleries["maps"][0][0],
+                 lambda r: inspect_views.similarity_view(tiny_encoder, images, ["a", "b"], 0, 1, 1, None, resolution=r)
+                 .galleries["maps"][1][0],
+                 lambda r: inspect_views.attention_view(tiny_encoder, images[0], 1, None, False, 0.5, resolution=r)
+                 .pictures["token_norm"]):
+        raw, guided = view("patch grid"), view("guided")
+        assert raw.shape == guided.shape and not np.array_equal(raw, guided)
+    with pytest.raises(BadRequest, match="resolution"):
+        inspect_views.overview(tiny_encoder, images[0], resolution="bicubic")
+
+
+def test_the_facet_changes_the_tokens_behind_the_maps(tiny_encoder):
+    from ssl_core.features.facets import facet_tokens
+
+    images = [Image.fromarray(smooth_image(64, 96, seed=1))]
+    output = inspect_views.pca_view(tiny_encoder, images, ["a"], 1).numbers["pca_rgb_0"]
+    key = inspect_views.pca_view(tiny_encoder, images, ["a"], 1, facet="key").numbers["pca_rgb_0"]
+    assert output.shape == key.shape and not np.allclose(output, key)
+    _, [grid] = inspect_views.token_grids(tiny_encoder, images, 1, "value")
+    torch.testing.assert_close(grid, facet_tokens(tiny_encoder, images, "value", 1)[0].patch_tokens)
+    similarity = inspect_views.similarity_view(tiny_encoder, images, ["a"], 0, 2, 3, None, facet="query")
+    assert "query of the last block" in similarity.notes
+
+
+def test_token_norms_follow_the_block_and_box_the_outliers(tiny_encoder):
+    from ssl_core.analyses.token_norm import token_norms
+
+    image = Image.fromarray(smooth_image(64, 96, seed=1))
+    shown = []
+    for block in (0, tiny_encoder.depth - 1):
+        result = inspect_views.attention_view(tiny_encoder, image, block, None, False, 0.5)
+        [f] = tiny_encoder.extract([image], layers=[block])
+        np.testing.assert_allclose(result.numbers["token_norm"], token_norms(f, [block]).patch_norms[0], rtol=1e-5)
+        assert f"after block {block}" in result.notes
+        shown.append(result.numbers["token_norm"])
+    assert not np.allclose(*shown)
