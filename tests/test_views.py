@@ -144,6 +144,7 @@ def test_every_view_returns_a_view_result(tiny_encoder, tmp_path):
         "lab.probe_view": lambda: lab.probe_view(tiny_encoder, lab.PROBES[3], tiny),
         "lab.probes_view": lambda: lab.probes_view({"random-tiny": tiny_encoder}, lab.PROBES[3], tiny),
         "lab.cka_view": lambda: lab.cka_view(tiny_encoder, tiny_encoder, tiny),
+        "lab.layer_sweep_view": lambda: lab.measure_view({"random-tiny": tiny_encoder}, lab.LAYERS, tiny),
     }
     not_called = {"lab.lab_view", "lab.report_view"}  # the whole Lab: tests/test_lab.py runs it once for all
     assert set(_view_functions()) == set(calls) | not_called  # a new view is added here too
@@ -279,3 +280,20 @@ def test_token_norms_follow_the_block_and_box_the_outliers(tiny_encoder):
         assert f"after block {block}" in result.notes
         shown.append(result.numbers["token_norm"])
     assert not np.allclose(*shown)
+
+
+def test_the_layer_sweep_view_has_one_point_per_block_and_png_and_html_downloads(tiny_encoder):
+    import pytest
+
+    from ssl_core.errors import BadRequest
+    from ssl_core.lab import LabConfig
+
+    tiny = LabConfig(n_train=8, n_test=4, patch_train_images=8, patch_test_images=4, part_map_images=4)
+    result = lab.measure_view({"random-tiny": tiny_encoder}, lab.LAYERS, tiny)
+    traces = result.figures["layers"].data
+    assert len(traces) == 4 and all(list(t.x) == list(range(tiny_encoder.depth)) for t in traces)
+    png = Image.open(io.BytesIO(result.files["layer_sweep.png"]))
+    assert png.format == "PNG" and len(np.unique(np.asarray(png.convert("RGB")).reshape(-1, 3), axis=0)) > 4
+    assert b"plotly" in result.files["layer_sweep.html"] and "best block for parts" in result.notes
+    with pytest.raises(BadRequest, match="one encoder"):
+        lab.measure_view({"a": tiny_encoder, "b": tiny_encoder}, lab.LAYERS, tiny)
