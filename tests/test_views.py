@@ -11,7 +11,7 @@ import torch
 from conftest import smooth_image
 from PIL import Image
 
-from app.views import compare, gallery, lab, reconstruct
+from app.views import compare, correspond, gallery, lab, reconstruct
 from app.views import inspect as inspect_views
 from app.views.result import (
     Click,
@@ -26,7 +26,7 @@ from app.views.result import (
     untrained_warning,
 )
 
-VIEW_MODULES = (inspect_views, reconstruct, gallery, compare, lab)
+VIEW_MODULES = (inspect_views, reconstruct, gallery, compare, correspond, lab)
 
 
 # ------------------------------------------------------------------------------------------------- click -> patch
@@ -140,6 +140,7 @@ def test_every_view_returns_a_view_result(tiny_encoder, tmp_path):
         "gallery.pick_point": lambda: gallery.pick_point(drawn.state, *drawn.state.picture.pixels[0]),
         "gallery.cka_view": lambda: gallery.cka_view(tiny_encoder, tiny_encoder, images, grid_size=2),
         "compare.compare_view": lambda: compare.compare_view([tiny_encoder, tiny_encoder], images[0], k=3),
+        "correspond.best_buddies_view": lambda: correspond.best_buddies_view(tiny_encoder, images, ["a", "b"], 5),
         "lab.measure_view": lambda: lab.measure_view({"random-tiny": tiny_encoder}, lab.PROBES[4], tiny),
         "lab.probe_view": lambda: lab.probe_view(tiny_encoder, lab.PROBES[3], tiny),
         "lab.probes_view": lambda: lab.probes_view({"random-tiny": tiny_encoder}, lab.PROBES[3], tiny),
@@ -297,3 +298,19 @@ def test_the_layer_sweep_view_has_one_point_per_block_and_png_and_html_downloads
     assert b"plotly" in result.files["layer_sweep.html"] and "best block for parts" in result.notes
     with pytest.raises(BadRequest, match="one encoder"):
         lab.measure_view({"a": tiny_encoder, "b": tiny_encoder}, lab.LAYERS, tiny)
+
+
+def test_best_buddies_view_shows_the_top_pairs_their_count_and_mean_cosine(tiny_encoder):
+    from PIL import ImageOps
+
+    from ssl_core.analyses.correspondence import best_buddies
+
+    image = Image.fromarray(smooth_image(64, 96, seed=4))
+    mirrored = ImageOps.mirror(image)
+    result = correspond.best_buddies_view(tiny_encoder, [image, mirrored], ["a.png", "b.png"], 7, facet="key")
+    [fa, fb] = [t.patch_tokens for t in inspect_views.facet_tokens(tiny_encoder, [image, mirrored], "key", -1)]
+    reference = best_buddies(fa, fb, top=7)
+    assert result.numbers["similarity"].tolist() == reference.similarity.tolist()
+    assert f"**{reference.count} best buddies shown** (of {reference.total})" in result.notes
+    assert f"{reference.mean_similarity:.3f}" in result.notes and "key of the last block" in result.notes
+    assert result.pictures["lines"].shape[0] == 384 and reference.count == 7
