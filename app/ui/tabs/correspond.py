@@ -9,7 +9,6 @@ from app.ui.wiring import SharedControls, find_image
 from app.views import inspect as inspect_views
 from app.views.correspond import best_buddies_view
 from app.views.result import ViewResult
-from ssl_core.errors import BadRequest
 
 HELP = """**Best buddies** (dino-vit-features): patch *a* of image A and patch *b* of image B are best buddies when
 *b* is *a*'s most similar patch in B and *a* is *b*'s most similar patch in A. Such mutual matches are few and
@@ -33,10 +32,8 @@ class CorrespondTab:
     def run(self, images: list[LoadedImage], first: str | None, second: str | None, top: float, layer: str,
             facet: str, *model_args: object) -> ViewResult:
         chosen = [find_image(images, first), find_image(images, second)]
-        if not images:
-            return ViewResult(notes="Add two images to match their patches.")
-        if None in chosen:
-            raise BadRequest("Choose image A and image B among the loaded images.")
+        if None in chosen:  # none loaded yet, or the choosers not yet following the loaded images
+            return ViewResult(notes="Choose image A and image B among the loaded images (add them above).")
         return best_buddies_view(self.app.encoder(*model_args), [i.image for i in chosen], [i.name for i in chosen],
                                  int(top), inspect_views.parse_layer(layer), facet)
 

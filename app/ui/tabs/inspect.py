@@ -237,7 +237,7 @@ class InspectTab:
                 invert = gr.Checkbox(False, label="Invert foreground")
                 threshold = gr.Slider(0.05, 0.95, 0.5, step=0.05, label="Foreground threshold")
             maps = gr.Gallery(label="PCA maps", columns=4, height=380, format="png", elem_id="pca-gallery")
-            info = gr.Markdown()
+            info = gr.Markdown(elem_id="pca-info")
             numbers = gr.File(label="PCA maps (.npz)")
         controls = [joint, foreground, threshold, invert]
         return self._on_change(controls, self.app.view(
