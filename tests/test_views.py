@@ -314,3 +314,18 @@ def test_best_buddies_view_shows_the_top_pairs_their_count_and_mean_cosine(tiny_
     assert f"**{reference.count} best buddies shown** (of {reference.total})" in result.notes
     assert f"{reference.mean_similarity:.3f}" in result.notes and "key of the last block" in result.notes
     assert result.pictures["lines"].shape[0] == 384 and reference.count == 7
+
+
+def test_marked_patches_are_boxed_at_their_place_at_every_resolution():
+    from app.views.resolution import CHOICES, MARK_BOX, Resolution, scalar_picture
+    from ssl_core.render.draw import COLORBAR_WIDTH, Scale
+
+    geometry = DisplayGrid(np.zeros((64, 96, 3), np.uint8), (4, 6), 16)
+    marks = np.zeros((4, 6), bool)
+    marks[1, 2] = True
+    for choice in CHOICES:
+        picture = scalar_picture(geometry, np.zeros((4, 6)), Scale(0, 1), Resolution.of(choice), marks=marks)
+        factor = display_factor(geometry)
+        assert picture.shape == (64 * factor, 96 * factor + COLORBAR_WIDTH, 3)
+        assert (picture[16 * factor, 32 * factor + 4] == MARK_BOX).all(), choice  # the box's top edge
+        assert not (picture[8 * factor, 8 * factor] == MARK_BOX).all(), choice

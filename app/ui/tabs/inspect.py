@@ -23,7 +23,10 @@ HELP = {
 patches) — **click a patch** to see which patches of every loaded image resemble it (the *Similarity* tab below).
 Middle: each patch token projected on the first three principal components, shown as R, G, B: patches with similar
 colours have similar embeddings, so the parts of an object share a colour. Right: how much the class token attends
-to each patch in the last layer (heads averaged) — often the object the image embedding is about.""",
+to each patch in the last layer (heads averaged) — often the object the image embedding is about. **Resolution**
+draws every map of this tab on the raw patch grid, bilinear, or guided by the image's edges; a *difference* shows
+what the upsampling drew that the patch grid does not have. **Facet** takes the similarity, PCA and parts maps from
+the block's output or from its attention's keys, queries or values.""",
     "similarity": "Cosine similarity between the clicked patch and every patch of every loaded image, on one colour scale "
                   "(bright = similar). The clicked patch is boxed. Features are cached: a click costs no forward pass.",
     "pca": "PCA-to-RGB maps of all loaded images. Fitted jointly, a colour means the same thing in every image. "
