@@ -1,10 +1,12 @@
 """The one way every per-patch map is drawn at a chosen resolution: the raw patch grid, bilinear, or guided by the
 image (`ssl_core.analyses.upsample`), or the difference between an upsampling and the raw grid (what it invented).
 
-Each helper takes the map over the patch grid and its geometry (`PatchFeatures` or `DisplayGrid`), and returns
-the picture at display size: the same size for every resolution, so a click maps to the same patch
-(`app.views.result.patch_at`). Scalar maps keep their colour bar (a difference gets its own, centred on 0). No
-math here beyond calling ``ssl_core``.
+The ``*_pixels`` helpers draw a map over the patch grid on the processed image (its size for every resolution)
+and give its colour scale; the ``*_picture`` helpers take the geometry (`PatchFeatures` or `DisplayGrid`) and
+return the picture at display size, so a click maps to the same patch at any resolution
+(`app.views.result.patch_at`); Compare fits the pixels to its own common size. Scalar maps keep their colour bar (a
+signed difference gets its own, centred on 0; an RGB map's difference is the length of the colour change). No math
+here beyond calling ``ssl_core``.
 """
 from __future__ import annotations
 
