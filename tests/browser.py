@@ -220,3 +220,30 @@ def file_name(page, selector: str, timeout_ms: int = 120_000) -> str:
     link = page.locator(f"{selector} a").first
     link.wait_for(state="attached", timeout=timeout_ms)
     return link.get_attribute("download") or link.inner_text()
+
+
+def choose_models(page, keep: list[str], add: list[str]) -> None:
+    """Leave only ``keep`` among the Lab's chosen encoders, then add ``add`` (in that order)."""
+    tokens = page.locator("#lab-models .token")
+    for i in reversed(range(tokens.count())):
+        token = tokens.nth(i)
+        shown = token.inner_text().strip().split(" · ")[-1]  # tokens show "family · name"
+        if not any(shown.startswith(name) for name in keep):
+            token.locator(".token-remove").click()
+    chooser = page.locator("#lab-models input")
+    for name in add:
+        chooser.click()
+        chooser.fill(name)
+        chooser.press("Enter")
+    page.keyboard.press("Escape")
+
+
+def run_lab(page, measure: str, expect: str) -> str:
+    """Run a Lab measure; its result's text once it shows ``expect`` and no progress."""
+    page.locator("#lab-probe input").click()
+    page.locator("#lab-probe input").fill(measure)
+    page.locator("#lab-probe input").press("Enter")
+    page.locator("#lab-run").click()
+    page.wait_for_function("want => { const t = document.querySelector('#lab-result').innerText; "
+                           "return t.includes(want) && !t.includes('processing'); }", arg=expect, timeout=400_000)
+    return page.locator("#lab-result").inner_text()

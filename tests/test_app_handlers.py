@@ -141,3 +141,17 @@ def test_removing_the_position_mean_brings_out_the_bundled_mae_parts():
     assert "mean token removed first (4 of 4 images share a grid)" in centred.markdown
     with pytest.raises(ValueError, match="at least two images with the same patch grid"):
         handlers.parts_view(encoder, images[:1], names[:1], None, k=8, remove_position=True)
+
+
+def test_model_choices_are_grouped_by_family_and_each_passes_the_model_name_check():
+    from app.access import check_model_name
+    from app.ui.wiring import model_choices
+    from ssl_core.models.registry import resolve_spec
+
+    choices = model_choices()
+    families = [resolve_spec(name).family for _, name in choices]
+    runs = [f for i, f in enumerate(families) if i == 0 or f != families[i - 1]]
+    assert len(runs) == len(set(runs))  # each family in one block
+    for label, name in choices:
+        assert check_model_name(name) == name
+        assert label.startswith(f"{resolve_spec(name).family} · ") and name in label

@@ -9,10 +9,12 @@ from browser import (
     BAR_WIDTH,
     LiveApp,
     bars,
+    choose_models,
     image_from_element,
     open_app,
     plot_data,
     requires_browser,
+    run_lab,
     screenshot,
     src_of,
     wait_for_new_image,
@@ -37,32 +39,6 @@ def lab_tables(page) -> list[list[str]]:
     """The header cells of every table the Lab result shows."""
     return page.evaluate("""() => Array.from(document.querySelectorAll('#lab-result table'))
         .map(t => Array.from(t.querySelectorAll('thead th')).map(th => th.innerText.trim()))""")
-
-
-def choose_models(page, keep: list[str], add: list[str]) -> None:
-    """Leave only ``keep`` among the Lab's chosen encoders, then add ``add`` (in that order)."""
-    tokens = page.locator("#lab-models .token")
-    for i in reversed(range(tokens.count())):
-        token = tokens.nth(i)
-        if not any(token.inner_text().strip().startswith(name) for name in keep):  # tokens show "name — family"
-            token.locator(".token-remove").click()
-    chooser = page.locator("#lab-models input")
-    for name in add:
-        chooser.click()
-        chooser.fill(name)
-        chooser.press("Enter")
-    page.keyboard.press("Escape")
-
-
-def run_lab(page, measure: str, expect: str) -> str:
-    """Run a Lab measure; its result's text once it shows ``expect`` and no progress."""
-    page.locator("#lab-probe input").click()
-    page.locator("#lab-probe input").fill(measure)
-    page.locator("#lab-probe input").press("Enter")
-    page.locator("#lab-run").click()
-    page.wait_for_function("want => { const t = document.querySelector('#lab-result').innerText; "
-                           "return t.includes(want) && !t.includes('processing'); }", arg=expect, timeout=400_000)
-    return page.locator("#lab-result").inner_text()
 
 
 def test_drift_shares_the_mae_crop_and_mask_and_says_its_fixed_scale(image_file):

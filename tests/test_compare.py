@@ -47,8 +47,23 @@ def test_the_model_chosen_at_the_top_is_compared_with_its_weights_file(tmp_path,
     weights = _saved_tiny_weights(tmp_path / "mine.safetensors")
     app = PatchLensApp(AppConfig(allow_dirs=[tmp_path], default_model="random-tiny"))
     images = [LoadedImage("photo.png", Image.fromarray(image_333x517))]
-    result = CompareTab(app).run(images, "photo.png", ["random-tiny", "patchlens-sup"], 4, Click.centre(), False,
+    result = CompareTab(app).run(images, "photo.png", ["random-tiny", "patchlens-sup"], 4, Click.centre(), "patch grid", False,
                                  "random-tiny", None, str(weights), 0, None, progress=lambda *args, **kwargs: None)
     rows = result.tables["by_encoder"].rows
     assert "weights: mine.safetensors" in rows[0][1]  # the top model: its weights file, as in the other views
     assert "weights: patchlens-sup.safetensors" in rows[1][1]  # the others: their own (bundled) weights
+
+
+def test_the_resolution_redraws_every_map_row_at_the_same_size(image_333x517):
+
+    tiny = load_encoder("random-tiny", device="cpu", cache=None)
+    image = Image.fromarray(image_333x517)
+    raw = handlers_compare.compare([tiny, tiny], image, k=3).columns[0]
+    guided = handlers_compare.compare([tiny, tiny], image, k=3, resolution="guided").columns[0]
+    difference = handlers_compare.compare([tiny, tiny], image, k=3,
+                                          resolution="difference: guided − patch grid").columns[0]
+    for row in handlers_compare.ROWS:
+        assert guided.pictures[row].shape == raw.pictures[row].shape, row
+        assert not np.array_equal(guided.pictures[row], raw.pictures[row]), row
+        assert not np.array_equal(difference.pictures[row], raw.pictures[row]), row
+    np.testing.assert_array_equal(guided.maps["attention"], raw.maps["attention"])  # the readout stays on the grid

@@ -10,7 +10,7 @@ from scipy import ndimage
 from ssl_core import load_encoder
 from ssl_core.analyses.correspondence import best_buddies
 from ssl_core.analyses.token_norm import outlier_cutoff, token_norms
-from ssl_core.analyses.upsample import upsample_difference, upsample_map
+from ssl_core.analyses.upsample import change_from_grid, upsample_difference, upsample_labels, upsample_map
 from ssl_core.errors import BadRequest
 from ssl_core.models.registry import ASSETS_DIR
 from ssl_core.render.lines import correspondence_picture
@@ -114,3 +114,20 @@ def test_token_norms_flag_planted_outliers() -> None:
     assert flagged[3, 4] and flagged.sum() == 1
     with pytest.raises(BadRequest):
         token_norms(features, threshold=0)
+
+
+def test_change_from_grid_is_upsampled_minus_nearest_and_labels_follow_edges() -> None:
+    image, labels = sharp_scene(64)
+    grid = np.random.default_rng(0).random((4, 4)).astype(np.float32)
+    change = change_from_grid(grid, image, "bilinear")
+    np.testing.assert_allclose(change, upsample_map(grid, image, "bilinear") - upsample_map(grid, image, "nearest"))
+    assert np.abs(change).max() > 0.05
+    assert np.abs(change_from_grid(np.full((4, 4, 3), 0.3, np.float32), image, "guided")).max() < 1e-5
+    image, labels = sharp_scene()
+    s = image.shape[0] // PATCH
+    majority = np.stack([(labels == k).reshape(s, PATCH, s, PATCH).mean((1, 3)) for k in range(3)]).argmax(0) - 1
+    assert (upsample_labels(majority, image, "nearest") == np.kron(majority, np.ones((PATCH, PATCH)))).all()
+    guided = upsample_labels(majority, image, "guided")  # labels -1, 0, 1 come back as themselves
+    assert set(np.unique(guided)) == {-1, 0, 1} and guided.shape == labels.shape
+    truth = labels - 1
+    assert (guided == truth).mean() > (upsample_labels(majority, image, "nearest") == truth).mean()

@@ -5,6 +5,8 @@ References: timm's own ``forward_features`` for the tokens, and softmax(q·kᵀ)
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -14,8 +16,9 @@ from ssl_core import load_encoder
 from ssl_core.analyses.attention import rollout
 from ssl_core.errors import BadRequest
 from ssl_core.features.attention_hooks import capture_attention
+from ssl_core.features.encoder import Encoder, build_model
 from ssl_core.features.facets import attention_from_qkv, capture_qkv, facet_tokens, query_key_value
-from ssl_core.models.registry import all_specs, resolve_spec
+from ssl_core.models.registry import all_specs, resolve_spec, with_image_size
 
 # the smallest member of each new family, at a small image size (random weights: no download)
 FAMILIES = {
@@ -25,7 +28,11 @@ FAMILIES = {
     "pe-core-t16": dict(image_size=64, prefix=1, registers=0, cls=True),
     "eva02-vitt14": dict(image_size=56, prefix=1, registers=0, cls=True),
     "tipsv2-vitb14": dict(image_size=42, prefix=2, registers=1, cls=True),
+    "aimv2-vitl14": dict(image_size=56, prefix=0, registers=0, cls=False),
 }
+# families whose smallest member is large, built as the same timm class with a small width and depth (timm's
+# model functions let keyword arguments override their architecture's)
+SMALL = {"aimv2-vitl14": dict(depth=3, embed_dim=64, num_heads=2)}
 SHAPES = {"wide": (70, 150), "tall": (130, 64)}  # (height, width) before resizing
 
 
@@ -36,8 +43,26 @@ def picture(height: int, width: int, seed: int = 0) -> Image.Image:
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def family(request):
     name = request.param
-    encoder = load_encoder(name, pretrained=False, device="cpu", image_size=FAMILIES[name]["image_size"], cache=None)
-    return name, encoder
+    if name not in SMALL:
+        return name, load_encoder(name, pretrained=False, device="cpu", image_size=FAMILIES[name]["image_size"],
+                                  cache=None)
+    spec = with_image_size(resolve_spec(name), FAMILIES[name]["image_size"])
+    spec = replace(spec, create_kwargs={**spec.create_kwargs, **SMALL[name]})
+    model, dynamic = build_model(spec)
+    return name, Encoder(spec, model, dynamic, None, torch.device("cpu"), cache=None)
+
+
+def test_small_stand_ins_are_their_family_s_timm_class() -> None:
+    import timm
+
+    for name, small in SMALL.items():
+        spec = resolve_spec(name)
+        with torch.device("meta"):  # the full size's structure, without allocating its weights
+            full = timm.create_model(spec.hub_id.split(".")[0], pretrained=False)
+        stand_in, _ = build_model(replace(spec, create_kwargs=small))
+        assert type(stand_in) is type(full) and len(stand_in.blocks) == small["depth"]
+        assert type(stand_in.blocks[0].mlp) is type(full.blocks[0].mlp)  # AIMv2: SwiGLU
+        assert type(stand_in.norm) is type(full.norm)  # AIMv2: RmsNorm
 
 
 def test_every_family_has_short_names() -> None:

@@ -157,9 +157,10 @@ def test_a_click_on_another_grid_is_dropped_not_an_error(app):
 
     tab = InspectTab(app)
     images = [LoadedImage("a.png", Image.fromarray(smooth_image(96, 144, seed=1)))]
-    shown = tab.similarity(images, ("a.png", 0, 17, (12, 18)), "final (normed)", False, "random-tiny", None, "", 0)
+    tokens_and_drawing = ("final (normed)", "block output", "patch grid", False)
+    shown = tab.similarity(images, ("a.png", 0, 17, (12, 18)), *tokens_and_drawing, "random-tiny", None, "", 0)
     assert shown.galleries["maps"]
-    stale = tab.similarity(images, ("a.png", 0, 17, (12, 18)), "final (normed)", False, "random-tiny", None, "", 16)
+    stale = tab.similarity(images, ("a.png", 0, 17, (12, 18)), *tokens_and_drawing, "random-tiny", None, "", 16)
     assert not stale.galleries and "Click a patch" in stale.markdown
 
 

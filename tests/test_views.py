@@ -11,7 +11,7 @@ import torch
 from conftest import smooth_image
 from PIL import Image
 
-from app.views import compare, gallery, lab, reconstruct
+from app.views import compare, correspond, gallery, lab, reconstruct
 from app.views import inspect as inspect_views
 from app.views.result import (
     Click,
@@ -26,7 +26,7 @@ from app.views.result import (
     untrained_warning,
 )
 
-VIEW_MODULES = (inspect_views, reconstruct, gallery, compare, lab)
+VIEW_MODULES = (inspect_views, reconstruct, gallery, compare, correspond, lab)
 
 
 # ------------------------------------------------------------------------------------------------- click -> patch
@@ -140,10 +140,12 @@ def test_every_view_returns_a_view_result(tiny_encoder, tmp_path):
         "gallery.pick_point": lambda: gallery.pick_point(drawn.state, *drawn.state.picture.pixels[0]),
         "gallery.cka_view": lambda: gallery.cka_view(tiny_encoder, tiny_encoder, images, grid_size=2),
         "compare.compare_view": lambda: compare.compare_view([tiny_encoder, tiny_encoder], images[0], k=3),
+        "correspond.best_buddies_view": lambda: correspond.best_buddies_view(tiny_encoder, images, ["a", "b"], 5),
         "lab.measure_view": lambda: lab.measure_view({"random-tiny": tiny_encoder}, lab.PROBES[4], tiny),
         "lab.probe_view": lambda: lab.probe_view(tiny_encoder, lab.PROBES[3], tiny),
         "lab.probes_view": lambda: lab.probes_view({"random-tiny": tiny_encoder}, lab.PROBES[3], tiny),
         "lab.cka_view": lambda: lab.cka_view(tiny_encoder, tiny_encoder, tiny),
+        "lab.layer_sweep_view": lambda: lab.measure_view({"random-tiny": tiny_encoder}, lab.LAYERS, tiny),
     }
     not_called = {"lab.lab_view", "lab.report_view"}  # the whole Lab: tests/test_lab.py runs it once for all
     assert set(_view_functions()) == set(calls) | not_called  # a new view is added here too
@@ -212,3 +214,118 @@ def test_click_callbacks_get_their_event_and_every_callback_is_typed():
         return ((types.get(node["id"]) != "tabs" or all(types[c["id"]] == "tabitem" for c in children))
                 and all(tabs_hold_only_tabs(c) for c in children))
     assert tabs_hold_only_tabs(config["layout"])
+
+
+# ------------------------------------------------------------------------------------------------- resolution, facets
+def test_every_resolution_draws_maps_at_one_size_so_clicks_land_on_the_same_patch(tiny_encoder):
+    from app.views.resolution import CHOICES, Resolution
+    from ssl_core.render.draw import COLORBAR_WIDTH
+
+    image = Image.fromarray(smooth_image(64, 96, seed=3))
+    shown = {choice: inspect_views.overview(tiny_encoder, image, resolution=choice).pictures for choice in CHOICES}
+    raw = shown["patch grid"]
+    grid_hw = encoder_display_grid(tiny_encoder, image).grid_hw
+    for choice, pictures in shown.items():
+        for name in ("pca", "attention"):
+            assert pictures[name].shape == raw[name].shape or (  # a difference of an RGB map adds a colour bar
+                Resolution.of(choice).difference and pictures[name].shape[1] == raw[name].shape[1] + COLORBAR_WIDTH)
+        click = Click(37.0, 21.0, pictures["attention"].shape[:2])
+        assert patch_at(click, grid_hw) == patch_at(Click(37.0, 21.0, raw["attention"].shape[:2]), grid_hw)
+    for name in ("pca", "attention"):
+        assert not np.array_equal(shown["guided"][name], raw[name])  # guidance redraws the map
+        assert not np.array_equal(shown["bilinear"][name], shown["guided"][name])
+    difference = shown["difference: guided − patch grid"]["attention"].astype(int)
+    assert np.abs(difference - raw["attention"].astype(int)).mean() > 1
+
+
+def test_resolution_reaches_parts_similarity_and_token_norms_and_bad_choices_are_refused(tiny_encoder):
+    import pytest
+
+    from ssl_core.errors import BadRequest
+
+    images = [Image.fromarray(smooth_image(64, 96, seed=1)), Image.fromarray(smooth_image(80, 80, seed=2))]
+    for view in (lambda r: inspect_views.parts_view(tiny_encoder, images, ["a", "b"], None, k=3, resolution=r)
+                 .galleries["maps"][0][0],
+                 lambda r: inspect_views.similarity_view(tiny_encoder, images, ["a", "b"], 0, 1, 1, None, resolution=r)
+                 .galleries["maps"][1][0],
+                 lambda r: inspect_views.attention_view(tiny_encoder, images[0], 1, None, False, 0.5, resolution=r)
+                 .pictures["token_norm"]):
+        raw, guided = view("patch grid"), view("guided")
+        assert raw.shape == guided.shape and not np.array_equal(raw, guided)
+    with pytest.raises(BadRequest, match="resolution"):
+        inspect_views.overview(tiny_encoder, images[0], resolution="bicubic")
+
+
+def test_the_facet_changes_the_tokens_behind_the_maps(tiny_encoder):
+    from ssl_core.features.facets import facet_tokens
+
+    images = [Image.fromarray(smooth_image(64, 96, seed=1))]
+    output = inspect_views.pca_view(tiny_encoder, images, ["a"], 1).numbers["pca_rgb_0"]
+    key = inspect_views.pca_view(tiny_encoder, images, ["a"], 1, facet="key").numbers["pca_rgb_0"]
+    assert output.shape == key.shape and not np.allclose(output, key)
+    _, [grid] = inspect_views.token_grids(tiny_encoder, images, 1, "value")
+    torch.testing.assert_close(grid, facet_tokens(tiny_encoder, images, "value", 1)[0].patch_tokens)
+    similarity = inspect_views.similarity_view(tiny_encoder, images, ["a"], 0, 2, 3, None, facet="query")
+    assert "query of the last block" in similarity.notes
+
+
+def test_token_norms_follow_the_block_and_box_the_outliers(tiny_encoder):
+    from ssl_core.analyses.token_norm import token_norms
+
+    image = Image.fromarray(smooth_image(64, 96, seed=1))
+    shown = []
+    for block in (0, tiny_encoder.depth - 1):
+        result = inspect_views.attention_view(tiny_encoder, image, block, None, False, 0.5)
+        [f] = tiny_encoder.extract([image], layers=[block])
+        np.testing.assert_allclose(result.numbers["token_norm"], token_norms(f, [block]).patch_norms[0], rtol=1e-5)
+        assert f"after block {block}" in result.notes
+        shown.append(result.numbers["token_norm"])
+    assert not np.allclose(*shown)
+
+
+def test_the_layer_sweep_view_has_one_point_per_block_and_png_and_html_downloads(tiny_encoder):
+    import pytest
+
+    from ssl_core.errors import BadRequest
+    from ssl_core.lab import LabConfig
+
+    tiny = LabConfig(n_train=8, n_test=4, patch_train_images=8, patch_test_images=4, part_map_images=4)
+    result = lab.measure_view({"random-tiny": tiny_encoder}, lab.LAYERS, tiny)
+    traces = result.figures["layers"].data
+    assert len(traces) == 4 and all(list(t.x) == list(range(tiny_encoder.depth)) for t in traces)
+    png = Image.open(io.BytesIO(result.files["layer_sweep.png"]))
+    assert png.format == "PNG" and len(np.unique(np.asarray(png.convert("RGB")).reshape(-1, 3), axis=0)) > 4
+    assert b"plotly" in result.files["layer_sweep.html"] and "best block for parts" in result.notes
+    with pytest.raises(BadRequest, match="one encoder"):
+        lab.measure_view({"a": tiny_encoder, "b": tiny_encoder}, lab.LAYERS, tiny)
+
+
+def test_best_buddies_view_shows_the_top_pairs_their_count_and_mean_cosine(tiny_encoder):
+    from PIL import ImageOps
+
+    from ssl_core.analyses.correspondence import best_buddies
+
+    image = Image.fromarray(smooth_image(64, 96, seed=4))
+    mirrored = ImageOps.mirror(image)
+    result = correspond.best_buddies_view(tiny_encoder, [image, mirrored], ["a.png", "b.png"], 7, facet="key")
+    [fa, fb] = [t.patch_tokens for t in inspect_views.facet_tokens(tiny_encoder, [image, mirrored], "key", -1)]
+    reference = best_buddies(fa, fb, top=7)
+    assert result.numbers["similarity"].tolist() == reference.similarity.tolist()
+    assert f"**{reference.count} best buddies shown** (of {reference.total})" in result.notes
+    assert f"{reference.mean_similarity:.3f}" in result.notes and "key of the last block" in result.notes
+    assert result.pictures["lines"].shape[0] == 384 and reference.count == 7
+
+
+def test_marked_patches_are_boxed_at_their_place_at_every_resolution():
+    from app.views.resolution import CHOICES, MARK_BOX, Resolution, scalar_picture
+    from ssl_core.render.draw import COLORBAR_WIDTH, Scale
+
+    geometry = DisplayGrid(np.zeros((64, 96, 3), np.uint8), (4, 6), 16)
+    marks = np.zeros((4, 6), bool)
+    marks[1, 2] = True
+    for choice in CHOICES:
+        picture = scalar_picture(geometry, np.zeros((4, 6)), Scale(0, 1), Resolution.of(choice), marks=marks)
+        factor = display_factor(geometry)
+        assert picture.shape == (64 * factor, 96 * factor + COLORBAR_WIDTH, 3)
+        assert (picture[16 * factor, 32 * factor + 4] == MARK_BOX).all(), choice  # the box's top edge
+        assert not (picture[8 * factor, 8 * factor] == MARK_BOX).all(), choice

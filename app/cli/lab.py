@@ -140,7 +140,7 @@ def _layers(parser: argparse.ArgumentParser):
     def run(args: argparse.Namespace) -> int:
         from app.cli.main import load_model_from_args
         from ssl_core.lab import LabConfig
-        from ssl_core.lab.layers import layer_sweep
+        from ssl_core.lab.layers import SWEEP_COLUMNS, layer_sweep
         from ssl_core.render.figures import layer_sweep_figure
         from ssl_core.render.tables import markdown_table
 
@@ -150,8 +150,7 @@ def _layers(parser: argparse.ArgumentParser):
                            patch_train_images=args.n_train, patch_test_images=args.n_test,
                            part_map_images=args.n_test)
         sweep = layer_sweep(encoder, config, progress=tqdm_progress("layers", unit="img"))
-        table = markdown_table(["block", "part probe (balanced)", "part-map ARI", "cos(class, mean patch)",
-                                "CKA to last"], sweep.rows())
+        table = markdown_table(SWEEP_COLUMNS, sweep.rows())
         text = (f"{sweep.model}: {sweep.train_scenes} / {sweep.test_scenes} held-out scenes, seed {sweep.seed}; part "
                 f"probe chance {sweep.part_probe_chance:.3f}; best block for parts: {sweep.best_part_block}\n\n{table}")
         out = Path(args.out) if args.out else None

@@ -219,7 +219,7 @@ class PatchLensApp:
 
     # ------------------------------------------------------------------------------------- layout
     def build(self) -> gr.Blocks:
-        from app.ui.tabs import compare, gallery, inspect, lab, reconstruct  # (the tabs import this module)
+        from app.ui.tabs import compare, correspond, gallery, inspect, lab, reconstruct  # (they import this module)
 
         with gr.Blocks(title="PatchLens") as demo:
             gr.Markdown(INTRO)
@@ -260,6 +260,7 @@ class PatchLensApp:
                 reconstruct.ReconstructTab(self).build(shared)
                 gallery.GalleryTab(self).build(shared, inspect_tab.layer)
                 compare.CompareTab(self).build(shared)
+                correspond.CorrespondTab(self).build(shared, inspect_tab.layer, inspect_tab.facet)
                 lab.LabTab(self).build(shared)
 
             images, image_outputs = shared.images, [shared.images, strip, image_status, selected, uploads]

@@ -48,8 +48,12 @@ def gradio_upload_folder() -> Path:
 
 
 def model_choices() -> list[tuple[str, str]]:
+    """(label, name) of every model to offer, grouped by family in the registry's order of first appearance, each
+    labelled "Family · name" (the value is the name, which `app.access` checks like a typed one)."""
     specs = [s for s in all_specs() if s.source != "bundled" or s.trained]
-    return [(f"{s.display_name} — {s.family}", s.name) for s in specs]
+    families = list(dict.fromkeys(s.family for s in specs))
+    ordered = sorted(specs, key=lambda s: families.index(s.family))  # stable: the registry's order within a family
+    return [(f"{s.family or 'other'} · {s.display_name}", s.name) for s in ordered]
 
 
 def progress_callback(progress: gr.Progress, desc: str) -> ProgressFn:

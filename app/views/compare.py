@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from app.views.resolution import PATCH_GRID, Resolution, label_pixels, rgb_pixels, scalar_pixels
 from app.views.result import DISPLAY_MIN_SIDE, Click, Table, ViewResult, file_stem, patch_at, untrained_warning
 from ssl_core.analyses.attention import class_attention_map, rollout_map
 from ssl_core.analyses.bagssl import embedding_vs_patch_mean, patch_to_embedding
@@ -27,6 +28,7 @@ from ssl_core.render import draw
 from ssl_core.render.draw import Scale
 from ssl_core.render.figures import readout_figure
 
+CLICK_BOX = (0, 255, 255)
 ROWS = ("PCA", "similarity", "parts", "attention", "rollout", "patch · embedding")
 ROW_KEYS = {"PCA": "pca_rgb", "similarity": "similarity", "parts": "part_labels", "attention": "attention",
             "rollout": "rollout", "patch · embedding": "patch_to_embedding"}
@@ -113,28 +115,32 @@ def column_scales(maps: dict[str, np.ndarray]) -> dict[str, Scale]:
 
 
 def column_pictures(f: PatchFeatures, maps: dict[str, np.ndarray], scales: dict[str, Scale], row: int, col: int,
-                    size_hw: tuple[int, int], grid: bool = False) -> dict[str, np.ndarray]:
-    """Every row's picture of one encoder at the common display size, the clicked patch (row, col) boxed, the patch
-    grid drawn when ``grid``, the scalar maps with their colour bars."""
-    smooth = {"similarity": False, "attention": True, "rollout": True, "patch · embedding": False}
+                    size_hw: tuple[int, int], grid: bool = False, resolution: Resolution = Resolution(),
+                    ) -> dict[str, np.ndarray]:
+    """Every row's picture of one encoder at the common display size, drawn at ``resolution``, the clicked patch
+    (row, col) boxed, the patch grid drawn when ``grid``, the scalar maps with their colour bars (a difference view
+    with its own)."""
     alpha = {"similarity": 0.6, "attention": 0.7, "rollout": 0.7, "patch · embedding": 0.7}
-    pictures = {"PCA": draw.upsample(draw.unit_rgb(maps["PCA"]), f.image.shape[:2]),
-                "parts": draw.overlay(f.image, draw.labels_to_rgb(maps["parts"]), alpha=0.6)}
+    clicked = np.zeros(f.grid_hw, bool)
+    clicked[row, col] = True
+    drawn = {"PCA": rgb_pixels(f.image, maps["PCA"], resolution),
+             "parts": label_pixels(f.image, maps["parts"], resolution)}
     for name, scale in scales.items():
-        pictures[name] = draw.scale_overlay(f.image, maps[name], scale, alpha[name], smooth[name])
-    pictures["similarity"] = draw.mark_patch(pictures["similarity"], row, col, f.patch_size, color=(0, 255, 255),
-                                             width=1)
+        drawn[name] = scalar_pixels(f.image, maps[name], scale, resolution, alpha[name],
+                                    clicked if name == "similarity" else None, f.patch_size, CLICK_BOX)
     shown = {}
-    for name, picture in pictures.items():
+    for name, (picture, scale) in drawn.items():
         picture = fit(picture, size_hw)
         picture = draw.patch_grid(picture, f.grid_hw) if grid else picture
-        shown[name] = draw.with_colorbar(picture, scales[name]) if name in scales else picture
+        shown[name] = draw.with_colorbar(picture, scale) if scale is not None else picture
     return {name: shown[name] for name in ROWS}
 
 
 def compare(encoders: Sequence[Encoder], image: Image.Image, click: Click = Click.centre(), k: int = 5,
-            seed: int = 0, grid: bool = False) -> Comparison:
-    """Every encoder's column for one image; ``click`` (on the image at any size) picks the similarity's patch."""
+            seed: int = 0, grid: bool = False, resolution: str = PATCH_GRID) -> Comparison:
+    """Every encoder's column for one image; ``click`` (on the image at any size) picks the similarity's patch;
+    the maps are drawn at ``resolution`` (one of `app.views.resolution.CHOICES`)."""
+    drawn = Resolution.of(resolution)
     size = display_size(image)
     columns = []
     for encoder in encoders:
@@ -147,7 +153,7 @@ def compare(encoders: Sequence[Encoder], image: Image.Image, click: Click = Clic
             name=encoder.display_name,
             description=(f"{encoder.spec.family}, patch {f.patch_size}, grid {f.grid_hw[0]}×{f.grid_hw[1]}, "
                          f"weights: {weights_name(encoder)}"),
-            pictures=column_pictures(f, maps, scales, row, col, size, grid),
+            pictures=column_pictures(f, maps, scales, row, col, size, grid, drawn),
             numbers={"cos(image embedding, mean patch)": agreement.cosine[-1],
                      "clicked patch row": row, "clicked patch col": col}, maps=maps, scales=scales))
     shown = np.asarray(image.convert("RGB").resize((size[1], size[0]), Image.Resampling.BICUBIC))
@@ -155,10 +161,10 @@ def compare(encoders: Sequence[Encoder], image: Image.Image, click: Click = Clic
 
 
 def compare_view(encoders: Sequence[Encoder], image: Image.Image, click: Click = Click.centre(), k: int = 5,
-                 title: str = "PatchLens comparison", grid: bool = False) -> ViewResult:
+                 title: str = "PatchLens comparison", grid: bool = False, resolution: str = PATCH_GRID) -> ViewResult:
     """The comparison as the UI shows it: the image to click, one picture per row, the numbers, a PNG, a report,
     the maps as arrays (.npz) and a hover readout of the scalar maps."""
-    comparison = compare(encoders, image, click, k, grid=grid)
+    comparison = compare(encoders, image, click, k, grid=grid, resolution=resolution)
     return ViewResult(
         pictures={"image": comparison.image, **{row: comparison.row_picture(row) for row in ROWS}},
         tables={"by_encoder": numbers_table(comparison)}, figures={"readout": comparison.readout()},

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from app.views.resolution import PATCH_GRID, Resolution, label_picture, rgb_picture, scalar_picture
 from app.views.result import (
     Click,
     Table,
@@ -18,7 +19,6 @@ from app.views.result import (
     file_stem,
     patch_at,
     shown,
-    shown_map,
     untrained_warning,
 )
 from ssl_core.analyses.attention import attention_shares, class_attention_map, mass_mask, rollout_map
@@ -37,6 +37,7 @@ from ssl_core.analyses.token_norm import token_norms
 from ssl_core.data import partsworld
 from ssl_core.errors import BadRequest
 from ssl_core.features.encoder import Encoder, PatchFeatures
+from ssl_core.features.facets import facet_tokens
 from ssl_core.progress import ProgressFn
 from ssl_core.render import draw
 from ssl_core.render.draw import Scale
@@ -45,6 +46,8 @@ from ssl_core.work import WorkLimits
 
 FINAL_LAYER = "final (normed)"
 CLICK_BOX = (0, 255, 255)
+BLOCK_OUTPUT = "block output"
+FACETS = {BLOCK_OUTPUT: "token", "key": "key", "query": "query", "value": "value"}  # choice -> ssl_core facet
 
 
 def layer_choices(encoder: Encoder) -> list[str]:
@@ -70,6 +73,25 @@ def extract(encoder: Encoder, images: Sequence[Image.Image], layer: int | None =
     return encoder.extract(list(images), layers=[] if layer is None else [layer])
 
 
+def token_grids(encoder: Encoder, images: Sequence[Image.Image], layer: int | None, facet: str = BLOCK_OUTPUT,
+                ) -> tuple[list[PatchFeatures], list[torch.Tensor]]:
+    """Each image's features (for its picture and grid) and the tokens [h, w, D] the per-patch maps use: the
+    output of block ``layer`` (None: the final normed tokens), or its attention's key, query or value (None: the
+    last block's)."""
+    if facet not in FACETS:
+        raise BadRequest(f"unknown facet {facet!r} (choose from {', '.join(FACETS)})")
+    features = extract(encoder, images, layer)
+    if facet == BLOCK_OUTPUT:
+        return features, [f.tokens(layer) for f in features]
+    block = -1 if layer is None else layer
+    return features, [t.patch_tokens for t in facet_tokens(encoder, images, FACETS[facet], block)]
+
+
+def tokens_label(layer: int | None, facet: str = BLOCK_OUTPUT) -> str:
+    where = FINAL_LAYER if layer is None else f"block {layer}"
+    return where if facet == BLOCK_OUTPUT else f"{facet} of {'the last block' if layer is None else where}"
+
+
 def model_status(encoder: Encoder) -> ViewResult:
     return ViewResult(notes=encoder.describe(), warnings=untrained_warning(encoder))
 
@@ -84,9 +106,10 @@ def clicked_patch(encoder: Encoder, image: Image.Image, click: Click) -> tuple[i
     return patch_at(click, encoder_display_grid(encoder, image).grid_hw)
 
 
-def overview(encoder: Encoder, image: Image.Image, grid: bool = False) -> ViewResult:
+def overview(encoder: Encoder, image: Image.Image, grid: bool = False, resolution: str = PATCH_GRID) -> ViewResult:
     """The image, its PCA map and its class-token attention (last layer, heads averaged), side by side; ``grid``
-    draws the patch grid on them."""
+    draws the patch grid on them; the maps are drawn at ``resolution`` (one of `app.views.resolution.CHOICES`)."""
+    drawn = Resolution.of(resolution)
     [f] = encoder.extract([image], attention=True)
     [pca_map], fit = pca_rgb([f.patch_tokens])
     attention = class_attention_map(f.attention, f.num_prefix, f.grid_hw)
@@ -95,11 +118,11 @@ def overview(encoder: Encoder, image: Image.Image, grid: bool = False) -> ViewRe
     source = "class-token attention" if f.num_prefix else "mean attention received (no class token)"
     notes = (f"**{encoder.display_name}** · grid {h}×{w} patches of {f.patch_size} px · image "
              f"{f.image.shape[1]}×{f.image.shape[0]} px · PCA variance explained (R, G, B): {ratios} · "
-             f"attention map: {source}, last layer, heads averaged")
+             f"attention map: {source}, last layer, heads averaged · maps: {drawn.label}")
     scale = Scale.of(attention, "inferno", "attention")
     pictures = {"image": shown(f, f.image, grid),
-                "pca": shown(f, draw.upsample(draw.unit_rgb(pca_map), f.image.shape[:2]), grid),
-                "attention": shown_map(f, draw.scale_overlay(f.image, attention, scale, alpha=0.7), scale, grid)}
+                "pca": rgb_picture(f, pca_map, drawn, grid),
+                "attention": scalar_picture(f, attention, scale, drawn, grid, alpha=0.7)}
     return ViewResult(
         pictures=pictures, figures={"attention_readout": readout_figure([(source, attention, scale)], cell=300)},
         numbers={"patch_tokens": f.patch_tokens.numpy(), "pca_rgb": pca_map.numpy(),
@@ -109,18 +132,19 @@ def overview(encoder: Encoder, image: Image.Image, grid: bool = False) -> ViewRe
 
 def pca_view(encoder: Encoder, images: Sequence[Image.Image], names: Sequence[str], layer: int | None,
              joint: bool = True, use_foreground: bool = False, threshold: float = 0.5, invert: bool = False,
-             grid: bool = False) -> ViewResult:
-    features = extract(encoder, images, layer)
-    fits = pca_rgb_each([f.tokens(layer) for f in features], joint, threshold if use_foreground else None, invert)
+             grid: bool = False, resolution: str = PATCH_GRID, facet: str = BLOCK_OUTPUT) -> ViewResult:
+    drawn = Resolution.of(resolution)
+    features, grids = token_grids(encoder, images, layer, facet)
+    fits = pca_rgb_each(grids, joint, threshold if use_foreground else None, invert)
     gallery, numbers = [], {}
     for i, (f, fit) in enumerate(zip(features, fits)):
-        picture = draw.upsample(draw.unit_rgb(fit.rgb), f.image.shape[:2])
-        gallery.append((shown(f, picture, grid), f"{names[i]} · PC1-3 {fit.explained:.0%}"))
+        gallery.append((rgb_picture(f, fit.rgb, drawn, grid), f"{names[i]} · PC1-3 {fit.explained:.0%}"))
         numbers[f"pca_rgb_{i}"] = fit.rgb.numpy()
         if fit.foreground is not None:
             numbers[f"foreground_{i}"] = fit.foreground.numpy()
     notes = ("One PCA fitted on all images: a colour means the same direction in token space everywhere."
              if joint and len(features) > 1 else "PCA fitted on each image on its own.")
+    notes += f" Tokens: {tokens_label(layer, facet)}; maps: {drawn.label}."
     if use_foreground:
         notes += f" Foreground: first component above {threshold:.2f}{' (inverted)' if invert else ''}; background black."
     return ViewResult(galleries={"maps": gallery}, numbers=numbers, notes=notes, warnings=untrained_warning(encoder),
@@ -128,21 +152,24 @@ def pca_view(encoder: Encoder, images: Sequence[Image.Image], names: Sequence[st
 
 
 def similarity_view(encoder: Encoder, images: Sequence[Image.Image], names: Sequence[str], source: int,
-                    row: int, col: int, layer: int | None, grid: bool = False) -> ViewResult:
+                    row: int, col: int, layer: int | None, grid: bool = False, resolution: str = PATCH_GRID,
+                    facet: str = BLOCK_OUTPUT) -> ViewResult:
     """Cosine of patch (row, col) of image ``source`` with every patch of every image, on one colour scale."""
-    features = extract(encoder, images, layer)
-    maps = patch_similarity([f.tokens(layer) for f in features], source, row, col)
+    drawn = Resolution.of(resolution)
+    features, grids = token_grids(encoder, images, layer, facet)
+    maps = patch_similarity(grids, source, row, col)
     low = min(float(m.min()) for m in maps)  # one colour scale for every image
     scale = Scale(low, 1.0, "inferno", "cosine")
     gallery = []
     for i, (f, sim) in enumerate(zip(features, maps)):
-        picture = draw.scale_overlay(f.image, sim, scale, alpha=0.65, smooth=False)
-        if i == source:
-            picture = draw.mark_patch(picture, row, col, f.patch_size, color=CLICK_BOX, width=1)
+        clicked = np.zeros(sim.shape, bool)
+        clicked[row, col] = i == source
         best = float(sim.max()) if i != source else 1.0
-        gallery.append((shown_map(f, picture, scale, grid), f"{names[i]} · max cos {best:.2f}"))
-    notes = (f"Patch (row {row}, col {col}) of **{names[source]}**, {FINAL_LAYER if layer is None else f'block {layer}'}; "
-             f"cosine scale {low:.2f} (dark) to 1 (bright).")
+        gallery.append((scalar_picture(f, sim, scale, drawn, grid, alpha=0.65, marks=clicked,
+                                       mark_colour=CLICK_BOX),
+                        f"{names[i]} · max cos {best:.2f}"))
+    notes = (f"Patch (row {row}, col {col}) of **{names[source]}**, {tokens_label(layer, facet)}; "
+             f"cosine scale {low:.2f} (dark) to 1 (bright); maps: {drawn.label}.")
     numbers = {f"similarity_{i}": m.numpy() for i, m in enumerate(maps)}
     numbers["query"] = np.array([source, row, col])
     readout = readout_figure([(name, m, scale) for name, m in zip(names, maps)])
@@ -153,19 +180,19 @@ def similarity_view(encoder: Encoder, images: Sequence[Image.Image], names: Sequ
 
 def parts_view(encoder: Encoder, images: Sequence[Image.Image], names: Sequence[str], layer: int | None, k: int,
                seed: int = 0, use_foreground: bool = False, threshold: float = 0.5, invert: bool = False,
-               separate: bool = False, remove_position: bool = False, grid: bool = False) -> ViewResult:
+               separate: bool = False, remove_position: bool = False, grid: bool = False,
+               resolution: str = PATCH_GRID, facet: str = BLOCK_OUTPUT) -> ViewResult:
     """k-means over the patch tokens of all images at once (one colour is one part in every image), or of each
     image on its own (``separate``); ``remove_position`` first subtracts each grid position's mean token over the
     images that share the grid."""
-    features = extract(encoder, images, layer)
-    grids = [f.tokens(layer) for f in features]
+    drawn = Resolution.of(resolution)
+    features, grids = token_grids(encoder, images, layer, facet)
     if remove_position:
         grids, centred = remove_position_mean(grids, require=True)
     masks = foreground_mask(grids, threshold, invert) if use_foreground else None
     total = check_part_count(grids, k, masks, separate, list(names))
     parts = part_maps(grids, k, seed, masks, separate=separate)
-    gallery = [(shown(f, draw.overlay(f.image, draw.labels_to_rgb(labels), alpha=0.6), grid), name)
-               for f, name, labels in zip(features, names, parts.labels)]
+    gallery = [(label_picture(f, labels, drawn, grid), name) for f, name, labels in zip(features, names, parts.labels)]
     rows = [[name, *map(int, row)] for name, row in zip(names, parts.counts_per_image.tolist())]
     if not separate:
         rows.append(["all images", *map(int, parts.counts.tolist())])
@@ -173,7 +200,7 @@ def parts_view(encoder: Encoder, images: Sequence[Image.Image], names: Sequence[
               if separate else f"k = {k} parts from one k-means over {total} patch tokens of {len(grids)} image(s)")
              + (", foreground only (black: background)" if use_foreground else "")
              + (f"; each grid position's mean token removed first ({centred} of {len(grids)} images share a grid)"
-                if remove_position else ""))
+                if remove_position else "") + f"; tokens: {tokens_label(layer, facet)}; maps: {drawn.label}")
     numbers = {f"labels_{i}": labels.numpy() for i, labels in enumerate(parts.labels)}
     scores = []
     known = [partsworld.example_part_map(image) for image in images] if masks is None else []  # (foreground: -1s)
@@ -195,16 +222,11 @@ def parts_table_headers(k: int) -> list[str]:
     return ["image", *(f"part {i}" for i in range(k))]
 
 
-def _heat(f: PatchFeatures, values: torch.Tensor | np.ndarray, scale: Scale, grid: bool, smooth: bool = True,
-          ) -> np.ndarray:
-    """A scalar map over the image at display size, with its colour bar."""
-    return shown_map(f, draw.scale_overlay(f.image, values, scale, alpha=0.75, smooth=smooth), scale, grid)
-
-
 def attention_view(encoder: Encoder, image: Image.Image, layer: int, head: int | None, rollout: bool,
-                   keep_mass: float, grid: bool = False) -> ViewResult:
+                   keep_mass: float, grid: bool = False, resolution: str = PATCH_GRID) -> ViewResult:
     """Class-token attention of one layer (per head and averaged) or the rollout, with a mass-threshold mask, and
-    the norm of each patch token after that block (high-norm artifact tokens)."""
+    the norm of each patch token after that block (high-norm artifact tokens boxed)."""
+    drawn = Resolution.of(resolution)
     [layer] = encoder.resolve_layers([layer])
     [f] = encoder.extract([image], layers=[layer], attention=True)
     if rollout:
@@ -222,17 +244,19 @@ def attention_view(encoder: Encoder, image: Image.Image, layer: int, head: int |
     head_scales = [Scale.of(m, "inferno", "attention") for m in heads]
     notes = (f"Class-token attention, {title}. Mask: the patches holding {keep_mass:.0%} of the attention mass "
              f"({int(mask.sum())} of {mask.numel()} patches). Token norms after block {layer}: "
-             f"{norms.describe().split(': ', 1)[1]}")
+             f"{norms.describe().split(': ', 1)[1]} (boxed); maps: {drawn.label}")
     if f.num_registers:
         shares = attention_shares(f.attention, f.has_class_token, f.num_registers, layer=layer)
         notes += (f" · {shares.registers:.0%} of the class token's attention goes to the {f.num_registers} registers")
     panels = [(title, chosen, scales["map"]), (f"token norm, block {layer}", norms.patch_norms[0], scales["norm"]),
               *((f"head {h}", m, s) for h, (m, s) in enumerate(zip(heads, head_scales)))]
     return ViewResult(
-        pictures={"map": _heat(f, chosen, scales["map"], grid),
+        pictures={"map": scalar_picture(f, chosen, scales["map"], drawn, grid),
                   "mask": shown(f, draw.mask_overlay(f.image, mask), grid),
-                  "token_norm": _heat(f, norms.patch_norms[0], scales["norm"], grid, smooth=False)},
-        galleries={"heads": [(_heat(f, m, s, grid), f"head {h}") for h, (m, s) in enumerate(zip(heads, head_scales))]},
+                  "token_norm": scalar_picture(f, norms.patch_norms[0], scales["norm"], drawn, grid,
+                                               marks=norms.outliers[0])},
+        galleries={"heads": [(scalar_picture(f, m, s, drawn, grid), f"head {h}")
+                             for h, (m, s) in enumerate(zip(heads, head_scales))]},
         figures={"readout": readout_figure(panels)}, item_names={"heads": [f"head{h}" for h in range(len(heads))]},
         numbers={"attention_map": chosen.numpy(), "mask": mask.numpy(), "per_head": torch.stack(heads).numpy(),
                  "attention": f.attention.numpy(), "token_norm": norms.patch_norms[0],
@@ -264,7 +288,7 @@ def bagssl_view(encoder: Encoder, image: Image.Image, crop_sizes: Sequence[int],
     notes = (f"Final cosine between the image embedding and the mean of its patch tokens: **{agreement.cosine[-1]:.3f}**; "
              f"bag of {crops.num_crops[0]} crops of {crops.crop_sizes[0]} px vs the full image: **{crops.cosine[0]:.3f}**."
              + ("" if agreement.uses_class_token else " (This model pools its patches: the image embedding *is* their mean.)"))
-    return ViewResult(pictures={"patch_to_embedding": _heat(f, contribution, scale, grid, smooth=False)},
+    return ViewResult(pictures={"patch_to_embedding": scalar_picture(f, contribution, scale, Resolution(), grid)},
                       figures={"crops": bag_of_crops_figure({encoder.name: crops}),
                                "layers": layer_agreement_figure({encoder.name: agreement}),
                                "readout": readout_figure([("patch token · image embedding", contribution, scale)],

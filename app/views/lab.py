@@ -37,16 +37,20 @@ from ssl_core.lab import (
     summary_sections,
 )
 from ssl_core.lab.findings import supervised_ssl_pairs
+from ssl_core.lab.layers import SWEEP_COLUMNS, layer_sweep
 from ssl_core.progress import ProgressFn
 from ssl_core.render import draw
 from ssl_core.render.draw import Scale
-from ssl_core.render.figures import cka_figure, heatmap_picture
+from ssl_core.render.figures import cka_figure, heatmap_picture, layer_sweep_figure
+from ssl_core.render.lines import curves_picture
+from ssl_core.render.tables import markdown_table
 
 PROBES = ("object vs part probes", "k-NN: class token, patch mean, bag of crops", "location probe (swapped positions)",
           "part map vs ground truth", "reconstruction and alignment (MAE / CAE)")
 EVERYTHING = "the whole Lab (every measure, CKA between the first two)"
 CKA = "CKA between two encoders, block by block"
-MEASURES = (*PROBES, EVERYTHING, CKA)
+LAYERS = "layer sweep: every block of one encoder"
+MEASURES = (*PROBES, EVERYTHING, CKA, LAYERS)
 PICTURE_SIDE = 288  # pictures of a 96 px scene are enlarged 3x so patch boxes stay visible
 SWAP_BOX = (0, 255, 255)
 PROBABILITY = Scale(0.0, 1.0, "inferno", "P(swapped)")
@@ -130,6 +134,10 @@ def measure_view(encoders: dict[str, Encoder], measure: str, config: LabConfig |
         if len(encoders) != 2:
             raise BadRequest("CKA compares two encoders: choose exactly two.")
         return cka_view(*encoders.values(), config, progress)
+    if measure == LAYERS:
+        if len(encoders) != 1:
+            raise BadRequest("The layer sweep runs on one encoder: choose exactly one.")
+        return layer_sweep_view(*encoders.values(), config, progress)
     if measure == EVERYTHING:
         return lab_view(encoders, config, progress)
     return probes_view(encoders, measure, config, progress)
@@ -227,3 +235,19 @@ def probes_view(encoders: dict[str, Encoder], probe: str, config: LabConfig | No
              + "\n".join(tables) + "\n\n### Per encoder\n\n" + "\n\n".join(v.notes for v in views.values()))
     return ViewResult(notes=notes, pictures=_pictures(**stacked), warnings=untrained_warning(*encoders.values()),
                       name="lab", numbers={name: v.numbers for name, v in views.items()})
+
+
+def layer_sweep_view(encoder: Encoder, config: LabConfig | None = None,
+                     progress: ProgressFn | None = None) -> ViewResult:
+    """Every block of one encoder on held-out scenes (`ssl_core.lab.layers`): its curves as a plotly figure
+    ``layers`` (and as ``layer_sweep.png`` / ``layer_sweep.html`` downloads), its table and numbers."""
+    sweep = layer_sweep(encoder, config or LabConfig(), progress)
+    figure = layer_sweep_figure(sweep)
+    picture = curves_picture(sweep.blocks, sweep.curves(), title=figure.layout.title.text, x_title="block")
+    notes = (f"**{encoder.display_name}** · layer sweep on {sweep.train_scenes} / {sweep.test_scenes} held-out scenes, "
+             f"seed {sweep.seed}; part-probe chance {sweep.part_probe_chance:.3f}; best block for parts: "
+             f"{sweep.best_part_block}.\n\n" + markdown_table(SWEEP_COLUMNS, sweep.rows()))
+    return ViewResult(notes=notes, figures={"layers": figure}, warnings=untrained_warning(encoder), name="lab",
+                      files={"layer_sweep.png": draw.to_png_bytes(picture),
+                             "layer_sweep.html": figure.to_html(include_plotlyjs=True).encode()},
+                      numbers={"blocks": sweep.blocks, **sweep.curves(), "part_probe_chance": sweep.part_probe_chance})

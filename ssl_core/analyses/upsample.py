@@ -7,7 +7,9 @@ pixel's colour is to the cell's mean colour (Gaussian ``sigma_range``, colours i
 image the other side's cells get almost no weight, so maps follow the image's edges instead of the patch grid.
 Everything is torch, batched over maps and channels, on the maps' device (the GPU when they are there).
 
-`upsample_difference` is what guidance changed against bilinear: the places it sharpened (or invented).
+`upsample_difference` is what guidance changed against bilinear: the places it sharpened (or invented);
+`change_from_grid` what an upsampling changed against the raw patch grid (nearest). `upsample_labels` upsamples a
+label map (parts) by upsampling each label's indicator and taking the largest at each pixel.
 """
 from __future__ import annotations
 
@@ -111,4 +113,23 @@ def upsample_difference(grid_map: np.ndarray | torch.Tensor, image: np.ndarray,
     return np.abs(difference) if difference.ndim == 2 else np.sqrt((difference ** 2).sum(-1))
 
 
-__all__ = ["MODES", "GuidedConfig", "check_mode", "upsample_maps", "upsample_map", "upsample_difference"]
+def change_from_grid(grid_map: np.ndarray | torch.Tensor, image: np.ndarray, mode: str = "guided",
+                     config: GuidedConfig = GuidedConfig()) -> np.ndarray:
+    """upsampled - raw grid (nearest) per pixel, [H, W]: signed for a scalar map [h, w]; for a map with channels
+    [h, w, C] the length of the change vector (>= 0). What the upsampling added to the patch grid."""
+    difference = upsample_map(grid_map, image, mode, config) - upsample_map(grid_map, image, "nearest", config)
+    return difference if difference.ndim == 2 else np.sqrt((difference ** 2).sum(-1))
+
+
+def upsample_labels(labels: np.ndarray | torch.Tensor, image: np.ndarray, mode: str = "guided",
+                    config: GuidedConfig = GuidedConfig()) -> np.ndarray:
+    """A label map [h, w] (any integers, e.g. -1 for background) to pixels [H, W] int64: each label's indicator map
+    upsampled, the label of the largest at each pixel (nearest: the raw grid)."""
+    values, index = np.unique(np.asarray(labels, dtype=np.int64), return_inverse=True)
+    index = index.reshape(np.shape(labels))  # [h, w] position of each label in ``values``
+    indicators = np.eye(len(values), dtype=np.float32)[index]  # [h, w, K]
+    return values[upsample_map(indicators, image, mode, config).argmax(-1)]
+
+
+__all__ = ["MODES", "GuidedConfig", "check_mode", "upsample_maps", "upsample_map", "upsample_difference",
+           "change_from_grid", "upsample_labels"]

@@ -30,6 +30,8 @@ from ssl_core.lab.probes import part_probe
 from ssl_core.lab.scenes import EncodedScenes, as_images, heldout_scenes, scene_size
 from ssl_core.progress import ProgressFn
 
+SWEEP_COLUMNS = ["block", "part probe (balanced)", "part-map ARI", "cos(class, mean patch)", "CKA to last"]
+
 
 @dataclass
 class LayerSweep:
@@ -51,6 +53,10 @@ class LayerSweep:
         return [[str(b), f"{p:.3f}", f"{a:.3f}", "—" if np.isnan(c) else f"{c:.3f}", f"{k:.3f}"]
                 for b, p, a, c, k in zip(self.blocks, self.part_probe, self.part_map_ari, self.bag_cosine,
                                          self.cka_to_last)]
+
+    def curves(self) -> dict[str, list[float]]:
+        """The four curves by name (the column names of `SWEEP_COLUMNS`), one value per block."""
+        return dict(zip(SWEEP_COLUMNS[1:], (self.part_probe, self.part_map_ari, self.bag_cosine, self.cka_to_last)))
 
     @property
     def best_part_block(self) -> int:
@@ -95,4 +101,4 @@ def layer_sweep(encoder: Encoder, config: LabConfig | None = None, progress: Pro
                       len(scenes.test), config.seed)
 
 
-__all__ = ["LayerSweep", "layer_sweep", "block_view", "encode_all_blocks", "cka_to_last"]
+__all__ = ["SWEEP_COLUMNS", "LayerSweep", "layer_sweep", "block_view", "encode_all_blocks", "cka_to_last"]

@@ -265,9 +265,7 @@ def layer_sweep_figure(sweep: LayerSweep) -> go.Figure:
 
 
     fig = go.Figure()
-    curves = {"part probe (balanced acc.)": sweep.part_probe, "part-map ARI": sweep.part_map_ari,
-              "cos(class token, mean patch)": sweep.bag_cosine, "CKA to the last block": sweep.cka_to_last}
-    for name, values in curves.items():
+    for name, values in sweep.curves().items():
         fig.add_trace(go.Scatter(x=sweep.blocks, y=[None if np.isnan(v) else v for v in values], mode="lines+markers",
                                  name=name, hovertemplate="block %{x}: %{y:.3f}<extra>" + name + "</extra>"))
     fig.add_hline(y=sweep.part_probe_chance, line_dash="dot", annotation_text="part probe chance")

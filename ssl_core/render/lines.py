@@ -1,10 +1,11 @@
-"""Two pictures side by side with lines between corresponding patches (best buddies). No analysis here."""
+"""Pictures made of lines: two pictures side by side with lines between corresponding patches (best buddies), and
+curves against a whole-number axis (a PNG of a layer sweep where plotly cannot write one). No analysis here."""
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ssl_core.render.draw import PALETTE
+from ssl_core.render.draw import INK, PALETTE, _font, tick_label
 
 
 def correspondence_picture(image_a: np.ndarray, image_b: np.ndarray, patches_a: np.ndarray, patches_b: np.ndarray,
@@ -30,4 +31,40 @@ def correspondence_picture(image_a: np.ndarray, image_b: np.ndarray, patches_a: 
     return np.asarray(sheet)
 
 
-__all__ = ["correspondence_picture"]
+def curves_picture(x: list[int], curves: dict[str, list[float]], title: str = "", x_title: str = "",
+                   size: tuple[int, int] = (720, 420)) -> np.ndarray:
+    """Curves (name -> one value per x, NaN: a gap) as a line chart with a dot per value, y ticks at the range's
+    ends and middle, x ticks at each x, and a legend. -> [height, width, 3] uint8."""
+    width, height = size
+    left, right, top, bottom = 60, 20, 40, 50 + 16 * len(curves)
+    values = np.array([v for vs in curves.values() for v in vs], dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    low, high = min(0.0, *finite, 0.0), max(1.0, *finite, 1.0)
+    sheet = Image.new("RGB", (width, height), (255, 255, 255))
+    draw, font = ImageDraw.Draw(sheet), _font(12)
+    span_x = max(max(x) - min(x), 1)
+
+    def at(xi: float, yi: float) -> tuple[float, float]:
+        return (left + (xi - min(x)) / span_x * (width - left - right),
+                height - bottom - (yi - low) / (high - low) * (height - top - bottom))
+
+    draw.rectangle([left, top, width - right, height - bottom], outline=INK)
+    for y in (low, (low + high) / 2, high):
+        draw.text((4, at(min(x), y)[1] - 7), tick_label(y), fill=INK, font=font)
+    for xi in x:
+        draw.text((at(xi, low)[0] - 4, height - bottom + 4), str(xi), fill=INK, font=font)
+    draw.text((width // 2 - 20, height - bottom + 20), x_title, fill=INK, font=font)
+    draw.text((left, 10), title[:100], fill=INK, font=_font(14))
+    for i, (name, ys) in enumerate(curves.items()):
+        colour = tuple(int(v) for v in PALETTE[i % len(PALETTE)])
+        points = [at(xi, yi) if np.isfinite(yi) else None for xi, yi in zip(x, ys)]
+        for a, b in zip(points, points[1:]):
+            if a is not None and b is not None:
+                draw.line([a, b], fill=colour, width=2)
+        for p in (p for p in points if p is not None):
+            draw.ellipse([p[0] - 3, p[1] - 3, p[0] + 3, p[1] + 3], fill=colour)
+        draw.text((left, height - bottom + 38 + 16 * i), f"-- {name}", fill=colour, font=font)
+    return np.asarray(sheet)
+
+
+__all__ = ["correspondence_picture", "curves_picture"]

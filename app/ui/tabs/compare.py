@@ -7,6 +7,8 @@ from app.ui.app import PatchLensApp
 from app.ui.state import LoadedImage
 from app.ui.wiring import SharedControls, chain, clicked, find_image, model_choices, readout_plot
 from app.views import compare as views
+from app.views.resolution import CHOICES as RESOLUTIONS
+from app.views.resolution import PATCH_GRID
 from app.views.result import Click, ViewResult
 from ssl_core.errors import BadRequest
 from ssl_core.features.encoder import Encoder
@@ -39,14 +41,15 @@ class CompareTab:
         return encoders
 
     def run(self, images: list[LoadedImage], selected: str | None, models: list[str], k: float, click: Click | None,
-            grid: bool, model: str, weights_upload: str | None, weights_path: str, image_size: float | None,
+            resolution: str, grid: bool, model: str, weights_upload: str | None, weights_path: str, image_size: float | None,
             request: gr.Request, progress: gr.Progress = gr.Progress()) -> ViewResult:
         image = find_image(images, selected)
         if image is None:
             raise BadRequest("Add an image first.")
         encoders = self.encoders(models, model, weights_upload, weights_path, image_size, progress)
         return views.compare_view(encoders, image.image, click or Click.centre(), int(k),
-                                  title=f"PatchLens: {image.name}", grid=bool(grid)).for_image(image.name)
+                                  title=f"PatchLens: {image.name}", grid=bool(grid),
+                                  resolution=resolution).for_image(image.name)
 
     def build(self, shared: SharedControls) -> CompareTab:
         with gr.Tab("Compare", id="compare"):
@@ -58,6 +61,7 @@ class CompareTab:
                 k = gr.Slider(2, 12, 5, step=1, label="Parts (k)", scale=1)
                 run = gr.Button("Compare", variant="primary", elem_id="compare-run", scale=1)
                 stop = gr.Button("Stop", variant="stop", elem_id="compare-stop", scale=1)
+            resolution = gr.Radio(list(RESOLUTIONS), value=PATCH_GRID, label="Resolution", elem_id="compare-resolution")
             with gr.Row():
                 image = gr.Image(label="Click a spot: every encoder's similarity map follows", interactive=False,
                                  format="png", elem_id="compare-image", scale=1)
@@ -73,9 +77,11 @@ class CompareTab:
             click = gr.State(Click.centre())  # the spot, on the image as shown
 
         app = self.app
-        compare = app.job("Compare", self.run, [shared.images, shared.selected, models, k, click, *shared.grid_and_model],
+        compare = app.job("Compare", self.run, [shared.images, shared.selected, models, k, click, resolution,
+                                                *shared.grid_and_model],
                           {"image": image, "by_encoder": table, "comparison.png": png, "comparison.html": report,
                            "numbers": numbers, "readout": readout, **rows})
         app.stoppable(compare, run.click, stop)
+        app.stoppable(compare, resolution.change, stop)
         chain(app.action(clicked, [image], [click]).on(image.select), compare)
         return self

@@ -12,6 +12,8 @@ from app.ui.app import PatchLensApp
 from app.ui.state import LoadedImage, load_image_bytes
 from app.ui.wiring import Runner, SharedControls, chain, clicked, find_image, progress_callback, readout_plot, switch
 from app.views import inspect as views
+from app.views.resolution import CHOICES as RESOLUTIONS
+from app.views.resolution import PATCH_GRID
 from app.views.result import ViewResult
 from ssl_core.errors import BadRequest
 from ssl_core.render import draw
@@ -21,7 +23,10 @@ HELP = {
 patches) — **click a patch** to see which patches of every loaded image resemble it (the *Similarity* tab below).
 Middle: each patch token projected on the first three principal components, shown as R, G, B: patches with similar
 colours have similar embeddings, so the parts of an object share a colour. Right: how much the class token attends
-to each patch in the last layer (heads averaged) — often the object the image embedding is about.""",
+to each patch in the last layer (heads averaged) — often the object the image embedding is about. **Resolution**
+draws every map of this tab on the raw patch grid, bilinear, or guided by the image's edges; a *difference* shows
+what the upsampling drew that the patch grid does not have. **Facet** takes the similarity, PCA and parts maps from
+the block's output or from its attention's keys, queries or values.""",
     "similarity": "Cosine similarity between the clicked patch and every patch of every loaded image, on one colour scale "
                   "(bright = similar). The clicked patch is boxed. Features are cached: a click costs no forward pass.",
     "pca": "PCA-to-RGB maps of all loaded images. Fitted jointly, a colour means the same thing in every image. "
@@ -55,6 +60,8 @@ class InspectTab:
         self.app = app
         self.runners: dict[str, Runner] = {}  # by view, for the events of other tabs and the app
         self.layer: gr.Dropdown | None = None  # "Tokens from": the Gallery tab indexes and maps that layer too
+        self.facet: gr.Dropdown | None = None  # block output, or its attention's key / query / value
+        self.resolution: gr.Radio | None = None  # how every map of the tab is drawn (`app.views.resolution`)
         self.shared: SharedControls | None = None
         self.after_model: list[Runner] = []  # the views a switch of model refreshes, in order
 
@@ -73,7 +80,7 @@ class InspectTab:
                 gr.update(maximum=encoder.depth - 1, value=encoder.depth - 1),
                 gr.update(choices=heads, value="mean"), values)
 
-    def overview(self, images: list[LoadedImage], selected: str | None, grid: bool, model: str,
+    def overview(self, images: list[LoadedImage], selected: str | None, resolution: str, grid: bool, model: str,
                  weights_upload: str | None, weights_path: str, image_size: float | None,
                  progress: gr.Progress = gr.Progress()) -> ViewResult:
         image = find_image(images, selected)
@@ -82,7 +89,7 @@ class InspectTab:
         progress(0.2, desc="loading model")
         encoder = self.app.encoder(model, weights_upload, weights_path, image_size)
         progress(0.5, desc="forward pass")
-        return views.overview(encoder, image.image, bool(grid)).for_image(image.name)
+        return views.overview(encoder, image.image, bool(grid), resolution).for_image(image.name)
 
     def click_patch(self, images: list[LoadedImage], selected: str | None, shown: np.ndarray | None, model: str,
                     weights_upload: str | None, weights_path: str, image_size: float | None,
@@ -95,41 +102,43 @@ class InspectTab:
         row, col = views.clicked_patch(encoder, image.image, clicked(shown, evt))
         return image.name, row, col, grid
 
-    def similarity(self, images: list[LoadedImage], click: ClickedPatch | None, layer: str, grid: bool,
-                   *model_args: object) -> ViewResult:
+    def similarity(self, images: list[LoadedImage], click: ClickedPatch | None, layer: str, facet: str,
+                   resolution: str, grid: bool, *model_args: object) -> ViewResult:
         image = find_image(images, click[0]) if images and click else None
         encoder = self.app.encoder(*model_args) if image is not None else None
         if image is None or len(click) != 4 or views.patch_grid(encoder, image.image) != tuple(click[3]):
             return ViewResult(notes="Click a patch on the image above.")  # none yet, or one of another grid
         pictures, names = _pictures(images)
         return views.similarity_view(encoder, pictures, names, names.index(click[0]), click[1], click[2],
-                                     views.parse_layer(layer), bool(grid))
+                                     views.parse_layer(layer), bool(grid), resolution, facet)
 
-    def pca(self, images: list[LoadedImage], layer: str, joint: bool, use_foreground: bool, threshold: float,
-            invert: bool, grid: bool, *model_args: object) -> ViewResult:
+    def pca(self, images: list[LoadedImage], layer: str, facet: str, joint: bool, use_foreground: bool,
+            threshold: float, invert: bool, resolution: str, grid: bool, *model_args: object) -> ViewResult:
         if not images:
             return ViewResult()
         pictures, names = _pictures(images)
         return views.pca_view(self.app.encoder(*model_args), pictures, names, views.parse_layer(layer), joint,
-                              use_foreground, threshold, invert, bool(grid))
+                              use_foreground, threshold, invert, bool(grid), resolution, facet)
 
-    def parts(self, images: list[LoadedImage], layer: str, k: float, seed: float | None, use_foreground: bool,
-              threshold: float, separate: bool, remove_position: bool, grid: bool, *model_args: object) -> ViewResult:
+    def parts(self, images: list[LoadedImage], layer: str, facet: str, k: float, seed: float | None,
+              use_foreground: bool, threshold: float, separate: bool, remove_position: bool, resolution: str,
+              grid: bool, *model_args: object) -> ViewResult:
         if not images:
             return ViewResult()
         pictures, names = _pictures(images)
         return views.parts_view(self.app.encoder(*model_args), pictures, names, views.parse_layer(layer), int(k),
                                 int(seed or 0), use_foreground, threshold, separate=bool(separate),
-                                remove_position=bool(remove_position), grid=bool(grid))
+                                remove_position=bool(remove_position), grid=bool(grid), resolution=resolution,
+                                facet=facet)
 
     def attention(self, images: list[LoadedImage], selected: str | None, block: float, head: str | None,
-                  rollout: bool, keep_mass: float, grid: bool, *model_args: object) -> ViewResult:
+                  rollout: bool, keep_mass: float, resolution: str, grid: bool, *model_args: object) -> ViewResult:
         image = find_image(images, selected)
         if image is None:
             return ViewResult()
         head_index = None if head in (None, "mean") else int(head)
         return views.attention_view(self.app.encoder(*model_args), image.image, int(block), head_index, rollout,
-                                    float(keep_mass), bool(grid)).for_image(image.name)
+                                    float(keep_mass), bool(grid), resolution).for_image(image.name)
 
     def bagssl(self, images: list[LoadedImage], selected: str | None, crop_text: str, grid: bool, model: str,
                weights_upload: str | None, weights_path: str, image_size: float | None, request: gr.Request,
@@ -174,8 +183,13 @@ class InspectTab:
         app, images, selected, model_inputs = self.app, shared.images, shared.selected, shared.model_inputs
         with gr.Tab("Inspect", id="inspect"):
             gr.Markdown(HELP["inspect"])
-            self.layer = layer = gr.Dropdown([views.FINAL_LAYER], value=views.FINAL_LAYER, label="Tokens from",
-                                             elem_id="layer")
+            with gr.Row():
+                self.layer = layer = gr.Dropdown([views.FINAL_LAYER], value=views.FINAL_LAYER, label="Tokens from",
+                                                 elem_id="layer")
+                self.facet = facet = gr.Dropdown(list(views.FACETS), value=views.BLOCK_OUTPUT, elem_id="facet",
+                                                 label="Facet (the per-patch maps: similarity, PCA, parts)")
+                self.resolution = resolution = gr.Radio(list(RESOLUTIONS), value=PATCH_GRID, label="Resolution",
+                                                        elem_id="resolution", scale=2)
             with gr.Row():
                 shown = gr.Image(label="Image (click a patch)", interactive=False, format="png", elem_id="inspect-image")
                 pca = gr.Image(label="PCA of patch tokens (RGB)", interactive=False, format="png", elem_id="inspect-pca")
@@ -192,7 +206,7 @@ class InspectTab:
                 runners["bagssl"] = self._bagssl_tab()
         runners["status"] = app.action(self.model_status, [*model_inputs, shared.loaded],
                                        [*model_inputs, shared.model_info, layer, block, head, shared.loaded])
-        runners["overview"] = app.view(self.overview, [images, selected, *shared.grid_and_model], {
+        runners["overview"] = app.view(self.overview, [images, selected, resolution, *shared.grid_and_model], {
             "image": shown, "pca": pca, "attention": attention, "attention_readout": overview_readout,
             "markdown": overview_info, "numbers": overview_file})
         everything = [runners[name] for name in ("overview", "pca", "parts", "attention", "similarity")]
@@ -202,6 +216,8 @@ class InspectTab:
         chain(runners["pca"].on(layer.change), runners["parts"], runners["similarity"])
         chain(runners["overview"].on(selected.change), runners["attention"])
         chain(runners["overview"].on(shared.grid.change), *everything[1:])
+        chain(runners["overview"].on(resolution.change), *everything[1:])
+        chain(runners["pca"].on(facet.change), runners["parts"], runners["similarity"])
         return self
 
     def _similarity_tab(self, click: gr.State) -> Runner:
@@ -212,7 +228,7 @@ class InspectTab:
             info = gr.Markdown(elem_id="similarity-info")
             readout = readout_plot("similarity-readout")
             numbers = gr.File(label="Similarity maps (.npz)", elem_id="similarity-export")
-        return self.app.view(self.similarity, [self.shared.images, click, self.layer, *self.shared.grid_and_model],
+        return self.app.view(self.similarity, [self.shared.images, click, *self.tokens, *self.drawing],
                              {"maps": maps, "readout": readout, "markdown": info, "numbers": numbers})
 
     def _pca_tab(self) -> Runner:
@@ -224,11 +240,11 @@ class InspectTab:
                 invert = gr.Checkbox(False, label="Invert foreground")
                 threshold = gr.Slider(0.05, 0.95, 0.5, step=0.05, label="Foreground threshold")
             maps = gr.Gallery(label="PCA maps", columns=4, height=380, format="png", elem_id="pca-gallery")
-            info = gr.Markdown()
+            info = gr.Markdown(elem_id="pca-info")
             numbers = gr.File(label="PCA maps (.npz)")
         controls = [joint, foreground, threshold, invert]
         return self._on_change(controls, self.app.view(
-            self.pca, [self.shared.images, self.layer, *controls, *self.shared.grid_and_model],
+            self.pca, [self.shared.images, *self.tokens, *controls, *self.drawing],
             {"maps": maps, "markdown": info, "numbers": numbers}))
 
     def _parts_tab(self) -> Runner:
@@ -247,7 +263,7 @@ class InspectTab:
             numbers = gr.File(label="Part labels and centroids (.npz)")
         controls = [k, seed, foreground, threshold, separate, position]
         return self._on_change(controls, self.app.view(
-            self.parts, [self.shared.images, self.layer, *controls, *self.shared.grid_and_model],
+            self.parts, [self.shared.images, *self.tokens, *controls, *self.drawing],
             {"maps": maps, "counts": counts, "markdown": info, "numbers": numbers}))
 
     def _attention_tab(self) -> tuple[Runner, gr.Slider, gr.Dropdown]:
@@ -270,7 +286,7 @@ class InspectTab:
             numbers = gr.File(label="Attention maps and token norms (.npz)")
         controls = [block, head, rollout, mass]
         return self._on_change(controls, self.app.view(
-            self.attention, [self.shared.images, self.shared.selected, *controls, *self.shared.grid_and_model],
+            self.attention, [self.shared.images, self.shared.selected, *controls, *self.drawing],
             {"map": picture, "mask": mask, "token_norm": norm, "heads": heads, "readout": readout, "markdown": info,
              "numbers": numbers})), block, head
 
@@ -295,6 +311,16 @@ class InspectTab:
             "numbers": numbers})
         self.app.stoppable(runner, run.click, stop)
         return runner
+
+    @property
+    def tokens(self) -> list[Component]:
+        """Which tokens the per-patch maps use: the layer, then the facet."""
+        return [self.layer, self.facet]
+
+    @property
+    def drawing(self) -> list[Component]:
+        """The last inputs of the views that draw maps: the resolution, the patch-grid toggle, the model inputs."""
+        return [self.resolution, *self.shared.grid_and_model]
 
     @staticmethod
     def _on_change(controls: list[Component], runner: Runner) -> Runner:

@@ -15,7 +15,8 @@ and parts; never seen in training): object-level vs part-level linear probes (pa
 is part-to-whole, MIM part-to-part), k-NN from the class token, the mean of patch tokens and a bag of crops (BagSSL),
 a probe that detects tokens given a wrong position embedding (DILEMMA), k-means part maps against the ground truth
 (adjusted Rand index), and CKA (the SimCLR-vs-supervised study). Each result shows its sample sizes and seed. The
-bundled models had a small CPU budget: see `docs/lab.md` for the full table and what holds."""
+bundled models had a small CPU budget: see `docs/lab.md` for the full table and what holds. *Layer sweep*: one
+encoder's blocks side by side (part probe, part-map ARI, cos(class token, mean patch), CKA to the last block)."""
 
 
 class LabTab:
@@ -54,9 +55,14 @@ class LabTab:
                 part_map = gr.Image(label="Scene · ground-truth parts · k-means parts", interactive=False, format="png",
                                     elem_id="lab-parts")
             cka = gr.Plot(label="CKA", elem_id="lab-cka")
-            numbers = gr.File(label="The numbers (.json)", elem_id="lab-json")
+            layers = gr.Plot(label="Layer sweep: per block", elem_id="lab-layers")
+            with gr.Row():
+                numbers = gr.File(label="The numbers (.json)", elem_id="lab-json")
+                layers_png = gr.File(label="Layer sweep (PNG)", elem_id="lab-layers-png")
+                layers_html = gr.File(label="Layer sweep (HTML)", elem_id="lab-layers-html")
 
         runner = self.app.job("Lab", self.run, [models, measure, n_train, n_test, seed], {
-            "markdown": text, "location": location, "part_map": part_map, "cka": cka, "numbers": numbers})
+            "markdown": text, "location": location, "part_map": part_map, "cka": cka, "numbers": numbers,
+            "layers": layers, "layer_sweep.png": layers_png, "layer_sweep.html": layers_html})
         self.app.stoppable(runner, run.click, stop)
         return self
