@@ -93,3 +93,17 @@ def test_large_images_are_tiled_at_their_own_resolution_and_oversized_grids_refu
         tiled_patch_tokens(encoder, native_image(encoder, big), max_bytes=1024)
     with pytest.raises(BadRequest, match="whole patches"):
         tiled_patch_tokens(encoder, Image.new("RGB", (100, 100)))
+
+
+def test_tile_command_writes_the_stitched_grid_and_its_picture(tmp_path, capsys):
+    from app.cli.main import main
+
+    Image.fromarray(smooth_image(150, 230, seed=5)).save(tmp_path / "big.png")
+    out = tmp_path / "big.npz"
+    assert main(["tile", str(tmp_path / "big.png"), "--model", "random-tiny", "--device", "cpu", "--short-side", "200",
+                 "--window", "96", "--overlap", "32", "--out", str(out)]) == 0
+    data = np.load(out)
+    assert data["patch_tokens"].shape == (25, 38, 192) and data["grid_hw"].tolist() == [25, 38]  # 200x304 px
+    assert int(data["window_px"]) == 96 and int(data["overlap_px"]) == 32
+    assert "15 windows of 96 px overlapping by 32 px" in capsys.readouterr().err  # 3 rows x 5 columns
+    assert Image.open(out.with_suffix(".png")).size[0] > 2 * 200

@@ -77,6 +77,12 @@ def save_features_npz(path: str | os.PathLike, names: Sequence[str], features: S
         key = f"facet_{facets[0].facet}_{facets[0].block}"
         arrays[f"{key}_tokens"] = _stack_tokens([f.patch_tokens for f in facets], dim)
         arrays[f"{key}_prefix"] = _stack_prefix([f.prefix_tokens for f in facets], dim)
+    return write_npz(path, arrays)
+
+
+def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
+    """Write arrays to a .npz file atomically (a temp file, then one rename: readers see old or new, never half)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, **arrays)
