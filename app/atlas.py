@@ -42,6 +42,28 @@ class AtlasServer:
         self.thread.join(timeout_s)
 
 
+class AtlasServers:
+    """The Embedding Atlas servers an app runs: one per browser session (a session's new map replaces its last one),
+    at most ``limit`` in all (the oldest stops first)."""
+
+    def __init__(self, limit: int = 4):
+        self.limit = limit
+        self._by_session: dict[str, AtlasServer] = {}
+        self._lock = threading.Lock()
+
+    def serve(self, session: str, table) -> AtlasServer:
+        with self._lock:
+            stale = [self._by_session.pop(session)] if session in self._by_session else []
+            while len(self._by_session) >= self.limit:
+                stale.append(self._by_session.pop(next(iter(self._by_session))))
+        for server in stale:
+            server.stop()
+        server = serve_atlas(table)
+        with self._lock:
+            self._by_session[session] = server
+        return server
+
+
 def atlas_available() -> bool:
     try:
         import embedding_atlas  # noqa: F401
@@ -89,4 +111,4 @@ def serve_atlas(table, host: str = LOCAL_HOST, port: int = 0, start_timeout_s: f
     return AtlasServer(url, table.num_rows, server, thread)
 
 
-__all__ = ["AtlasServer", "atlas_app", "serve_atlas", "atlas_available", "LOCAL_HOST", "INSTALL_HINT"]
+__all__ = ["AtlasServer", "AtlasServers", "atlas_app", "serve_atlas", "atlas_available", "LOCAL_HOST", "INSTALL_HINT"]

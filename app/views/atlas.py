@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
+from app.views.result import ViewResult
 from ssl_core.analyses.maps import DEFAULT_FIT_LIMIT, PatchMap, StageFn, VectorReader, layout_patches
 from ssl_core.errors import BadRequest
 from ssl_core.features.patch_table import PatchTable
@@ -35,6 +36,19 @@ class AtlasMap:
         if self.missing:
             text += f"; {len(self.missing):,} images without thumbnails (unreadable here), e.g. {self.missing[0]}"
         return text
+
+
+def atlas_result(atlas: AtlasMap, url: str) -> ViewResult:
+    """The Gallery's answer for a map served in Embedding Atlas at ``url``: the link, and the map's numbers."""
+    points = atlas.table.num_rows
+    notes = (f"{points:,} patches are more than the plotly map draws well ({ATLAS_MIN_POINTS:,}), so this map opens in "
+             f"**Embedding Atlas**: [open the map of {points:,} patches]({url}) (served by this app at {url}, on this "
+             f"machine only; hover a point for its image, patch and thumbnail). {atlas.describe()}.")
+    columns = atlas.table
+    numbers = {"coords": atlas.patch_map.coords, "image_ids": columns["image"].combine_chunks().indices.to_numpy(),
+               "rows": columns["row"].to_numpy(), "cols": columns["col"].to_numpy(),
+               "image_names": np.array(columns["image"].combine_chunks().dictionary.to_pylist(), dtype=str)}
+    return ViewResult(notes=notes, numbers=numbers, name=f"index-{atlas.patch_map.method}-atlas-map")
 
 
 def engine_for(engine: str, points: int) -> str:
@@ -78,4 +92,4 @@ def atlas_of_patches(table: PatchTable, images: Sequence[np.ndarray], method: st
                      table.grids, lambda i: images[i], method, seed, fit_limit, side, progress, stage)
 
 
-__all__ = ["AtlasMap", "atlas_map", "atlas_of_index", "atlas_of_patches", "engine_for", "ATLAS_MIN_POINTS", "ENGINES"]
+__all__ = ["AtlasMap", "atlas_result", "atlas_map", "atlas_of_index", "atlas_of_patches", "engine_for", "ATLAS_MIN_POINTS", "ENGINES"]
