@@ -87,8 +87,8 @@ def _thumbnails(image_ids: np.ndarray, rows: np.ndarray, cols: np.ndarray, names
         points = order[lo:hi]
         try:
             urls = patch_thumbnails(image_of(image_id), grids[image_id], rows[points], cols[points], side)
-        except (PatchLensError, OSError) as error:  # moved, unreadable or remote-only images: no thumbnails
-            failed.append(f"{names[image_id]}: {error}")
+        except (PatchLensError, OSError, ValueError) as error:  # moved, unreadable, unreachable: no thumbnails
+            failed.append(f"{names[image_id]}: {getattr(error, 'reason', error)}")
         else:
             for point, url in zip(points.tolist(), urls):
                 thumbnails[point] = url
