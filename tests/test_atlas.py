@@ -166,3 +166,24 @@ def test_served_atlas_answers_on_localhost_with_the_table():
     finally:
         server.stop()
     assert not server.thread.is_alive()
+
+
+def test_atlas_of_an_index_has_every_patch_with_its_thumbnail_and_the_gallery_link(tiny_encoder, image_file):
+    from app.views.atlas import atlas_of_index, atlas_result
+    from ssl_core.search.patch_index import PatchIndex
+
+    paths = [image_file(f"img{i}.png", 64, 96, seed=i) for i in range(3)]
+    index, _ = PatchIndex.build(paths, tiny_encoder, kind="exact", device="cpu")
+    atlas = atlas_of_index(index, "pca", side=8)
+    table = atlas.table
+    assert table.num_rows == len(index) and atlas.missing == []
+    np.testing.assert_array_equal(table["row"].to_numpy(), index.patch_positions()[1])
+    p = index.manifest.patch_size
+    for point in (0, len(index) // 2, len(index) - 1):
+        image_id, row, col = (int(a[point]) for a in index.patch_positions())
+        patch = index.processed_image(image_id)[row * p:(row + 1) * p, col * p:(col + 1) * p].astype(np.float64)
+        assert np.abs(decode(table["thumbnail"][point].as_py()).mean((0, 1)) - patch.mean((0, 1))).max() < 10
+    result = atlas_result(atlas, "http://127.0.0.1:5999/")
+    assert "[open the map of" in result.notes and "(http://127.0.0.1:5999/)" in result.notes
+    np.testing.assert_array_equal(result.numbers["image_ids"], index.patch_positions()[0])
+    assert result.numbers["coords"].shape == (len(index), 2)
