@@ -28,9 +28,20 @@ from ssl_core.render.atlas import THUMBNAIL_SIDE  # noqa: E402
 
 pytestmark = [requires_browser, pytest.mark.browser, pytest.mark.slow]
 POINTS = 1_000_000
+PATCHES = -(-POINTS // (GRID[0] * GRID[1])) * GRID[0] * GRID[1]  # whole images: 5,103 x 196 = 1,000,188
 # WebGL through SwiftShader: without --disable-gpu, and with software WebGL allowed
 ATLAS_FLAGS = [flag for flag in CHROMIUM_FLAGS if flag != "--disable-gpu"] + ["--enable-unsafe-swiftshader"]
 TOOLTIP = re.compile(r"(synthetic-(\d{7})\.jpg) · row (\d+), col (\d+)")
+# the tooltip: the smallest element holding a patch caption, the word "thumbnail" (its field names; the table's rows
+# have none) and a WebP thumbnail; its text and the thumbnail's data URL
+TOOLTIP_JS = """(pattern) => {
+    const re = new RegExp(pattern);
+    const found = Array.from(document.querySelectorAll('div')).filter(d => d.innerText && re.test(d.innerText)
+        && d.innerText.includes('thumbnail') && d.querySelector('img[src^="data:image/webp"]'));
+    found.sort((a, b) => a.innerText.length - b.innerText.length);
+    return found.length ? {text: found[0].innerText, src: found[0].querySelector('img[src^="data:image/webp"]').src}
+                        : null;
+}"""
 pytest.importorskip("embedding_atlas")
 
 
@@ -66,7 +77,7 @@ def expected_thumbnail(image_id: int, row: int, col: int) -> np.ndarray:
 
 def check_atlas(page, name: str) -> None:
     """The atlas shows all the points, draws them, and a hovered point's tooltip names and shows its patch."""
-    page.get_by_text(f"{POINTS:,} points").first.wait_for(timeout=300_000)
+    page.get_by_text(f"{PATCHES:,} points").first.wait_for(timeout=300_000)
     canvas = page.locator("canvas").first
     canvas.wait_for(state="visible", timeout=60_000)
     page.wait_for_timeout(5_000)  # the density and point layers draw over a few frames
@@ -77,26 +88,21 @@ def check_atlas(page, name: str) -> None:
     screenshot(page, f"{name}-points")
     assert drawn > 0.05, f"only {drawn:.1%} of the map's pixels differ from its background"
     box = canvas.bounding_box()
-    text = ""
+    tooltip = None
     for fx, fy in [(0.5, 0.5), (0.45, 0.5), (0.55, 0.45), (0.5, 0.55)]:  # the middle of the cloud: points everywhere
         page.mouse.move(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
         page.wait_for_timeout(2_000)
-        found = page.get_by_text(TOOLTIP).first
-        if found.count():
-            text = found.inner_text()
+        tooltip = page.evaluate(TOOLTIP_JS, TOOLTIP.pattern)
+        if tooltip:
             break
     screenshot(page, f"{name}-tooltip")
-    match = TOOLTIP.search(text)
-    assert match, f"no tooltip naming a synthetic patch: {text!r}"
-    image_id, row, col = int(match.group(2)), int(match.group(3)), int(match.group(4))
-    assert image_id < -(-POINTS // (GRID[0] * GRID[1])) and row < GRID[0] and col < GRID[1]
-    sources = page.evaluate("Array.from(document.querySelectorAll('img')).map(i => i.src)")
-    thumbnails = [s for s in sources if s.startswith("data:image/webp;base64,")]
-    assert thumbnails, "the tooltip shows no thumbnail"
-    shown = [np.asarray(Image.open(io.BytesIO(base64.b64decode(s.split(",", 1)[1]))).convert("RGB"), np.float64)
-             for s in thumbnails]
-    errors = [np.abs(t - expected_thumbnail(image_id, row, col)).mean() for t in shown if t.shape[:2] == (16, 16)]
-    assert errors and min(errors) < 12, f"no thumbnail shows patch ({row}, {col}) of image {image_id}: {errors}"
+    assert tooltip, "hovering the map shows no tooltip with a patch and its thumbnail"
+    image_id, row, col = (int(v) for v in TOOLTIP.search(tooltip["text"]).group(2, 3, 4))
+    assert image_id < PATCHES // (GRID[0] * GRID[1]) and row < GRID[0] and col < GRID[1]
+    shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(tooltip["src"].split(",", 1)[1]))).convert("RGB"))
+    assert shown.shape == (THUMBNAIL_SIDE, THUMBNAIL_SIDE, 3)
+    error = np.abs(shown - expected_thumbnail(image_id, row, col)).mean()
+    assert error < 12, f"the tooltip's thumbnail is not patch ({row}, {col}) of image {image_id}: error {error:.1f}"
     assert page.outside == [], f"the atlas fetched from outside its server: {page.outside[:5]}"
 
 
