@@ -128,7 +128,8 @@ def main() -> None:
     rows = [[r["detail"], f"{r['seconds']:.1f}", f"{r['peak']['VmRSS']:,.0f}", f"{r['peak']['RssAnon']:,.0f}"]
             for r in steps.rows]
     table = markdown_table(["step", "seconds", "peak resident MB (all)", "peak MB (own, without mapped files)"], rows)
-    notes = (f"{atlas.describe()}. Vectors: {len(index):,} x {args.dim} float16 in an exact index "
+    notes = (f"The machine was shared with other jobs while this ran (2 cores): times are upper bounds. "
+             f"{atlas.describe()}. Vectors: {len(index):,} x {args.dim} float16 in an exact index "
              f"({len(index) * args.dim * 2 / 2**20:,.0f} MB); peak resident memory of the whole run "
              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB.")
     record(f"Embedding Atlas map of {args.points:,} synthetic patches ({args.method})", table, notes,

@@ -136,9 +136,10 @@ def test_the_gallery_map_of_a_million_patch_index_opens_in_embedding_atlas(galle
         page.get_by_role("tab", name="Gallery").click()
         page.get_by_label("Index folder to load or save (under --allow-dir)").fill(str(gallery / "index"))
         page.get_by_role("button", name="Load index").click()
-        page.wait_for_function("() => document.querySelector('#index-info').innerText.includes('1,000,000')",
-                               timeout=300_000)
+        page.wait_for_function("(n) => document.querySelector('#index-info').innerText.includes(n)",
+                               arg=f"{PATCHES:,} patches", timeout=300_000)
         page.get_by_label("the index").check()
+        page.locator("#map-method").get_by_label("pca").check()  # UMAP's transform of a million points: minutes
         page.locator("#map-run").click()
         link = page.locator("#map-info a", has_text="open the map")
         link.wait_for(timeout=900_000)

@@ -207,7 +207,7 @@ class GalleryTab:
         gr.Markdown(HELP["map"])
         with gr.Row():
             source = gr.Radio(["loaded images", "the index"], value="loaded images", label="Map")
-            method = gr.Radio(["umap", "pca"], value="umap", label="Method")
+            method = gr.Radio(["umap", "pca"], value="umap", label="Method", elem_id="map-method")
             colour = gr.Dropdown(["image", "part", "position", "attention"], value="image", label="Colour by")
             run = gr.Button("Draw map", variant="primary", elem_id="map-run")
             stop = gr.Button("Stop", variant="stop", elem_id="map-stop")
