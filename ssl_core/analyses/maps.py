@@ -9,7 +9,10 @@ Policy:
 * **PCA** (the first two components, via `ssl_core.analyses.pca.fit_pca`) of the L2-normalised vectors, so both methods
   see the same cosine geometry.
 * **Size limit.** Above ``fit_limit`` points the map is fitted on a seeded random sample of that many points and
-  the rest are placed by the fit's ``transform``; `PatchMap` says so (``fitted_on`` < ``total``).
+  the rest are placed by the fit's ``transform`` (or PCA's projection); `PatchMap` says so (``fitted_on`` < ``total``).
+* **Memory.** `layout_patches` reads the vectors through a function, the sample first and then blocks of ``block``
+  rows, so at most the sample and one block are in memory as float32 (maps of millions of patches of an index on
+  disk, docs/scale.md); `map_patches` is the same over an array in memory.
 * **Colourings** are arrays, rendered elsewhere (`ssl_core.render.figures`): categorical labels (source image, k-means
   part from `ssl_core.analyses.parts.kmeans`), an RGB colour per point (grid position: the four corners of the grid get
   four colours, blended bilinearly in between), or a scalar (attention received, coloured with a colormap).
@@ -56,7 +59,8 @@ class PatchMap:
         name = "UMAP (cosine)" if self.method == "umap" else "PCA (first two components of unit vectors)"
         if self.fitted_on < self.total:
             return (f"{name} fitted on a random sample of {self.fitted_on:,} of {self.total:,} patches (seed {self.seed}); "
-                    f"the other {self.total - self.fitted_on:,} placed with the fit's transform")
+                    f"the other {self.total - self.fitted_on:,} placed with the fit's "
+                    f"{'transform' if self.method == 'umap' else 'projection'}")
         return f"{name} of {self.total:,} patches (seed {self.seed})"
 
 
