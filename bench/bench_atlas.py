@@ -111,16 +111,20 @@ def main() -> None:
     parser.add_argument("--serve", action="store_true", help="also start Embedding Atlas's server on the table")
     parser.add_argument("--print-only", action="store_true", help="print, do not append to docs/benchmarks.md")
     args = parser.parse_args()
-    steps = Steps()
-    steps.stage(f"making the synthetic index of {args.points:,} patches (not timed below)")
     folder = synthetic_index(Path(args.dir) / f"{args.points}-{args.dim}", args.points, args.dim)
+    steps = Steps()
+    if args.method == "umap":  # numba's compilation, once per process (the app does it at start, in the background)
+        from ssl_core.analyses.maps import UMAP_WARM_UP
+
+        steps.stage("compiling UMAP (numba, once per process: the app's warm-up)")
+        UMAP_WARM_UP.start(args.dim).join()
     steps.stage("loading the index")
     index = PatchIndex.load(folder, device="cpu")
     atlas = atlas_of_index(index, args.method, fit_limit=args.fit_limit, side=args.side, stage=steps.stage)
     if args.serve:
         from app.atlas import serve_atlas
 
-        steps.stage(f"serving {args.points:,} points")
+        steps.stage(f"starting Embedding Atlas's server on the {atlas.table.num_rows:,} rows")
         server = serve_atlas(atlas.table)
         steps.end()
         server.stop()
