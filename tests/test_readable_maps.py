@@ -144,7 +144,7 @@ def test_a_map_reports_its_stages():
     heard: list[str] = []
     vectors = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)
     map_patches(vectors, "pca", stage=heard.append)
-    assert heard == ["PCA of 50 patches"]
+    assert heard == ["fitting PCA on 50 of 50 patches", "placing 50 patches with the fit's projection"]
 
 
 # ------------------------------------------------------------------------------------------------ Lab

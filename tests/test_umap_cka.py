@@ -47,7 +47,7 @@ def test_map_above_the_limit_is_fitted_on_a_seeded_sample_and_says_so():
     x, _ = clusters(300, 12, 4)
     patch_map = map_patches(x, "pca", seed=1, fit_limit=100)
     assert (patch_map.fitted_on, patch_map.total) == (100, 300)
-    assert "random sample of 100 of 300 patches" in patch_map.describe() and "transform" in patch_map.describe()
+    assert "random sample of 100 of 300 patches" in patch_map.describe() and "projection" in patch_map.describe()
     sample = np.sort(np.random.default_rng(1).choice(300, 100, replace=False))
     unit = torch.nn.functional.normalize(torch.from_numpy(x.astype(np.float32)), dim=-1)
     np.testing.assert_allclose(patch_map.coords, fit_pca(unit[sample], k=2).project(unit).numpy(), atol=1e-5)

@@ -1,4 +1,5 @@
-"""Gallery subcommands: ``patchlens index build|add|search|info|verify``, ``patchlens umap`` and ``patchlens cka``.
+"""Gallery subcommands: ``patchlens index build|add|search|info|verify`` and ``patchlens cka`` (``patchlens umap``:
+`app.cli.maps`).
 
 Registered with `app.cli.main.command` when this module is imported (``app.cli.main.COMMAND_MODULES``).
 """
@@ -14,7 +15,7 @@ from app.cli.main import add_model_args, command, load_model_from_args, parse_la
 OUTPUT_SUFFIXES = (".html", ".png")
 
 
-def _check_output(path: str) -> Path:
+def check_output(path: str) -> Path:
     out = Path(path)
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise ValueError(f"--out {path}: the file must end in .html (interactive plotly) or .png (picture)")
@@ -22,7 +23,7 @@ def _check_output(path: str) -> Path:
     return out
 
 
-def _load_images(inputs: list[str]):
+def load_images(inputs: list[str]):
     """Images of files and folders; bad ones are printed and skipped."""
     from ssl_core.data.images import expand_image_paths, load_images_reporting
 
@@ -34,7 +35,7 @@ def _load_images(inputs: list[str]):
     return loaded
 
 
-def _layer_arg(text: str | None) -> int | None:
+def layer_arg(text: str | None) -> int | None:
     """--layer: a block index (negative counts from the end), or empty / "final" for the final normed tokens."""
     if text is None or text.strip() in ("", "final"):
         return None
@@ -111,7 +112,7 @@ def _index_build_sharded(args: argparse.Namespace) -> int:
     ray = RayOptions(args.address, args.num_cpus, args.object_store_mb, args.actors)
     config = ShardedBuild(args.engine, args.kind, args.shard_size, args.batch_size, args.device, ray)
     encoder_args = EncoderArgs(args.model or default_model_name(), args.weights, args.image_size)
-    report = build_sharded(args.folder, args.out, encoder_args, _layer_arg(args.layer), config,
+    report = build_sharded(args.folder, args.out, encoder_args, layer_arg(args.layer), config,
                            log=lambda line: print(line, file=sys.stderr))
     _report_problems(report)
     if not report.patches:
@@ -145,7 +146,7 @@ def _index_build(args: argparse.Namespace) -> int:
     check_writable_target(Path(args.out))  # before any embedding
     encoder = load_model_from_args(args)
     print(encoder.describe(), file=sys.stderr)
-    index, report = PatchIndex.build(args.folder, encoder, _layer_arg(args.layer), args.kind,
+    index, report = PatchIndex.build(args.folder, encoder, layer_arg(args.layer), args.kind,
                                      progress=tqdm_progress("indexing"), batch_size=args.batch_size)
     _report_problems(report)
     if not len(index):
@@ -232,50 +233,6 @@ def _index_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-# ------------------------------------------------------------------------------------------------- umap
-@command("umap", "a 2-D map (UMAP or PCA) of the patch embeddings of images, as .html or .png")
-def _umap(parser: argparse.ArgumentParser):
-    from ssl_core.analyses.maps import COLOURINGS, DEFAULT_FIT_LIMIT, METHODS
-
-    parser.add_argument("images", nargs="+", help="image files or folders")
-    add_model_args(parser)
-    parser.add_argument("--out", required=True, help="output file: .html (interactive) or .png")
-    parser.add_argument("--layer", default=None, help="block index (default: the final normed tokens)")
-    parser.add_argument("--method", default="umap", choices=METHODS)
-    parser.add_argument("--colour", default="image", choices=COLOURINGS, help="colour points by ...")
-    parser.add_argument("--parts", type=int, default=8, help="k for --colour part")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fit-limit", type=int, default=DEFAULT_FIT_LIMIT,
-                        help="above this many patches, fit on a seeded sample and transform the rest")
-
-    def run(args: argparse.Namespace) -> int:
-        from PIL import Image
-
-        from ssl_core.analyses.maps import attention_per_patch, colour_patches, map_patches
-        from ssl_core.features.patch_table import PatchTable
-        from ssl_core.render.figures import map_picture, umap_figure
-
-        out = _check_output(args.out)
-        encoder = load_model_from_args(args)
-        print(encoder.describe(), file=sys.stderr)
-        loaded = _load_images(args.images)
-        table, features = PatchTable.embed(encoder, [name for name, _ in loaded], [image for _, image in loaded],
-                                           _layer_arg(args.layer), attention=args.colour == "attention",
-                                           progress=tqdm_progress("embedding"))
-        patch_map = map_patches(table.vectors, args.method, args.seed, args.fit_limit,
-                                progress=tqdm_progress(f"{args.method} map", unit="patch"))
-        attention = attention_per_patch(features) if args.colour == "attention" else None
-        colouring = colour_patches(table, args.colour, attention, args.parts, args.seed)
-        if out.suffix.lower() == ".html":
-            hover = [f"{Path(table.names[i]).name} · row {r}, col {c}" for i, r, c in zip(table.image_ids, table.rows, table.cols)]
-            umap_figure(patch_map, colouring, hover).write_html(out, include_plotlyjs=True)
-        else:
-            Image.fromarray(map_picture(patch_map, colouring).image).save(out)
-        print(f"{patch_map.describe()}; wrote {out}", file=sys.stderr)
-        return 0
-    return run
-
-
 # ------------------------------------------------------------------------------------------------- cka
 @command("cka", "layer-by-layer CKA between two encoders over images, as a heatmap (.html or .png)")
 def _cka(parser: argparse.ArgumentParser):
@@ -300,7 +257,7 @@ def _cka(parser: argparse.ArgumentParser):
         from ssl_core.analyses.cka import compare_encoders
         from ssl_core.render.figures import cka_figure, heatmap_picture
 
-        out = _check_output(args.out)
+        out = check_output(args.out)
 
         def encoder(model: str, weights: str | None):
             return load_model_from_args(argparse.Namespace(model=model, weights=weights, image_size=args.image_size,
@@ -308,7 +265,7 @@ def _cka(parser: argparse.ArgumentParser):
         encoder_a = encoder(args.model_a, args.weights_a)
         same = args.model_b in (None, args.model_a) and args.weights_b == args.weights_a
         encoder_b = encoder_a if same else encoder(args.model_b, args.weights_b)
-        loaded = _load_images(args.images)
+        loaded = load_images(args.images)
         result = compare_encoders(encoder_a, encoder_b, [image for _, image in loaded], args.pooling, args.grid,
                                   args.debiased, progress=tqdm_progress("CKA"))
         if out.suffix.lower() == ".html":

@@ -161,7 +161,8 @@ def _serve(parser: argparse.ArgumentParser):
 
 
 # Subcommands of other areas live in their own modules, which register themselves with `command` on import.
-COMMAND_MODULES: tuple[str, ...] = ("app.cli.mim", "app.cli.train", "app.cli.gallery", "app.cli.lab", "app.cli.tile")
+COMMAND_MODULES: tuple[str, ...] = ("app.cli.mim", "app.cli.train", "app.cli.gallery", "app.cli.maps", "app.cli.lab",
+                                   "app.cli.tile")
 
 
 def build_parser() -> argparse.ArgumentParser:

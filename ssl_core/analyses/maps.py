@@ -9,7 +9,10 @@ Policy:
 * **PCA** (the first two components, via `ssl_core.analyses.pca.fit_pca`) of the L2-normalised vectors, so both methods
   see the same cosine geometry.
 * **Size limit.** Above ``fit_limit`` points the map is fitted on a seeded random sample of that many points and
-  the rest are placed by the fit's ``transform``; `PatchMap` says so (``fitted_on`` < ``total``).
+  the rest are placed by the fit's ``transform`` (or PCA's projection); `PatchMap` says so (``fitted_on`` < ``total``).
+* **Memory.** `layout_patches` reads the vectors through a function, the sample first and then blocks of ``block``
+  rows, so at most the sample and one block are in memory as float32 (maps of millions of patches of an index on
+  disk, docs/scale.md); `map_patches` is the same over an array in memory.
 * **Colourings** are arrays, rendered elsewhere (`ssl_core.render.figures`): categorical labels (source image, k-means
   part from `ssl_core.analyses.parts.kmeans`), an RGB colour per point (grid position: the four corners of the grid get
   four colours, blended bilinearly in between), or a scalar (attention received, coloured with a colormap).
@@ -56,57 +59,89 @@ class PatchMap:
         name = "UMAP (cosine)" if self.method == "umap" else "PCA (first two components of unit vectors)"
         if self.fitted_on < self.total:
             return (f"{name} fitted on a random sample of {self.fitted_on:,} of {self.total:,} patches (seed {self.seed}); "
-                    f"the other {self.total - self.fitted_on:,} placed with the fit's transform")
+                    f"the other {self.total - self.fitted_on:,} placed with the fit's "
+                    f"{'transform' if self.method == 'umap' else 'projection'}")
         return f"{name} of {self.total:,} patches (seed {self.seed})"
+
+
+VectorReader = Callable[[np.ndarray], np.ndarray]  # sorted row ids [n] -> their vectors [n, D] (any float dtype)
 
 
 def map_patches(vectors: np.ndarray, method: str = "umap", seed: int = 0, fit_limit: int = DEFAULT_FIT_LIMIT,
                 n_neighbors: int = 15, min_dist: float = 0.1, progress: ProgressFn | None = None,
                 stage: StageFn | None = None) -> PatchMap:
-    """A 2-D map of patch vectors [N, D] (see the module docstring); progress counts points placed, ``stage`` hears
-    what is being done (waiting for the warm-up's compilation, fitting, placing the rest)."""
+    """A 2-D map of patch vectors [N, D] held in memory (see `layout_patches`)."""
+    return layout_patches(lambda ids: vectors[ids], len(vectors), method, seed, fit_limit, n_neighbors, min_dist,
+                          progress=progress, stage=stage)
+
+
+def layout_patches(read: VectorReader, total: int, method: str = "umap", seed: int = 0,
+                   fit_limit: int = DEFAULT_FIT_LIMIT, n_neighbors: int = 15, min_dist: float = 0.1,
+                   block: int = TRANSFORM_CHUNK, progress: ProgressFn | None = None,
+                   stage: StageFn | None = None) -> PatchMap:
+    """A 2-D map of ``total`` patch vectors read block by block through ``read`` (see the module docstring).
+
+    At most ``fit_limit`` + ``block`` vectors are in memory as float32 at once: the fit's seeded sample, then one
+    block of ``block`` rows at a time placed by the fit. Progress counts points placed; ``stage`` hears what is being
+    done (waiting for the warm-up's compilation, fitting, placing the rest)."""
     stage = stage or (lambda text: None)
     if method not in METHODS:
         raise BadRequest(f"map method must be one of {', '.join(METHODS)}, not {method!r}")
-    x = np.asarray(vectors, dtype=np.float32)
-    total = x.shape[0]
     if total < 3:
         raise BadRequest(f"a map needs at least 3 patches, got {total}")
     fit_ids = np.arange(total)
     if total > fit_limit:
         fit_ids = np.sort(np.random.default_rng(seed).choice(total, fit_limit, replace=False))
-    rest = np.setdiff1d(np.arange(total), fit_ids, assume_unique=True)
-    coords = np.empty((total, 2), np.float32)
+    fitted = np.zeros(total, bool)
+    fitted[fit_ids] = True
+    coords = np.empty((total, 2), np.float32)  # [N, 2]
+    sample = np.asarray(read(fit_ids), np.float32)  # [n_fit, D]
     if method == "pca":
         from ssl_core.analyses.pca import fit_pca
 
-        stage(f"PCA of {total:,} patches")
-        unit = torch.nn.functional.normalize(torch.from_numpy(x), dim=-1)
-        coords[:] = fit_pca(unit[fit_ids], k=2).project(unit).numpy()
-        if progress is not None:
-            progress(total, total)
-        return PatchMap(coords, method, len(fit_ids), total, seed)
-    UMAP_WARM_UP.wait_for(len(fit_ids), len(rest) > 0, stage)
+        stage(f"fitting PCA on {len(fit_ids):,} of {total:,} patches")
+        fit = fit_pca(torch.nn.functional.normalize(torch.from_numpy(sample), dim=-1), k=2)
+        stage(f"placing {total:,} patches with the fit's projection")
+        place, done = (lambda x: fit.project(torch.nn.functional.normalize(torch.from_numpy(x), dim=-1)).numpy()), 0
+        skip = np.zeros(total, bool)  # every point is placed by the projection, the sample's too
+    else:
+        place, done = _fit_umap(sample, fit_ids, total, coords, n_neighbors, min_dist, seed, stage), len(fit_ids)
+        skip = fitted
+        if done < total:
+            stage(f"placing the other {total - done:,} patches with the fit's transform")
+    del sample
+    if progress is not None and done:
+        progress(done, total)
+    for start in range(0, total, block):
+        ids = np.arange(start, min(start + block, total))[~skip[start:start + block]]
+        if len(ids):
+            coords[ids] = place(np.asarray(read(ids), np.float32))
+            done += len(ids)
+            if progress is not None:
+                progress(done, total)
+    return PatchMap(coords, method, len(fit_ids), total, seed)
+
+
+def _fit_umap(sample: np.ndarray, fit_ids: np.ndarray, total: int, coords: np.ndarray, n_neighbors: int,
+              min_dist: float, seed: int, stage: StageFn) -> Callable[[np.ndarray], np.ndarray]:
+    """Fit UMAP on the sample [n_fit, D] (its points' coordinates written into ``coords``); the fit's transform."""
+    UMAP_WARM_UP.wait_for(len(fit_ids), len(fit_ids) < total, stage)
     import warnings
 
     import umap
 
     reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, len(fit_ids) - 1), min_dist=min_dist,
                         metric="cosine", random_state=seed, n_jobs=1)
+    stage(f"fitting UMAP on {len(fit_ids):,} patches")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "n_jobs overridden by setting random_state", spectral init notes
-        stage(f"fitting UMAP on {len(fit_ids):,} patches")
-        coords[fit_ids] = reducer.fit_transform(x[fit_ids])
-        if len(rest):
-            stage(f"placing the other {len(rest):,} patches with the fit's transform")
-        if progress is not None:
-            progress(len(fit_ids), total)
-        for start in range(0, len(rest), TRANSFORM_CHUNK):
-            chunk = rest[start:start + TRANSFORM_CHUNK]
-            coords[chunk] = reducer.transform(x[chunk])
-            if progress is not None:
-                progress(len(fit_ids) + start + len(chunk), total)
-    return PatchMap(coords, method, len(fit_ids), total, seed)
+        coords[fit_ids] = reducer.fit_transform(sample)
+
+    def transform(x: np.ndarray) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return reducer.transform(x)
+    return transform
 
 
 class UmapWarmUp:
@@ -269,6 +304,6 @@ def attention_per_patch(features: Sequence[PatchFeatures]) -> np.ndarray:
     return np.concatenate(maps) if maps else np.zeros(0)
 
 
-__all__ = ["PatchMap", "map_patches", "nearest_point", "Colouring", "colour_by_image", "colour_by_part",
+__all__ = ["PatchMap", "map_patches", "layout_patches", "VectorReader", "nearest_point", "Colouring", "colour_by_image", "colour_by_part",
            "colour_by_position", "colour_by_attention", "colour_patches", "attention_per_patch", "METHODS",
            "COLOURINGS", "DEFAULT_FIT_LIMIT", "UMAP_WARM_UP", "UmapWarmUp", "StageFn"]

@@ -260,16 +260,18 @@ class PatchIndex:
     # ----------------------------------------------------------------------------------------- reading back
     def vectors(self) -> np.ndarray:
         """All stored vectors [N, D] float16 (unit rows)."""
-        if self.vector_index is None:
-            return np.zeros((0, self.manifest.dim), np.float16)
-        return self.vector_index.vectors()
+        return np.zeros((0, self.manifest.dim), np.float16) if self.vector_index is None else self.vector_index.vectors()
+
+    def read_vectors(self, ids: np.ndarray) -> np.ndarray:
+        """Stored vectors of the given row ids [n, D] float16, read without loading the others (on disk for IVF-PQ)."""
+        return self.vectors()[:0] if self.vector_index is None else self.vector_index.take(np.asarray(ids))
 
     def table(self, limit: int | None = None, seed: int = 0) -> PatchTable:
         """The stored patches as a table; with ``limit``, a seeded random sample of that many (in index order)."""
         ids = np.arange(len(self))
         if limit is not None and len(self) > limit:
             ids = np.sort(np.random.default_rng(seed).choice(len(self), limit, replace=False))
-        vectors = self.vector_index.take(ids) if self.kind == "ivfpq" else self.vectors()[ids]  # [n, D]
+        vectors = self.read_vectors(ids)  # [n, D]
         return PatchTable(vectors, self._image_ids[ids], self._rows[ids].astype(np.int64),
                           self._cols[ids].astype(np.int64), [im.path for im in self.images],
                           [im.grid_hw for im in self.images])

@@ -148,6 +148,11 @@ class VectorIndex:
         self._direct_map()
         return self.index.reconstruct_n(int(start), int(count)).astype(np.float16)
 
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        """Stored vectors of the given row ids [n, D] float16."""
+        self._direct_map()
+        return self.index.reconstruct_batch(np.asarray(ids, np.int64)).astype(np.float16)
+
     def vectors(self, chunk_rows: int = 65_536) -> np.ndarray:
         """The stored vectors [N, D] float16 (decoded from the fp16 codes, exact)."""
         self._direct_map()

@@ -8,10 +8,13 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
+from app.atlas import AtlasServers
 from app.ui.app import PatchLensApp
+from app.ui.jobs import session_of
 from app.ui.state import LoadedImage, write_images
 from app.ui.wiring import SharedControls, StagedProgress, clicked, find_image, model_choices, progress_callback
 from app.views import gallery as views
+from app.views.atlas import atlas_of_index, atlas_result, engine_for
 from app.views.inspect import parse_layer
 from app.views.result import ViewResult
 from ssl_core.errors import BadRequest
@@ -25,7 +28,8 @@ same part of another object, if the encoder learned parts.""",
     "map": """**A map of patches.** UMAP (or PCA, faster) of the patch embeddings, coloured by source image, by k-means
 part, by position in the grid, or by class-token attention. Patches of the same part of different objects land
 together when the encoder learned parts; co-occurring patches of one image land together when it learned images.
-Click a point to see its patch.""",
+Click a point to see its patch. A map of an index of more than 100,000 patches opens in Embedding Atlas instead
+(every patch, hover for its image, patch and thumbnail).""",
     "cka": """**CKA between two encoders, block by block** (Kornblith et al.; the SimCLR-vs-supervised study), over the
 loaded images. The same encoder against itself gives ones on the diagonal.""",
 }
@@ -48,6 +52,7 @@ class GalleryTab:
 
     def __init__(self, app: PatchLensApp):
         self.app = app
+        self.atlases = AtlasServers()  # maps of large indexes, served in Embedding Atlas (app.atlas)
 
     def build_index(self, images: list[LoadedImage], source: str, folder: str, kind: str, current: PatchIndex | None,
                     layer: str, model: str, weights_upload: str | None, weights_path: str, image_size: float | None,
@@ -113,8 +118,12 @@ class GalleryTab:
                  request: gr.Request, progress: gr.Progress = gr.Progress()) -> ViewResult:
         callback = StagedProgress(progress, "mapping patches")
         if source == "the index":
-            return views.map_of_index(_need_index(index, ", or map the loaded images"), method, colour,
-                                      progress=callback, stage=callback.stage)
+            index = _need_index(index, ", or map the loaded images")
+            if engine_for("auto", len(index)) == "atlas":
+                atlas = atlas_of_index(index, method, progress=callback, stage=callback.stage)
+                callback.stage("starting Embedding Atlas")
+                return atlas_result(atlas, self.atlases.serve(session_of(request), atlas.table).url)
+            return views.map_of_index(index, method, colour, progress=callback, stage=callback.stage)
         if not images:
             raise BadRequest("Add images first.")
         self.app.limits.check(f"A map of {len(images):,} images", len(images), "Map fewer images, or index them "
@@ -198,7 +207,7 @@ class GalleryTab:
         gr.Markdown(HELP["map"])
         with gr.Row():
             source = gr.Radio(["loaded images", "the index"], value="loaded images", label="Map")
-            method = gr.Radio(["umap", "pca"], value="umap", label="Method")
+            method = gr.Radio(["umap", "pca"], value="umap", label="Method", elem_id="map-method")
             colour = gr.Dropdown(["image", "part", "position", "attention"], value="image", label="Colour by")
             run = gr.Button("Draw map", variant="primary", elem_id="map-run")
             stop = gr.Button("Stop", variant="stop", elem_id="map-stop")
