@@ -4,7 +4,9 @@
 # CPU budget (no GPU here): about 20 minutes each at ONE torch thread, one run at a time, because the 2-core
 # machine is shared. Step counts come from speeds measured at batch 64, 1 thread, on the 2-core AMD EPYC while
 # other jobs ran: supervised 3.7 s/step, dino ~15, mae 1.5, cae 3.6, dilemma 7.8 (DINO gets ~35 min, the others ~20).
-# On a GPU, retrain with e.g. `patchlens train --method dino --steps 20000 --batch-size 256`.
+# DINO uses the short-run recipe of ssl_core/train/dino.py (`DINORecipe`; measured in docs/benchmarks.md, "DINO
+# recipe"). On a GPU, retrain with e.g. `patchlens train --method dino --steps 20000 --batch-size 256`, or run the
+# GPU kit (scripts/gpu_check.sh), which trains all five within a 5-minute budget.
 #
 # `python -m app.cli.train train ...` is `patchlens train ...` (it also works before app.cli.train is listed in
 # app.cli.main.COMMAND_MODULES); each model card records the equivalent `patchlens train` command.

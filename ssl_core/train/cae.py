@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ssl_core.mim.cae import CAEConfig, CAEModel, cae_metadata, cae_state_dict
-from ssl_core.train.common import Objective, StepOutput, TrainConfig, normalize, random_resized_crop, to_unit
+from ssl_core.train.common import Batch, Objective, StepOutput, TrainConfig, normalize, random_resized_crop, to_unit
 
 
 class CAEObjective(Objective):
@@ -24,8 +24,8 @@ class CAEObjective(Objective):
         self.image_size = config.image_size
         self.cae = CAEModel(CAEConfig(arch=config.arch, img_size=config.image_size))
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor, step: int, total: int) -> StepOutput:
-        x = normalize(random_resized_crop(to_unit(images), self.image_size, scale=(0.2, 1.0)))
+    def forward(self, batch: Batch, step: int, total: int) -> StepOutput:
+        x = normalize(random_resized_crop(to_unit(batch.images), self.image_size, scale=(0.2, 1.0)))
         out = self.cae.forward_loss(x)
         return StepOutput(out.loss, {"reconstruction": float(out.reconstruction.detach()),
                                        "alignment": float(out.alignment.detach())})

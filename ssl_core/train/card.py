@@ -36,6 +36,8 @@ def write_model_card(result: TrainResult, config: TrainConfig, device: torch.dev
     losses = ", ".join(f"{k} {v:.4g}" for k, v in result.final_losses.items())
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k != "command"}
     settings["lr"] = config.lr if config.lr is not None else objective.default_lr
+    if method_settings := objective.settings(result.steps):
+        settings[config.method] = method_settings
     lines = [
         f"# {result.name}",
         "",

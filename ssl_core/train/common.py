@@ -51,7 +51,7 @@ class TrainConfig:
     image_size: int = 96
     arch: str = "patchlens_vit_tiny_p8"
     device: str | None = None  # None: cuda when present
-    workers: int | None = None  # DataLoader workers generating images (None: 0 on a CPU, up to 8 on a GPU)
+    workers: int | None = None  # DataLoader workers generating images (None: 0 on a CPU, up to 16 on a GPU)
     threads: int | None = None  # torch CPU threads (None: torch's default)
     log_every: int = 10
     command: str = ""  # how the run was started, for the model card
@@ -71,6 +71,15 @@ class TrainConfig:
 
 
 @dataclass
+class Batch:
+    """One training batch of the parts-world stream, on the device."""
+
+    images: torch.Tensor  # [B, 3, S, S] uint8
+    labels: torch.Tensor  # [B] object classes (the supervised objective's targets)
+    foreground: torch.Tensor  # [B, 1, S, S] bool: pixels of objects (the generator's part map > 0)
+
+
+@dataclass
 class StepOutput:
     loss: torch.Tensor  # scalar, to minimise
     metrics: dict[str, float] = field(default_factory=dict)  # logged beside the loss (accuracy, spread ...)
@@ -82,8 +91,8 @@ class Objective(nn.Module):
     method: str = ""
     default_lr: float = 1e-3
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor, step: int, total: int) -> StepOutput:
-        """images: [B, 3, S, S] uint8 on the device, labels: [B] object classes -> loss and metrics."""
+    def forward(self, batch: Batch, step: int, total: int) -> StepOutput:
+        """A batch on the device (`Batch`) at step ``step`` of ``total`` -> loss and metrics."""
         raise NotImplementedError
 
     def after_step(self, step: int, total: int) -> None:
@@ -92,6 +101,10 @@ class Objective(nn.Module):
     def export(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """(state dict to save: encoder keys as timm names them, plus the method's extras; extra metadata)."""
         raise NotImplementedError
+
+    def settings(self, total: int) -> dict[str, object]:
+        """The method's own settings for a run of ``total`` steps, as the model card records them (none by default)."""
+        return {}
 
 
 @dataclass
@@ -167,6 +180,17 @@ def color_jitter(x: torch.Tensor, brightness: float = 0.4, contrast: float = 0.4
     return (x * (1 - to_gray) + grayscale(x) * to_gray).clamp(0, 1)
 
 
+def swap_backgrounds(x: torch.Tensor, foreground: torch.Tensor, p: float,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each image, with probability ``p``, keeps its objects' pixels and takes another image's (of the batch, drawn
+    at random) everywhere else: a background swap (Ryali et al. 2021). x: [B, C, H, W], foreground: [B, 1, H, W]
+    bool -> [B, C, H, W]."""
+    B = x.shape[0]
+    donor = torch.randint(0, B, (B,), generator=generator).to(x.device)  # [B] whose background each image takes
+    swap = (torch.rand(B, generator=generator) < p).to(x.device).view(B, 1, 1, 1)
+    return torch.where(swap & ~foreground, x[donor], x)
+
+
 # ------------------------------------------------------------------------------------------------ optimisation
 def lr_at(step: int, total: int, peak: float, warmup: int, min_ratio: float) -> float:
     """Linear warmup to ``peak`` over ``warmup`` steps, then cosine decay to ``peak * min_ratio``."""
@@ -208,17 +232,18 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 # ------------------------------------------------------------------------------------------------ the loop
-def batches(config: TrainConfig, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless (images uint8 [B, 3, S, S], labels [B]) from the run's parts-world stream."""
+def batches(config: TrainConfig, device: torch.device) -> Iterator[Batch]:
+    """Endless batches of the run's parts-world stream."""
     from torch.utils.data import DataLoader
 
     from ssl_core.data.partsworld import PartsWorldStream
 
-    workers = config.workers if config.workers is not None else (min(8, (os.cpu_count() or 2) - 1) if device.type == "cuda" else 0)
+    workers = config.workers if config.workers is not None else (min(16, (os.cpu_count() or 2) - 1) if device.type == "cuda" else 0)
     loader = DataLoader(PartsWorldStream(config.seed, config.image_size), batch_size=config.batch_size,
                         num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     for batch in loader:
-        yield batch["image"].to(device, non_blocking=True), batch["label"].to(device, non_blocking=True)
+        yield Batch(batch["image"].to(device, non_blocking=True), batch["label"].to(device, non_blocking=True),
+                    (batch["part_map"] > 0).unsqueeze(1).to(device, non_blocking=True))
 
 
 class LossLog:
@@ -269,13 +294,13 @@ def planned_steps(config: TrainConfig, done: int, elapsed_s: float) -> int:
     return max(done + 1, min(config.steps, int(config.max_seconds / (elapsed_s / done))))
 
 
-def train_step(objective: Objective, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
-               step: int, total: int, lr: float, config: TrainConfig, device: torch.device) -> dict[str, float]:
-    """One optimiser step at learning rate ``lr``. images: [B, 3, S, S] uint8, labels: [B] -> the step's metrics."""
+def train_step(objective: Objective, optimizer: torch.optim.Optimizer, batch: Batch, step: int, total: int, lr: float,
+               config: TrainConfig, device: torch.device) -> dict[str, float]:
+    """One optimiser step on ``batch`` at learning rate ``lr`` -> the step's metrics."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     with autocast(device):
-        out = objective(images, labels, step, total)
+        out = objective(batch, step, total)
     if not torch.isfinite(out.loss):
         raise FloatingPointError(f"{config.method}: the loss is {float(out.loss)} at step {step}")
     optimizer.zero_grad(set_to_none=True)
@@ -297,13 +322,13 @@ def run_training(objective: Objective, config: TrainConfig, device: torch.device
     log = LossLog(config.out_dir / f"{config.name}.losses.csv", config.log_every)
     start, total, step = time.perf_counter(), config.steps, 0
     try:
-        for step, (images, labels) in enumerate(batches(config, device)):
+        for step, batch in enumerate(batches(config, device)):
             if step == CALIBRATION_STEPS:
                 total = planned_steps(config, step, time.perf_counter() - start)
             if step >= total:
                 break
             lr = lr_at(step, total, peak, config.warmup_for(total), config.min_lr_ratio)
-            metrics = train_step(objective, optimizer, images, labels, step, total, lr, config, device)
+            metrics = train_step(objective, optimizer, batch, step, total, lr, config, device)
             log.add(step, step + 1 == total, lr, time.perf_counter() - start, metrics)
             if progress is not None:
                 progress(step + 1, total)

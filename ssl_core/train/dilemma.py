@@ -44,6 +44,10 @@ class DILEMMAObjective(DINOObjective):
         metrics = {"location_loss": float(loss.detach()), "location_balanced_acc": float(balanced)}
         return self.student.forward_head(out, pre_logits=True), self.location_weight * loss, metrics
 
+    def settings(self, total: int) -> dict[str, object]:
+        return super().settings(total) | {"keep_ratio": self.keep_ratio, "swap_ratio": self.swap_ratio,
+                                          "location_weight": self.location_weight}
+
     def export(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         state, metadata = super().export()
         head = {f"location_head.{k}": v for k, v in self.location_head.state_dict().items()}

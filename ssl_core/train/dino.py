@@ -1,30 +1,47 @@
 """DINO (Caron et al. 2021): self-distillation with no labels, between a student and its EMA teacher.
 
-Multi-crop: two global crops (40-100% of the area, at the training size) and ``num_local`` local crops (8-40%,
+Multi-crop: two global crops (50-100% of the area, at the training size) and ``num_local`` local crops (15-50%,
 at half the size; the encoder takes them through timm's ``dynamic_img_size``). The teacher sees the global
 crops, the student all crops; the loss is the cross-entropy between the teacher's centred, sharpened softmax
 (temperature 0.04) and the student's (0.1) over every pair of different views. The centre is an EMA (0.9) of
 the teacher's outputs. The head is DINO's: a 3-layer MLP to a 128-d bottleneck, L2 normalisation, then a
-weight-normalised linear layer (norm fixed to 1) to ``out_dim`` prototypes.
+weight-normalised linear layer (norm fixed to 1) to ``out_dim`` prototypes. Every setting is a `DINORecipe` field.
 
-Teacher momentum policy: a cosine ramp from ``m0`` to 1, with ``m0 = 1 - 20 / steps`` clipped to [0.95, 0.996]:
-DINO's 0.996 assumes >100k steps, and at a few hundred steps the teacher would barely leave its initialisation;
-0.95 (a window of about 20 steps) keeps it from becoming a copy of the student, which DINO reports fails. The saved encoder is the teacher's, as DINO evaluates it.
+The recipe, and where it departs from the paper's (``main_dino.py``) for short runs on the parts world; each change
+was measured (docs/benchmarks.md, "DINO recipe"):
+
+* background swap: each view, with probability 0.5, shows its objects (the generator's part map, not the class)
+  on another image's background (Ryali et al. 2021 swap backgrounds with saliency masks). Without it the cue two
+  crops of a scene share most is their background, and short runs learn the background, not the object;
+* prototypes frozen (no gradient) for the first 10% of the steps, as the paper's first epoch
+  (``freeze_last_layer``), which it advises raising when the loss does not fall;
+* 256 prototypes (the paper: 65536 for ImageNet; a batch of 32-256 cannot use thousands), larger crops
+  (global 50-100%, local 15-50%: half-size local crops of a 48-96 px image are small) and a milder colour jitter
+  without grayscale (object colours are typical of their class here, as shapes are);
+* teacher temperature 0.04 throughout: the warm-up to 0.07 the paper uses for ViT-S collapsed short runs to a
+  uniform teacher (``teacher_temp_warmup`` keeps the option);
+* teacher momentum: a cosine ramp from ``m0`` to 1, with ``m0 = 1 - 20 / steps`` (steps of the run as planned,
+  after a time budget shortened it) clipped to [0.95, 0.996]: DINO's 0.996 assumes >100k steps, and at a few hundred
+  steps the teacher would barely leave its initialisation; 0.95 (a window of about 20 steps) keeps it from becoming
+  a copy of the student, which DINO reports fails. The saved encoder is the teacher's, as DINO evaluates it.
 
 Logged beside the loss, to see collapse: ``spread`` of the student's class tokens (`common.embedding_spread`:
-about 1 when spread out, 0 when all alike), ``teacher_entropy`` (how sharp each teacher output is) and
-``teacher_usage`` (normalised entropy of the batch-mean teacher output: 0 when every image picks one prototype).
+about 1 when spread out, 0 when all alike), ``teacher_entropy`` (how sharp each teacher output is: near 1 when the
+teacher is uniform, one way to collapse) and ``teacher_usage`` (normalised entropy of the batch-mean teacher
+output: 0 when every image picks one prototype, the other way).
 """
 from __future__ import annotations
 
 import copy
 import math
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ssl_core.train.common import (
+    Batch,
     Objective,
     StepOutput,
     TrainConfig,
@@ -34,6 +51,7 @@ from ssl_core.train.common import (
     embedding_spread,
     normalize,
     random_resized_crop,
+    swap_backgrounds,
     to_unit,
 )
 
@@ -57,10 +75,11 @@ class DINOHead(nn.Module):
                 nn.init.zeros_(m.bias)
         nn.init.trunc_normal_(self.prototypes, std=0.02)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [N, D] -> logits [N, out_dim]"""
+    def forward(self, x: torch.Tensor, freeze_prototypes: bool = False) -> torch.Tensor:
+        """x: [N, D] -> logits [N, out_dim]; ``freeze_prototypes``: no gradient reaches the prototypes."""
         x = F.normalize(self.mlp(x), dim=-1)  # [N, bottleneck]
-        return F.linear(x, F.normalize(self.prototypes, dim=-1))
+        prototypes = self.prototypes.detach() if freeze_prototypes else self.prototypes
+        return F.linear(x, F.normalize(prototypes, dim=-1))
 
 
 class DINOLoss(nn.Module):
@@ -71,10 +90,12 @@ class DINOLoss(nn.Module):
         self.student_temp, self.teacher_temp, self.center_momentum = student_temp, teacher_temp, center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))
 
-    def forward(self, student: list[torch.Tensor], teacher: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, student: list[torch.Tensor], teacher: list[torch.Tensor], teacher_temp: float | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """student: views [B, K] (teacher's views first); teacher: global views [B, K] -> (loss, teacher probs)."""
         teacher_cat = torch.cat(teacher).float()
-        probs = F.softmax((teacher_cat - self.center) / self.teacher_temp, dim=-1).detach()
+        temp = self.teacher_temp if teacher_temp is None else teacher_temp
+        probs = F.softmax((teacher_cat - self.center) / temp, dim=-1).detach()
         targets = probs.chunk(len(teacher))
         total, pairs = 0.0, 0
         for t_index, target in enumerate(targets):
@@ -91,23 +112,54 @@ class DINOLoss(nn.Module):
         self.center.mul_(self.center_momentum).add_(teacher_output.mean(0, keepdim=True), alpha=1 - self.center_momentum)
 
 
+@dataclass
+class DINORecipe:
+    """DINO's settings (see the module docstring for why each differs from the paper's, where it does)."""
+
+    out_dim: int = 256  # prototypes
+    num_local: int = 4  # local crops per image
+    global_scale: tuple[float, float] = (0.5, 1.0)  # area fraction of the global crops
+    local_scale: tuple[float, float] = (0.15, 0.5)  # ... of the local crops (at half the training size)
+    background_swap: float = 0.5  # probability that a view shows its objects on another image's background
+    jitter: float = 0.5  # colour jitter strength: brightness and contrast +-0.4x, saturation +-0.2x (no hue)
+    gray_p: float = 0.0  # probability of a grayscale view
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04  # after the warm-up
+    teacher_temp_start: float = 0.04  # linear warm-up from this ...
+    teacher_temp_warmup: float = 0.0  # ... over this fraction of the steps
+    center_momentum: float = 0.9
+    momentum_start: float | None = None  # teacher EMA at step 0 (cosine to 1); None: the short-run policy
+    freeze_prototypes: float = 0.1  # fraction of the steps during which the prototypes get no gradient
+
+    def teacher_momentum_start(self, steps: int) -> float:
+        if self.momentum_start is not None:
+            return self.momentum_start
+        return min(0.996, max(0.95, 1 - 20 / steps))
+
+    def teacher_temp_at(self, step: int, total: int) -> float:
+        warmup = self.teacher_temp_warmup * total
+        if step >= warmup:
+            return self.teacher_temp
+        return self.teacher_temp_start + (self.teacher_temp - self.teacher_temp_start) * step / warmup
+
+
 class DINOObjective(Objective):
     """DINO self-distillation with multi-crop, EMA teacher, centring and sharpening"""
 
     method = "dino"
     default_lr = 5e-4
 
-    def __init__(self, config: TrainConfig, num_local: int = 4, out_dim: int = 1024):
+    def __init__(self, config: TrainConfig, recipe: DINORecipe | None = None):
         super().__init__()
+        self.recipe = recipe = recipe or DINORecipe()
         self.image_size = config.image_size
         self.local_size = max(config.image_size // 2, 16)
-        self.num_local = num_local
+        self.num_local = recipe.num_local
         self.student = build_encoder(config)
-        self.student_head = DINOHead(self.student.embed_dim, out_dim)
+        self.student_head = DINOHead(self.student.embed_dim, recipe.out_dim)
         self.teacher = copy.deepcopy(self.student).requires_grad_(False)
         self.teacher_head = copy.deepcopy(self.student_head).requires_grad_(False)
-        self.loss_fn = DINOLoss(out_dim)
-        self.momentum_start = min(0.996, max(0.95, 1 - 20 / config.steps))
+        self.loss_fn = DINOLoss(recipe.out_dim, recipe.student_temp, recipe.teacher_temp, recipe.center_momentum)
 
     def train(self, mode: bool = True) -> "DINOObjective":
         super().train(mode)
@@ -115,27 +167,35 @@ class DINOObjective(Objective):
         self.teacher_head.eval()
         return self
 
-    def views(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def views(self, batch: Batch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """(global crops [B, 3, S, S] x 2, local crops [B, 3, S/2, S/2] x num_local), normalised."""
-        x = to_unit(images)
-        global_views = [normalize(color_jitter(random_resized_crop(x, self.image_size, (0.4, 1.0)))) for _ in range(2)]
-        local_views = [normalize(color_jitter(random_resized_crop(x, self.local_size, (0.08, 0.4))))
-                       for _ in range(self.num_local)]
+        x, r = to_unit(batch.images), self.recipe
+
+        def view(size: int, scale: tuple[float, float]) -> torch.Tensor:
+            scene = swap_backgrounds(x, batch.foreground, r.background_swap) if r.background_swap else x
+            crop = color_jitter(random_resized_crop(scene, size, scale), 0.4 * r.jitter, 0.4 * r.jitter,
+                                0.2 * r.jitter, p_gray=r.gray_p)
+            return normalize(crop)
+
+        global_views = [view(self.image_size, r.global_scale) for _ in range(2)]
+        local_views = [view(self.local_size, r.local_scale) for _ in range(self.num_local)]
         return global_views, local_views
 
     def student_globals(self, global_views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         """Student class tokens of the global views [2B, D], an extra loss (none for DINO), extra metrics."""
         return self.student(torch.cat(global_views)), torch.zeros((), device=global_views[0].device), {}
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor, step: int, total: int) -> StepOutput:
-        global_views, local_views = self.views(images)
+    def forward(self, batch: Batch, step: int, total: int) -> StepOutput:
+        global_views, local_views = self.views(batch)
         embeddings, extra_loss, metrics = self.student_globals(global_views)
-        student_out = list(self.student_head(embeddings).chunk(len(global_views)))
+        frozen = step < self.recipe.freeze_prototypes * total
+        student_out = list(self.student_head(embeddings, frozen).chunk(len(global_views)))
         if local_views:
-            student_out += list(self.student_head(self.student(torch.cat(local_views))).chunk(len(local_views)))
+            student_out += list(self.student_head(self.student(torch.cat(local_views)), frozen).chunk(len(local_views)))
         with torch.no_grad():
             teacher_out = self.teacher_head(self.teacher(torch.cat(global_views))).chunk(len(global_views))
-        dino_loss, probs = self.loss_fn(student_out, list(teacher_out))
+        teacher_temp = self.recipe.teacher_temp_at(step, total)
+        dino_loss, probs = self.loss_fn(student_out, list(teacher_out), teacher_temp)
         metrics = {"dino_loss": float(dino_loss.detach()), "spread": embedding_spread(embeddings),
                    "teacher_entropy": float(normalized_entropy(probs).mean()),
                    "teacher_usage": float(normalized_entropy(probs.mean(0))), **metrics}
@@ -143,10 +203,13 @@ class DINOObjective(Objective):
 
     @torch.no_grad()
     def after_step(self, step: int, total: int) -> None:
-        m = cosine_ramp(step, total, self.momentum_start, 1.0)
+        m = cosine_ramp(step, total, self.recipe.teacher_momentum_start(total), 1.0)
         for student, teacher in ((self.student, self.teacher), (self.student_head, self.teacher_head)):
             for ps, pt in zip(student.parameters(), teacher.parameters()):
                 pt.mul_(m).add_(ps.detach(), alpha=1 - m)
 
     def export(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         return self.teacher.state_dict(), {"exported": "teacher"}
+
+    def settings(self, total: int) -> dict[str, object]:
+        return asdict(self.recipe) | {"momentum_start": self.recipe.teacher_momentum_start(total)}

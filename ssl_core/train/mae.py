@@ -13,7 +13,7 @@ from dataclasses import asdict
 import torch
 
 from ssl_core.mim.mae import METADATA_KEY, build_mae, mae_config, official_state_dict
-from ssl_core.train.common import Objective, StepOutput, TrainConfig, normalize, random_resized_crop, to_unit
+from ssl_core.train.common import Batch, Objective, StepOutput, TrainConfig, normalize, random_resized_crop, to_unit
 
 
 class MAEObjective(Objective):
@@ -29,8 +29,8 @@ class MAEObjective(Objective):
         self.mae = build_mae(config.arch, decoder_dim=128, decoder_depth=2, decoder_heads=4, norm_pix_loss=True,
                              img_size=config.image_size)
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor, step: int, total: int) -> StepOutput:
-        x = normalize(random_resized_crop(to_unit(images), self.image_size, scale=(0.2, 1.0)))
+    def forward(self, batch: Batch, step: int, total: int) -> StepOutput:
+        x = normalize(random_resized_crop(to_unit(batch.images), self.image_size, scale=(0.2, 1.0)))
         loss, _, _ = self.mae.forward_loss(x, mask_ratio=self.mask_ratio)
         return StepOutput(loss)
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from ssl_core.data.partsworld import CLASS_NAMES
 from ssl_core.train.common import (
+    Batch,
     Objective,
     StepOutput,
     TrainConfig,
@@ -34,12 +35,12 @@ class SupervisedObjective(Objective):
         self.encoder = build_encoder(config)
         self.head = nn.Linear(self.encoder.embed_dim, num_classes)
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor, step: int, total: int) -> StepOutput:
-        x = random_resized_crop(to_unit(images), self.image_size, scale=(0.6, 1.0))
+    def forward(self, batch: Batch, step: int, total: int) -> StepOutput:
+        x = random_resized_crop(to_unit(batch.images), self.image_size, scale=(0.6, 1.0))
         x = normalize(color_jitter(x, brightness=0.2, contrast=0.2, saturation=0.2, p=0.5, p_gray=0.0))
         logits = self.head(self.encoder(x)).float()  # [B, classes]
-        loss = F.cross_entropy(logits, labels, label_smoothing=0.1)
-        accuracy = (logits.argmax(-1) == labels).float().mean()
+        loss = F.cross_entropy(logits, batch.labels, label_smoothing=0.1)
+        accuracy = (logits.argmax(-1) == batch.labels).float().mean()
         return StepOutput(loss, {"accuracy": float(accuracy)})
 
     def export(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
