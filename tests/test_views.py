@@ -329,3 +329,11 @@ def test_marked_patches_are_boxed_at_their_place_at_every_resolution():
         assert picture.shape == (64 * factor, 96 * factor + COLORBAR_WIDTH, 3)
         assert (picture[16 * factor, 32 * factor + 4] == MARK_BOX).all(), choice  # the box's top edge
         assert not (picture[8 * factor, 8 * factor] == MARK_BOX).all(), choice
+
+
+def test_a_patch_of_the_wider_image_is_compared_with_a_narrower_one(tiny_encoder):
+    """The clicked patch's column may not exist in another image's grid: only its own image is boxed."""
+    images = [Image.fromarray(smooth_image(64, 160, seed=1)), Image.fromarray(smooth_image(96, 64, seed=2))]
+    result = inspect_views.similarity_view(tiny_encoder, images, ["wide", "narrow"], 0, 0, 29, None)
+    assert result.numbers["similarity_0"].shape == (12, 30) and result.numbers["similarity_1"].shape[1] < 30
+    assert result.numbers["similarity_0"][0, 29] == result.numbers["similarity_0"].max()

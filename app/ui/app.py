@@ -20,7 +20,7 @@ from app.access import Access
 from app.ui.downloads import picture_files, picture_paths
 from app.ui.jobs import Jobs, StoppableProgress, queues, session_of
 from app.ui.restore import Saved, SessionStore
-from app.ui.server import launch_options
+from app.ui.server import import_before_threads, launch_options
 from app.ui.session import session_bound
 from app.ui.state import AppConfig, LoadedImage, ModelPool, example_paths, load_uploads
 from app.ui.wiring import Runner, SharedControls, chain, gradio_upload_folder, model_choices, ui_errors
@@ -310,6 +310,7 @@ def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 7860, a
     """Serve the app on host:port (by default this machine only); ``block=False``: return once it answers."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     limit_malloc_arenas()  # many worker threads: without a cap, freed memory stays in per-thread arenas
+    import_before_threads()
     if cache_mb is not None:
         from ssl_core.features.encoder import FEATURE_CACHE
         FEATURE_CACHE.max_size = cache_mb * 1024 * 1024

@@ -12,11 +12,17 @@ Not `gradio.mount_gradio_app` under our own uvicorn, although it is public and h
 way never count as launched, and Gradio then skips its check that a file sent to an input was uploaded
 (`gradio.processing_utils._check_allowed`), so a client could make the server read any image by its path.
 
+Imports before threads: handlers import scikit-learn lazily, from Gradio's worker threads and the UMAP warm-up
+thread at once. scikit-learn imports narwhals, whose modules import each other in a cycle, and two threads entering
+that cycle from both ends meet Python's import-lock deadlock (``_DeadlockError`` in one request, seen in the
+browser tests). `import_before_threads` imports them once on the main thread before the server starts.
+
 Left as it is: launch() gives its server thread 5 s to start listening; `tests/test_serve.py` starts the app while
 two CPU burners per core run.
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 
@@ -24,6 +30,14 @@ import gradio as gr
 
 log = logging.getLogger("patchlens")
 SELF_CHECK_SWITCH = "_frontend"
+# modules handlers import lazily whose first import from two threads at once can deadlock (see the docstring)
+THREAD_SHARED_IMPORTS = ("sklearn.metrics", "sklearn.linear_model", "sklearn.pipeline", "sklearn.preprocessing")
+
+
+def import_before_threads() -> None:
+    """Import `THREAD_SHARED_IMPORTS` on this (the main) thread, before any worker thread runs."""
+    for name in THREAD_SHARED_IMPORTS:
+        importlib.import_module(name)
 
 
 def launch_options() -> dict[str, bool]:
@@ -35,4 +49,4 @@ def launch_options() -> dict[str, bool]:
     return {}
 
 
-__all__ = ["launch_options"]
+__all__ = ["launch_options", "import_before_threads"]

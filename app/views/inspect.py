@@ -162,8 +162,9 @@ def similarity_view(encoder: Encoder, images: Sequence[Image.Image], names: Sequ
     scale = Scale(low, 1.0, "inferno", "cosine")
     gallery = []
     for i, (f, sim) in enumerate(zip(features, maps)):
-        clicked = np.zeros(sim.shape, bool)
-        clicked[row, col] = i == source
+        clicked = np.zeros(sim.shape, bool)  # the clicked patch is boxed on its own image (grids differ)
+        if i == source:
+            clicked[row, col] = True
         best = float(sim.max()) if i != source else 1.0
         gallery.append((scalar_picture(f, sim, scale, drawn, grid, alpha=0.65, marks=clicked,
                                        mark_colour=CLICK_BOX),
