@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssl_core.errors import BadRequest
 from ssl_core.train.common import (
     Batch,
     Objective,
@@ -82,12 +83,43 @@ class DINOHead(nn.Module):
         return F.linear(x, F.normalize(prototypes, dim=-1))
 
 
-class DINOLoss(nn.Module):
-    """Cross-entropy between centred, sharpened teacher outputs and student outputs over different views."""
+@torch.no_grad()
+def sinkhorn_knopp(logits: torch.Tensor, temp: float, iterations: int = 3) -> torch.Tensor:
+    """DINOv2's teacher centring: [B, K] logits -> [B, K] assignments whose rows sum to 1 and whose columns (the
+    prototypes) each get about B / K of the batch, by alternately normalising exp(logits / temp) over prototypes
+    and over images (Sinkhorn-Knopp, ``iterations`` rounds)."""
+    q = torch.exp((logits.float() - logits.float().max()) / temp)  # [B, K]; the shift cancels in the normalisations
+    q = q / q.sum()
+    batch, prototypes = q.shape
+    for _ in range(iterations):
+        q = q / (q.sum(0, keepdim=True) * prototypes)  # each prototype: total weight 1 / K
+        q = q / (q.sum(1, keepdim=True) * batch)  # each image: total weight 1 / B
+    return q * batch
 
-    def __init__(self, out_dim: int, student_temp: float = 0.1, teacher_temp: float = 0.04, center_momentum: float = 0.9):
+
+def koleo_loss(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Kozachenko-Leonenko entropy regulariser (Sablayrolles et al. 2019; DINOv2): -mean log distance of each
+    L2-normalised row of x [B, D] to its nearest other row. Low when the batch spreads out over the sphere."""
+    x = F.normalize(x.float(), dim=-1, eps=eps)
+    dots = x @ x.t()  # [B, B]
+    dots.fill_diagonal_(-1.0)
+    nearest = dots.argmax(1)  # [B]
+    return -torch.log(F.pairwise_distance(x, x[nearest], eps=eps) + eps).mean()
+
+
+class DINOLoss(nn.Module):
+    """Cross-entropy between centred, sharpened teacher outputs and student outputs over different views.
+
+    ``centering``: "ema" (DINO: subtract an EMA of the teacher's outputs, then softmax) or "sinkhorn" (DINOv2:
+    Sinkhorn-Knopp over the batch, which spreads the batch over the prototypes at every step)."""
+
+    def __init__(self, out_dim: int, student_temp: float = 0.1, teacher_temp: float = 0.04, center_momentum: float = 0.9,
+                 centering: str = "ema"):
         super().__init__()
+        if centering not in ("ema", "sinkhorn"):
+            raise BadRequest(f"unknown DINO centering '{centering}' (choose from ema, sinkhorn)")
         self.student_temp, self.teacher_temp, self.center_momentum = student_temp, teacher_temp, center_momentum
+        self.centering = centering
         self.register_buffer("center", torch.zeros(1, out_dim))
 
     def forward(self, student: list[torch.Tensor], teacher: list[torch.Tensor], teacher_temp: float | None = None,
@@ -95,7 +127,10 @@ class DINOLoss(nn.Module):
         """student: views [B, K] (teacher's views first); teacher: global views [B, K] -> (loss, teacher probs)."""
         teacher_cat = torch.cat(teacher).float()
         temp = self.teacher_temp if teacher_temp is None else teacher_temp
-        probs = F.softmax((teacher_cat - self.center) / temp, dim=-1).detach()
+        if self.centering == "sinkhorn":
+            probs = sinkhorn_knopp(teacher_cat, temp)
+        else:
+            probs = F.softmax((teacher_cat - self.center) / temp, dim=-1).detach()
         targets = probs.chunk(len(teacher))
         total, pairs = 0.0, 0
         for t_index, target in enumerate(targets):
@@ -127,7 +162,9 @@ class DINORecipe:
     teacher_temp: float = 0.04  # after the warm-up
     teacher_temp_start: float = 0.04  # linear warm-up from this ...
     teacher_temp_warmup: float = 0.0  # ... over this fraction of the steps
-    center_momentum: float = 0.9
+    center_momentum: float = 0.9  # of the EMA centre ("ema" centring)
+    centering: str = "ema"  # "ema" (DINO) or "sinkhorn" (DINOv2's Sinkhorn-Knopp, 3 iterations)
+    koleo_weight: float = 0.0  # weight of the KoLeo regulariser on the student's global class tokens (DINOv2: 0.1)
     momentum_start: float | None = None  # teacher EMA at step 0 (cosine to 1); None: the short-run policy
     freeze_prototypes: float = 0.1  # fraction of the steps during which the prototypes get no gradient
 
@@ -159,7 +196,8 @@ class DINOObjective(Objective):
         self.student_head = DINOHead(self.student.embed_dim, recipe.out_dim)
         self.teacher = copy.deepcopy(self.student).requires_grad_(False)
         self.teacher_head = copy.deepcopy(self.student_head).requires_grad_(False)
-        self.loss_fn = DINOLoss(recipe.out_dim, recipe.student_temp, recipe.teacher_temp, recipe.center_momentum)
+        self.loss_fn = DINOLoss(recipe.out_dim, recipe.student_temp, recipe.teacher_temp, recipe.center_momentum,
+                                recipe.centering)
 
     def train(self, mode: bool = True) -> "DINOObjective":
         super().train(mode)
@@ -196,9 +234,14 @@ class DINOObjective(Objective):
             teacher_out = self.teacher_head(self.teacher(torch.cat(global_views))).chunk(len(global_views))
         teacher_temp = self.recipe.teacher_temp_at(step, total)
         dino_loss, probs = self.loss_fn(student_out, list(teacher_out), teacher_temp)
+        if self.recipe.koleo_weight:  # DINOv2: per global view, summed
+            koleo = sum(koleo_loss(view) for view in embeddings.chunk(len(global_views)))
+            extra_loss = extra_loss + self.recipe.koleo_weight * koleo
+            metrics = metrics | {"koleo": float(koleo.detach())}
         metrics = {"dino_loss": float(dino_loss.detach()), "spread": embedding_spread(embeddings),
                    "teacher_entropy": float(normalized_entropy(probs).mean()),
-                   "teacher_usage": float(normalized_entropy(probs.mean(0))), **metrics}
+                   "teacher_usage": float(normalized_entropy(probs.mean(0))),
+                   "prototypes_used": probs.argmax(1).unique().numel() / probs.shape[1], **metrics}
         return StepOutput(dino_loss + extra_loss, metrics)
 
     @torch.no_grad()
