@@ -171,22 +171,6 @@ def test_a_time_budget_shortens_the_run_and_its_schedule(tmp_path):
     assert f"steps: {result.steps} x batch 4" in result.card_path.read_text()
 
 
-def test_background_swap_keeps_the_objects_and_takes_a_donors_background():
-    from ssl_core.train.common import swap_backgrounds
-
-    x = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1).expand(4, 3, 8, 8).clone()  # image i is all i
-    foreground = torch.zeros(4, 1, 8, 8, dtype=torch.bool)
-    foreground[:, :, 2:5, 3:6] = True
-    generator = torch.Generator().manual_seed(0)
-    swapped = swap_backgrounds(x, foreground, p=1.0, generator=generator)
-    assert torch.equal(swapped[:, :, 2:5, 3:6], x[:, :, 2:5, 3:6])  # the objects stay
-    donors = swapped[:, 0, 0, 0]  # the value of a background pixel is the donor's index
-    assert torch.equal(swapped[~foreground.expand_as(x)].view(4, -1), donors[:, None].expand(4, 3 * 64 - 27))
-    donors_again = torch.randint(0, 4, (4,), generator=torch.Generator().manual_seed(0)).float()
-    assert torch.equal(donors, donors_again)  # drawn from the generator, as documented
-    assert torch.equal(swap_backgrounds(x, foreground, p=0.0), x)
-
-
 def test_dino_teacher_momentum_follows_the_planned_run_and_the_card_records_the_recipe(tmp_path):
     from ssl_core.train.dino import DINORecipe
 
@@ -196,7 +180,8 @@ def test_dino_teacher_momentum_follows_the_planned_run_and_the_card_records_the_
     assert DINORecipe(teacher_temp=0.07, teacher_temp_warmup=0.5).teacher_temp_at(25, 100) == pytest.approx(0.055)
     result = train("dino", out_dir=tmp_path, steps=2, batch_size=4, seed=0, device="cpu", image_size=32)
     settings = json.loads(result.card_path.read_text().split("```json")[1].split("```")[0])
-    assert settings["dino"]["background_swap"] == recipe.background_swap
+    assert settings["dino"]["centering"] == recipe.centering == "sinkhorn"
+    assert settings["dino"]["koleo_weight"] == recipe.koleo_weight
     assert settings["dino"]["momentum_start"] == 0.95
 
 

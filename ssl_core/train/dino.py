@@ -2,33 +2,38 @@
 
 Multi-crop: two global crops (50-100% of the area, at the training size) and ``num_local`` local crops (15-50%,
 at half the size; the encoder takes them through timm's ``dynamic_img_size``). The teacher sees the global
-crops, the student all crops; the loss is the cross-entropy between the teacher's centred, sharpened softmax
-(temperature 0.04) and the student's (0.1) over every pair of different views. The centre is an EMA (0.9) of
-the teacher's outputs. The head is DINO's: a 3-layer MLP to a 128-d bottleneck, L2 normalisation, then a
-weight-normalised linear layer (norm fixed to 1) to ``out_dim`` prototypes. Every setting is a `DINORecipe` field.
+crops, the student all crops; the loss is the cross-entropy between the teacher's centred, sharpened targets
+(temperature 0.04) and the student's softmax (0.1) over every pair of different views. The head is DINO's: a 3-layer
+MLP to a 128-d bottleneck, L2 normalisation, then a weight-normalised linear layer (norm fixed to 1) to
+``out_dim`` prototypes. Every setting is a `DINORecipe` field.
 
 The recipe, and where it departs from the paper's (``main_dino.py``) for short runs on the parts world; each change
 was measured (docs/benchmarks.md, "DINO recipe"):
 
-* background swap: each view, with probability 0.5, shows its objects (the generator's part map, not the class)
-  on another image's background (Ryali et al. 2021 swap backgrounds with saliency masks). Without it the cue two
-  crops of a scene share most is their background, and short runs learn the background, not the object;
+* centring by Sinkhorn-Knopp (DINOv2, 3 iterations: `sinkhorn_knopp`) instead of DINO's EMA centre (``centering=
+  "ema"`` keeps it): with the EMA centre, short runs first sharpen onto a few prototypes, then the centring wins and
+  the teacher turns near-uniform (normalised entropy 0.99); Sinkhorn-Knopp spreads every batch over the prototypes
+  and keeps each target sharp (entropy about 0.7, usage 1.0);
+* KoLeo (DINOv2, weight 0.1: `koleo_loss`) on the student's class tokens of each global view: it pushes each
+  image away from its nearest neighbour in the batch. Sinkhorn-Knopp alone stops the collapse but, like the EMA
+  centre, learns the cue two crops of a scene share most, their background (k-NN at its initialisation's level);
+  with KoLeo the class token beats the untrained baseline on k-NN after 150 CPU steps;
 * prototypes frozen (no gradient) for the first 10% of the steps, as the paper's first epoch
   (``freeze_last_layer``), which it advises raising when the loss does not fall;
 * 256 prototypes (the paper: 65536 for ImageNet; a batch of 32-256 cannot use thousands), larger crops
   (global 50-100%, local 15-50%: half-size local crops of a 48-96 px image are small) and a milder colour jitter
   without grayscale (object colours are typical of their class here, as shapes are);
-* teacher temperature 0.04 throughout: the warm-up to 0.07 the paper uses for ViT-S collapsed short runs to a
-  uniform teacher (``teacher_temp_warmup`` keeps the option);
+* teacher temperature 0.04 throughout (``teacher_temp_warmup`` keeps the paper's warm-up as an option);
 * teacher momentum: a cosine ramp from ``m0`` to 1, with ``m0 = 1 - 20 / steps`` (steps of the run as planned,
   after a time budget shortened it) clipped to [0.95, 0.996]: DINO's 0.996 assumes >100k steps, and at a few hundred
   steps the teacher would barely leave its initialisation; 0.95 (a window of about 20 steps) keeps it from becoming
   a copy of the student, which DINO reports fails. The saved encoder is the teacher's, as DINO evaluates it.
 
 Logged beside the loss, to see collapse: ``spread`` of the student's class tokens (`common.embedding_spread`:
-about 1 when spread out, 0 when all alike), ``teacher_entropy`` (how sharp each teacher output is: near 1 when the
-teacher is uniform, one way to collapse) and ``teacher_usage`` (normalised entropy of the batch-mean teacher
-output: 0 when every image picks one prototype, the other way).
+about 1 when spread out, 0 when all alike), ``teacher_entropy`` (how sharp each teacher target is: near 1 when the
+teacher is uniform, one way to collapse), ``teacher_usage`` (normalised entropy of the batch-mean target: 0 when
+every image picks one prototype, the other way), ``prototypes_used`` (fraction of the prototypes that are some
+image's top target in the batch; at most 2B / out_dim) and ``koleo`` when it is on.
 """
 from __future__ import annotations
 
@@ -52,7 +57,6 @@ from ssl_core.train.common import (
     embedding_spread,
     normalize,
     random_resized_crop,
-    swap_backgrounds,
     to_unit,
 )
 
@@ -155,7 +159,6 @@ class DINORecipe:
     num_local: int = 4  # local crops per image
     global_scale: tuple[float, float] = (0.5, 1.0)  # area fraction of the global crops
     local_scale: tuple[float, float] = (0.15, 0.5)  # ... of the local crops (at half the training size)
-    background_swap: float = 0.5  # probability that a view shows its objects on another image's background
     jitter: float = 0.5  # colour jitter strength: brightness and contrast +-0.4x, saturation +-0.2x (no hue)
     gray_p: float = 0.0  # probability of a grayscale view
     student_temp: float = 0.1
@@ -163,8 +166,8 @@ class DINORecipe:
     teacher_temp_start: float = 0.04  # linear warm-up from this ...
     teacher_temp_warmup: float = 0.0  # ... over this fraction of the steps
     center_momentum: float = 0.9  # of the EMA centre ("ema" centring)
-    centering: str = "ema"  # "ema" (DINO) or "sinkhorn" (DINOv2's Sinkhorn-Knopp, 3 iterations)
-    koleo_weight: float = 0.0  # weight of the KoLeo regulariser on the student's global class tokens (DINOv2: 0.1)
+    centering: str = "sinkhorn"  # "sinkhorn" (DINOv2's Sinkhorn-Knopp, 3 iterations) or "ema" (DINO)
+    koleo_weight: float = 0.1  # weight of the KoLeo regulariser on the student's global class tokens (DINOv2's)
     momentum_start: float | None = None  # teacher EMA at step 0 (cosine to 1); None: the short-run policy
     freeze_prototypes: float = 0.1  # fraction of the steps during which the prototypes get no gradient
 
@@ -210,8 +213,7 @@ class DINOObjective(Objective):
         x, r = to_unit(batch.images), self.recipe
 
         def view(size: int, scale: tuple[float, float]) -> torch.Tensor:
-            scene = swap_backgrounds(x, batch.foreground, r.background_swap) if r.background_swap else x
-            crop = color_jitter(random_resized_crop(scene, size, scale), 0.4 * r.jitter, 0.4 * r.jitter,
+            crop = color_jitter(random_resized_crop(x, size, scale), 0.4 * r.jitter, 0.4 * r.jitter,
                                 0.2 * r.jitter, p_gray=r.gray_p)
             return normalize(crop)
 
