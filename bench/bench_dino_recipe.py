@@ -36,6 +36,7 @@ RECIPES = {  # key -> (label, recipe); every setting that differs between them i
     "sinkhorn-koleo": ("Sinkhorn-Knopp + KoLeo 0.1 (the default)", DINORecipe(centering="sinkhorn", koleo_weight=0.1)),
     "sinkhorn": ("Sinkhorn-Knopp, no KoLeo", DINORecipe(centering="sinkhorn", koleo_weight=0.0)),
     "ema": ("EMA centring (DINO's), no KoLeo", DINORecipe(centering="ema", koleo_weight=0.0)),
+    "ema-koleo": ("EMA centring + KoLeo 0.1", DINORecipe(centering="ema", koleo_weight=0.1)),
     "earlier": ("earlier (bundled patchlens-dino)", DINORecipe(
         out_dim=1024, global_scale=(0.4, 1.0), local_scale=(0.08, 0.4), jitter=1.0, gray_p=0.2, freeze_prototypes=0.0,
         centering="ema", koleo_weight=0.0)),
