@@ -171,22 +171,6 @@ def test_a_time_budget_shortens_the_run_and_its_schedule(tmp_path):
     assert f"steps: {result.steps} x batch 4" in result.card_path.read_text()
 
 
-def test_background_swap_keeps_the_objects_and_takes_a_donors_background():
-    from ssl_core.train.common import swap_backgrounds
-
-    x = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1).expand(4, 3, 8, 8).clone()  # image i is all i
-    foreground = torch.zeros(4, 1, 8, 8, dtype=torch.bool)
-    foreground[:, :, 2:5, 3:6] = True
-    generator = torch.Generator().manual_seed(0)
-    swapped = swap_backgrounds(x, foreground, p=1.0, generator=generator)
-    assert torch.equal(swapped[:, :, 2:5, 3:6], x[:, :, 2:5, 3:6])  # the objects stay
-    donors = swapped[:, 0, 0, 0]  # the value of a background pixel is the donor's index
-    assert torch.equal(swapped[~foreground.expand_as(x)].view(4, -1), donors[:, None].expand(4, 3 * 64 - 27))
-    donors_again = torch.randint(0, 4, (4,), generator=torch.Generator().manual_seed(0)).float()
-    assert torch.equal(donors, donors_again)  # drawn from the generator, as documented
-    assert torch.equal(swap_backgrounds(x, foreground, p=0.0), x)
-
-
 def test_dino_teacher_momentum_follows_the_planned_run_and_the_card_records_the_recipe(tmp_path):
     from ssl_core.train.dino import DINORecipe
 
@@ -196,5 +180,52 @@ def test_dino_teacher_momentum_follows_the_planned_run_and_the_card_records_the_
     assert DINORecipe(teacher_temp=0.07, teacher_temp_warmup=0.5).teacher_temp_at(25, 100) == pytest.approx(0.055)
     result = train("dino", out_dir=tmp_path, steps=2, batch_size=4, seed=0, device="cpu", image_size=32)
     settings = json.loads(result.card_path.read_text().split("```json")[1].split("```")[0])
-    assert settings["dino"]["background_swap"] == recipe.background_swap
+    assert settings["dino"]["centering"] == recipe.centering == "sinkhorn"
+    assert settings["dino"]["koleo_weight"] == recipe.koleo_weight
     assert settings["dino"]["momentum_start"] == 0.95
+
+
+def test_sinkhorn_knopp_balances_the_prototypes_as_an_optimal_transport_plan():
+    import torch.nn.functional as F
+
+    from ssl_core.train.dino import sinkhorn_knopp
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(12, 4, generator=generator) * 0.2
+    logits[:, 0] += 0.5  # every image prefers prototype 0: a softmax would give it most of the batch
+    temp = 0.1
+    assert F.softmax(logits / temp, dim=-1).argmax(1).eq(0).all()
+    q = sinkhorn_knopp(logits, temp)  # DINOv2's 3 iterations
+    assert torch.allclose(q.sum(1), torch.ones(12))  # each image: a distribution over the prototypes
+    assert q.sum(0).max() < 0.5 * 12  # prototype 0 no longer takes most of the batch
+    converged = sinkhorn_knopp(logits, temp, iterations=500)
+    assert torch.allclose(converged.sum(0), torch.full((4,), 3.0), atol=1e-4)  # B / K images per prototype
+    # Sinkhorn's fixed point is diag(a) exp(logits / temp) diag(b): log q - logits / temp is a row plus a column term
+    residual = converged.log() - logits / temp
+    residual = residual - residual.mean(1, keepdim=True) - residual.mean(0, keepdim=True) + residual.mean()
+    assert residual.abs().max() < 1e-3
+
+
+def test_koleo_loss_is_minus_the_mean_log_distance_to_the_nearest_neighbour():
+    from ssl_core.train.dino import koleo_loss
+
+    x = torch.randn(10, 5, generator=torch.Generator().manual_seed(0)) * 3
+    unit = x / x.norm(dim=1, keepdim=True)
+    distances = torch.cdist(unit, unit) + torch.eye(10) * 10  # exclude each point itself
+    assert koleo_loss(x).item() == pytest.approx(-distances.min(1).values.log().mean().item(), abs=1e-5)
+    spread_out, bunched = torch.eye(4), torch.eye(4) + 5.0  # bunched: four nearly parallel vectors
+    assert koleo_loss(spread_out) < koleo_loss(bunched)
+
+
+def test_dino_sinkhorn_recipe_trains_and_rejects_an_unknown_centering(tmp_path):
+    from ssl_core.errors import BadRequest
+    from ssl_core.train.common import TrainConfig, run_training
+    from ssl_core.train.dino import DINOLoss, DINOObjective, DINORecipe
+
+    with pytest.raises(BadRequest, match="centering"):
+        DINOLoss(8, centering="median")
+    config = TrainConfig(method="dino", name="sk", out_dir=tmp_path, steps=2, batch_size=4, seed=0, image_size=32,
+                         device="cpu", log_every=1)
+    recipe = DINORecipe(centering="sinkhorn", koleo_weight=0.1)
+    result = run_training(DINOObjective(config, recipe), config, torch.device("cpu"))
+    assert {"koleo", "teacher_usage", "prototypes_used"} <= set(result.history[-1])

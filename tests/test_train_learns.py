@@ -4,10 +4,11 @@ Every run is tiny (a few dozen steps on small parts-world images, one thread, se
 own probes (`ssl_core.lab`) on held-out scenes at the training size, against the Lab's untrained baseline
 (``random-tiny``) scored the same way. The probe that a run this short reliably moves is the Lab's linear object
 probe, for every objective; the supervised model's k-NN accuracy is checked as well. Measured and left out (too
-close to the untrained model at this size to assert with a margin): k-NN for the self-supervised objectives and
-the location probe for DILEMMA (0.58 AUC against 0.54 untrained, and DINO alone reaches the same). The same runs
-with a learning rate of 1e-12 (weights that stay at their initialisation) score 0.28 on the object probe, under the
-0.32 every test asks for, so a run that stops learning fails.
+close to the untrained model at this size to assert with a margin): k-NN for the self-supervised objectives (DINO
+beats the untrained baseline on k-NN at 48 px after 150 steps of 32 images: bench/bench_dino_recipe.py, not in 60
+steps at 32 px) and the location probe for DILEMMA (0.58 AUC against 0.54 untrained, and DINO alone reaches the
+same). The same runs with a learning rate of 1e-12 (weights that stay at their initialisation) score 0.28 on the
+object probe, under the 0.30-0.32 the tests ask for, so a run that stops learning fails.
 """
 from __future__ import annotations
 
@@ -75,15 +76,16 @@ def test_supervised_and_masked_image_models_learn_the_object_class(method, tmp_p
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["dino", "dilemma"])
 def test_self_distillation_learns_the_object_class(method, tmp_path):
-    """DINO and DILEMMA with the short-run recipe (`ssl_core.train.dino.DINORecipe`), 60 steps at 32 px.
+    """DINO and DILEMMA with the short-run recipe (`ssl_core.train.dino.DINORecipe`: Sinkhorn-Knopp centring and
+    KoLeo), 60 steps at 32 px.
 
-    Their loss is not monotone in a run this short: it falls while the student comes to agree with its teacher
-    (seed 0: DINO 5.06 -> 1.89 by step 15, DILEMMA 6.17 -> 3.27), then climbs back towards log(prototypes) as the
-    centring flattens the teacher. The k-NN accuracy of the class token does not beat the untrained model in 60 steps
-    (0.26 vs 0.27 measured); the 150-step runs of docs/benchmarks.md ("DINO recipe") are where it does.
+    With Sinkhorn-Knopp the teacher's targets stay spread over the prototypes, so the loss falls only some 9%
+    (seed 0: DINO 5.64 -> 5.14 over the last 15 steps, DILEMMA 6.72 -> 6.15); with a learning rate of 1e-12 it does
+    not fall (5.64 -> 5.68). The k-NN accuracy of the class token does not beat the untrained model in 60 steps at
+    32 px (0.21 vs 0.27 measured); the 150-step runs at 48 px of docs/benchmarks.md ("DINO recipe") are where it does.
     """
     losses, scores = trained_scores(method, tmp_path, **QUICK)
-    assert min(losses[:30]) < 0.7 * losses[0], losses
+    assert mean(losses[-15:]) < 0.95 * losses[0], losses
     untrained = untrained_scores(QUICK["image_size"])
-    # measured (seed 0): DINO 0.38, DILEMMA 0.37 against 0.24 untrained
-    assert scores["object probe"] > untrained["object probe"] + 0.08, (scores, untrained)
+    # measured (seed 0): DINO 0.32, DILEMMA 0.35 against 0.235 untrained and 0.275 for the run with lr 1e-12
+    assert scores["object probe"] > untrained["object probe"] + 0.06, (scores, untrained)

@@ -76,7 +76,6 @@ class Batch:
 
     images: torch.Tensor  # [B, 3, S, S] uint8
     labels: torch.Tensor  # [B] object classes (the supervised objective's targets)
-    foreground: torch.Tensor  # [B, 1, S, S] bool: pixels of objects (the generator's part map > 0)
 
 
 @dataclass
@@ -180,17 +179,6 @@ def color_jitter(x: torch.Tensor, brightness: float = 0.4, contrast: float = 0.4
     return (x * (1 - to_gray) + grayscale(x) * to_gray).clamp(0, 1)
 
 
-def swap_backgrounds(x: torch.Tensor, foreground: torch.Tensor, p: float,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
-    """Each image, with probability ``p``, keeps its objects' pixels and takes another image's (of the batch, drawn
-    at random) everywhere else: a background swap (Ryali et al. 2021). x: [B, C, H, W], foreground: [B, 1, H, W]
-    bool -> [B, C, H, W]."""
-    B = x.shape[0]
-    donor = torch.randint(0, B, (B,), generator=generator).to(x.device)  # [B] whose background each image takes
-    swap = (torch.rand(B, generator=generator) < p).to(x.device).view(B, 1, 1, 1)
-    return torch.where(swap & ~foreground, x[donor], x)
-
-
 # ------------------------------------------------------------------------------------------------ optimisation
 def lr_at(step: int, total: int, peak: float, warmup: int, min_ratio: float) -> float:
     """Linear warmup to ``peak`` over ``warmup`` steps, then cosine decay to ``peak * min_ratio``."""
@@ -242,8 +230,7 @@ def batches(config: TrainConfig, device: torch.device) -> Iterator[Batch]:
     loader = DataLoader(PartsWorldStream(config.seed, config.image_size), batch_size=config.batch_size,
                         num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     for batch in loader:
-        yield Batch(batch["image"].to(device, non_blocking=True), batch["label"].to(device, non_blocking=True),
-                    (batch["part_map"] > 0).unsqueeze(1).to(device, non_blocking=True))
+        yield Batch(batch["image"].to(device, non_blocking=True), batch["label"].to(device, non_blocking=True))
 
 
 class LossLog:
