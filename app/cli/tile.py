@@ -34,7 +34,7 @@ def _tile(parser: argparse.ArgumentParser):
         from ssl_core.analyses.pca import pca_rgb_each
         from ssl_core.data.images import ResizePolicy, load_image
         from ssl_core.features.export import features_meta, write_npz
-        from ssl_core.features.tiling import native_image, tile_windows, tiled_patch_tokens
+        from ssl_core.features.tiling import native_image, plan_windows, tiled_patch_tokens
         from ssl_core.render.draw import overlay, panel, unit_rgb
 
         encoder = load_model_from_args(args)
@@ -46,9 +46,8 @@ def _tile(parser: argparse.ArgumentParser):
             image = native_image(encoder, args.image)
         window = args.window or encoder.spec.image_size
         overlap = window // 4 if args.overlap is None else args.overlap
-        grid_hw = (image.size[1] // encoder.patch_size, image.size[0] // encoder.patch_size)
-        count = len(tile_windows(grid_hw, max(1, window // encoder.patch_size), overlap // encoder.patch_size))
-        print(f"{image.size[0]}x{image.size[1]} px, {grid_hw[0]}x{grid_hw[1]} patches, {count} windows of "
+        grid_hw, windows = plan_windows(encoder, image, window, overlap)
+        print(f"{image.size[0]}x{image.size[1]} px, {grid_hw[0]}x{grid_hw[1]} patches, {len(windows)} windows of "
               f"{window} px overlapping by {overlap} px", file=sys.stderr)
         tokens = tiled_patch_tokens(encoder, image, window, overlap, args.layer, tqdm_progress("windows", "win"))
         out = write_npz(args.out, {

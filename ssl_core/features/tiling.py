@@ -71,6 +71,20 @@ def native_image(encoder, source: ImageSource | Image.Image) -> Image.Image:
     return policy.apply(image)
 
 
+def plan_windows(encoder, image: Image.Image, window_px: int | None = None, overlap_px: int | None = None,
+                 ) -> tuple[tuple[int, int], list[Window]]:
+    """(the image's patch grid (h, w), the windows `tiled_patch_tokens` runs) for windows of ``window_px``
+    (default: the model's own image size) overlapping by ``overlap_px`` (default: a quarter window)."""
+    p = encoder.patch_size
+    width, height = image.size
+    if width % p or height % p:
+        raise BadRequest(f"a {width}x{height} px image is not whole patches of {p} px: use native_image first")
+    grid = (height // p, width // p)
+    window = max(1, (window_px or encoder.spec.image_size) // p)
+    overlap = window // 4 if overlap_px is None else overlap_px // p
+    return grid, tile_windows(grid, window, overlap)
+
+
 def tiled_patch_tokens(encoder, image: Image.Image, window_px: int | None = None, overlap_px: int | None = None,
                        layer: int | None = None, progress: ProgressFn | None = None,
                        max_bytes: int = MAX_STITCHED_BYTES) -> torch.Tensor:
@@ -79,17 +93,11 @@ def tiled_patch_tokens(encoder, image: Image.Image, window_px: int | None = None
     (default: a quarter window), each run on its own (``layer`` None: the final normed tokens), overlaps averaged.
     `TooMuchWork` before any forward pass when the stitched grid would take more than ``max_bytes``."""
     p = encoder.patch_size
-    width, height = image.size
-    if width % p or height % p:
-        raise BadRequest(f"a {width}x{height} px image is not whole patches of {p} px: use native_image first")
-    grid = (height // p, width // p)
-    window = max(1, (window_px or encoder.spec.image_size) // p)
-    overlap = window // 4 if overlap_px is None else overlap_px // p
+    grid, windows = plan_windows(encoder, image, window_px, overlap_px)
     needed = grid[0] * grid[1] * (encoder.embed_dim + 1) * 4
     if needed > max_bytes:
         raise TooMuchWork(f"stitching a {grid[0]}x{grid[1]} patch grid of {encoder.embed_dim} dimensions takes "
                           f"{needed / 1024**3:.1f} GiB, more than {max_bytes / 1024**3:.1f} GiB: use a smaller image")
-    windows = tile_windows(grid, window, overlap)
     sums = torch.zeros(*grid, encoder.embed_dim)  # [h, w, D]
     counts = torch.zeros(*grid, 1)  # [h, w, 1]
     pixels = encoder.to_tensor(image)  # [3, H, W] normalised
@@ -105,4 +113,4 @@ def tiled_patch_tokens(encoder, image: Image.Image, window_px: int | None = None
 
 
 __all__ = ["TILE_ABOVE_PX", "Window", "window_starts", "tile_windows", "needs_tiling", "native_image",
-           "tiled_patch_tokens"]
+           "plan_windows", "tiled_patch_tokens"]
