@@ -143,7 +143,8 @@ class DINOLoss(nn.Module):
                     continue
                 total = total + torch.sum(-target * F.log_softmax(view.float() / self.student_temp, dim=-1), dim=-1).mean()
                 pairs += 1
-        self.update_center(teacher_cat)
+        if self.centering == "ema":  # Sinkhorn-Knopp centres each batch itself: no running centre
+            self.update_center(teacher_cat)
         return total / pairs, probs
 
     @torch.no_grad()
