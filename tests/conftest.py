@@ -27,6 +27,16 @@ def smooth_image(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 
 @pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test, whatever an earlier test set (training: two threads that wait on each other
+    run ~25x slower on a shared 2-core machine); the earlier count is put back after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def image_333x517() -> np.ndarray:
     return smooth_image(333, 517, seed=1)
 

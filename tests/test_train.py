@@ -17,13 +17,7 @@ from ssl_core.train.common import color_jitter, embedding_spread, lr_at, random_
 QUICK = dict(steps=14, batch_size=8, seed=0, device="cpu", image_size=48, log_every=1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine, two threads that wait on each other run these ~25x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_augmentations_are_identity_at_their_neutral_settings_and_random_otherwise():

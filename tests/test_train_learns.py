@@ -15,7 +15,6 @@ from __future__ import annotations
 from functools import lru_cache
 
 import pytest
-import torch
 
 from ssl_core import load_encoder
 from ssl_core.lab import LabConfig, encode_scenes, knn_probe, object_probe
@@ -24,12 +23,7 @@ from ssl_core.train import train
 PROBE_CONFIG = LabConfig(n_train=200, n_test=100, seed=0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def probe_scores(name: str, weights, image_size: int) -> dict[str, float]:
