@@ -675,6 +675,26 @@ def test_split_on_oom_halves_until_batches_fit_and_joins_in_order():
         split_on_oom(never, torch.arange(3), lambda a, b: torch.cat([a, b]))
 
 
+def test_split_on_oom_frees_the_failed_attempt_before_the_halves_run():
+    """A failed forward's tensors (held by the frames of its traceback) are gone before the retry allocates: on a
+    GPU they would otherwise fill the memory the halves need, and every split would run out again."""
+    import weakref
+
+    attempts: list[weakref.ref] = []
+    alive_at_retry = []
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        alive_at_retry.append(sum(ref() is not None for ref in attempts))
+        activations = torch.empty(batch.shape[0], 1000)  # what a real forward holds when it runs out of memory
+        attempts.append(weakref.ref(activations))
+        if batch.shape[0] > 1:
+            raise torch.OutOfMemoryError("simulated")
+        return batch * 10
+
+    assert split_on_oom(forward, torch.arange(4), lambda a, b: torch.cat([a, b])).tolist() == [0, 10, 20, 30]
+    assert alive_at_retry == [0] * 7  # 4 -> 2 + 2 -> 1 + 1 + 1 + 1: no failed attempt's tensor outlived it
+
+
 def test_patch_features_layers_coverage_and_size_by_hand():
     f = _features(True, 1, dim=4)
     f.layer_tokens = {2: torch.zeros(2, 3, 4)}

@@ -35,3 +35,20 @@ def test_gpu_check_cpu_smoke(tmp_path: Path) -> None:
 
     with tarfile.open(tmp_path / "zoo.tar") as archive:
         assert len(archive.getnames()) == 15  # weights, card and loss log of each model
+
+
+def test_the_zoo_budget_shrinks_to_meet_the_check_deadline(tmp_path: Path) -> None:
+    import time
+
+    import torch
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from gpu_stages import ZOO_LAB_SECONDS, ZOO_MIN_SECONDS, Context
+
+    def context(total: float | None, spent: float) -> Context:
+        return Context(False, torch.device("cpu"), tmp_path, tmp_path, 300.0, total, time.perf_counter() - spent)
+
+    assert context(None, 400.0).zoo_budget() == 300.0  # no deadline: the budget asked for
+    assert context(450.0, 60.0).zoo_budget() == 300.0  # time enough
+    assert abs(context(450.0, 200.0).zoo_budget() - (450.0 - 200.0 - ZOO_LAB_SECONDS)) < 1.0  # late: what is left
+    assert context(450.0, 449.0).zoo_budget() == 5 * ZOO_MIN_SECONDS  # too late: a few seconds per model still

@@ -59,3 +59,20 @@ def test_batched_jpeg_decoding_matches_pil_closely(tiny_encoder, gallery):
     for path in jpegs:  # different resize kernels: close, not equal
         cosine = torch.nn.functional.cosine_similarity(by_pil[path], by_jpeg[path], dim=-1)
         assert cosine.mean() > 0.98
+
+
+def test_a_jpeg_with_exif_rotation_takes_the_pil_path(tiny_encoder, tmp_path):
+    """nvJPEG ignores EXIF orientation (torchvision applies it on the CPU only): a rotated JPEG is decoded by PIL, which
+    turns it upright; an unrotated one goes on to the batched decode as bytes."""
+    from ssl_core.features.pipeline import decode_file
+
+    image = Image.fromarray(smooth_image(96, 160, seed=3))
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    rotated, plain = tmp_path / "rotated.jpg", tmp_path / "plain.jpg"
+    image.save(rotated, quality=95, exif=exif)
+    image.save(plain, quality=95)
+    kind, _, pixels = decode_file(str(rotated), tiny_encoder.policy, "jpeg")
+    assert kind == "pixels"
+    assert pixels.shape[1] > pixels.shape[2]  # upright: taller than wide, as the PIL path shows it
+    assert decode_file(str(plain), tiny_encoder.policy, "jpeg")[0] == "jpeg"

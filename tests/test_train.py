@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 
 import pytest
 import torch
@@ -11,7 +12,17 @@ from safetensors import safe_open
 from ssl_core import load_encoder
 from ssl_core.models.registry import bundled_name_for
 from ssl_core.train import METHODS, train
-from ssl_core.train.common import color_jitter, embedding_spread, lr_at, random_resized_crop
+from ssl_core.train.common import (
+    BUDGET_TOLERANCE,
+    Objective,
+    StepOutput,
+    TrainConfig,
+    color_jitter,
+    embedding_spread,
+    lr_at,
+    random_resized_crop,
+    run_training,
+)
 
 # Small and quick: 48 px images (a 6x6 grid), batch 8, a high enough rate to see the loss fall in a few steps.
 QUICK = dict(steps=14, batch_size=8, seed=0, device="cpu", image_size=48, log_every=1)
@@ -151,9 +162,10 @@ def test_a_time_budget_shortens_the_run_and_its_schedule(tmp_path):
     from ssl_core.train.common import CALIBRATION_STEPS, TrainConfig, planned_steps
 
     config = TrainConfig(method="supervised", name="x", steps=1000, max_seconds=5.0)
-    assert planned_steps(config, CALIBRATION_STEPS, 1.0) == 50  # 0.1 s per step -> 50 steps fit in 5 s
-    assert planned_steps(config, CALIBRATION_STEPS, 0.001) == 1000  # never more than asked
-    assert planned_steps(TrainConfig(method="supervised", name="x", steps=1000), CALIBRATION_STEPS, 99.0) == 1000
+    assert planned_steps(config, CALIBRATION_STEPS, 1.0, 0.1) == 50  # 4 s left at 0.1 s per step: 40 more steps
+    assert planned_steps(config, CALIBRATION_STEPS, 3.0, 0.1) == 30  # a slow start leaves less, not a slower step
+    assert planned_steps(config, CALIBRATION_STEPS, 0.001, 0.0001) == 1000  # never more than asked
+    assert planned_steps(TrainConfig(method="supervised", name="x", steps=1000), CALIBRATION_STEPS, 99.0, 9.9) == 1000
     result = train("supervised", out_dir=tmp_path, steps=10_000, batch_size=4, seed=0, device="cpu", image_size=32,
                    log_every=1, max_seconds=1.5)
     assert CALIBRATION_STEPS < result.steps < 10_000
@@ -223,3 +235,43 @@ def test_dino_sinkhorn_recipe_trains_and_rejects_an_unknown_centering(tmp_path):
     recipe = DINORecipe(centering="sinkhorn", koleo_weight=0.1)
     result = run_training(DINOObjective(config, recipe), config, torch.device("cpu"))
     assert {"koleo", "teacher_usage", "prototypes_used"} <= set(result.history[-1])
+
+
+class _TimedObjective(Objective):
+    """One weight pulled to 1; each step sleeps: ``first_s`` at step 0 (a GPU run's start-up: loader workers, CUDA
+    kernels), then ``step_s``, and ``slow_s`` from step ``slow_from`` on (a run that slows after its plan is set)."""
+
+    method = "supervised"
+
+    def __init__(self, first_s: float, step_s: float, slow_from: int = 10**9, slow_s: float = 0.0):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.first_s, self.step_s, self.slow_from, self.slow_s = first_s, step_s, slow_from, slow_s
+
+    def forward(self, batch, step: int, total: int) -> StepOutput:
+        time.sleep(self.first_s if step == 0 else self.slow_s if step >= self.slow_from else self.step_s)
+        return StepOutput((self.weight - 1).pow(2).sum())
+
+    def export(self):
+        return {"weight": self.weight.detach()}, {}
+
+
+def _timed_run(tmp_path, objective: Objective, max_seconds: float):
+    config = TrainConfig(method="supervised", name="timed", out_dir=tmp_path, steps=100_000, batch_size=2, image_size=16,
+                         device="cpu", log_every=5, max_seconds=max_seconds)
+    return run_training(objective, config, torch.device("cpu"))
+
+
+def test_a_slow_start_does_not_shrink_the_plan(tmp_path):
+    # 0.6 s of start-up, then 10 ms steps: the 1.4 s left hold ~130 steps. Timing the start-up with the first ten
+    # steps (70 ms a step) planned 28 and left most of the budget unused.
+    result = _timed_run(tmp_path, _TimedObjective(first_s=0.6, step_s=0.01), max_seconds=2.0)
+    assert result.steps > 70
+    assert result.wall_s < 2.0 * 1.25
+
+
+def test_a_run_that_slows_after_its_plan_stops_within_its_budget(tmp_path):
+    # planned at 10 ms a step (~90 steps in 1 s); from step 15 each takes 0.2 s: without the stop, about 15 s
+    result = _timed_run(tmp_path, _TimedObjective(first_s=0.01, step_s=0.01, slow_from=15, slow_s=0.2), max_seconds=1.0)
+    assert result.steps < 30 and result.wall_s < 1.0 * BUDGET_TOLERANCE + 0.2 + 0.3
+    assert result.history[-1]["step"] == result.steps  # the last step was logged as the last

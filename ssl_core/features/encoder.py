@@ -41,16 +41,20 @@ MAX_ATTENTION_BYTES = 2 * 1024**3  # captured attention per forward pass (float3
 
 
 def split_on_oom(fn: Callable[[torch.Tensor], T], batch: torch.Tensor, join: Callable[[T, T], T]) -> T:
-    """``fn(batch)``; on GPU out-of-memory, split the batch in half, retry each half, and join the results."""
+    """``fn(batch)``; on GPU out-of-memory, split the batch in half, retry each half, and join the results.
+
+    The halves run after the ``except`` clause has ended: while it runs, the exception's traceback keeps every
+    frame of the failed attempt alive, and with them its tensors (inputs, activations, captured attention), which
+    would leave the halves no more memory than the whole had."""
     try:
         return fn(batch)
     except torch.OutOfMemoryError:
         if batch.shape[0] == 1:
             raise
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        half = batch.shape[0] // 2
-        return join(split_on_oom(fn, batch[:half], join), split_on_oom(fn, batch[half:], join))
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    half = batch.shape[0] // 2
+    return join(split_on_oom(fn, batch[:half], join), split_on_oom(fn, batch[half:], join))
 
 
 def default_device() -> torch.device:

@@ -9,7 +9,7 @@ The stages:
    (every format, EXIF rotation, CMYK, 16-bit, decompression-bomb limit) and resizes with the encoder's
    `ResizePolicy`. ``decode="jpeg"`` has the workers read JPEG bytes only; they are decoded in batches by
    ``torchvision.io.decode_jpeg`` on the encoder's device (nvJPEG on a GPU) and resized there; files that
-   are not JPEG still take the PIL path.
+   are not JPEG, or whose EXIF asks for a rotation (nvJPEG ignores it), still take the PIL path.
 2. **Bucket by size**: images wait until a batch of their processed size (hence one patch grid) is full,
    so batches stay full and nothing is padded.
 3. **Copy**: uint8 batches (4x smaller than float) are pinned and copied non-blocking, then normalised on
@@ -22,6 +22,7 @@ Unreadable files are listed with their reason and skipped; the rest are embedded
 """
 from __future__ import annotations
 
+import io
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import ExifTags, Image
 from torch.utils.data import DataLoader, Dataset
 
 from ssl_core.data.images import DEFAULT_MAX_PIXELS, ResizePolicy, load_image
@@ -91,7 +93,7 @@ def decode_file(path: str, policy: ResizePolicy, decode: str = "pil", max_pixels
     try:
         if decode == "jpeg" and path.lower().endswith(JPEG_SUFFIXES):
             data = Path(path).read_bytes() if data is None else data
-            if data[:3] == b"\xff\xd8\xff":
+            if data[:3] == b"\xff\xd8\xff" and not exif_rotated(data):
                 return "jpeg", path, torch.frombuffer(bytearray(data), dtype=torch.uint8)
         image = policy.apply(load_image(path if data is None else data, max_pixels, name=path))
         return "pixels", path, torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
@@ -99,6 +101,15 @@ def decode_file(path: str, policy: ResizePolicy, decode: str = "pil", max_pixels
         return "error", path, str(err)
     except OSError as err:
         return "error", path, f"{path}: cannot read ({err.strerror or err})"
+
+
+def exif_rotated(data: bytes) -> bool:
+    """Whether a JPEG's EXIF orientation asks for a rotation or mirror. torchvision applies it on the CPU only (nvJPEG
+    ignores it), so such a file takes the PIL path. A header PIL cannot read is left to the decoder to report."""
+    try:
+        return Image.open(io.BytesIO(data)).getexif().get(ExifTags.Base.Orientation, 1) != 1
+    except Exception:  # noqa: BLE001  (any unreadable header: not rotated; the batched decode reports the file)
+        return False
 
 
 def _identity(item: T) -> T:
@@ -110,6 +121,8 @@ def decode_jpegs(encoded: list[torch.Tensor], paths: list[str], policy: ResizePo
     """Decode JPEG bytes in one batch on ``device`` and resize each to the policy: ([(path, [3, H, W] uint8)], failed)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    if device.type == "cuda":  # nvJPEG decodes on a stream of its own, not ordered after ours: memory our pending
+        torch.cuda.current_stream(device).synchronize()  # kernels still read must not be handed to it as output
     try:
         images = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
     except RuntimeError:  # one bad file fails the batch: decode one by one to find it

@@ -32,7 +32,9 @@ from ssl_core.progress import ProgressFn
 from ssl_core.train.card import write_model_card
 
 # ------------------------------------------------------------------------------------------------ config
-CALIBRATION_STEPS = 10  # steps timed before a run with max_seconds sets its total
+WARMUP_STEPS = 3  # first steps of a run, not timed for its plan: they pay for start-up (loader workers, CUDA kernels)
+CALIBRATION_STEPS = 10  # at this step a run with max_seconds sets its total, from the steps since WARMUP_STEPS
+BUDGET_TOLERANCE = 1.1  # past max_seconds times this, a run stops at the next step whatever its plan said
 @dataclass
 class TrainConfig:
     """One training run. ``lr`` None takes the method's default; ``warmup_steps`` None is 10% of the steps."""
@@ -273,12 +275,20 @@ class LossLog:
         return final
 
 
-def planned_steps(config: TrainConfig, done: int, elapsed_s: float) -> int:
-    """The run's total steps: ``config.steps``, or fewer when ``max_seconds`` would be exceeded at the speed
-    measured over the first `CALIBRATION_STEPS` (schedules then follow the new total; set once, while warming up)."""
-    if config.max_seconds is None or done < CALIBRATION_STEPS:
+def planned_steps(config: TrainConfig, done: int, elapsed_s: float, step_s: float) -> int:
+    """The run's total steps: ``config.steps``, or fewer when ``max_seconds`` would be exceeded. ``done`` steps took
+    ``elapsed_s`` (start-up included); each further one takes ``step_s``, as timed after the `WARMUP_STEPS` (the first
+    steps wait for the loader's workers and load CUDA kernels: timed with the rest, they would make a GPU run plan
+    a fraction of the steps its budget holds). Set once, at `CALIBRATION_STEPS`; schedules follow the new total."""
+    if config.max_seconds is None:
         return config.steps
-    return max(done + 1, min(config.steps, int(config.max_seconds / (elapsed_s / done))))
+    return max(done + 1, min(config.steps, done + int((config.max_seconds - elapsed_s) / max(step_s, 1e-9))))
+
+
+def over_budget(config: TrainConfig, elapsed_s: float) -> bool:
+    """Whether a run with ``max_seconds`` has overrun it by `BUDGET_TOLERANCE` (steps slowed after the plan was set,
+    e.g. when the data loader's first batches were ready ahead and later ones are not): it stops then."""
+    return config.max_seconds is not None and elapsed_s > config.max_seconds * BUDGET_TOLERANCE
 
 
 def train_step(objective: Objective, optimizer: torch.optim.Optimizer, batch: Batch, step: int, total: int, lr: float,
@@ -308,15 +318,22 @@ def run_training(objective: Objective, config: TrainConfig, device: torch.device
     config.out_dir.mkdir(parents=True, exist_ok=True)
     log = LossLog(config.out_dir / f"{config.name}.losses.csv", config.log_every)
     start, total, step = time.perf_counter(), config.steps, 0
+    warm = start
     try:
         for step, batch in enumerate(batches(config, device)):
+            now = time.perf_counter()
+            if step == WARMUP_STEPS:
+                warm = now
             if step == CALIBRATION_STEPS:
-                total = planned_steps(config, step, time.perf_counter() - start)
+                total = planned_steps(config, step, now - start, (now - warm) / (CALIBRATION_STEPS - WARMUP_STEPS))
             if step >= total:
                 break
             lr = lr_at(step, total, peak, config.warmup_for(total), config.min_lr_ratio)
             metrics = train_step(objective, optimizer, batch, step, total, lr, config, device)
-            log.add(step, step + 1 == total, lr, time.perf_counter() - start, metrics)
+            elapsed = time.perf_counter() - start
+            if step >= CALIBRATION_STEPS and over_budget(config, elapsed):
+                total = step + 1
+            log.add(step, step + 1 == total, lr, elapsed, metrics)
             if progress is not None:
                 progress(step + 1, total)
     finally:
