@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -105,8 +106,11 @@ def write_report(results: list[StageResult], context: Context) -> None:
     seconds = time.perf_counter() - context.started
     report = {"machine": hardware(context.device), "torch": torch.__version__, "smoke": context.smoke,
               "seconds": round(seconds, 1), "stages": [r.__dict__ for r in results]}
-    (context.out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=_json_default))
-    (context.out / "gpu_check.md").write_text(markdown(results, context, seconds))
+    for name, text in [("gpu_check.json", json.dumps(report, indent=2, default=_json_default)),
+                       ("gpu_check.md", markdown(results, context, seconds))]:
+        partial = context.out / f".{name}.partial"  # one commit point: a kill mid-write leaves the previous report
+        partial.write_text(text)
+        os.replace(partial, context.out / name)
 
 
 def _json_default(value):
