@@ -76,3 +76,18 @@ def test_a_jpeg_with_exif_rotation_takes_the_pil_path(tiny_encoder, tmp_path):
     assert kind == "pixels"
     assert pixels.shape[1] > pixels.shape[2]  # upright: taller than wide, as the PIL path shows it
     assert decode_file(str(plain), tiny_encoder.policy, "jpeg")[0] == "jpeg"
+
+
+def test_batched_jpeg_decode_takes_only_what_it_can_decode_right(tiny_encoder, tmp_path):
+    """A CMYK JPEG and one over the pixel limit never reach the batched decoder: the PIL path converts the first to
+    RGB and refuses the second from its header, as it does for every other file."""
+    from ssl_core.features.pipeline import decode_file
+
+    cmyk, big = tmp_path / "cmyk.jpg", tmp_path / "big.jpg"
+    Image.fromarray(smooth_image(64, 64, seed=4)).convert("CMYK").save(cmyk, quality=95)
+    Image.fromarray(smooth_image(64, 64, seed=5)).save(big, quality=95)
+    kind, _, pixels = decode_file(str(cmyk), tiny_encoder.policy, "jpeg")
+    assert kind == "pixels" and pixels.shape[0] == 3
+    assert decode_file(str(big), tiny_encoder.policy, "jpeg")[0] == "jpeg"
+    kind, _, reason = decode_file(str(big), tiny_encoder.policy, "jpeg", max_pixels=64 * 64 - 1)
+    assert kind == "error" and "big.jpg" in reason and "pixels" in reason

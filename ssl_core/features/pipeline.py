@@ -9,7 +9,7 @@ The stages:
    (every format, EXIF rotation, CMYK, 16-bit, decompression-bomb limit) and resizes with the encoder's
    `ResizePolicy`. ``decode="jpeg"`` has the workers read JPEG bytes only; they are decoded in batches by
    ``torchvision.io.decode_jpeg`` on the encoder's device (nvJPEG on a GPU) and resized there; files that
-   are not JPEG, or whose EXIF asks for a rotation (nvJPEG ignores it), still take the PIL path.
+   are not JPEG, too large, CMYK, or whose EXIF asks for a rotation (nvJPEG ignores it), still take the PIL path.
 2. **Bucket by size**: images wait until a batch of their processed size (hence one patch grid) is full,
    so batches stay full and nothing is padded.
 3. **Copy**: uint8 batches (4x smaller than float) are pinned and copied non-blocking, then normalised on
@@ -93,7 +93,7 @@ def decode_file(path: str, policy: ResizePolicy, decode: str = "pil", max_pixels
     try:
         if decode == "jpeg" and path.lower().endswith(JPEG_SUFFIXES):
             data = Path(path).read_bytes() if data is None else data
-            if data[:3] == b"\xff\xd8\xff" and not exif_rotated(data):
+            if batch_decodable(data, max_pixels):
                 return "jpeg", path, torch.frombuffer(bytearray(data), dtype=torch.uint8)
         image = policy.apply(load_image(path if data is None else data, max_pixels, name=path))
         return "pixels", path, torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
@@ -103,12 +103,17 @@ def decode_file(path: str, policy: ResizePolicy, decode: str = "pil", max_pixels
         return "error", path, f"{path}: cannot read ({err.strerror or err})"
 
 
-def exif_rotated(data: bytes) -> bool:
-    """Whether a JPEG's EXIF orientation asks for a rotation or mirror. torchvision applies it on the CPU only (nvJPEG
-    ignores it), so such a file takes the PIL path. A header PIL cannot read is left to the decoder to report."""
+def batch_decodable(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> bool:
+    """Whether a JPEG can go to the batched decoder as it is, judged from its header alone: a baseline RGB or gray
+    image within ``max_pixels`` whose EXIF asks for no rotation. Everything else takes the PIL path, which refuses
+    decompression bombs from the header, converts CMYK, applies EXIF rotation (torchvision does that on the CPU
+    only: nvJPEG ignores it) and names the reason of an unreadable file."""
     try:
-        return Image.open(io.BytesIO(data)).getexif().get(ExifTags.Base.Orientation, 1) != 1
-    except Exception:  # noqa: BLE001  (any unreadable header: not rotated; the batched decode reports the file)
+        with Image.open(io.BytesIO(data)) as header:
+            return (header.format == "JPEG" and header.mode in ("RGB", "L")
+                    and header.width * header.height <= max_pixels
+                    and header.getexif().get(ExifTags.Base.Orientation, 1) == 1)
+    except Exception:  # noqa: BLE001  (any unreadable header: the PIL path says why)
         return False
 
 
