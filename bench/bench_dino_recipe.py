@@ -2,6 +2,7 @@
 
     nice -n 5 python bench/bench_dino_recipe.py [--steps 150] [--batch-size 32] [--image-size 48] [--seeds 0,1]
         [--recipes sinkhorn-koleo,sinkhorn,ema] [--n-test 600]
+    nice -n 5 python bench/bench_dino_recipe.py --image-size 96 --score assets/models/patchlens-dino.safetensors ...
 
 Each recipe of ``RECIPES`` (`ssl_core.train.dino.DINORecipe` settings; ``earlier``: those the bundled
 ``patchlens-dino`` was trained with) is trained for ``--steps`` steps on one torch thread for each seed, and the
@@ -61,10 +62,14 @@ def main() -> None:
                         help=f"comma-separated, from {', '.join(RECIPES)}")
     parser.add_argument("--n-test", type=int, default=600, help="held-out test scenes of the probes")
     parser.add_argument("--print-only", action="store_true", help="print, do not append to docs/benchmarks.md")
+    parser.add_argument("--score", nargs="+", type=Path, metavar="WEIGHTS",
+                        help="no training: score these weights files (e.g. the bundled models) beside random-tiny")
     args = parser.parse_args()
-    recipes = [RECIPES[key] for key in args.recipes.split(",")]
     torch.set_num_threads(1)
     lab = LabConfig(n_train=300, n_test=args.n_test, seed=0)
+    if args.score:
+        return score_files(args.score, args.image_size, lab, args.print_only)
+    recipes = [RECIPES[key] for key in args.recipes.split(",")]
     knn, objects = probe(None, args.image_size, lab)
     rows = [["random-tiny (untrained)", "-", "-", f"{knn:.3f}", f"{objects:.3f}", "-", "-", "-"]]
     with tempfile.TemporaryDirectory() as scratch:
@@ -91,6 +96,19 @@ def main() -> None:
     record(f"DINO recipes after {args.steps} CPU steps of {args.batch_size} images at {args.image_size} px", table,
            f"Lab probes on {lab.n_train} / {lab.n_test} held-out scenes at {args.image_size} px (seed 0); "
            "6 classes, majority rate about 0.2.", print_only=args.print_only)
+
+
+def score_files(paths: list[Path], image_size: int, lab: LabConfig, print_only: bool) -> None:
+    """The same probes on weights files already trained, beside the untrained baseline."""
+    rows = []
+    for label, weights in [("random-tiny (untrained)", None)] + [(str(p), p) for p in paths]:
+        knn, objects = probe(weights, image_size, lab)
+        rows.append([label, f"{knn:.3f}", f"{objects:.3f}"])
+        print(" | ".join(rows[-1]), flush=True)
+    record(f"Weights files scored at {image_size} px", markdown_table(
+        ["weights", "k-NN (class token)", "object probe (balanced)"], rows),
+        f"Lab probes on {lab.n_train} / {lab.n_test} held-out scenes at {image_size} px (seed 0); "
+        "6 classes, majority rate about 0.2.", print_only=print_only)
 
 
 if __name__ == "__main__":
