@@ -266,7 +266,9 @@ def faiss_gpu(context: Context) -> list[dict]:
 # --------------------------------------------------------------------------------------------- the zoo
 def zoo(context: Context) -> list[dict]:
     """Train the five bundled objectives within `Context.zoo_budget` seconds in all (``zoo_seconds``, or less to meet
-    the check's deadline) and pack them into ``zoo.tar`` (the zoo_lab stage scores them)."""
+    the check's deadline), each packed into ``zoo-NAME.tar`` as soon as it is trained (the zoo_lab stage scores
+    them). One archive per model: each stays far under the 16 MiB a file may have to come back from a lent GPU
+    machine (the five together are ~32 MB), and a run killed half-way still leaves the models trained before."""
     import tarfile
 
     from ssl_core.models.registry import BUNDLED
@@ -284,9 +286,11 @@ def zoo(context: Context) -> list[dict]:
                      "seconds": result.wall_s,
                      "images seen": result.steps * batch,
                      "final losses": ", ".join(f"{k} {v:.3g}" for k, v in result.final_losses.items())})
-    with tarfile.open(context.out / "zoo.tar", "w") as archive:
-        for path in sorted(folder.iterdir()):
-            archive.add(path, arcname=path.name)
+        partial = context.out / f".zoo-{spec.name}.tar.partial"
+        with tarfile.open(partial, "w") as archive:
+            for path in (result.weights_path, result.card_path, result.log_path):
+                archive.add(path, arcname=path.name)
+        partial.replace(context.out / f"zoo-{spec.name}.tar")
     return rows
 
 
