@@ -99,6 +99,7 @@ def test_random_weights_beat_chance_on_parts_and_objects_but_not_on_swapped_posi
     assert location.probe is not None and abs(location.auc - 0.5) < 0.06
     assert abs(location.probe.balanced_accuracy - 0.5) < 0.05
     assert location.map_probability.shape == location.map_swapped.shape == (12, 12)
+    assert 0 < location.visible_share < 1 and abs(location.auc_visible - 0.5) < 0.1  # some swaps look alike
     assert lab.knn.n_train == 60 and lab.knn.crops_per_image == 4 and lab.knn.crop_size == 48
     assert lab.mim is None
     markdown = random_report.to_markdown()
@@ -220,3 +221,24 @@ def test_lab_handlers_return_tables_and_pictures(random_report, tiny_encoder):
         probe_view(tiny_encoder, "nope", SMALL)
     cka = cka_view(tiny_encoder, tiny_encoder, replace(SMALL, cka_images=4))
     assert cka.pictures["cka_heatmap"].ndim == 3 and cka.numbers["diagonal"][0] == pytest.approx(1.0)
+
+
+def test_visible_swaps_match_a_numpy_reference():
+    """A swap is visible when the token's own patch and the patch of the position it was given differ by more than
+    VISIBLE_DIFFERENCE (mean absolute pixel difference); checked patch by patch in numpy on a half-flat image."""
+    from ssl_core.features.vit_tokens import swap_positions
+    from ssl_core.lab.location import VISIBLE_DIFFERENCE, visible_swaps
+
+    rng = np.random.default_rng(0)
+    pixels = np.full((2, 3, 32, 48), 0.5, np.float32)  # 4 x 6 patches of 8 px; the left half flat
+    pixels[:, :, :, 24:] = rng.random((2, 3, 32, 24))
+    pixels[1, :, :8, :8] += VISIBLE_DIFFERENCE / 2  # one patch barely off the flat grey: not visible
+    generator = torch.Generator().manual_seed(0)
+    position_ids = torch.stack([swap_positions(24, 0.5, generator)[0] for _ in range(2)])  # [2, 24]
+    visible = visible_swaps(torch.from_numpy(pixels), position_ids, 8).numpy()
+    patches = pixels.reshape(2, 3, 4, 8, 6, 8).transpose(0, 2, 4, 1, 3, 5).reshape(2, 24, -1)  # row-major patches
+    for b in range(2):
+        for i in range(24):
+            j = int(position_ids[b, i])
+            assert visible[b, i] == (np.abs(patches[b, i] - patches[b, j]).mean() > VISIBLE_DIFFERENCE)
+    assert visible.any() and not visible.all()

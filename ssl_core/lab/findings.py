@@ -83,7 +83,16 @@ def dilemma_finding(report: LabReport) -> str:
     (name, auc), (other, other_auc) = _best(located, lambda e: e.location.auc), _best(others, lambda e: e.location.auc)
     return (f"**DILEMMA** (a model trained to detect misplaced tokens encodes them; others do not): location probe "
             f"ROC AUC, {name} {auc:.3f} vs best other {other_auc:.3f} ({other}) — {_verdict(auc - other_auc)}; "
-            + ", ".join(f"{e.name} {e.location.auc:.3f}" for e in others) + " (chance 0.5).")
+            + ", ".join(f"{e.name} {e.location.auc:.3f}" for e in others) + " (chance 0.5)."
+            + _visible_swaps_note(next(e for e in located if e.name == name)))
+
+
+def _visible_swaps_note(e: EncoderLab) -> str:
+    """What share of the swaps any model could see, and the location model's AUC on those."""
+    if e.location.visible_share is None or e.location.auc_visible is None:
+        return ""
+    return (f" {e.location.visible_share:.0%} of the swaps trade patches that differ in their pixels (the others give "
+            f"the input of an unswapped image); on those, {e.name}'s ROC AUC is {e.location.auc_visible:.3f}.")
 
 
 def supervised_ssl_pairs(report: LabReport) -> list[tuple[CKAComparison, str, str]]:

@@ -48,8 +48,10 @@ def _knn_rows(result: KNNResult) -> list[Row]:
 def _location_rows(result: LocationResult) -> list[Row]:
     if result.probe is None:
         return [("location probe", "skipped", "", result.skipped or "")]
-    return _probe_rows(result.probe) + [("location probe: ROC AUC", fmt(result.auc), "0.500",
-                                         f"{result.swap_ratio:.0%} of tokens swapped")]
+    return _probe_rows(result.probe) + [
+        ("location probe: ROC AUC", fmt(result.auc), "0.500", f"{result.swap_ratio:.0%} of tokens swapped"),
+        ("location probe: ROC AUC, visible swaps", fmt(result.auc_visible), "0.500",
+         f"the {fmt(result.visible_share)} of swaps whose two patches differ in their pixels")]
 
 
 def _part_map_rows(result: PartMapResult) -> list[Row]:
@@ -147,9 +149,9 @@ def _knn_summary(e: EncoderLab) -> list[str]:
 def _location_summary(e: EncoderLab) -> list[str]:
     probe = e.location.probe
     if probe is None:
-        return [e.label, f"skipped: {e.location.skipped}", "", ""]
+        return [e.label, f"skipped: {e.location.skipped}", "", "", "", ""]
     return [e.label, fmt_chance(probe.accuracy, probe.chance_accuracy), fmt(probe.balanced_accuracy),
-            fmt(e.location.auc)]
+            fmt(e.location.auc), fmt(e.location.visible_share), fmt(e.location.auc_visible)]
 
 
 def _part_map_summary(e: EncoderLab) -> list[str]:
@@ -186,7 +188,8 @@ SUMMARIES: tuple[tuple[str, list[str], Callable[[Any], list[str]], tuple[str, ..
     ("k-NN object accuracy (BagSSL)", ["encoder", "class token", "mean of patch tokens", "bag of crops", "chance"],
      _knn_summary, ("knn",)),
     ("Location probe: tokens with a swapped position embedding (DILEMMA)",
-     ["encoder", "accuracy (majority)", "balanced accuracy (0.5)", "ROC AUC (0.5)"], _location_summary,
+     ["encoder", "accuracy (majority)", "balanced accuracy (0.5)", "ROC AUC (0.5)", "swaps visible in the pixels",
+      "ROC AUC on visible swaps (0.5)"], _location_summary,
      ("location",)),
     ("k-means part maps vs ground-truth part labels (adjusted Rand index)",
      ["encoder", "ARI per scene (shuffled)", "ARI pooled (shuffled)", "ARI vs grid position",
