@@ -99,7 +99,7 @@ def test_random_weights_beat_chance_on_parts_and_objects_but_not_on_swapped_posi
     assert location.probe is not None and abs(location.auc - 0.5) < 0.06
     assert abs(location.probe.balanced_accuracy - 0.5) < 0.05
     assert location.map_probability.shape == location.map_swapped.shape == (12, 12)
-    assert 0 < location.visible_share < 1 and abs(location.auc_visible - 0.5) < 0.1  # some swaps look alike
+    assert 0.5 < location.visible_share < 1 and abs(location.auc_visible - 0.5) < 0.1  # most swaps show, not all
     assert lab.knn.n_train == 60 and lab.knn.crops_per_image == 4 and lab.knn.crop_size == 48
     assert lab.mim is None
     markdown = random_report.to_markdown()
