@@ -69,7 +69,8 @@ def test_serve_starts_and_answers_while_every_core_is_busy():
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(buffer, "PNG")
     try:
         with LiveApp("--model", "random-tiny", start_timeout_s=600) as app:  # slow to start, but it must start
-            answer = Client(app.url, verbose=False).predict(
+            client = Client(app.url, verbose=False, httpx_kwargs={"timeout": 300})  # httpx's 5 s: too short here
+            answer = client.predict(
                 image_base64=base64.b64encode(buffer.getvalue()).decode(), model="random-tiny", layer=-1,
                 api_name="/patch_features")
             output = app.output()
