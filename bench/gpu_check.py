@@ -6,8 +6,8 @@
 Needs only torch, torchvision, timm, numpy, pillow, safetensors, scikit-learn and tqdm (no gradio, FAISS, UMAP or
 plotly; FAISS-GPU is measured when its wheel happens to be installed). Writes at most seven files to ``--out``,
 each under 16 MiB (what a lent GPU machine gives back): ``gpu_check.json`` (every number), ``gpu_check.md`` (the
-report) and ``zoo-NAME.tar`` per model (its weights, card and loss log, when the zoo stage ran). Each stage runs on its own: a failure is recorded with its traceback and
-the next stage runs.
+report) and ``zoo-NAME.tar`` per model (its weights, card and loss log, when the zoo stage ran). Each stage runs on
+its own: a failure is recorded with its traceback and the next stage runs.
 """
 from __future__ import annotations
 
@@ -94,9 +94,8 @@ def main() -> int:
         print("no CUDA GPU here: run with --cpu-smoke for the CPU version", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    total = args.total_seconds if args.total_seconds is not None or args.cpu_smoke else 420.0
     with tempfile.TemporaryDirectory() as scratch:
-        context = Context.make(args.cpu_smoke, Path(scratch), args.out, args.zoo_seconds, total)
+        context = Context.make(args.cpu_smoke, Path(scratch), args.out, args.zoo_seconds, args.total_seconds)
         results = []
         for name in args.stages.split(","):
             print(f"[gpu_check] {name} ...", file=sys.stderr, flush=True)

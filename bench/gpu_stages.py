@@ -41,9 +41,10 @@ class Context:
     @classmethod
     def make(cls, smoke: bool, scratch: Path, out: Path, zoo_seconds: float | None,
              total_seconds: float | None = None) -> "Context":
+        """The defaults: a 300 s zoo within a 420 s check on a GPU; a 40 s zoo and no deadline in the smoke."""
         device = torch.device("cpu" if smoke else "cuda")
         return cls(smoke, device, scratch, out, zoo_seconds if zoo_seconds is not None else (40.0 if smoke else 300.0),
-                   total_seconds)
+                   total_seconds if total_seconds is not None or smoke else 420.0)
 
     def zoo_budget(self) -> float:
         """The zoo's training seconds in all: ``zoo_seconds``, less when the stages before it left too little of

@@ -80,11 +80,13 @@ def dilemma_finding(report: LabReport) -> str:
     if not located or not others:
         return ("**DILEMMA**: not tested (needs a trained model of the location paradigm and another trained model, "
                 "both timm ViTs with absolute position embeddings).")
-    (name, auc), (other, other_auc) = _best(located, lambda e: e.location.auc), _best(others, lambda e: e.location.auc)
+    top = max(located, key=lambda e: e.location.auc)
+    name, auc = top.name, top.location.auc
+    other, other_auc = _best(others, lambda e: e.location.auc)
     return (f"**DILEMMA** (a model trained to detect misplaced tokens encodes them; others do not): location probe "
             f"ROC AUC, {name} {auc:.3f} vs best other {other_auc:.3f} ({other}) — {_verdict(auc - other_auc)}; "
             + ", ".join(f"{e.name} {e.location.auc:.3f}" for e in others) + " (chance 0.5)."
-            + _visible_swaps_note(next(e for e in located if e.name == name)))
+            + _visible_swaps_note(top))
 
 
 def _visible_swaps_note(e: EncoderLab) -> str:
