@@ -117,6 +117,28 @@ def src_of(page, selector: str) -> str | None:
     return img.first.get_attribute("src") if img.count() else None
 
 
+def wait_for_text(page, selector: str, pattern: str, timeout_ms: int = 120_000, other_than: str = "",
+                  app: LiveApp | None = None) -> str:
+    """The text of ``selector`` once its event has answered (no status tracker shown) and the text matches the
+    regular expression ``pattern`` (and differs from ``other_than``). On a timeout the test fails saying what the
+    element showed instead, the messages the app showed and (given ``app``) the end of the server's log."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        handle = page.wait_for_function(
+            "([sel, pat, old]) => { const e = document.querySelector(sel); if (!e) return false;"
+            " const s = e.querySelector('[data-testid=status-tracker]'); if (s && !s.classList.contains('hide'))"
+            " return false; const t = e.innerText; return t !== old && new RegExp(pat).test(t) ? t : false; }",
+            arg=[selector, pattern, other_than], timeout=timeout_ms)
+    except PlaywrightTimeout:
+        shown = page.locator(selector).first.inner_text() if page.locator(selector).count() else "(no such element)"
+        messages = [toast.inner_text() for toast in page.locator(".toast-body").all()]
+        log = app.output()[-3000:] if app is not None else ""
+        pytest.fail(f"{selector} did not show /{pattern}/ within {timeout_ms / 1000:g} s; it showed {shown!r}; "
+                    f"messages: {messages}\n{log}")
+    return handle.json_value()
+
+
 def screenshot(page, name: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
@@ -151,8 +173,7 @@ def build_index_and_search(page, x_fraction: float, hits: int = 8) -> list[str]:
     height), and wait for the nearest-patch pictures; returns their srcs."""
     page.get_by_role("tab", name="Gallery").click()
     page.locator("#gallery-build").click()
-    page.wait_for_function("() => document.querySelector('#index-info').innerText.includes('patches')",
-                           timeout=120_000)
+    wait_for_text(page, "#index-info", "patches", 120_000)
     query = image_from_element(page, "#gallery-query")
     page.locator("#gallery-query img").first.click(
         position={"x": int(query.shape[1] * x_fraction), "y": query.shape[0] // 2})

@@ -21,6 +21,7 @@ from browser import (
     src_of,
     wait_for_gallery_change,
     wait_for_new_image,
+    wait_for_text,
 )
 
 from ssl_core.render.draw import colormap_lut
@@ -45,8 +46,7 @@ def check_facet_and_difference(page) -> None:
     after = wait_for_gallery_change(page, "#pca-gallery", before, 2)
     for old, new in zip(before, after):
         assert np.abs(fetch_image(page, old).astype(int) - fetch_image(page, new).astype(int)).mean() > 2
-    page.wait_for_function("() => document.querySelector('#pca-info').innerText.includes('key of the last block')",
-                           timeout=60_000)
+    wait_for_text(page, "#pca-info", "key of the last block", 60_000)
 
     # the difference view: not the patch-grid map, and not a zero change (the image under the middle colour)
     raw = image_from_element(page, "#inspect-attention")

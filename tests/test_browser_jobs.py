@@ -18,6 +18,7 @@ from browser import (
     src_of,
     wait_for_gallery_change,
     wait_for_new_image,
+    wait_for_text,
 )
 
 pytestmark = [pytest.mark.browser, requires_browser]
@@ -50,8 +51,7 @@ def new_page(browser, app: LiveApp, width: int = 1400, height: int = 1100):
 def with_examples(browser, app: LiveApp):
     page = new_page(browser, app)
     page.locator("#add-examples").click()
-    page.wait_for_function("() => document.querySelector('#image-status').innerText.includes('8 image')",
-                           timeout=120_000)
+    wait_for_text(page, "#image-status", "8 image", 120_000)
     image_from_element(page, "#inspect-pca")
     return page
 
@@ -64,17 +64,6 @@ def close_toasts(page) -> None:
     for button in page.locator(".toast-close").all():
         if button.is_visible():
             button.click()
-
-
-def wait_for_text(page, selector: str, pattern: str, timeout_ms: int = 120_000, other_than: str = "") -> str:
-    """The text of ``selector`` once its event has answered (no status tracker shown) and the text matches
-    ``pattern`` (and differs from ``other_than``)."""
-    handle = page.wait_for_function(
-        "([sel, pat, old]) => { const e = document.querySelector(sel); if (!e) return false;"
-        " const s = e.querySelector('[data-testid=status-tracker]'); if (s && !s.classList.contains('hide')) return false;"
-        " const t = e.innerText; return t !== old && new RegExp(pat).test(t) ? t : false; }",
-        arg=[selector, pattern, other_than], timeout=timeout_ms)
-    return handle.json_value()
 
 
 def wait_for_toast(page, pattern: str, timeout_ms: int = 30_000) -> str:

@@ -18,6 +18,7 @@ from browser import (
     screenshot,
     src_of,
     wait_for_new_image,
+    wait_for_text,
 )
 
 from ssl_core.models.registry import bundled_names
@@ -51,8 +52,7 @@ def test_drift_shares_the_mae_crop_and_mask_and_says_its_fixed_scale(image_file)
         image_from_element(page, "#inspect-image")
         page.get_by_role("tab", name="Reconstruct").click()
         masked = image_from_element(page, "#rec-masked")
-        page.wait_for_function("() => document.querySelector('#drift-info').innerText.includes('removed')",
-                               timeout=120_000)
+        wait_for_text(page, "#drift-info", "removed", 120_000)
         drift = image_from_element(page, "#drift-map")
         assert "108/144 patches hidden" in page.locator("#rec-info").inner_text()
         info = page.locator("#drift-info").inner_text()
@@ -67,7 +67,7 @@ def test_drift_shares_the_mae_crop_and_mask_and_says_its_fixed_scale(image_file)
         previous = src_of(page, "#rec-masked")
         page.get_by_label("grid", exact=True).check()
         wait_for_new_image(page, "#rec-masked", previous)
-        page.wait_for_function("() => document.querySelector('#rec-info').innerText.includes('grid')")
+        wait_for_text(page, "#rec-info", "grid")
         assert "the ratio slider does not apply to the grid mask" in page.locator("#rec-info").inner_text()
         assert page.locator("#mask-ratio input[type=range]").is_disabled()
         assert "not used by the grid mask" in page.locator("#mask-ratio").inner_text()

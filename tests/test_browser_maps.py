@@ -23,6 +23,7 @@ from browser import (
     src_of,
     wait_for_gallery_change,
     wait_for_new_image,
+    wait_for_text,
 )
 
 pytestmark = [pytest.mark.browser, requires_browser]
@@ -135,8 +136,7 @@ def test_named_downloads_numbers_everywhere_and_a_reload_keeps_the_images(image_
             "() => document.querySelector('#inspect-attention a[download]')?.download.includes('my-photo')",
             timeout=60_000)
         page.reload()
-        page.wait_for_function("() => document.querySelector('#image-status')?.innerText.includes('restored')",
-                               timeout=60_000)
+        wait_for_text(page, "#image-status", "restored", 60_000, app=app)
         assert "2 image(s)" in page.locator("#image-status").inner_text()
         assert page.locator("#inspect-image-choice input").input_value() == "my photo.png"
         image_from_element(page, "#inspect-attention")

@@ -14,6 +14,7 @@ from browser import (
     src_of,
     wait_for_gallery_change,
     wait_for_new_image,
+    wait_for_text,
 )
 from PIL import Image
 
@@ -47,9 +48,9 @@ def test_every_view_on_the_bundled_models(tmp_path):
         assert "adjusted Rand index" in page.locator("#parts-info").inner_text()  # the examples' parts are known
         page.locator("#parts-separate input").check()
         wait_for_gallery_change(page, "#parts-gallery", joint, 8)
-        page.wait_for_function("() => document.querySelector('#parts-info').innerText.includes('per image')")
+        wait_for_text(page, "#parts-info", "per image")
         page.locator("#parts-position input").check()  # several examples share a 12x12 grid, so centring applies
-        page.wait_for_function("() => document.querySelector('#parts-info').innerText.includes('mean token removed')")
+        wait_for_text(page, "#parts-info", "mean token removed")
         screenshot(page, "walkthrough-parts")
 
         # Reconstruct with the bundled MAE
@@ -87,8 +88,7 @@ def test_every_view_on_the_bundled_models(tmp_path):
         # Lab: one probe on the chosen encoders
         page.get_by_role("tab", name="Lab").click()
         page.locator("#lab-run").click()
-        page.wait_for_function("() => document.querySelector('#lab-result').innerText.includes('chance')",
-                               timeout=180_000)
+        wait_for_text(page, "#lab-result", "chance", 180_000)
         assert "object" in page.locator("#lab-result").inner_text()
         screenshot(page, "walkthrough-lab")
         page.context.browser.close()

@@ -121,6 +121,38 @@ def test_a_session_comes_back_under_its_names_and_a_forged_token_restores_nothin
     assert read_images(tmp_path / "nowhere", AppConfig()) == []
 
 
+def test_a_session_write_is_all_or_nothing_and_two_tabs_writing_at_once_leave_one_whole_set(tmp_path, monkeypatch):
+    import app.ui.restore as restore
+
+    store = SessionStore(tmp_path)
+    first = [LoadedImage(f"a{i}.png", Image.new("RGB", (8, 8), "red")) for i in range(3)]
+    saved = store.remember_images(first, None)
+    folder = tmp_path / saved["token"]
+
+    def crash_after_one(images, target):  # the disk fills up after the first image
+        write_images(images[:1], target)
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(restore, "write_images", crash_after_one)
+    with pytest.raises(OSError):
+        store.remember_images([LoadedImage("b.png", Image.new("RGB", (8, 8), "blue"))] * 2, saved)
+    monkeypatch.undo()
+    assert [i.name for i in store.restore(saved, AppConfig()).images] == ["a0.png", "a1.png", "a2.png"]
+    assert len([p for p in folder.iterdir() if p.is_dir()]) == 1  # the half-written set was removed
+
+    sets = {c: [LoadedImage(f"{c}{i}.png", Image.new("RGB", (8, 8), "red")) for i in range(6)] for c in "xyz"}
+    writers = [threading.Thread(target=store.remember_images, args=(images, saved)) for images in sets.values()]
+    for writer in writers:
+        writer.start()
+    seen = [[i.name for i in store.restore(saved, AppConfig()).images] for _ in range(20)]
+    for writer in writers:
+        writer.join()
+    whole_sets = [[i.name for i in images] for images in (first, *sets.values())]
+    assert all(names in whole_sets for names in seen)
+    assert [i.name for i in store.restore(saved, AppConfig()).images] in whole_sets[1:]
+    assert len([p for p in folder.iterdir() if p.is_dir()]) == 1  # each write deleted the set it replaced
+
+
 # ------------------------------------------------------------------------------------------------ UMAP warm-up
 def test_a_map_waits_for_the_warm_up_stages_it_needs_and_says_so(monkeypatch):
     warm = UmapWarmUp()

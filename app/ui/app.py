@@ -96,9 +96,12 @@ class PatchLensApp:
             return self.show(fn(*args, **kwargs), targets)
         return Runner(session_bound(ui_errors(show)), inputs, list(targets.values()), self.views_queue)
 
-    def action(self, fn: Callable[..., Any], inputs: list[Component], outputs: list[Component]) -> Runner:
-        """A runner for any other callback (its return value goes to ``outputs`` as it is)."""
-        return Runner(session_bound(ui_errors(fn)), inputs, outputs, self.views_queue)
+    def action(self, fn: Callable[..., Any], inputs: list[Component], outputs: list[Component],
+               own_queue: bool = False) -> Runner:
+        """A runner for any other callback (its return value goes to ``outputs`` as it is). It waits in the views'
+        queue unless ``own_queue``: a quick step that must not wait behind views still running for a page that closed
+        (a reload's restore)."""
+        return Runner(session_bound(ui_errors(fn)), inputs, outputs, None if own_queue else self.views_queue)
 
     # ------------------------------------------------------------------------------------- long jobs
     def job(self, name: str, fn: Callable[..., ViewResult], inputs: list[Component],
@@ -276,7 +279,8 @@ class PatchLensApp:
                 runner.after(event)
             self.wire_model_switch(shared, inspect_tab.runners["status"], inspect_tab.after_model)
             inspect_tab.runners["status"].on(demo.load)
-            chain(self.action(self.restore_session, [saved], [*image_outputs, model]).on(demo.load), *after_images[1:])
+            restore = self.action(self.restore_session, [saved], [*image_outputs, model], own_queue=True)
+            chain(restore.on(demo.load), *after_images[1:])
             gr.api(ui_errors(inspect_tab.api_patch_features), api_name="patch_features", **self.views_queue.options())
             demo.unload(self.end_session)
         return demo
