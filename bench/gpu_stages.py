@@ -162,9 +162,39 @@ def jpeg_decode(context: Context) -> list[dict]:
         ours = pixels.permute(1, 2, 0).cpu().numpy().astype(np.float32)
         diffs.append(float(np.abs(reference - ours).mean()))
     size = Image.open(paths[0]).size
-    return [{"images": len(paths), "source size": f"{size[0]}x{size[1]}", "failed": len(failed),
+    return [{"check": "batched decode vs PIL", "images": len(paths), "source size": f"{size[0]}x{size[1]}",
+             "failed": len(failed),
              "mean abs diff (0-255)": statistics.mean(diffs), "max per-image": max(diffs),
-             "passed": bool(not failed and max(diffs) < 6.0)}]
+             "passed": bool(not failed and max(diffs) < 6.0)}, mixed_gallery(context, encoder, paths[:4])]
+
+
+def mixed_gallery(context: Context, encoder, jpegs: list[str]) -> dict:
+    """A gallery embedded with the batched JPEG decode where files of one size take both paths (plain JPEGs: the
+    device's decoder; a PNG and an EXIF-rotated JPEG: PIL, on the CPU) and one JPEG is truncated: one batch
+    gathers both kinds on the device, the truncated file is listed, and the tokens match the all-PIL route."""
+    from PIL import Image
+
+    from ssl_core.features.pipeline import PipelineConfig, embed_files
+
+    square = Image.open(jpegs[0])
+    png, rotated, truncated = (context.scratch / name for name in ("mixed.png", "rotated.jpg", "truncated.jpg"))
+    square.save(png)
+    exif = square.getexif()
+    exif[0x0112] = 3  # display turned 180 degrees: still square, so in the JPEGs' bucket
+    square.save(rotated, quality=90, exif=exif)
+    truncated.write_bytes(Path(jpegs[1]).read_bytes()[:-2000])
+    files = [*jpegs, str(png), str(rotated), str(truncated)]
+    config = PipelineConfig(batch_size=len(files), workers=0, out_dtype=torch.float32)
+    by_jpeg = list(embed_files(encoder, files, PipelineConfig(**{**vars(config), "decode": "jpeg"})))
+    by_pil = {i.path: i.tokens for batch in embed_files(encoder, files, config) for i in batch.items}
+    embedded = {i.path: i.tokens for batch in by_jpeg for i in batch.items}
+    failed = [reason for batch in by_jpeg for reason in batch.failed]
+    cosine = min(float(F.cosine_similarity(embedded[p], by_pil[p], dim=-1).mean()) for p in embedded)
+    return {"check": "gallery: both paths in one batch, one file truncated", "images": len(files),
+            "embedded": len(embedded), "failed": len(failed),
+            "min mean cosine vs PIL route": cosine,
+            "passed": bool(sorted(embedded) == sorted(files[:-1]) and len(failed) == 1 and "truncated" in failed[0]
+                           and cosine > 0.98)}
 
 
 def compiled(context: Context) -> list[dict]:

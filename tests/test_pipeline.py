@@ -91,3 +91,63 @@ def test_batched_jpeg_decode_takes_only_what_it_can_decode_right(tiny_encoder, t
     assert decode_file(str(big), tiny_encoder.policy, "jpeg", max_pixels=64 * 64)[0] == "jpeg"  # at the limit: kept
     kind, _, reason = decode_file(str(big), tiny_encoder.policy, "jpeg", max_pixels=64 * 64 - 1)
     assert kind == "error" and "big.jpg" in reason and "pixels" in reason
+
+
+def test_a_truncated_jpeg_is_named_truncated_on_both_routes(tiny_encoder, gallery, tmp_path):
+    """A JPEG cut short keeps a readable header; a batched decoder could fill in the missing part without a word, so
+    it takes the PIL path, which says the file is truncated, and the rest of the gallery is embedded."""
+    from ssl_core.features.pipeline import batch_decodable
+
+    good, _ = gallery
+    jpeg = next(p for p in good if p.endswith(".jpg"))
+    data = open(jpeg, "rb").read()
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(data[: len(data) * 2 // 3])
+    assert batch_decodable(data) and not batch_decodable(truncated.read_bytes())
+    for decode in ("pil", "jpeg"):
+        results = list(embed_files(tiny_encoder, [jpeg, str(truncated)], PipelineConfig(workers=0, decode=decode)))
+        assert [i.path for b in results for i in b.items] == [jpeg]
+        [reason] = [f for b in results for f in b.failed]
+        assert reason.startswith(str(truncated)) and "truncated" in reason, decode
+
+
+def test_a_jpeg_the_batched_decoder_refuses_takes_the_pil_path(tiny_encoder, gallery, monkeypatch):
+    """nvJPEG reads fewer JPEG variants than PIL: a file it refuses is decoded by PIL from its bytes and embedded
+    exactly as the PIL route embeds it; the others keep the batched decode."""
+    import torchvision.io
+
+    good, _ = gallery
+    jpegs = [p for p in good if p.endswith(".jpg")]
+    refused = len(open(jpegs[0], "rb").read())
+    real_decode = torchvision.io.decode_jpeg
+
+    def picky_decode(data, **kwargs):
+        if isinstance(data, list):
+            return [picky_decode(d, **kwargs) for d in data]
+        if len(data) == refused:
+            raise RuntimeError("nvjpeg: unsupported JPEG variant")
+        return real_decode(data, **kwargs)
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", picky_decode)
+    config = PipelineConfig(workers=0, out_dtype=torch.float32)
+    by_pil = {i.path: i.tokens for b in embed_files(tiny_encoder, jpegs, config) for i in b.items}
+    results = list(embed_files(tiny_encoder, jpegs, PipelineConfig(workers=0, out_dtype=torch.float32, decode="jpeg")))
+    by_jpeg = {i.path: i.tokens for b in results for i in b.items}
+    assert sorted(by_jpeg) == sorted(jpegs) and not any(b.failed for b in results)
+    torch.testing.assert_close(by_jpeg[jpegs[0]], by_pil[jpegs[0]])  # the PIL path's own pixels
+    assert not torch.equal(by_jpeg[jpegs[1]], by_pil[jpegs[1]])  # the other kept the batched decode's resize
+
+
+def test_a_bucket_with_images_on_the_device_and_on_the_cpu_gathers_on_the_device():
+    """With the batched decode on a GPU a bucket holds nvJPEG's images (on the device) and the PIL path's (on the
+    CPU); they are stacked on the device in their order (the meta device stands in for a GPU here)."""
+    from types import SimpleNamespace
+
+    from ssl_core.features.pipeline import _BatchRunner
+
+    runner = _BatchRunner(SimpleNamespace(device=torch.device("meta")), PipelineConfig(), total=3, progress=None)
+    on_cpu = torch.zeros(3, 16, 24, dtype=torch.uint8)
+    on_device = torch.zeros(3, 16, 24, dtype=torch.uint8, device="meta")
+    for images in ([on_cpu, on_device, on_cpu], [on_cpu, on_cpu], [on_device]):
+        pixels = runner.to_device(images)
+        assert pixels.device.type == "meta" and pixels.shape == (len(images), 3, 16, 24)

@@ -9,7 +9,8 @@ The stages:
    (every format, EXIF rotation, CMYK, 16-bit, decompression-bomb limit) and resizes with the encoder's
    `ResizePolicy`. ``decode="jpeg"`` has the workers read JPEG bytes only; they are decoded in batches by
    ``torchvision.io.decode_jpeg`` on the encoder's device (nvJPEG on a GPU) and resized there; files that
-   are not JPEG, too large, CMYK, or whose EXIF asks for a rotation (nvJPEG ignores it), still take the PIL path.
+   are not JPEG, too large, CMYK, truncated, or whose EXIF asks for a rotation (nvJPEG ignores it), take the PIL
+   path, as does a file the batched decoder refuses.
 2. **Bucket by size**: images wait until a batch of their processed size (hence one patch grid) is full,
    so batches stay full and nothing is padded.
 3. **Copy**: uint8 batches (4x smaller than float) are pinned and copied non-blocking, then normalised on
@@ -104,10 +105,13 @@ def decode_file(path: str, policy: ResizePolicy, decode: str = "pil", max_pixels
 
 
 def batch_decodable(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> bool:
-    """Whether a JPEG can go to the batched decoder as it is, judged from its header alone: a baseline RGB or gray
-    image within ``max_pixels`` whose EXIF asks for no rotation. Everything else takes the PIL path, which refuses
-    decompression bombs from the header, converts CMYK, applies EXIF rotation (torchvision does that on the CPU
-    only: nvJPEG ignores it) and names the reason of an unreadable file."""
+    """Whether a JPEG can go to the batched decoder as it is, judged from its header and its last bytes: an RGB or
+    gray image within ``max_pixels`` whose EXIF asks for no rotation, ending with the end-of-image marker.
+    Everything else takes the PIL path, which refuses decompression bombs from the header, converts CMYK, applies
+    EXIF rotation (torchvision does that on the CPU only: nvJPEG ignores it), says that a truncated file is
+    truncated (a decoder may fill in the missing part without a word) and names the reason of an unreadable file."""
+    if not data.endswith(b"\xff\xd9"):
+        return False
     try:
         with Image.open(io.BytesIO(data)) as header:
             return (header.format == "JPEG" and header.mode in ("RGB", "L")
@@ -122,8 +126,10 @@ def _identity(item: T) -> T:
 
 
 def decode_jpegs(encoded: list[torch.Tensor], paths: list[str], policy: ResizePolicy, device: torch.device,
-                 ) -> tuple[list[tuple[str, torch.Tensor]], list[str]]:
-    """Decode JPEG bytes in one batch on ``device`` and resize each to the policy: ([(path, [3, H, W] uint8)], failed)."""
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[list[tuple[str, torch.Tensor]], list[str]]:
+    """Decode JPEG bytes in one batch on ``device`` and resize each to the policy: ([(path, [3, H, W] uint8)], failed).
+    A file the batched decoder refuses (nvJPEG reads fewer JPEG variants than PIL) takes the PIL path from its bytes:
+    it is embedded if PIL reads it, else listed with PIL's reason (a truncated file says so)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     if device.type == "cuda":  # nvJPEG decodes on a stream of its own, not ordered after ours: memory our pending
@@ -138,9 +144,13 @@ def decode_jpegs(encoded: list[torch.Tensor], paths: list[str], policy: ResizePo
             except RuntimeError:
                 images.append(None)
     done, failed = [], []
-    for path, image in zip(paths, images):
+    for path, data, image in zip(paths, encoded, images):
         if image is None:
-            failed.append(f"{path}: corrupt JPEG data")
+            kind, _, payload = decode_file(path, policy, "pil", max_pixels, data=data.numpy().tobytes())
+            if kind == "pixels":
+                done.append((path, payload))
+            else:
+                failed.append(payload)
             continue
         width, height = policy.target_size(image.shape[2], image.shape[1])
         resized = F.interpolate(image[None].float(), size=(height, width), mode="bicubic", antialias=True,
@@ -225,7 +235,7 @@ class _BatchRunner:
             return []
         pending = self.pending_jpegs
         decoded, failed = decode_jpegs([t for _, t in pending], [p for p, _ in pending], self.encoder.policy,
-                                       self.device)
+                                       self.device, self.config.max_pixels)
         pending.clear()
         for path, image in decoded:
             self.buckets[tuple(image.shape[1:])].append((path, image))
@@ -234,18 +244,27 @@ class _BatchRunner:
     def run(self, bucket: list[tuple[str, torch.Tensor]], failed: list[str]) -> EmbeddedBatch:
         """Copy, normalise and embed one same-size bucket of [3, H, W] uint8 images."""
         encoder, config = self.encoder, self.config
-        pixels = torch.stack([t for _, t in bucket])  # [B, 3, H, W] uint8
-        if pixels.device.type == "cpu" and self.device.type == "cuda":
-            pixels = pixels.pin_memory()
-        x = encoder.normalize(pixels.to(self.device, non_blocking=True))  # [B, 3, H, W] float
+        x = encoder.normalize(self.to_device([t for _, t in bucket]))  # [B, 3, H, W] float
 
         def forward(part: torch.Tensor) -> torch.Tensor:  # [b, 3, H, W] -> [b, h*w, D] out_dtype on the CPU
             return encoder.forward_patch_tokens(part, config.layer, self.forward_features).to("cpu", config.out_dtype)
 
         tokens = split_on_oom(forward, x, lambda a, b: torch.cat([a, b]))  # [B, h*w, D]
-        grid = (pixels.shape[2] // encoder.patch_size, pixels.shape[3] // encoder.patch_size)
+        grid = (x.shape[2] // encoder.patch_size, x.shape[3] // encoder.patch_size)
         self.advance(len(bucket) + len(failed))
         return EmbeddedBatch([EmbeddedImage(p, grid, t) for (p, _), t in zip(bucket, tokens)], failed)
+
+    def to_device(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """[B, 3, H, W] uint8 on the device from same-size images [3, H, W]: those of the PIL path, on the CPU, are
+        stacked, pinned and copied without blocking; a bucket that also holds batch-decoded ones (nvJPEG's, on the
+        device already) gathers there."""
+        on_device = [image.device.type == self.device.type for image in images]  # ("cuda" is "cuda:0")
+        if any(on_device) and not all(on_device):
+            return torch.stack([image.to(self.device) for image in images])
+        pixels = torch.stack(images)
+        if pixels.device.type == "cpu" and self.device.type == "cuda":
+            pixels = pixels.pin_memory()
+        return pixels.to(self.device, non_blocking=True)
 
     def advance(self, count: int) -> None:
         """Count ``count`` more files as handled (embedded or failed) and report progress."""
