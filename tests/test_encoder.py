@@ -249,3 +249,18 @@ def test_attention_memory_is_checked_before_a_high_resolution_forward():
     encoder.max_attention_bytes = per_image - 1
     with pytest.raises(BadRequest, match="attention maps of a 60x60 patch grid need"):
         encoder.extract([image], attention=True)
+
+
+def test_building_a_model_leaves_the_callers_random_streams_alone(monkeypatch):
+    """A random-init model is the same every time, drawn from a forked CPU generator: the caller's CPU stream goes on
+    where it was and no GPU generator is reseeded (torch.manual_seed would reseed them all, outside the fork, and a
+    training run's seed would stop applying to its GPU draws, such as DILEMMA's token swaps)."""
+    reseeded: list[int] = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeded.append)
+    torch.manual_seed(7)
+    reseeded.clear()
+    expected_next = torch.rand(3, generator=torch.Generator().manual_seed(7))
+    first, _ = build_model(resolve_spec("random-tiny"))
+    assert torch.equal(torch.rand(3), expected_next) and reseeded == []
+    second, _ = build_model(resolve_spec("random-tiny"))
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))

@@ -110,6 +110,27 @@ def test_torch_exact_search_in_chunks_matches_numpy():
     assert recall_at_k(ids16, true_ids) > 0.9
 
 
+def test_a_k_over_faiss_gpu_limit_is_searched_with_torch(monkeypatch):
+    """FAISS's GPU index returns at most 2048 neighbours; a query that skips its own image's patches can ask more:
+    that search goes to torch's, over all the vectors, instead of coming back short."""
+    import ssl_core.search.vectors as vectors
+
+    class GpuFlatIndex:  # what FAISS's GpuIndexFlatIP answers, with its limit on k
+        def search(self, queries, k):
+            assert k <= 2048, "FAISS GPU: k must be <= 2048"
+            return brute_force(database, queries, k)
+
+    database = mixture(3000, 16, 10, seed=4)
+    queries = mixture(2, 16, 10, seed=5)
+    monkeypatch.setattr(vectors, "faiss_has_gpu", lambda: False)
+    search = DeviceSearch(database, torch.device("cpu"))
+    search.gpu_index = GpuFlatIndex()
+    assert search.search(queries, 10)[1].shape == (2, 10) and search.database is None  # FAISS's, up to its limit
+    scores, ids = search.search(queries, 2500)
+    _, true_ids = brute_force(database, queries, 2500)
+    assert ids.shape == (2, 2500) and recall_at_k(ids, true_ids) > 0.99
+
+
 # ------------------------------------------------------------------------------------------------- gallery index
 def test_build_search_save_load(tiny_encoder, built, tmp_path):
     folder, paths, index, report = built

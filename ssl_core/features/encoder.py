@@ -65,8 +65,9 @@ def build_model(spec: ModelSpec, **overrides: object) -> tuple[nn.Module, bool]:
     """Create the timm model of a spec with random weights; returns (model, supports dynamic image size)."""
     name = spec.hub_id or spec.arch
     kwargs = dict(pretrained=False, num_classes=0, **spec.create_kwargs, **overrides)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # random-init models are the same every time
+    with torch.random.fork_rng(devices=[]):  # forks the CPU generator, the only one a model's creation draws from
+        torch.default_generator.manual_seed(0)  # random-init models are the same every time (torch.manual_seed would
+        # also reseed every GPU's generator, outside the fork: a run's seed would stop applying to what follows)
         try:
             return timm.create_model(name, dynamic_img_size=True, **kwargs), True
         except TypeError as err:

@@ -226,6 +226,9 @@ def make_vector_index(vectors: np.ndarray, kind: str, seed: int = 0, recall_targ
 
 
 # --------------------------------------------------------------------------------------------------- GPU search
+FAISS_GPU_MAX_K = 2048  # the most neighbours FAISS's GPU k-selection returns
+
+
 def faiss_has_gpu() -> bool:
     import faiss
 
@@ -233,11 +236,13 @@ def faiss_has_gpu() -> bool:
 
 
 class DeviceSearch:
-    """Exhaustive fp16 search on a CUDA device: FAISS's GPU flat index where FAISS has GPU support, else torch."""
+    """Exhaustive fp16 search on a CUDA device: FAISS's GPU flat index where FAISS has GPU support, else torch (also
+    for a k over `FAISS_GPU_MAX_K`, e.g. a query that must skip its own image's thousands of patches)."""
 
     def __init__(self, vectors: np.ndarray, device: torch.device):
-        self.device = device
+        self.device, self.vectors = device, vectors  # [N, D]
         self.gpu_index = None
+        self.database: torch.Tensor | None = None  # [N, D] fp16 on the device, for torch's search
         if faiss_has_gpu():
             import faiss
 
@@ -247,17 +252,16 @@ class DeviceSearch:
             self.resources = faiss.StandardGpuResources()
             self.gpu_index = faiss.GpuIndexFlatIP(self.resources, vectors.shape[1], config)
             VectorIndex(self.gpu_index, "exact").add(vectors)
-        else:
-            self.database = torch.from_numpy(np.asarray(vectors, np.float16)).to(device)  # [N, D] fp16
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if self.gpu_index is not None:
-            return self.gpu_index.search(np.ascontiguousarray(queries, np.float32), min(k, 2048))  # FAISS GPU: k <= 2048
+        if self.gpu_index is not None and k <= FAISS_GPU_MAX_K:
+            return self.gpu_index.search(np.ascontiguousarray(queries, np.float32), k)
+        if self.database is None:
+            self.database = torch.from_numpy(np.asarray(self.vectors, np.float16)).to(self.device)
         scores, ids = exact_search_torch(self.database, torch.from_numpy(queries).to(self.device, torch.float16), k)
         return scores.cpu().numpy(), ids.cpu().numpy()
 
 
-
 __all__ = ["VectorIndex", "make_vector_index", "exact_search_torch", "recall_at_k", "resolve_kind", "ivf_list_count",
-           "without_own", "DeviceSearch", "faiss_has_gpu", "KINDS", "AUTO_EXACT_LIMIT", "AUTO_IVFPQ_LIMIT",
+           "without_own", "DeviceSearch", "faiss_has_gpu", "FAISS_GPU_MAX_K", "KINDS", "AUTO_EXACT_LIMIT", "AUTO_IVFPQ_LIMIT",
            "RECALL_TARGET", "HNSW_M"]
