@@ -4,6 +4,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import shutil
 from pathlib import Path
 
 import torch
@@ -36,6 +37,24 @@ def machine_summary(**versions: str) -> str:
     parts = [f"Python {platform.python_version()}", f"torch {torch.__version__}", f"timm {timm.__version__}",
              *(f"{name} {version}" for name, version in versions.items())]
     return f"{hardware()}; {', '.join(parts)}; {datetime.date.today().isoformat()}"
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, which containers and ``taskset`` narrow; `os.cpu_count`
+    counts the whole machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def shared_memory_free() -> int | None:
+    """Free bytes in ``/dev/shm``, through which DataLoader workers hand batches over (a container's default is
+    64 MB); None where there is none."""
+    try:
+        return shutil.disk_usage("/dev/shm").free
+    except OSError:
+        return None
 
 
 def limit_malloc_arenas(arenas: int = 2) -> bool:

@@ -61,6 +61,33 @@ def test_model_pool_loads_once_and_evicts_least_recent():
     assert len(pool.loaded()) == 1 and pool.get("random-tiny") is not a
 
 
+def test_a_model_that_runs_out_of_gpu_memory_loading_makes_room_by_dropping_the_least_recent(monkeypatch):
+    """The pool drops its least recently used model only once a new one is in: with the GPU full, loading it runs out
+    of memory first. Then the oldest models go one by one until it fits; one that fits in no room is named."""
+    import torch
+
+    from ssl_core.errors import ModelUnavailable
+
+    pool = ModelPool(max_models=3)
+    for size in (32, 48, 64):
+        pool.get("random-tiny", image_size=size)
+    pool.get("random-tiny", image_size=32)  # now the most recent: 48 is the oldest
+    free_after = 2  # the new model fits once two are gone
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(len(pool.loaded())))
+
+    def load():
+        if len(pool.loaded()) > 3 - free_after:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+        return "the new model"
+
+    assert pool._get(("encoder", "big-model"), load) == "the new model"
+    assert [key[-1] for key in pool.loaded()] == [32, "big-model"] and emptied == [2, 1]
+    with pytest.raises(ModelUnavailable, match="huge-model does not fit in the GPU's memory"):
+        pool._get(("encoder", "huge-model"), lambda: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("OOM")))
+    assert pool.loaded() == []
+
+
 def test_paths_outside_allowed_folders_are_refused(tmp_path):
     allowed = tmp_path / "allowed"
     allowed.mkdir()

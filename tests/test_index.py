@@ -131,6 +131,58 @@ def test_a_k_over_faiss_gpu_limit_is_searched_with_torch(monkeypatch):
     assert ids.shape == (2, 2500) and recall_at_k(ids, true_ids) > 0.99
 
 
+def test_a_failing_faiss_gpu_search_falls_back_to_torch_for_good(monkeypatch):
+    """FAISS allocates its own GPU memory; when torch's cache holds it all, FAISS raises a RuntimeError (not an
+    out-of-memory error anyone retries): the search goes on with torch's, and stays there."""
+    import ssl_core.search.vectors as vectors
+
+    class StarvedGpuIndex:
+        def search(self, queries, k):
+            raise RuntimeError("Error in virtual void* faiss::gpu::StandardGpuResourcesImpl::allocMemory: cudaMalloc")
+
+    database, queries = mixture(500, 16, 10, seed=6), mixture(3, 16, 10, seed=7)
+    monkeypatch.setattr(vectors, "faiss_has_gpu", lambda: False)
+    search = DeviceSearch(database, torch.device("cpu"))
+    search.gpu_index = StarvedGpuIndex()
+    _, ids = search.search(queries, 5)
+    assert recall_at_k(ids, brute_force(database, queries, 5)[1]) > 0.9 and search.gpu_index is None
+
+
+def test_one_index_is_searched_on_the_gpu_by_one_thread_at_a_time(tiny_encoder, built, monkeypatch):
+    """FAISS's GPU index is not safe to search from two threads at once (the app runs two views at a time, both of
+    which may search a session's gallery): the index's device search is made once and entered by one thread."""
+    import threading
+    import time
+
+    import ssl_core.search.patch_index as patch_index
+
+    _, _, index, _ = built
+    inside, overlaps, made = [], [], []
+
+    class OneAtATime:
+        def __init__(self, vectors, device):
+            made.append(device)
+            self.exact = make_vector_index(vectors.astype(np.float32), "exact")
+
+        def search(self, queries, k):
+            overlaps.append(bool(inside))
+            inside.append(1)
+            time.sleep(0.05)
+            inside.pop()
+            return self.exact.search(queries, k)
+
+    monkeypatch.setattr(patch_index, "DeviceSearch", OneAtATime)
+    monkeypatch.setattr(index, "device", torch.device("cuda"))  # as with a GPU (none here); the fixture is shared
+    monkeypatch.setattr(index, "_device_search", None)
+    query = index.vectors()[:1].astype(np.float32)
+    threads = [threading.Thread(target=index.search_vectors, args=(query, 3)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(made) == 1 and overlaps == [False] * 4
+
+
 # ------------------------------------------------------------------------------------------------- gallery index
 def test_build_search_save_load(tiny_encoder, built, tmp_path):
     folder, paths, index, report = built
@@ -307,3 +359,10 @@ def test_an_in_memory_copy_of_an_indexed_image_is_recognised_and_left_out(tiny_e
     assert all(hit.image_index != 1 for hit in hits)
     other = index.embed_query(tiny_encoder, Image.fromarray(smooth_image(96, 96, seed=99)))
     assert other.image_index is None
+    # a GPU embeds the gallery in batches and the query alone, in bfloat16: the copy's tokens drift a little
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=query.vectors.shape).astype(np.float32) * 0.1 / np.sqrt(query.vectors.shape[-1])
+    drifted = query.vectors + noise
+    drifted /= np.linalg.norm(drifted, axis=-1, keepdims=True)
+    assert 0.99 < float((drifted * query.vectors).sum(-1).min()) < 0.999
+    assert index._find_indexed(drifted) == 1

@@ -91,3 +91,22 @@ def test_verify_reports_an_intact_index_and_deep_checks_what_is_at_hand(folders,
     assert "could not be checked" in capsys.readouterr().out
     manifest = out / json.loads((out / "CURRENT").read_text())["generation"] / "manifest.json"
     assert json.loads(manifest.read_text())["files"]["patches.npz"]["size"] > 0
+
+
+def test_the_device_flag_reaches_the_index_search_and_a_bad_one_is_named(folders, tmp_path, capsys, monkeypatch):
+    """On a machine with a GPU, ``--device cpu`` searches on the CPU too, not only embeds there (the index would
+    otherwise copy every vector to the default GPU); a device that does not exist is refused with its name."""
+    import torch
+
+    import ssl_core.search.patch_index as patch_index
+
+    _, _, good = folders
+    out = tmp_path / "idx"
+    assert main(["index", "build", str(good), "--model", "random-tiny", "--out", str(out)]) == 0
+    monkeypatch.setattr(patch_index, "default_device", lambda: torch.device("cuda"))  # as with a GPU (none here)
+    query = str(good / "g.png")
+    assert main(["index", "search", str(out), query, "--patch", "1,1", "--k", "2", "--device", "cpu"]) == 0
+    assert "g.png" in capsys.readouterr().out
+    for bad, reason in (("gpu0", "is not a device"), (f"cuda:{torch.cuda.device_count()}", "CUDA GPU(s)")):
+        assert main(["index", "search", str(out), query, "--device", bad]) == 2
+        assert reason in capsys.readouterr().err

@@ -113,6 +113,8 @@ def test_datasets_serve_the_seeded_samples():
     loader = torch.utils.data.DataLoader(pw.PartsWorldStream(seed=7, size=48), batch_size=4)
     batch = next(iter(loader))
     assert batch["image"].shape == (4, 3, 48, 48) and torch.equal(batch["image"][1], second["image"])
+    images_only = next(iter(pw.PartsWorldStream(seed=7, size=48, fields=("image", "label"))))
+    assert sorted(images_only) == ["image", "label"] and torch.equal(images_only["image"], first["image"])
 
 
 def test_example_images_are_the_generator_output_and_two_share_wheels():

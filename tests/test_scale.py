@@ -226,3 +226,17 @@ def test_a_build_of_only_unreadable_files_writes_nothing(tmp_path):
     report = build_sharded([str(folder)], tmp_path / "idx", EncoderArgs("random-tiny"),
                            config=ShardedBuild(kind="ivfpq", device="cpu"))
     assert report.patches == 0 and len(report.failed) == 1 and not (tmp_path / "idx").exists()
+
+
+def test_ray_actors_take_the_clusters_gpus_unless_the_device_says_cpu():
+    """One GPU actor per GPU of the cluster; ``--device cpu`` (or a cluster without GPUs) gives CPU actors, half the
+    CPUs unless told how many."""
+    from ssl_core.scale.ray_engine import RayOptions, actor_pool
+
+    with_gpus, cpus_only = {"CPU": 16.0, "GPU": 2.0}, {"CPU": 16.0}
+    assert actor_pool(RayOptions(), with_gpus) == (2, {"num_gpus": 1, "num_cpus": 1})
+    assert actor_pool(RayOptions(), cpus_only) == (8, {"num_cpus": 1})
+    options = ShardedBuild(engine="ray", device="cpu", ray=RayOptions(actors=3, actor_cpus=2)).ray_options()
+    assert actor_pool(options, with_gpus) == (3, {"num_cpus": 2})
+    for device in (None, "cuda", "cuda:1"):
+        assert actor_pool(ShardedBuild(engine="ray", device=device).ray_options(), with_gpus)[1]["num_gpus"] == 1

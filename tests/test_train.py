@@ -19,6 +19,7 @@ from ssl_core.train.common import (
     TrainConfig,
     color_jitter,
     embedding_spread,
+    loader_workers,
     lr_at,
     random_resized_crop,
     run_training,
@@ -280,3 +281,19 @@ def test_a_run_that_slows_after_its_plan_stops_within_its_budget(tmp_path):
     result = _timed_run(tmp_path, _TimedObjective(first_s=0.01, step_s=0.01, slow_from=15, slow_s=0.2), max_seconds=1.0)
     assert result.steps < 30 and result.wall_s < 1.0 * BUDGET_TOLERANCE + 0.2 + 0.3
     assert result.history[-1]["step"] == result.steps  # the last step was logged as the last
+
+
+def test_loader_workers_fit_the_shared_memory_and_leave_the_cpu_to_a_cpu_run(monkeypatch):
+    """On a GPU one loader process per usable core but one, at most 16, no more than their ready batches fit in half
+    of /dev/shm (a container's 64 MB: a worker that finds it full dies with a bus error); none on a CPU."""
+    import ssl_core.train.common as common
+
+    monkeypatch.setattr(common, "usable_cores", lambda: 16)
+    config = TrainConfig("dino", "x", batch_size=256, image_size=96)  # 256 * 27,656 bytes: 7.1 MB a batch
+    gpu = torch.device("cuda")
+    assert loader_workers(config, torch.device("cpu"), shm_free=2 ** 40) == 0
+    assert loader_workers(config, gpu, shm_free=2 ** 40) == 15
+    assert loader_workers(config, gpu, shm_free=64 * 2 ** 20) == 2  # 32 MB / (2 batches of 7.1 MB each)
+    assert loader_workers(config, gpu, shm_free=10 * 2 ** 20) == 0  # the main process makes the batches
+    monkeypatch.setattr(common, "shared_memory_free", lambda: None)  # no /dev/shm to measure
+    assert loader_workers(config, gpu) == 15

@@ -168,7 +168,7 @@ def _index_encoder(args: argparse.Namespace, index):
 def _index_add(args: argparse.Namespace) -> int:
     from ssl_core.search.patch_index import PatchIndex
 
-    index = PatchIndex.load(args.dir)
+    index = PatchIndex.load(args.dir, device=args.device)
     report = index.add(args.images, _index_encoder(args, index), progress=tqdm_progress("indexing"), batch_size=args.batch_size)
     _report_problems(report)
     if not report.changed and (report.failed or not report.unchanged):
@@ -189,7 +189,7 @@ def _index_search(args: argparse.Namespace) -> int:
 
     from ssl_core.search.patch_index import PatchIndex
 
-    index = PatchIndex.load(args.dir)
+    index = PatchIndex.load(args.dir, device=args.device)
     query = index.embed_query(_index_encoder(args, index), args.image)
     if args.patch:
         try:

@@ -178,12 +178,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def select_device(name: str) -> None:
+    """Check a --device value; a GPU named by its number (cuda:1) becomes the current one, so that what torch puts
+    on "the" GPU by default (pinned memory for copies, a loader's pinning thread) goes there too, not to GPU 0."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device (cpu, cuda, cuda:1, mps ...)") from None
+    if device.type == "cuda" and device.index is not None:
+        if not torch.cuda.is_available() or device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+        torch.cuda.set_device(device)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     args = build_parser().parse_args(argv)
     from ssl_core import CheckpointError, ImageLoadError, ModelUnavailable
 
     try:
+        if getattr(args, "device", None):
+            select_device(args.device)
         return int(args._run(args) or 0)
     except (ModelUnavailable, CheckpointError, ImageLoadError, KeyError, ValueError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)

@@ -1,6 +1,7 @@
 """What the app keeps between requests: loaded encoders (shared, LRU), allowed folders, and per-session images."""
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -8,11 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import torch
 from PIL import Image
 
 from app.access import check_mae_name, check_model_name
 from ssl_core.data.images import DEFAULT_MAX_PIXELS, load_image
-from ssl_core.errors import BadRequest, ImageLoadError
+from ssl_core.errors import BadRequest, ImageLoadError, ModelUnavailable
 from ssl_core.features.cache import LRUCache
 from ssl_core.features.encoder import Encoder, load_encoder
 from ssl_core.mim.cae import CAEModel, load_cae
@@ -76,9 +78,26 @@ class ModelPool:
             model = self._cache.get(key)
             if model is None:
                 log.info("loading %s", " ".join(map(str, key)))
-                model = load()
+                model = self._load_with_room(key, load)
                 self._cache.put(key, model)
             return model
+
+    def _load_with_room(self, key: tuple, load: Callable[[], object]):
+        """``load()``; when the GPU runs out of memory meanwhile, the least recently used models are dropped one by
+        one (the pool would drop one once the new model is in, too late) and the load is tried again."""
+        while True:
+            try:
+                return load()
+            except torch.cuda.OutOfMemoryError:
+                oldest = next(iter(self._cache.keys()), None)
+                if oldest is None:
+                    raise ModelUnavailable(f"{key[1]} does not fit in the GPU's memory, even with no other model "
+                                           "loaded: choose a smaller model, or run the app on the CPU "
+                                           "(CUDA_VISIBLE_DEVICES= patchlens serve)") from None
+                log.warning("out of GPU memory loading %s: dropping %s", key[1], " ".join(map(str, oldest)))
+                self._cache.pop(oldest)
+                gc.collect()
+                torch.cuda.empty_cache()
 
     def loaded(self) -> list[tuple]:
         return self._cache.keys()

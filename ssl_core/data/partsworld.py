@@ -149,18 +149,21 @@ class PartsWorldStream(IterableDataset):
     are the same for any number of workers, though their order across workers may interleave.
     """
 
-    def __init__(self, seed: int = 0, size: int = 96, world: PartsWorld = DEFAULT_WORLD):
+    def __init__(self, seed: int = 0, size: int = 96, world: PartsWorld = DEFAULT_WORLD,
+                 fields: tuple[str, ...] = ("image", "label", "part_map")):
         if not 0 <= seed < 1 << 29:
             raise BadRequest(f"seed must be in [0, 2**29), got {seed}")
-        self.seed, self.size, self.world = int(seed), int(size), world
+        self.seed, self.size, self.world, self.fields = int(seed), int(size), world, tuple(fields)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        """Samples as tensors (`sample_tensors`: image [3, S, S] uint8, label [], part_map [S, S]), endlessly."""
+        """Samples as tensors (`sample_tensors`: image [3, S, S] uint8, label [], part_map [S, S]; those of
+        ``fields``: a loader's workers hand over only what the consumer uses), endlessly."""
         info = get_worker_info()
         index, step = (info.id, info.num_workers) if info is not None else (0, 1)
         first = self.seed * TRAIN_STREAM_STRIDE
         while True:
-            yield sample_tensors(first + index, self.size, self.world)
+            sample = sample_tensors(first + index, self.size, self.world)
+            yield {name: sample[name] for name in self.fields}
             index += step
 
 

@@ -17,9 +17,11 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
+
+import torch
 
 from ssl_core.data.images import DEFAULT_MAX_PIXELS
 from ssl_core.errors import BadRequest
@@ -54,9 +56,14 @@ class ShardedBuild:
     kind: str = "auto"
     shard_size: int = DEFAULT_SHARD_SIZE
     batch_size: int = 16
-    device: str | None = None  # the local engine's device (Ray actors take a GPU each when the cluster has them)
-    ray: RayOptions = field(default_factory=RayOptions)
+    device: str | None = None  # the local engine's device; with Ray, a CPU device keeps the actors off the GPUs
+    ray: RayOptions = field(default_factory=RayOptions)  # (actors take a GPU each where the cluster has them)
     seed: int = 0
+
+    def ray_options(self) -> RayOptions:
+        """The Ray options, with GPUs for the actors only if ``device`` allows a GPU."""
+        on_cpu = self.device is not None and torch.device(self.device).type != "cuda"
+        return replace(self.ray, gpus=False) if on_cpu else self.ray
 
 
 @dataclass
@@ -132,7 +139,7 @@ def _embed_missing(root: Path, plans: Sequence[ShardPlan], encoder: Encoder, enc
     log(f"{len(plans)} shards planned, {report.reused} already committed, {len(missing)} to embed")
     if config.engine == "ray":
         done = embed_shards_ray(missing, root, encoder_args, embedding, embedding.layer, config.batch_size,
-                                config.ray, encoder.policy)
+                                config.ray_options(), encoder.policy)
         for i, shard in enumerate(done):
             log(f"shard {i + 1}/{len(missing)} committed: {shard.images} images, {shard.patches} patches")
     else:

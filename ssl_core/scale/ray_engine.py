@@ -39,6 +39,7 @@ class RayOptions:
     object_store_mb: int | None = None  # a local Ray's object store (None: Ray's default, 30% of memory)
     actors: int | None = None  # encoder actors (None: one per GPU, else half the CPUs)
     actor_cpus: int = 1  # CPUs of each CPU actor (its torch threads)
+    gpus: bool = True  # actors take a GPU each where the cluster has GPUs; False: CPU actors all the same
 
 
 @dataclass(frozen=True)
@@ -106,12 +107,10 @@ class ShardEmbedder:
         return {key: np.array(values) for key, values in out.items()}
 
 
-def _actor_pool(options: RayOptions) -> tuple[int, dict]:
-    """(actors, remote args of each): one per GPU in the cluster, else CPU actors."""
-    import ray
-
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
+def actor_pool(options: RayOptions, resources: dict[str, float]) -> tuple[int, dict]:
+    """(actors, remote args of each) for a cluster's ``resources``: one per GPU where it has them and
+    ``options.gpus``, else CPU actors (half the CPUs unless ``options.actors`` says)."""
+    gpus = int(resources.get("GPU", 0)) if options.gpus else 0
     if gpus:
         return options.actors or gpus, {"num_gpus": 1, "num_cpus": 1}
     cpus = int(resources.get("CPU", 1))
@@ -127,7 +126,7 @@ def embed_shards_ray(plans: Sequence[ShardPlan], root: Path, encoder_args: Encod
     if not plans:
         return
     ray.data.DataContext.get_current().enable_progress_bars = False
-    actors, remote_args = _actor_pool(options)
+    actors, remote_args = actor_pool(options, ray.cluster_resources())
     device = "cuda" if remote_args.get("num_gpus") else "cpu"
     rows = [{"name": plan.name, "paths": json.dumps(list(plan.paths))} for plan in plans]
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
@@ -153,4 +152,4 @@ def fill_shards_ray(jobs: Sequence[tuple[Path, Path, int, Path]]) -> None:
 
 
 __all__ = ["RayOptions", "ShardDone", "ShardEmbedder", "start_ray", "stop_ray", "embed_shards_ray",
-           "fill_shards_ray"]
+           "fill_shards_ray", "actor_pool"]

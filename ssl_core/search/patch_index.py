@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
     from ssl_core.search.index_files import IndexOrigin
 
 IVF_RETRAIN_GROWTH = 4.0
+SAME_IMAGE_COSINE = 0.99  # mean patch cosine at which a query image is taken for an indexed one (`_find_indexed`)
 
 
 # --------------------------------------------------------------------------------------------------- the gallery index
@@ -68,6 +70,7 @@ class PatchIndex:
         self.vector_index = vector_index
         self.device = torch.device(device) if device is not None else default_device()
         self._device_search: DeviceSearch | None = None
+        self._device_lock = threading.Lock()  # FAISS's GPU index is not safe to search from two threads at once
         self.origin: IndexOrigin | None = None  # the folder and generation it was loaded from or saved to
         self._reindex_images()
 
@@ -122,16 +125,7 @@ class PatchIndex:
         return self.manifest.count
 
     def describe(self) -> str:
-        m = self.manifest
-        tuning = ""
-        if m.kind in ("ivf", "hnsw"):
-            name = "nprobe" if m.kind == "ivf" else "efSearch"
-            tuning = f", {name} {m.search_param} (recall@10 {m.recall:.3f} on a sample)"
-        elif m.kind == "ivfpq":
-            tuning = (f" on disk ({m.factory}), nprobe {m.search_param}, {m.rerank} candidates re-ranked exactly "
-                      f"(recall@10 {m.recall:.3f} on a sample)")
-        return (f"{m.count:,} patches of {len(m.images)} images · {m.describe_embedding()} · "
-                f"{m.kind or 'empty'} index{tuning}")
+        return self.manifest.describe()
 
     def matches(self, encoder: Encoder, layer: int | None | str = "index") -> bool:
         try:
@@ -302,16 +296,17 @@ class PatchIndex:
         name = str(image) if isinstance(image, (str, os.PathLike)) else "query image"
         return QueryImage(name, features, tokens, image_index)
 
-    def _find_indexed(self, tokens: np.ndarray, min_score: float = 0.999) -> int | None:
-        """The indexed image whose patches are these tokens [h, w, D] (an in-memory copy of an indexed file)."""
+    def _find_indexed(self, tokens: np.ndarray, min_score: float = SAME_IMAGE_COSINE) -> int | None:
+        """The indexed image whose patches are these tokens [h, w, D] (an in-memory copy of an indexed file), by mean
+        cosine: a gallery is embedded in batches and a query alone, in bfloat16 on a GPU (`bench/gpu_check.py`)."""
         h, w = tokens.shape[:2]
         [first_hits] = self.search_vectors(tokens[0, 0][None].astype(np.float32), k=5)
         for hit in first_hits:
             image = self.images[hit.image_index]
-            if hit.score < min_score or (hit.row, hit.col) != (0, 0) or tuple(image.grid_hw) != (h, w):
+            if (hit.row, hit.col) != (0, 0) or tuple(image.grid_hw) != (h, w):
                 continue
-            last = self.vector_index.vector(image.first + image.count - 1).astype(np.float32)
-            if float(last @ tokens[-1, -1]) >= min_score:
+            stored = self.vector_index.vector_range(image.first, image.count).astype(np.float32)  # [h*w, D]
+            if float(np.einsum("nd,nd->n", stored, tokens.reshape(h * w, -1)).mean()) >= min_score:
                 return hit.image_index
         return None
 
@@ -341,9 +336,10 @@ class PatchIndex:
 
     def _search_raw(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.device.type == "cuda" and self.kind != "ivfpq":  # an on-disk index is not copied to the GPU
-            if self._device_search is None:
-                self._device_search = DeviceSearch(self.vectors(), self.device)
-            return self._device_search.search(queries, k)
+            with self._device_lock:
+                if self._device_search is None:
+                    self._device_search = DeviceSearch(self.vectors(), self.device)
+                return self._device_search.search(queries, k)
         return self.vector_index.search(queries, k)
 
     def search_patch(self, query: QueryImage, row: int, col: int, k: int = 10,

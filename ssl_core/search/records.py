@@ -81,6 +81,18 @@ class IndexManifest:
             problem = f"{type(err).__name__}: {err}"
             raise IndexFormatError(f"{where}: the manifest lacks or mangles a field ({problem})") from None
 
+    def describe(self) -> str:
+        """The index in one line: its size, embedding, kind and tuning."""
+        tuning = ""
+        if self.kind in ("ivf", "hnsw"):
+            name = "nprobe" if self.kind == "ivf" else "efSearch"
+            tuning = f", {name} {self.search_param} (recall@10 {self.recall:.3f} on a sample)"
+        elif self.kind == "ivfpq":
+            tuning = (f" on disk ({self.factory}), nprobe {self.search_param}, {self.rerank} candidates re-ranked "
+                      f"exactly (recall@10 {self.recall:.3f} on a sample)")
+        return (f"{self.count:,} patches of {len(self.images)} images · {self.describe_embedding()} · "
+                f"{self.kind or 'empty'} index{tuning}")
+
     def describe_embedding(self) -> str:
         layer = "final normed tokens" if self.layer is None else f"block {self.layer}"
         return f"{self.model} ({self.model_key}) at {layer}, images at {self.image_size} px"

@@ -21,12 +21,15 @@ Policy:
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ssl_core.errors import BadRequest
+
+logger = logging.getLogger(__name__)
 
 KINDS = ("auto", "exact", "ivf", "hnsw", "ivfpq")
 AUTO_EXACT_LIMIT = 200_000  # vectors; an exact scan of this many 384-d fp16 vectors takes ~15 ms per query on 2 cores
@@ -255,7 +258,11 @@ class DeviceSearch:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.gpu_index is not None and k <= FAISS_GPU_MAX_K:
-            return self.gpu_index.search(np.ascontiguousarray(queries, np.float32), k)
+            try:
+                return self.gpu_index.search(np.ascontiguousarray(queries, np.float32), k)
+            except RuntimeError as err:  # FAISS's own GPU allocations failed (torch holds the memory): torch's search
+                logger.warning("FAISS GPU search failed, searching with torch from now on: %s", err)
+                self.gpu_index = None
         if self.database is None:
             self.database = torch.from_numpy(np.asarray(self.vectors, np.float16)).to(self.device)
         scores, ids = exact_search_torch(self.database, torch.from_numpy(queries).to(self.device, torch.float16), k)

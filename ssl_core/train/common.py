@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +24,17 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
 
+from ssl_core.data.partsworld import PartsWorldStream
 from ssl_core.errors import BadRequest
 from ssl_core.features.pixels import normalize_pixels
 from ssl_core.models.registry import BUNDLED_DIR
 from ssl_core.progress import ProgressFn
+from ssl_core.system import shared_memory_free, usable_cores
 from ssl_core.train.card import write_model_card
+
+logger = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------------------------ config
 WARMUP_STEPS = 3  # first steps of a run, not timed for its plan: they pay for start-up (loader workers, CUDA kernels)
@@ -222,15 +227,32 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 # ------------------------------------------------------------------------------------------------ the loop
+PREFETCH = 2  # batches each loader worker keeps ready
+
+
+def loader_workers(config: TrainConfig, device: torch.device, shm_free: int | None = None) -> int:
+    """Loader processes: none on a CPU (they would take the training's cores); on a GPU one per usable core but one,
+    at most 16, whose ready batches fit in half of ``shm_free`` (default: /dev/shm's; a container's 64 MB holds few,
+    and a worker that finds it full dies with a bus error)."""
+    if device.type != "cuda":
+        return 0
+    cores = min(16, usable_cores() - 1)
+    shm_free = shared_memory_free() if shm_free is None else shm_free
+    if shm_free is None:
+        return max(0, cores)
+    batch_bytes = config.batch_size * (3 * config.image_size ** 2 + 8)  # uint8 images and int64 labels
+    workers = max(0, min(cores, shm_free // 2 // (PREFETCH * batch_bytes)))
+    if workers < cores:
+        logger.warning("%d loader worker(s): /dev/shm has %.0f MB free", workers, shm_free / 2 ** 20)
+    return workers
+
+
 def batches(config: TrainConfig, device: torch.device) -> Iterator[Batch]:
     """Endless batches of the run's parts-world stream."""
-    from torch.utils.data import DataLoader
-
-    from ssl_core.data.partsworld import PartsWorldStream
-
-    workers = config.workers if config.workers is not None else (min(16, (os.cpu_count() or 2) - 1) if device.type == "cuda" else 0)
-    loader = DataLoader(PartsWorldStream(config.seed, config.image_size), batch_size=config.batch_size,
-                        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    workers = config.workers if config.workers is not None else loader_workers(config, device)
+    stream = PartsWorldStream(config.seed, config.image_size, fields=("image", "label"))  # no part maps: unused here
+    loader = DataLoader(stream, batch_size=config.batch_size, num_workers=workers, pin_memory=device.type == "cuda",
+                        persistent_workers=workers > 0, prefetch_factor=PREFETCH if workers > 0 else None)
     for batch in loader:
         yield Batch(batch["image"].to(device, non_blocking=True), batch["label"].to(device, non_blocking=True))
 
