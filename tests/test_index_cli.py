@@ -110,3 +110,19 @@ def test_the_device_flag_reaches_the_index_search_and_a_bad_one_is_named(folders
     for bad, reason in (("gpu0", "is not a device"), (f"cuda:{torch.cuda.device_count()}", "CUDA GPU(s)")):
         assert main(["index", "search", str(out), query, "--device", bad]) == 2
         assert reason in capsys.readouterr().err
+
+
+def test_a_numbered_gpu_becomes_the_current_one(monkeypatch):
+    """--device cuda:1 makes GPU 1 current, so that what torch puts on "the" GPU (pinned memory for copies, a
+    loader's pinning thread, an index's default device) goes there, not to GPU 0; cpu and plain cuda change nothing."""
+    import torch
+
+    from app.cli.main import select_device
+
+    current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    for name in ("cpu", "cuda", "cuda:1"):
+        select_device(name)
+    assert current == [torch.device("cuda:1")]
