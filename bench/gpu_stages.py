@@ -114,6 +114,32 @@ def families(context: Context) -> list[dict]:
     return rows
 
 
+def analyses(context: Context) -> list[dict]:
+    """The pure analyses given tensors on the device give the CPU's answers: k-means parts (seeded starts drawn on
+    the CPU), the attention-mass mask and best-buddy correspondences."""
+    from ssl_core.analyses.attention import mass_mask
+    from ssl_core.analyses.correspondence import best_buddies
+    from ssl_core.analyses.parts import kmeans
+
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(6, 64, generator=generator)
+    points = centres[torch.randint(6, (600,), generator=generator)] + 0.3 * torch.randn(600, 64, generator=generator)
+    grids = torch.randn(2, 12, 16, 64, generator=generator)
+    weights = torch.rand(14, 14, generator=generator)
+
+    def run_on(device: torch.device) -> tuple:
+        return (kmeans(points.to(device), 6, seed=3).labels.cpu(), mass_mask(weights.to(device), 0.6).cpu(),
+                best_buddies(grids[0].to(device), grids[1].to(device)))
+
+    (labels, mask, buddies), (labels_dev, mask_dev, buddies_dev) = run_on(torch.device("cpu")), run_on(context.device)
+    same_labels = float((labels == labels_dev).float().mean())
+    same_pairs = bool(np.array_equal(buddies.patches_a, buddies_dev.patches_a)
+                      and np.array_equal(buddies.patches_b, buddies_dev.patches_b))
+    return [{"k-means labels equal": same_labels, "mass mask equal": bool(torch.equal(mask, mask_dev)),
+             "best buddies equal": same_pairs, "passed": bool(same_labels >= 0.99 and torch.equal(mask, mask_dev)
+                                                             and same_pairs)}]
+
+
 def oom_split(context: Context) -> list[dict]:
     """A batch too large for the memory is split and retried, and gives the tokens of a small unsplit batch."""
     encoder = load_encoder("random-tiny" if context.smoke else "dino-vits16", pretrained=False,
@@ -346,6 +372,6 @@ def zoo_lab(context: Context) -> list[dict]:
     return rows
 
 
-STAGES = {"families": families, "oom_split": oom_split, "jpeg_decode": jpeg_decode, "compile": compiled,
-          "throughput": throughput, "exact_search": exact_search, "faiss_gpu": faiss_gpu, "zoo": zoo,
-          "zoo_lab": zoo_lab}
+STAGES = {"families": families, "analyses": analyses, "oom_split": oom_split, "jpeg_decode": jpeg_decode,
+          "compile": compiled, "throughput": throughput, "exact_search": exact_search, "faiss_gpu": faiss_gpu,
+          "zoo": zoo, "zoo_lab": zoo_lab}

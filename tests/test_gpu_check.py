@@ -22,9 +22,12 @@ def test_gpu_check_cpu_smoke(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["smoke"] is True
     stages = {s["name"]: s for s in report["stages"]}
-    assert {"families", "oom_split", "jpeg_decode", "compile", "throughput", "exact_search"} <= set(stages)
+    assert {"families", "analyses", "oom_split", "jpeg_decode", "compile", "throughput", "exact_search"} <= set(stages)
     assert all(s["error"] is None for s in stages.values()), [s["error"] for s in stages.values() if s["error"]]
     assert stages["oom_split"]["rows"][0]["forward calls"] > 1  # the split really happened
+    checks = [row for name in ("families", "analyses", "oom_split", "jpeg_decode", "compile", "exact_search")
+              for row in stages[name]["rows"] if "passed" in row]
+    assert len(checks) >= 6 and all(row["passed"] for row in checks), [r for r in checks if not r["passed"]]
     names = ["patchlens-cae", "patchlens-dilemma", "patchlens-dino", "patchlens-mae", "patchlens-sup"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_check.json", "gpu_check.md"] + [
         f"zoo-{name}.tar" for name in names]  # at most 8 files, each under 16 MiB: what comes back from a GPU lease

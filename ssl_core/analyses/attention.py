@@ -62,7 +62,7 @@ def mass_mask(weights: torch.Tensor, keep_mass: float) -> torch.Tensor:
     flat = weights.flatten().double()
     order = torch.argsort(flat, descending=True)
     cumulative = torch.cumsum(flat[order], 0) / flat.sum().clamp_min(1e-12)
-    count = int(torch.searchsorted(cumulative, torch.tensor(keep_mass, dtype=cumulative.dtype)).item()) + 1
+    count = int(torch.searchsorted(cumulative, cumulative.new_tensor(keep_mass)).item()) + 1
     count = min(count, flat.numel()) if keep_mass > 0 else 0
     mask = torch.zeros_like(flat, dtype=torch.bool)
     mask[order[:count]] = True

@@ -52,16 +52,16 @@ def best_buddies(tokens_a: torch.Tensor, tokens_b: torch.Tensor, top: int | None
     similarity = a @ b.T  # [N1, N2]
     nearest_in_b = similarity.argmax(dim=1)  # [N1]
     nearest_in_a = similarity.argmax(dim=0)  # [N2]
-    mutual = nearest_in_a[nearest_in_b] == torch.arange(h1 * w1)  # [N1] bool
+    mutual = nearest_in_a[nearest_in_b] == torch.arange(h1 * w1, device=a.device)  # [N1] bool
     buddies = torch.nonzero(mutual).flatten()  # [M] indices into A
     partners = nearest_in_b[buddies]  # [M] indices into B
     scores = similarity[buddies, partners]
     order = torch.argsort(scores, descending=True)[:top]
     buddies, partners, scores = buddies[order], partners[order], scores[order]
     return Correspondences(
-        patches_a=torch.stack([buddies // w1, buddies % w1], dim=1).numpy(),
-        patches_b=torch.stack([partners // w2, partners % w2], dim=1).numpy(),
-        similarity=scores.numpy(), grid_a=(h1, w1), grid_b=(h2, w2), total=int(mutual.sum()))
+        patches_a=torch.stack([buddies // w1, buddies % w1], dim=1).cpu().numpy(),
+        patches_b=torch.stack([partners // w2, partners % w2], dim=1).cpu().numpy(),
+        similarity=scores.cpu().numpy(), grid_a=(h1, w1), grid_b=(h2, w2), total=int(mutual.sum()))
 
 
 __all__ = ["Correspondences", "best_buddies"]

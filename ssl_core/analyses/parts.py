@@ -56,7 +56,7 @@ def _kmeans_pp(points: torch.Tensor, k: int, generator: torch.Generator) -> torc
     distance = (1 - points @ chosen[0]).clamp_min(0)
     for _ in range(1, k):
         weights = distance if distance.sum() > 0 else torch.ones_like(distance)
-        index = torch.multinomial(weights, 1, generator=generator)[0]
+        index = torch.multinomial(weights.cpu(), 1, generator=generator)[0]  # drawn on the CPU: any device, same parts
         chosen.append(points[index])
         distance = torch.minimum(distance, (1 - points @ points[index]).clamp_min(0))
     return torch.stack(chosen)
@@ -67,7 +67,7 @@ def _ordered(result: KMeansResult, k: int) -> KMeansResult:
     counts = torch.bincount(result.labels, minlength=k)
     order = torch.argsort(counts, descending=True, stable=True)
     rank = torch.empty_like(order)
-    rank[order] = torch.arange(k)
+    rank[order] = torch.arange(k, device=order.device)
     return KMeansResult(rank[result.labels], result.centroids[order], result.inertia)
 
 
