@@ -12,6 +12,7 @@ from browser import (
     screenshot,
     src_of,
     wait_for_new_image,
+    wait_for_text,
 )
 
 pytestmark = [pytest.mark.browser, requires_browser]
@@ -63,8 +64,8 @@ def test_ratio_seed_and_custom_clicks(image_file, tmp_path):
         assert hidden_cells(pictures["masked"], 12) == expected and len(expected) == 72
         screenshot(page, "reconstruct")
 
-        page.get_by_label("custom").check()
-        page.wait_for_timeout(500)
+        page.get_by_label("custom").check()  # its (empty) mask shown first: a click while that picture is being
+        wait_for_text(page, "#rec-info", "click patches on the masked image")  # replaced could be lost
         masked = page.locator("#rec-masked img").first
         box = masked.bounding_box()
         step = box["width"] / 12
