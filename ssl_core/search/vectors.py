@@ -243,7 +243,7 @@ class DeviceSearch:
     for a k over `FAISS_GPU_MAX_K`, e.g. a query that must skip its own image's thousands of patches)."""
 
     def __init__(self, vectors: np.ndarray, device: torch.device):
-        self.device, self.vectors = device, vectors  # [N, D]
+        self.device, self.vectors = device, vectors  # [N, D], until torch's search has its device copy
         self.gpu_index = None
         self.database: torch.Tensor | None = None  # [N, D] fp16 on the device, for torch's search
         if faiss_has_gpu():
@@ -263,8 +263,9 @@ class DeviceSearch:
             except RuntimeError as err:  # FAISS's own GPU allocations failed (torch holds the memory): torch's search
                 logger.warning("FAISS GPU search failed, searching with torch from now on: %s", err)
                 self.gpu_index = None
-        if self.database is None:
+        if self.database is None:  # the host copy goes once the device holds one (10M x 768: 15 GB)
             self.database = torch.from_numpy(np.asarray(self.vectors, np.float16)).to(self.device)
+            self.vectors = None
         scores, ids = exact_search_torch(self.database, torch.from_numpy(queries).to(self.device, torch.float16), k)
         return scores.cpu().numpy(), ids.cpu().numpy()
 
