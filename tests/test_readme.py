@@ -22,3 +22,15 @@ def test_python_example_runs(monkeypatch) -> None:
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102  (our own README)
     assert namespace["sharp"].shape == namespace["f"].image.shape[:2]
     assert namespace["pairs"].count <= 20 and namespace["sweep"].blocks == list(range(6))
+
+
+REPO_PATH = re.compile(r"(?:`|\]\()((?:ssl_core|app|scripts|docs|assets|tests|bench|\.ci)/[\w./*-]*)")
+
+
+def test_every_repo_path_the_docs_name_exists() -> None:
+    """A file moved in a refactor leaves no stale path behind in the README, docs/ or the model cards."""
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "assets").rglob("*.md"))]
+    named = {(doc.relative_to(ROOT), match.group(1).rstrip(".")) for doc in docs for match in REPO_PATH.finditer(doc.read_text())}
+    assert len(named) > 20  # the pattern still finds the docs' paths
+    missing = sorted(f"{doc}: {path}" for doc, path in named if not any(ROOT.glob(path)))
+    assert not missing, missing
