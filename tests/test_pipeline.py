@@ -1,6 +1,8 @@
 """The gallery embedding pipeline: same tokens as the encoder, bucketing, bad files, both decoders."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from conftest import smooth_image
@@ -19,6 +21,13 @@ def gallery(tmp_path):
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 50)
     (tmp_path / "notes.png").write_text("not an image")
     return paths, [str(tmp_path / "broken.jpg"), str(tmp_path / "notes.png")]
+
+
+def test_default_workers_count_the_cores_this_process_may_use(monkeypatch):
+    """A container narrowed to 3 cores of a 64-core machine gets 2 decoding workers, not 8."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert PipelineConfig().num_workers() == 2 and PipelineConfig(workers=5).num_workers() == 5
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -4,7 +4,6 @@ from __future__ import annotations
 import base64
 import io
 import multiprocessing
-import os
 import socket
 import time
 import urllib.request
@@ -13,6 +12,8 @@ import numpy as np
 import pytest
 from browser import LiveApp, free_port
 from PIL import Image
+
+from ssl_core.system import usable_cores
 
 
 def _answers(url: str) -> int:
@@ -61,7 +62,7 @@ def _burn(seconds: float) -> None:
 def test_serve_starts_and_answers_while_every_core_is_busy():
     from gradio_client import Client
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     burners = [multiprocessing.Process(target=_burn, args=(900,), daemon=True) for _ in range(2 * cores)]
     for burner in burners:
         burner.start()

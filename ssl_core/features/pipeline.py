@@ -40,6 +40,7 @@ from ssl_core.data.images import DEFAULT_MAX_PIXELS, ResizePolicy, load_image
 from ssl_core.errors import ImageLoadError
 from ssl_core.features.encoder import Encoder, split_on_oom
 from ssl_core.progress import ProgressFn
+from ssl_core.system import usable_cores
 
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".jfif")
 T = TypeVar("T")
@@ -48,7 +49,7 @@ T = TypeVar("T")
 @dataclass
 class PipelineConfig:
     batch_size: int = 64
-    workers: int | None = None  # decoding processes; None: one per spare CPU core, at most 8
+    workers: int | None = None  # decoding processes; None: one per spare usable CPU core, at most 8
     layer: int | None = None  # block whose patch tokens are kept; None: the final, normed output
     decode: str = "pil"  # "pil" | "jpeg" (batched torchvision decode on the encoder's device)
     compile: bool = False  # torch.compile the forward (pays off on long GPU runs)
@@ -58,7 +59,7 @@ class PipelineConfig:
     def num_workers(self) -> int:
         if self.workers is not None:
             return self.workers
-        return max(0, min(8, (os.cpu_count() or 1) - 1))
+        return max(0, min(8, usable_cores() - 1))
 
 
 @dataclass
