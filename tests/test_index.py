@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -146,6 +147,54 @@ def test_a_failing_faiss_gpu_search_falls_back_to_torch_for_good(monkeypatch):
     search.gpu_index = StarvedGpuIndex()
     _, ids = search.search(queries, 5)
     assert recall_at_k(ids, brute_force(database, queries, 5)[1]) > 0.9 and search.gpu_index is None
+
+
+def test_gpu_indexes_share_one_faiss_resources_per_gpu_and_search_through_it_one_at_a_time(monkeypatch):
+    """Each `StandardGpuResources` reserves up to 1.5 GiB of GPU memory that one call at a time may use: every gallery
+    index on a GPU (one per session in the app) shares the GPU's one, and their FAISS calls take turns."""
+    import threading
+    import time
+    import types
+
+    import ssl_core.search.vectors as vectors
+
+    inside, overlaps, resources_made = [], [], []
+    database, queries = mixture(400, 16, 10, seed=8), mixture(2, 16, 10, seed=9)
+
+    class GpuIndexFlatIP:  # FAISS's GPU flat index: add and search use the resources' temporary memory
+        def __init__(self, resources, dim, config):
+            self.resources, self.gpu, self.ntotal = resources, config.device, 0
+
+        def _use_temporary_memory(self):
+            overlaps.append(bool(inside))
+            inside.append(1)
+            time.sleep(0.02)
+            inside.pop()
+
+        def add(self, rows):
+            self._use_temporary_memory()
+            self.ntotal += len(rows)
+
+        def search(self, rows, k):
+            self._use_temporary_memory()
+            return brute_force(database, rows, k)
+
+    fake_faiss = types.SimpleNamespace(
+        get_compile_options=lambda: "AVX2 GPU", get_num_gpus=lambda: 2, GpuIndexFlatConfig=types.SimpleNamespace,
+        StandardGpuResources=lambda: resources_made.append(object()) or resources_made[-1], GpuIndexFlatIP=GpuIndexFlatIP)
+    monkeypatch.setitem(sys.modules, "faiss", fake_faiss)
+    monkeypatch.setattr(vectors, "_GPU_RESOURCES", {})
+    searches = [DeviceSearch(database, torch.device("cuda:0")) for _ in range(3)]
+    other_gpu = DeviceSearch(database, torch.device("cuda:1"))
+    assert len(resources_made) == 2 and {id(s.resources) for s in searches} == {id(resources_made[0])}
+    assert other_gpu.resources is resources_made[1] and other_gpu.gpu_index.gpu == 1
+    overlaps.clear()
+    threads = [threading.Thread(target=search.search, args=(queries, 5)) for search in searches * 2]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert overlaps == [False] * 6
 
 
 def test_one_index_is_searched_on_the_gpu_by_one_thread_at_a_time(tiny_encoder, built, monkeypatch):

@@ -70,7 +70,7 @@ class PatchIndex:
         self.vector_index = vector_index
         self.device = torch.device(device) if device is not None else default_device()
         self._device_search: DeviceSearch | None = None
-        self._device_lock = threading.Lock()  # FAISS's GPU index is not safe to search from two threads at once
+        self._device_lock = threading.Lock()  # one thread at a time builds and searches the device copy
         self.origin: IndexOrigin | None = None  # the folder and generation it was loaded from or saved to
         self._reindex_images()
 

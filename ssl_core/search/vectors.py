@@ -22,6 +22,7 @@ Policy:
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -238,13 +239,30 @@ def faiss_has_gpu() -> bool:
     return "GPU" in faiss.get_compile_options() and faiss.get_num_gpus() > 0
 
 
+_GPU_RESOURCES: dict[int, tuple[object, threading.Lock]] = {}  # GPU number -> (faiss.StandardGpuResources, its lock)
+_GPU_RESOURCES_LOCK = threading.Lock()
+
+
+def faiss_gpu_resources(gpu: int) -> tuple[object, threading.Lock]:
+    """The process's one FAISS `StandardGpuResources` for a GPU, and the lock every call through it takes. It reserves
+    a region of temporary GPU memory (up to about 1.5 GiB) that one call at a time may use, so FAISS advises indexes to
+    share it: one per gallery index would reserve that much again for every session's gallery."""
+    with _GPU_RESOURCES_LOCK:
+        if gpu not in _GPU_RESOURCES:
+            import faiss
+
+            _GPU_RESOURCES[gpu] = (faiss.StandardGpuResources(), threading.Lock())
+        return _GPU_RESOURCES[gpu]
+
+
 class DeviceSearch:
     """Exhaustive fp16 search on a CUDA device: FAISS's GPU flat index where FAISS has GPU support, else torch (also
-    for a k over `FAISS_GPU_MAX_K`, e.g. a query that must skip its own image's thousands of patches)."""
+    for a k over `FAISS_GPU_MAX_K`, e.g. a query that must skip its own image's thousands of patches). Not for two
+    threads at once (its owner, `PatchIndex`, serialises); FAISS calls are also serialised per GPU, across indexes."""
 
     def __init__(self, vectors: np.ndarray, device: torch.device):
         self.device, self.vectors = device, vectors  # [N, D], until torch's search has its device copy
-        self.gpu_index = None
+        self.gpu_index, self.faiss_lock = None, threading.Lock()
         self.database: torch.Tensor | None = None  # [N, D] fp16 on the device, for torch's search
         if faiss_has_gpu():
             import faiss
@@ -252,14 +270,16 @@ class DeviceSearch:
             config = faiss.GpuIndexFlatConfig()
             config.useFloat16 = True
             config.device = device.index or 0
-            self.resources = faiss.StandardGpuResources()
-            self.gpu_index = faiss.GpuIndexFlatIP(self.resources, vectors.shape[1], config)
-            VectorIndex(self.gpu_index, "exact").add(vectors)
+            self.resources, self.faiss_lock = faiss_gpu_resources(config.device)
+            with self.faiss_lock:
+                self.gpu_index = faiss.GpuIndexFlatIP(self.resources, vectors.shape[1], config)
+                VectorIndex(self.gpu_index, "exact").add(vectors)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.gpu_index is not None and k <= FAISS_GPU_MAX_K:
             try:
-                return self.gpu_index.search(np.ascontiguousarray(queries, np.float32), k)
+                with self.faiss_lock:
+                    return self.gpu_index.search(np.ascontiguousarray(queries, np.float32), k)
             except RuntimeError as err:  # FAISS's own GPU allocations failed (torch holds the memory): torch's search
                 logger.warning("FAISS GPU search failed, searching with torch from now on: %s", err)
                 self.gpu_index = None
@@ -271,5 +291,5 @@ class DeviceSearch:
 
 
 __all__ = ["VectorIndex", "make_vector_index", "exact_search_torch", "recall_at_k", "resolve_kind", "ivf_list_count",
-           "without_own", "DeviceSearch", "faiss_has_gpu", "FAISS_GPU_MAX_K", "KINDS", "AUTO_EXACT_LIMIT", "AUTO_IVFPQ_LIMIT",
+           "without_own", "DeviceSearch", "faiss_has_gpu", "faiss_gpu_resources", "FAISS_GPU_MAX_K", "KINDS", "AUTO_EXACT_LIMIT", "AUTO_IVFPQ_LIMIT",
            "RECALL_TARGET", "HNSW_M"]
