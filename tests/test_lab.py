@@ -119,18 +119,20 @@ def test_cka_of_an_encoder_with_a_separate_copy_of_itself_has_ones_on_the_diagon
 
 def test_no_measure_uses_more_scenes_than_its_split_holds(tiny_encoder):
     config = replace(SMALL, n_train=6, n_test=4, patch_train_images=30, part_map_images=12, cka_images=48,
-                     mim_images=64, batch_size=8)
+                     mim_images=64, attention_images=40, batch_size=8)
     assert heldout_seeds(config, "test", 64) == heldout_seeds(config, "test") and len(heldout_seeds(config, "test")) == 4
     seen = []
     report = run_lab({"random-tiny": tiny_encoder}, config, progress=lambda done, total: seen.append((done, total)),
                      cka_pairs=[("random-tiny", "random-tiny")])
     [lab] = report.encoders
     assert (lab.part_probe.n_train_images, lab.part_probe.n_test_images) == (6, 4) and lab.part_map.images == 4
-    assert lab.location.probe.n_train_images == 6 and report.cka[0].result.images == 4
-    # progress counts what is passed through a model: scenes and crop bags, swapped scenes, CKA scenes twice
-    assert seen[-1] == (38, 38) == (2 * (6 + 4) + (6 + 4) + 2 * 4,) * 2 and all(d <= t for d, t in seen)
+    assert lab.location.probe.n_train_images == 6 and report.cka[0].result.images == 4 and lab.attention.images == 4
+    # progress counts what is passed through a model: scenes and crop bags, swapped scenes, attention scenes, CKA
+    # scenes twice
+    assert seen[-1] == (42, 42) == (2 * (6 + 4) + (6 + 4) + 4 + 2 * 4,) * 2 and all(d <= t for d, t in seen)
     markdown = report.to_markdown()
-    assert "part maps on the first 4 test scenes, CKA on the first 4 and MIM on the first 4." in markdown
+    assert ("part maps on the first 4 test scenes, CKA on the first 4, MIM on the first 4 and attention on the first "
+            "4.") in markdown
     assert "residual stream after each block, 4 images" in markdown and "| part map ARI (per scene) | " in markdown
     assert "4 scenes, k=" in markdown
 
@@ -221,6 +223,22 @@ def test_lab_handlers_return_tables_and_pictures(random_report, tiny_encoder):
         probe_view(tiny_encoder, "nope", SMALL)
     cka = cka_view(tiny_encoder, tiny_encoder, replace(SMALL, cka_images=4))
     assert cka.pictures["cka_heatmap"].ndim == 3 and cka.numbers["diagonal"][0] == pytest.approx(1.0)
+
+
+def test_attention_range_probe_in_the_report_and_as_its_own_measure(random_report, tiny_encoder):
+    from app.views.lab import PROBES, probes_view
+    from ssl_core.analyses.attention_range import attention_range
+    from ssl_core.lab.scenes import as_images, heldout_scenes
+
+    [lab] = random_report.encoders
+    features = tiny_encoder.extract(as_images(heldout_scenes(SMALL, "test", 96, SMALL.attention_scenes)), attention=True)
+    np.testing.assert_allclose(lab.attention.nmi, attention_range(features).nmi.mean(1), rtol=1e-6)
+    assert lab.attention.images == SMALL.attention_scenes == 32 and len(lab.attention.relative_distance) == 6
+    assert "### Attention range per block" in random_report.to_markdown()
+    assert random_report.to_dict()["encoders"][0]["attention"]["heads"] == 3
+    view = probes_view({"random-tiny": tiny_encoder}, PROBES[5], replace(SMALL, attention_images=4))
+    assert "### Attention range per block" in view.markdown and "query-key NMI, per block" in view.markdown
+    assert view.numbers["random-tiny"]["AttentionResult"]["images"] == 4
 
 
 def test_visible_swaps_match_a_numpy_reference():

@@ -19,7 +19,15 @@ from ssl_core.lab import (
     default_cka_pairs,
     findings,
 )
-from ssl_core.lab.findings import MARGIN, cka_finding, dilemma_finding, mim_findings, part_aware_finding
+from ssl_core.lab.attention import AttentionResult
+from ssl_core.lab.findings import (
+    MARGIN,
+    attention_finding,
+    cka_finding,
+    dilemma_finding,
+    mim_findings,
+    part_aware_finding,
+)
 
 CONFIG = LabConfig(n_train=30, n_test=20)
 
@@ -141,20 +149,42 @@ def test_mim_findings_pick_mim_models_by_paradigm():
         "**MAE** (m1, 12 scenes): reconstruction MSE 0.400 against 1.000 for predicting 0 — below the baseline."]
 
 
+def attention(last_distance: float, last_nmi: float) -> AttentionResult:
+    return AttentionResult([0.9, last_distance], [0.05, last_nmi], [30.0, 40.0 * last_distance], 3, 20, 96, 0)
+
+
+def test_attention_finding_compares_the_most_query_specific_mim_model_with_the_others():
+    models = [lab("my-mae", "mim"), lab("my-cae", "mim"), lab("my-sup", "supervised"), lab("my-dino", "joint-embedding"),
+              lab("rand", "none", trained=False)]
+    for model, (distance, nmi) in zip(models, [(0.40, 0.30), (0.95, 0.04), (0.90, 0.03), (1.00, 0.01), (0.2, 0.9)]):
+        model.attention = attention(distance, nmi)
+    text = attention_finding(report(*models))
+    assert ("my-mae 0.40 / 0.300; my-cae 0.95 / 0.040; my-sup 0.90 / 0.030; my-dino 1.00 / 0.010. NMI, most "
+            "query-specific MIM 0.300 (my-mae) vs other 0.030 (my-sup) — holds (1 of 2 MIM models above every other); "
+            "distance, most local MIM 0.40 (my-mae) vs other 0.90 (my-sup) — holds.") in text
+    assert "rand" not in text and text in findings(report(*models))
+    models[0].attention, models[2].attention = attention(0.98, 0.005), attention(0.60, 0.10)  # the other way round
+    text = attention_finding(report(*models))
+    assert ("NMI, most query-specific MIM 0.040 (my-cae) vs other 0.100 (my-sup) — does not hold (0 of 2 MIM models "
+            "above every other); distance, most local MIM 0.95 (my-cae) vs other 0.60 (my-sup) — does not hold.") in text
+    assert "not tested" in attention_finding(report(*models[2:]))
+    assert attention_finding(report(lab("plain", "mim"))) is None  # nothing measured: no sentence
+
+
 # ------------------------------------------------------------------------------------------------ counts
 @pytest.mark.parametrize("n_test", [20, 5])
 def test_config_caps_every_per_measure_count_by_n_test(n_test):
     config = LabConfig(n_train=30, n_test=n_test, patch_train_images=80, patch_test_images=10)
     capped = min(10, n_test)
     assert (config.patch_train_scenes, config.patch_test_scenes) == (30, capped)
-    assert config.part_map_scenes == config.cka_scenes == config.mim_scenes == n_test
+    assert config.part_map_scenes == config.cka_scenes == config.mim_scenes == config.attention_scenes == n_test
     assert config.describe().endswith(f"patch probes on 30 / {capped} of them; k-NN k=20; swap ratio 0.15; part maps "
-                                      f"on the first {n_test} test scenes, CKA on the first {n_test} and MIM on the "
-                                      f"first {n_test}")
+                                      f"on the first {n_test} test scenes, CKA on the first {n_test}, MIM on the "
+                                      f"first {n_test} and attention on the first {n_test}")
 
 
 def test_report_prints_the_capped_counts_of_its_config_and_results():
     models = (lab("my-sup", "supervised"), lab("my-mae", "mim", mim=mae(CONFIG.mim_scenes)))
     markdown = report(*models, pairs=(cka("my-sup", "my-mae", [0.9, 0.2], images=CONFIG.cka_scenes),)).to_markdown()
-    assert "CKA on the first 20 and MIM on the first 20." in markdown and "64 scenes" not in markdown
+    assert "CKA on the first 20, MIM on the first 20 and attention" in markdown and "64 scenes" not in markdown
     assert "| my-mae | 75% of 20 scenes |" in markdown and "residual stream after each block, 20 images" in markdown

@@ -1,4 +1,4 @@
-"""The layer sweep: per-block part probe, part-map ARI, BagSSL cosine and CKA to the last block."""
+"""The layer sweep: per-block part probe, part-map ARI, BagSSL cosine, CKA to the last block and attention range."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,9 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from ssl_core import load_encoder
+from ssl_core.analyses.attention_range import attention_range
 from ssl_core.analyses.cka import pool_tokens
 from ssl_core.lab import LabConfig
 from ssl_core.lab.layers import block_view, encode_all_blocks, layer_sweep
+from ssl_core.lab.scenes import as_images, heldout_scenes
 from ssl_core.render.figures import layer_sweep_figure
 
 CONFIG = LabConfig(n_train=16, n_test=8, patch_train_images=16, patch_test_images=8, part_map_images=8)
@@ -42,7 +44,12 @@ def test_sweep_against_independent_references(encoder) -> None:
     assert all(0 <= v <= 1 for v in sweep.part_probe + sweep.cka_to_last)
     assert max(sweep.part_probe) > sweep.part_probe_chance + 0.1  # trained tokens know parts
     assert len(set(np.round(sweep.part_probe, 6))) > 1  # each block's own tokens were probed
-    assert len(layer_sweep_figure(sweep).data) == 4
+    assert len(layer_sweep_figure(sweep).data) == 6
+    features = encoder.extract(as_images(heldout_scenes(CONFIG, "test", 96, 8)), attention=True)
+    by_head = attention_range(features)  # [L, heads]
+    np.testing.assert_allclose(sweep.attention_distance, by_head.relative_distance.mean(1), rtol=1e-6)
+    np.testing.assert_allclose(sweep.attention_nmi, by_head.nmi.mean(1), rtol=1e-6)
+    assert sweep.rows()[0][-2:] == [f"{sweep.attention_distance[0]:.3f}", f"{sweep.attention_nmi[0]:.3f}"]
 
 
 def test_block_view_swaps_in_the_block_tokens(encoder) -> None:

@@ -21,6 +21,7 @@ from ssl_core.lab import (
     LabResults,
     LocationResult,
     PartMapResult,
+    attention_probe,
     cka_probe,
     encode_scenes,
     findings,
@@ -46,7 +47,8 @@ from ssl_core.render.lines import curves_picture
 from ssl_core.render.tables import markdown_table
 
 PROBES = ("object vs part probes", "k-NN: class token, patch mean, bag of crops", "location probe (swapped positions)",
-          "part map vs ground truth", "reconstruction and alignment (MAE / CAE)")
+          "part map vs ground truth", "reconstruction and alignment (MAE / CAE)",
+          "attention range: distance and query-key NMI per block")
 EVERYTHING = "the whole Lab (every measure, CKA between the first two)"
 CKA = "CKA between two encoders, block by block"
 LAYERS = "layer sweep: every block of one encoder"
@@ -175,6 +177,8 @@ def probe_results(encoder: Encoder, probe: str, config: LabConfig,
     label = encoder.name if encoder.trained else f"{encoder.name} (untrained)"
     if probe == PROBES[4]:
         return LabResults(label, mim=mim_probe(encoder, config, progress))
+    if probe == PROBES[5]:
+        return LabResults(label, attention=attention_probe(encoder, config, progress))
     scenes = encode_scenes(encoder, config, progress)
     if probe == PROBES[0]:
         return LabResults(label, object_probe=object_probe(scenes, config), part_probe=part_probe(scenes, config))
@@ -187,7 +191,7 @@ def probe_results(encoder: Encoder, probe: str, config: LabConfig,
 
 def _results_of(results: LabResults) -> list[Any]:
     return [r for r in (results.object_probe, results.part_probe, results.knn, results.location, results.part_map,
-                        results.mim) if r is not None]
+                        results.mim, results.attention) if r is not None]
 
 
 def probe_view(encoder: Encoder, probe: str, config: LabConfig | None = None,

@@ -9,11 +9,13 @@ method of each measure is written down:
 * `location`: the location probe on tokens with swapped position embeddings (DILEMMA);
 * `part_maps`: k-means part maps against the ground-truth parts and the grid position;
 * `cka`: layer-by-layer CKA between two encoders; `mim`: MAE / CAE reconstruction and alignment;
+* `attention`: how far and how query-specific each block's attention is (MIM vs contrastive);
 * `report`: `EncoderLab` / `LabReport` as Markdown and JSON; `findings`: what holds, one sentence per claim;
 * `run`: `run_encoder_lab` and `run_lab`.
 """
 from __future__ import annotations
 
+from ssl_core.lab.attention import AttentionResult, attention_probe
 from ssl_core.lab.cka import CKAComparison, cka_probe
 from ssl_core.lab.config import LabConfig
 from ssl_core.lab.findings import findings
@@ -53,4 +55,5 @@ __all__ = ["LabConfig", "LabReport", "EncoderLab", "EncodedScenes", "ProbeResult
            "scene_part_labels", "encode_scenes", "object_probe", "part_probe", "knn_probe", "knn_accuracy",
            "bag_of_crops_embeddings", "location_probe", "location_support", "part_map_agreement", "grid_blocks",
            "part_map_probe", "cka_probe", "mim_probe", "mim_kind", "run_encoder_lab", "run_lab", "default_cka_pairs",
-           "findings", "result_rows", "rows_markdown", "result_numbers", "LabResults", "summary_sections"]
+           "findings", "result_rows", "rows_markdown", "result_numbers", "LabResults", "summary_sections",
+           "AttentionResult", "attention_probe"]

@@ -28,11 +28,12 @@ class LabConfig:
     part_map_images: int = 32
     cka_images: int = 48
     mim_images: int = 64
+    attention_images: int = 32
     mask_ratio: float | None = None  # MIM mask ratio (None: 0.75 for MAE, the file's own for CAE)
 
     def __post_init__(self) -> None:
         for name in ("n_train", "n_test", "batch_size", "patch_train_images", "patch_test_images", "max_probe_patches",
-                     "max_iter", "knn_k", "part_map_images", "cka_images", "mim_images"):
+                     "max_iter", "knn_k", "part_map_images", "cka_images", "mim_images", "attention_images"):
             if int(getattr(self, name)) < 1:
                 raise BadRequest(f"LabConfig.{name} must be at least 1, got {getattr(self, name)}")
         if self.n_train < 2 or self.n_test < 2:
@@ -68,8 +69,13 @@ class LabConfig:
     def mim_scenes(self) -> int:
         return min(self.mim_images, self.n_test)
 
+    @property
+    def attention_scenes(self) -> int:
+        return min(self.attention_images, self.n_test)
+
     def describe(self) -> str:
         return (f"seed {self.seed}: {self.n_train} train / {self.n_test} test held-out scenes; patch probes on "
                 f"{self.patch_train_scenes} / {self.patch_test_scenes} of them; k-NN k={self.knn_k}; swap ratio "
                 f"{self.swap_ratio}; part maps on the first {self.part_map_scenes} test scenes, CKA on the first "
-                f"{self.cka_scenes} and MIM on the first {self.mim_scenes}")
+                f"{self.cka_scenes}, MIM on the first {self.mim_scenes} and attention on the first "
+                f"{self.attention_scenes}")

@@ -160,6 +160,35 @@ def mim_findings(report: LabReport) -> list[str]:
     return out
 
 
+def attention_finding(report: LabReport) -> str | None:
+    """MIM models' last-block attention more local and more query-specific than the other trained models' (Park et
+    al. 2023: MIM part-to-part, contrastive part-to-whole): the most query-specific of each side compared."""
+    measured = [e for e in report.encoders if e.trained and e.attention is not None]
+    if not measured:
+        return None
+    mim = [e for e in measured if e.paradigm in MIM]
+    others = [e for e in measured if e.paradigm not in MIM]
+    if not mim or not others:
+        return "**Attention range**: not tested (needs a trained MIM model and another trained model)."
+
+    def distance(e: EncoderLab) -> float:
+        return e.attention.last[0]
+
+    def nmi(e: EncoderLab) -> float:
+        return e.attention.last[1]
+
+    rows = "; ".join(f"{e.name} {distance(e):.2f} / {nmi(e):.3f}" for e in measured)
+    (mim_name, mim_nmi), (other_name, other_nmi) = _best(mim, nmi), _best(others, nmi)
+    near, other_near = min(mim, key=distance), min(others, key=distance)
+    above = [e.name for e in mim if nmi(e) > other_nmi + MARGIN]
+    return (f"**Attention range** (MIM keeps its last-block heads local and query-specific; contrastive and supervised "
+            f"attention turns global, alike for every query): last block, distance relative to uniform attention / "
+            f"query-key NMI: {rows}. NMI, most query-specific MIM {mim_nmi:.3f} ({mim_name}) vs other {other_nmi:.3f} "
+            f"({other_name}) — {_verdict(mim_nmi - other_nmi)} ({len(above)} of {len(mim)} MIM models above every "
+            f"other); distance, most local MIM {distance(near):.2f} ({near.name}) vs other {distance(other_near):.2f} "
+            f"({other_near.name}) — {_verdict(distance(other_near) - distance(near))}.")
+
+
 def untrained_findings(report: LabReport) -> list[str]:
     """What an untrained ViT already gets, one sentence per untrained model."""
     return [f"**Random weights** ({e.name}): object probe {e.object_probe.balanced_accuracy:.3f} (chance "
@@ -172,5 +201,5 @@ def untrained_findings(report: LabReport) -> list[str]:
 def findings(report: LabReport) -> list[str]:
     """One plain sentence per paper claim (see the module docstring), then the MIM and untrained models' own."""
     sentences = [part_aware_finding(report), bagssl_finding(report), dilemma_finding(report), cka_finding(report),
-                 part_map_finding(report)]
+                 part_map_finding(report), attention_finding(report)]
     return [s for s in sentences if s is not None] + mim_findings(report) + untrained_findings(report)

@@ -8,7 +8,9 @@ For every block b (the residual stream after it, as ``PatchFeatures.layer_tokens
 * BagSSL cosine: cos(class token, mean of the patch tokens) at block b, averaged over the scenes
   (`ssl_core.analyses.bagssl.embedding_vs_patch_mean`; NaN for models without a class token);
 * CKA to the last block: linear CKA between block b's and the last block's tokens, each scene's grid pooled to
-  4 x 4 rows (`ssl_core.analyses.cka`).
+  4 x 4 rows (`ssl_core.analyses.cka`);
+* attention distance and query-key NMI: how far (relative to uniform attention) and how query-specific block b's
+  attention is, heads averaged (`ssl_core.lab.attention`, on the first ``attention_images`` test scenes).
 
 The probes use the Lab's patch-probe scenes (``patch_train_images`` / ``patch_test_images``), the part maps the
 first ``part_map_images`` test scenes.
@@ -24,13 +26,15 @@ import torch
 from ssl_core.analyses.bagssl import embedding_vs_patch_mean
 from ssl_core.analyses.cka import linear_cka, pool_tokens
 from ssl_core.features.encoder import Encoder, PatchFeatures
+from ssl_core.lab.attention import attention_probe
 from ssl_core.lab.config import LabConfig
 from ssl_core.lab.part_maps import part_map_probe
 from ssl_core.lab.probes import part_probe
 from ssl_core.lab.scenes import EncodedScenes, as_images, heldout_scenes, scene_size
 from ssl_core.progress import ProgressFn
 
-SWEEP_COLUMNS = ["block", "part probe (balanced)", "part-map ARI", "cos(class, mean patch)", "CKA to last"]
+SWEEP_COLUMNS = ["block", "part probe (balanced)", "part-map ARI", "cos(class, mean patch)", "CKA to last",
+                 "attention distance / uniform", "query-key NMI"]
 
 
 @dataclass
@@ -44,19 +48,21 @@ class LayerSweep:
     part_map_ari: list[float]  # mean per scene
     bag_cosine: list[float]  # cos(class token, mean patch token); NaN without a class token
     cka_to_last: list[float]
+    attention_distance: list[float]  # mean attention distance relative to uniform attention's (1: as spread)
+    attention_nmi: list[float]  # query-key normalised mutual information (0: every query attends alike)
     part_probe_chance: float
     train_scenes: int
     test_scenes: int
     seed: int
 
     def rows(self) -> list[list[str]]:
-        return [[str(b), f"{p:.3f}", f"{a:.3f}", "—" if np.isnan(c) else f"{c:.3f}", f"{k:.3f}"]
-                for b, p, a, c, k in zip(self.blocks, self.part_probe, self.part_map_ari, self.bag_cosine,
-                                         self.cka_to_last)]
+        return [[str(b), *("—" if np.isnan(v) else f"{v:.3f}" for v in values)]
+                for b, *values in zip(self.blocks, *self.curves().values())]
 
     def curves(self) -> dict[str, list[float]]:
-        """The four curves by name (the column names of `SWEEP_COLUMNS`), one value per block."""
-        return dict(zip(SWEEP_COLUMNS[1:], (self.part_probe, self.part_map_ari, self.bag_cosine, self.cka_to_last)))
+        """The six curves by name (the column names of `SWEEP_COLUMNS`), one value per block."""
+        return dict(zip(SWEEP_COLUMNS[1:], (self.part_probe, self.part_map_ari, self.bag_cosine, self.cka_to_last,
+                                            self.attention_distance, self.attention_nmi)))
 
     @property
     def best_part_block(self) -> int:
@@ -96,9 +102,10 @@ def layer_sweep(encoder: Encoder, config: LabConfig | None = None, progress: Pro
     agreements = [embedding_vs_patch_mean(f) for f in scenes.test_features]
     bag = (np.mean([a.cosine[:len(blocks)] for a in agreements], axis=0).tolist() if encoder.has_class_token
            else [float("nan")] * len(blocks))
+    attention = attention_probe(encoder, config)
     return LayerSweep(encoder.name, blocks, [p.balanced_accuracy for p in probes], maps, bag,
-                      cka_to_last(scenes.test_features, blocks), probes[0].chance_balanced, len(scenes.train),
-                      len(scenes.test), config.seed)
+                      cka_to_last(scenes.test_features, blocks), attention.relative_distance, attention.nmi,
+                      probes[0].chance_balanced, len(scenes.train), len(scenes.test), config.seed)
 
 
 __all__ = ["SWEEP_COLUMNS", "LayerSweep", "layer_sweep", "block_view", "encode_all_blocks", "cka_to_last"]

@@ -7,6 +7,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ssl_core.lab.attention import AttentionResult
 from ssl_core.lab.cka import CKAComparison
 from ssl_core.lab.config import LabConfig
 from ssl_core.lab.location import LocationResult
@@ -73,12 +74,26 @@ def _mim_rows(result: MIMResult) -> list[Row]:
     return rows
 
 
+def _per_block(values: Sequence[float]) -> str:
+    return ", ".join(f"{v:.2f}" for v in values)
+
+
+def _attention_rows(result: AttentionResult) -> list[Row]:
+    samples = f"{result.images} scenes, {result.heads} heads averaged, seed {result.seed}"
+    return [("attention distance, relative to uniform, per block", _per_block(result.relative_distance), "1 (uniform)",
+             samples),
+            ("query-key NMI, per block", _per_block(result.nmi), "0 (every query alike)", ""),
+            ("attention distance, last block (px)", f"{result.distance_px[-1]:.1f}", "",
+             f"of the {result.image_size} px scene")]
+
+
 ROWS: dict[type, Callable[[Any], list[Row]]] = {ProbeResult: _probe_rows, KNNResult: _knn_rows,
                                                 LocationResult: _location_rows, PartMapResult: _part_map_rows,
-                                                MIMResult: _mim_rows}
+                                                MIMResult: _mim_rows, AttentionResult: _attention_rows}
 
 
-def result_rows(result: ProbeResult | KNNResult | LocationResult | PartMapResult | MIMResult) -> list[Row]:
+def result_rows(result: ProbeResult | KNNResult | LocationResult | PartMapResult | MIMResult | AttentionResult,
+                ) -> list[Row]:
     """Table rows (measure, value, chance, samples) of one analysis result."""
     rows = ROWS.get(type(result))
     if rows is None:
@@ -119,6 +134,7 @@ class EncoderLab:
     part_map: PartMapResult
     mim: MIMResult | None
     seconds: float
+    attention: AttentionResult | None = None
 
     @property
     def label(self) -> str:
@@ -126,7 +142,8 @@ class EncoderLab:
 
     def rows(self) -> list[Row]:
         """This encoder's table: (measure, value, chance, samples) rows of every result."""
-        results = [self.object_probe, self.part_probe, self.knn, self.location, self.part_map, self.mim]
+        results = [self.object_probe, self.part_probe, self.knn, self.location, self.part_map, self.mim,
+                   self.attention]
         return [row for result in results if result is not None for row in result_rows(result)]
 
     def to_markdown(self) -> str:
@@ -166,6 +183,12 @@ def _mim_summary(e: EncoderLab) -> list[str]:
             m.zero_prediction_mse), fmt_chance(m.alignment_cosine, m.mismatched_cosine), fmt(m.alignment_mse)]
 
 
+def _attention_summary(e: EncoderLab) -> list[str]:
+    a = e.attention
+    return [e.label, _per_block(a.relative_distance), _per_block(a.nmi), f"{a.distance_px[-1]:.1f} of {a.image_size}",
+            str(a.images)]
+
+
 @dataclass
 class LabResults:
     """Some of one encoder's Lab results (a measure run on its own): what the cross-model tables read, as on an
@@ -178,6 +201,7 @@ class LabResults:
     location: LocationResult | None = None
     part_map: PartMapResult | None = None
     mim: MIMResult | None = None
+    attention: AttentionResult | None = None
 
 
 # (title, header, one encoder's row, the results that row reads)
@@ -197,6 +221,9 @@ SUMMARIES: tuple[tuple[str, list[str], Callable[[Any], list[str]], tuple[str, ..
     ("Masked image modeling on held-out scenes",
      ["encoder", "mask", "reconstruction MSE (predict 0)", "latent cosine (other scenes)", "alignment MSE"],
      _mim_summary, ("mim",)),
+    ("Attention range per block, heads averaged (MIM: local and query-specific; contrastive: global, alike)",
+     ["encoder", "distance / uniform's, block 0 to last", "query-key NMI, block 0 to last",
+      "last block distance (px)", "scenes"], _attention_summary, ("attention",)),
 )
 
 

@@ -6,6 +6,7 @@ from typing import Mapping, Sequence
 
 from ssl_core.errors import BadRequest
 from ssl_core.features.encoder import Encoder
+from ssl_core.lab.attention import attention_probe
 from ssl_core.lab.cka import cka_probe
 from ssl_core.lab.config import LabConfig
 from ssl_core.lab.findings import SUPERVISED
@@ -46,7 +47,8 @@ def _mim_units(encoder: Encoder, config: LabConfig) -> int:
 
 def encoder_lab_units(encoder: Encoder, config: LabConfig) -> int:
     """Images passed through a model by `run_encoder_lab` (the progress total)."""
-    return 2 * (config.n_train + config.n_test) + _location_units(encoder, config) + _mim_units(encoder, config)
+    return (2 * (config.n_train + config.n_test) + _location_units(encoder, config) + _mim_units(encoder, config)
+            + config.attention_scenes)
 
 
 def run_encoder_lab(encoder: Encoder, config: LabConfig, progress: ProgressFn | None = None) -> EncoderLab:
@@ -59,9 +61,10 @@ def run_encoder_lab(encoder: Encoder, config: LabConfig, progress: ProgressFn | 
     location = location_probe(encoder, scenes, config, tracker.stage(_location_units(encoder, config)))
     part_map = part_map_probe(scenes, config)
     mim = mim_probe(encoder, config, tracker.stage(_mim_units(encoder, config)))
+    attention = attention_probe(encoder, config, tracker.stage(config.attention_scenes))
     tracker.finish()
     return EncoderLab(encoder.name, encoder.describe(), encoder.key, encoder.trained, encoder.spec.paradigm,
-                      scenes.size, objects, parts, knn, location, part_map, mim, time.perf_counter() - start)
+                      scenes.size, objects, parts, knn, location, part_map, mim, time.perf_counter() - start, attention)
 
 
 def default_cka_pairs(paradigms: Mapping[str, str]) -> list[tuple[str, str]]:

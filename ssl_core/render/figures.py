@@ -260,7 +260,7 @@ def layer_agreement_figure(results: dict[str, LayerAgreement]) -> go.Figure:
 
 
 def layer_sweep_figure(sweep: LayerSweep) -> go.Figure:
-    """The layer sweep's four curves against the block index."""
+    """The layer sweep's curves against the block index."""
     import plotly.graph_objects as go
 
 
