@@ -292,7 +292,7 @@ def test_the_layer_sweep_view_has_one_point_per_block_and_png_and_html_downloads
     tiny = LabConfig(n_train=8, n_test=4, patch_train_images=8, patch_test_images=4, part_map_images=4)
     result = lab.measure_view({"random-tiny": tiny_encoder}, lab.LAYERS, tiny)
     traces = result.figures["layers"].data
-    assert len(traces) == 4 and all(list(t.x) == list(range(tiny_encoder.depth)) for t in traces)
+    assert len(traces) == 6 and all(list(t.x) == list(range(tiny_encoder.depth)) for t in traces)
     png = Image.open(io.BytesIO(result.files["layer_sweep.png"]))
     assert png.format == "PNG" and len(np.unique(np.asarray(png.convert("RGB")).reshape(-1, 3), axis=0)) > 4
     assert b"plotly" in result.files["layer_sweep.html"] and "best block for parts" in result.notes
