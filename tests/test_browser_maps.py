@@ -18,6 +18,7 @@ from browser import (
     hover_readout,
     image_from_element,
     open_app,
+    plot_data,
     requires_browser,
     screenshot,
     src_of,
@@ -92,6 +93,8 @@ def test_every_map_has_a_colour_bar_and_a_hover_readout(image_file):
                           ("patch", "viridis")):
             assert bars(image_from_element(page, f"#compare-{row}"), cmap) == 2, row  # one per column
         assert READOUT.search(hover_readout(page, "#compare-readout"))
+        page.locator("#compare-attention-range .js-plotly-plot").wait_for(state="visible", timeout=60_000)
+        assert len(plot_data(page, "#compare-attention-range")) == 8  # 2 encoders x 2 panels: a line, a dot per head
         assert file_name(page, "#compare-export").endswith(".npz")
         screenshot(page, "maps-compare")
         page.context.browser.close()

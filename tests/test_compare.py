@@ -67,3 +67,27 @@ def test_the_resolution_redraws_every_map_row_at_the_same_size(image_333x517):
         assert not np.array_equal(guided.pictures[row], raw.pictures[row]), row
         assert not np.array_equal(difference.pictures[row], raw.pictures[row]), row
     np.testing.assert_array_equal(guided.maps["attention"], raw.maps["attention"])  # the readout stays on the grid
+
+
+def test_every_column_carries_its_attention_range_in_the_figure_the_numbers_and_the_report(image_333x517):
+    from ssl_core.analyses.attention_range import attention_range
+
+    tiny = load_encoder("random-tiny", device="cpu", cache=None)
+    mae = load_encoder("patchlens-mae", device="cpu", cache=None)
+    image = Image.fromarray(image_333x517)
+    view = handlers_compare.compare_view([tiny, mae], image, k=3)
+    [f] = mae.extract([image], attention=True)
+    expected = attention_range([f])
+    np.testing.assert_allclose(view.numbers["c1_attention_nmi"], expected.nmi, rtol=1e-6)
+    np.testing.assert_allclose(view.numbers["c1_attention_distance"], expected.distance * 8, rtol=1e-6)
+    assert view.numbers["c0_attention_relative_distance"].shape == (tiny.depth, 3)
+    figure = view.figures["attention_range"]
+    lines = [t for t in figure.data if t.mode == "lines+markers"]
+    assert [t.name for t in lines] == ["random-tiny (untrained)"] * 2 + ["patchlens-mae"] * 2  # left, right panel
+    np.testing.assert_allclose(lines[3].y, expected.nmi.mean(1), rtol=1e-6)  # the MAE's NMI, right panel
+    heads = [t for t in figure.data if t.mode == "markers"]
+    assert len(heads) == 4 and len(heads[0].y) == tiny.depth * 3  # a dot per block and head
+    row = next(r for r in view.tables["by_encoder"].rows if r[0] == "patchlens-mae")
+    assert f"{expected.nmi[-1].mean():.3f}" in row
+    report = view.files["comparison.html"].decode()
+    assert "Where the heads look" in report and "<script src=" not in report  # self-contained: plotly.js inlined

@@ -19,6 +19,7 @@ from PIL import Image
 from app.views.resolution import PATCH_GRID, Resolution, label_pixels, rgb_pixels, scalar_pixels
 from app.views.result import DISPLAY_MIN_SIDE, Click, Table, ViewResult, file_stem, patch_at, untrained_warning
 from ssl_core.analyses.attention import class_attention_map, rollout_map
+from ssl_core.analyses.attention_range import AttentionRange, attention_range
 from ssl_core.analyses.bagssl import embedding_vs_patch_mean, patch_to_embedding
 from ssl_core.analyses.parts import part_maps
 from ssl_core.analyses.pca import pca_rgb
@@ -26,7 +27,7 @@ from ssl_core.analyses.similarity import patch_similarity
 from ssl_core.features.encoder import Encoder, PatchFeatures
 from ssl_core.render import draw
 from ssl_core.render.draw import Scale
-from ssl_core.render.figures import readout_figure
+from ssl_core.render.figures import attention_range_figure, readout_figure
 
 CLICK_BOX = (0, 255, 255)
 ROWS = ("PCA", "similarity", "parts", "attention", "rollout", "patch · embedding")
@@ -55,6 +56,7 @@ class Column:
     numbers: dict[str, float] = field(default_factory=dict)
     maps: dict[str, np.ndarray] = field(default_factory=dict)  # row name -> the map behind its picture, per patch
     scales: dict[str, Scale] = field(default_factory=dict)  # row name -> colour scale, for the scalar rows
+    attention_range: AttentionRange | None = None  # per block and head: where the heads look
 
 
 @dataclass
@@ -83,12 +85,20 @@ class Comparison:
         return readout_figure([(f"{c.name}: {row}", c.maps[row], c.scales[row]) for row in SCALAR_ROWS
                                for c in self.columns], columns=len(self.columns))
 
+    def attention_figure(self) -> Any:
+        """Every encoder's attention range per block (distance relative to uniform, query-key NMI), heads as dots."""
+        return attention_range_figure({c.name: c.attention_range for c in self.columns})
+
     def numbers(self) -> dict[str, np.ndarray]:
         """Each column's maps as arrays ``c{i}_{row}`` (PCA RGB, similarity, part labels, attention, rollout,
-        patch · embedding), with the models' names."""
+        patch · embedding) and its attention range ``c{i}_attention_distance`` / ``_relative_distance`` / ``_nmi``
+        ([blocks, heads]; distance in pixels of the model's input), with the models' names."""
         out = {"models": np.array([c.name for c in self.columns], dtype=str)}
         for i, column in enumerate(self.columns):
             out.update({f"c{i}_{ROW_KEYS[row]}": np.asarray(values) for row, values in column.maps.items()})
+            reach = column.attention_range
+            out.update({f"c{i}_attention_distance": reach.distance_px,
+                        f"c{i}_attention_relative_distance": reach.relative_distance, f"c{i}_attention_nmi": reach.nmi})
         return out
 
 
@@ -146,7 +156,7 @@ def compare(encoders: Sequence[Encoder], image: Image.Image, click: Click = Clic
     for encoder in encoders:
         [f] = encoder.extract([image], layers="all", attention=True)
         row, col = patch_at(click, f.grid_hw)
-        agreement = embedding_vs_patch_mean(f)
+        agreement, reach = embedding_vs_patch_mean(f), attention_range([f])
         maps = column_maps(f, row, col, k, seed)
         scales = column_scales(maps)
         columns.append(Column(
@@ -155,7 +165,10 @@ def compare(encoders: Sequence[Encoder], image: Image.Image, click: Click = Clic
                          f"weights: {weights_name(encoder)}"),
             pictures=column_pictures(f, maps, scales, row, col, size, grid, drawn),
             numbers={"cos(image embedding, mean patch)": agreement.cosine[-1],
-                     "clicked patch row": row, "clicked patch col": col}, maps=maps, scales=scales))
+                     "attention distance / uniform, last block": float(reach.relative_distance[-1].mean()),
+                     "query-key NMI, last block": float(reach.nmi[-1].mean()),
+                     "clicked patch row": row, "clicked patch col": col},
+            maps=maps, scales=scales, attention_range=reach))
     shown = np.asarray(image.convert("RGB").resize((size[1], size[0]), Image.Resampling.BICUBIC))
     return Comparison(columns, shown, click, k)
 
@@ -167,7 +180,8 @@ def compare_view(encoders: Sequence[Encoder], image: Image.Image, click: Click =
     comparison = compare(encoders, image, click, k, grid=grid, resolution=resolution)
     return ViewResult(
         pictures={"image": comparison.image, **{row: comparison.row_picture(row) for row in ROWS}},
-        tables={"by_encoder": numbers_table(comparison)}, figures={"readout": comparison.readout()},
+        tables={"by_encoder": numbers_table(comparison)},
+        figures={"readout": comparison.readout(), "attention_range": comparison.attention_figure()},
         files={"comparison.png": draw.to_png_bytes(comparison.panel()),
                "comparison.html": html_report(comparison, title=title).encode()},
         numbers=comparison.numbers(), warnings=untrained_warning(*encoders),
@@ -189,7 +203,8 @@ def _png_data_uri(picture: np.ndarray) -> str:
 
 
 def html_report(comparison: Comparison, cka_figure: Any = None, title: str = "PatchLens comparison") -> str:
-    """A self-contained HTML page (pictures inlined) of the comparison, with the CKA figure if given."""
+    """A self-contained HTML page (pictures inlined) of the comparison and its attention-range figure, with the CKA
+    figure if given."""
     numbers = numbers_table(comparison)
     head = "".join(f"<th>{html.escape(c.name)}<br><small>{html.escape(c.description)}</small></th>" for c in comparison.columns)
     body = ""
@@ -198,7 +213,8 @@ def html_report(comparison: Comparison, cka_figure: Any = None, title: str = "Pa
         body += f"<tr><th>{html.escape(row)}</th>{cells}</tr>"
     table = "<table class='numbers'><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in numbers.headers) + "</tr>"
     table += "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>" for r in numbers.rows) + "</table>"
-    cka = cka_figure.to_html(full_html=False, include_plotlyjs="cdn") if cka_figure is not None else ""
+    reach = comparison.attention_figure().to_html(full_html=False, include_plotlyjs=True)
+    cka = cka_figure.to_html(full_html=False, include_plotlyjs=False) if cka_figure is not None else ""
     fx, fy = comparison.click.fraction
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:24px}} td,th{{padding:4px;vertical-align:top}}
@@ -208,6 +224,7 @@ table.numbers td,table.numbers th{{border:1px solid #ccc}}</style></head><body>
 <p><img src="{_png_data_uri(comparison.image)}" width="260"></p>
 <table><tr><th></th>{head}</tr>{body}</table>
 <h2>Numbers</h2>{table}
+<h2>Where the heads look, block by block</h2>{reach}
 {('<h2>CKA</h2>' + cka) if cka else ''}
 </body></html>"""
 

@@ -1,7 +1,7 @@
 """Figures for the analyses: plotly UMAP scatters, CKA heatmaps and BagSSL curves, and scatters as plain pictures.
 
 No analysis here: inputs are result dataclasses (`ssl_core.analyses.maps.PatchMap`, `Colouring`, `ssl_core.analyses.cka.CKAResult`,
-`ssl_core.analyses.bagssl.BagOfCrops`, `LayerAgreement`).
+`ssl_core.analyses.bagssl.BagOfCrops`, `LayerAgreement`, `ssl_core.analyses.attention_range.AttentionRange`).
 `scatter_picture` draws a scatter with numpy and PIL (no plotly) and keeps each point's pixel position, so a click
 on the picture maps back to a point (`ScatterPicture.point_at`): ``gr.Plot`` sends no click events to Python,
 a ``gr.Image`` does.
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ssl_core.analyses.attention_range import AttentionRange
 from ssl_core.analyses.bagssl import BagOfCrops, LayerAgreement
 from ssl_core.analyses.cka import CKAResult
 from ssl_core.analyses.maps import Colouring, PatchMap, nearest_point
@@ -272,6 +273,35 @@ def layer_sweep_figure(sweep: LayerSweep) -> go.Figure:
     fig.update_layout(title=f"Which layer? {sweep.model} on {sweep.test_scenes} held-out parts-world scenes",
                       xaxis_title="block", yaxis_title="score", template="plotly_white", height=400,
                       margin=dict(l=50, r=20, t=50, b=50))
+    return fig
+
+
+def attention_range_figure(results: dict[str, AttentionRange], height: int = 380) -> go.Figure:
+    """Per block, one line per model (mean over heads) and a dot per head: the mean attention distance relative to
+    uniform attention (left) and the query-key NMI (right)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["attention distance / uniform attention's (1: as spread)",
+                                                        "query-key NMI (0: every query attends alike)"])
+    for i, (name, result) in enumerate(results.items()):
+        colour = "rgb({}, {}, {})".format(*(int(v) for v in PALETTE[i % len(PALETTE)]))
+        for col, (values, label) in enumerate(((result.relative_distance, "distance / uniform"),
+                                               (result.nmi, "query-key NMI")), start=1):
+            heads = values.shape[1]
+            fig.add_trace(go.Scatter(x=np.repeat(result.blocks, heads), y=values.ravel(), mode="markers", opacity=0.35,
+                                     marker=dict(color=colour, size=5), legendgroup=name, showlegend=False,
+                                     text=[f"head {h}" for _ in result.blocks for h in range(heads)],
+                                     hovertemplate=f"block %{{x}}, %{{text}}: %{{y:.3f}}<extra>{name}</extra>"),
+                          row=1, col=col)
+            fig.add_trace(go.Scatter(x=result.blocks, y=values.mean(1), mode="lines+markers", name=name,
+                                     line=dict(color=colour), legendgroup=name, showlegend=col == 1,
+                                     hovertemplate=f"block %{{x}}, heads averaged: %{{y:.3f}}<extra>{name}</extra>"),
+                          row=1, col=col)
+    fig.update_xaxes(title_text="block")
+    fig.update_yaxes(rangemode="tozero")
+    fig.update_layout(title="Where the heads look: local and query-specific (MIM) or global and alike (contrastive)",
+                      template="plotly_white", height=height, margin=dict(l=50, r=20, t=70, b=50))
     return fig
 
 

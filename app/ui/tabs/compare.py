@@ -15,8 +15,9 @@ from ssl_core.features.encoder import Encoder
 
 HELP = """**Compare encoders side by side.** The same image through two to four encoders, view by view:
 each row is one view, each column one encoder, all at the same size even when patch sizes differ. Click the image
-on the left and every encoder's similarity map follows the same spot. Download the whole comparison as a PNG or an
-HTML report."""
+on the left and every encoder's similarity map follows the same spot. Below the maps, where each encoder's heads look
+block by block: how far (relative to attention spread evenly over the image) and how query-specific (0: every patch
+attends to the same places). Download the whole comparison as a PNG or an HTML report."""
 
 
 class CompareTab:
@@ -73,6 +74,8 @@ class CompareTab:
                         numbers = gr.File(label="Each column's maps (.npz)", elem_id="compare-export")
             rows = {row: gr.Image(label=row, interactive=False, format="png",
                                   elem_id=f"compare-{row.split()[0].lower()}") for row in views.ROWS}
+            reach = gr.Plot(label="Where the heads look, block by block: attention distance and query-key NMI",
+                            elem_id="compare-attention-range")
             readout = readout_plot("compare-readout", "each scalar map")
             click = gr.State(Click.centre())  # the spot, on the image as shown
 
@@ -80,7 +83,7 @@ class CompareTab:
         compare = app.job("Compare", self.run, [shared.images, shared.selected, models, k, click, resolution,
                                                 *shared.grid_and_model],
                           {"image": image, "by_encoder": table, "comparison.png": png, "comparison.html": report,
-                           "numbers": numbers, "readout": readout, **rows})
+                           "numbers": numbers, "readout": readout, "attention_range": reach, **rows})
         app.stoppable(compare, run.click, stop)
         app.stoppable(compare, resolution.change, stop)
         chain(app.action(clicked, [image], [click]).on(image.select), compare)
