@@ -22,6 +22,7 @@ def test_python_example_runs(monkeypatch) -> None:
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102  (our own README)
     assert namespace["sharp"].shape == namespace["f"].image.shape[:2]
     assert namespace["pairs"].count <= 20 and namespace["sweep"].blocks == list(range(6))
+    assert namespace["reach"].nmi.shape == (6, 3) and namespace["reach"].images == 2
 
 
 REPO_PATH = re.compile(r"(?:`|\]\()((?:ssl_core|app|scripts|docs|assets|tests|bench|\.ci)/[\w./*-]*)")
