@@ -117,8 +117,9 @@ def families(context: Context) -> list[dict]:
 
 def analyses(context: Context) -> list[dict]:
     """The pure analyses given tensors on the device give the CPU's answers: k-means parts (seeded starts drawn on
-    the CPU), the attention-mass mask and best-buddy correspondences."""
+    the CPU), the attention-mass mask, best-buddy correspondences and the attention range (distance, NMI)."""
     from ssl_core.analyses.attention import mass_mask
+    from ssl_core.analyses.attention_range import mean_attention_distance, query_key_nmi
     from ssl_core.analyses.correspondence import best_buddies
     from ssl_core.analyses.parts import kmeans
 
@@ -127,18 +128,23 @@ def analyses(context: Context) -> list[dict]:
     points = centres[torch.randint(6, (600,), generator=generator)] + 0.3 * torch.randn(600, 64, generator=generator)
     grids = torch.randn(2, 12, 16, 64, generator=generator)
     weights = torch.rand(14, 14, generator=generator)
+    attention = torch.randn(2, 3, 1 + 12 * 16, 1 + 12 * 16, generator=generator).mul(3).softmax(-1)  # [L, H, T, T]
 
     def run_on(device: torch.device) -> tuple:
+        reach = torch.stack([mean_attention_distance(attention.to(device), 1, (12, 16)),
+                             query_key_nmi(attention.to(device), 1)]).cpu()  # [2, L, H]
         return (kmeans(points.to(device), 6, seed=3).labels.cpu(), mass_mask(weights.to(device), 0.6).cpu(),
-                best_buddies(grids[0].to(device), grids[1].to(device)))
+                best_buddies(grids[0].to(device), grids[1].to(device)), reach)
 
-    (labels, mask, buddies), (labels_dev, mask_dev, buddies_dev) = run_on(torch.device("cpu")), run_on(context.device)
+    (labels, mask, buddies, reach), (labels_dev, mask_dev, buddies_dev, reach_dev) = (run_on(torch.device("cpu")),
+                                                                                      run_on(context.device))
     same_labels = float((labels == labels_dev).float().mean())
     same_pairs = bool(np.array_equal(buddies.patches_a, buddies_dev.patches_a)
                       and np.array_equal(buddies.patches_b, buddies_dev.patches_b))
+    reach_diff = float((reach - reach_dev).abs().max())
     return [{"k-means labels equal": same_labels, "mass mask equal": bool(torch.equal(mask, mask_dev)),
-             "best buddies equal": same_pairs, "passed": bool(same_labels >= 0.99 and torch.equal(mask, mask_dev)
-                                                             and same_pairs)}]
+             "best buddies equal": same_pairs, "attention range max abs diff": reach_diff,
+             "passed": bool(same_labels >= 0.99 and torch.equal(mask, mask_dev) and same_pairs and reach_diff < 1e-6)}]
 
 
 def oom_split(context: Context) -> list[dict]:

@@ -99,6 +99,31 @@ def test_range_of_a_real_forward_is_per_block_and_head_and_averages_images(tiny_
     uniform = uniform_attention_distance(f.grid_hw)
     np.testing.assert_allclose(one[2].relative_distance, one[2].distance / uniform, rtol=1e-6)
     np.testing.assert_allclose(attention_range(iter(features)).nmi, result.nmi)  # a generator is read once
+    np.testing.assert_allclose(one[0].nmi, query_key_nmi(features[0].attention, features[0].num_prefix).numpy())
+
+
+def test_two_patches_the_smallest_grid_with_an_answer(tiny_encoder):
+    """On a 1 x 2 grid the uniform distance (0.5 patch) and the NMI's normaliser (log 2) are below 1: nothing may
+    be floored at 1; a single patch has no query-key information and is refused."""
+    from dataclasses import replace
+
+    from ssl_core.errors import BadRequest
+
+    [f] = tiny_encoder.extract([Image.fromarray(smooth_image(64, 64, seed=0))], attention=True)
+    prefix = f.num_prefix  # the class token
+
+    def on_two_patches(rows: torch.Tensor):  # [2, 2] patch rows -> a 1 x 2 grid's features, half of each row on prefix
+        attention = torch.zeros(1, 1, prefix + 2, prefix + 2)
+        attention[..., :prefix] = 0.5 / prefix
+        attention[..., prefix:, prefix:] = 0.5 * rows
+        return replace(f, grid_hw=(1, 2), attention=attention)
+
+    uniform, to_itself = on_two_patches(torch.full((2, 2), 0.5)), on_two_patches(torch.eye(2))
+    assert uniform_attention_distance((1, 2)) == pytest.approx(0.5)
+    assert attention_range([uniform]).relative_distance.item() == pytest.approx(1.0)
+    assert attention_range([to_itself]).nmi.item() == pytest.approx(1.0)
+    with pytest.raises(BadRequest, match="two patches"):
+        query_key_nmi(torch.ones(1, 1, 2, 2) / 2, 1)
 
 
 def test_images_without_attention_are_refused(tiny_encoder):
