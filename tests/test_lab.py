@@ -228,6 +228,7 @@ def test_lab_handlers_return_tables_and_pictures(random_report, tiny_encoder):
 def test_attention_range_probe_in_the_report_and_as_its_own_measure(random_report, tiny_encoder):
     from app.views.lab import PROBES, probes_view
     from ssl_core.analyses.attention_range import attention_range
+    from ssl_core.lab.attention import attention_probe
     from ssl_core.lab.scenes import as_images, heldout_scenes
 
     [lab] = random_report.encoders
@@ -236,6 +237,9 @@ def test_attention_range_probe_in_the_report_and_as_its_own_measure(random_repor
     assert lab.attention.images == SMALL.attention_scenes == 32 and len(lab.attention.relative_distance) == 6
     assert "### Attention range per block" in random_report.to_markdown()
     assert random_report.to_dict()["encoders"][0]["attention"]["heads"] == 3
+    seen = []
+    ten = attention_probe(tiny_encoder, replace(SMALL, attention_images=10, seed=5), lambda *step: seen.append(step))
+    assert seen == [(8, 10), (10, 10)] and (ten.images, ten.image_size, ten.seed, ten.heads) == (10, 96, 5, 3)
     view = probes_view({"random-tiny": tiny_encoder}, PROBES[5], replace(SMALL, attention_images=4))
     assert "### Attention range per block" in view.markdown and "query-key NMI, per block" in view.markdown
     assert view.numbers["random-tiny"]["AttentionResult"]["images"] == 4
