@@ -35,6 +35,9 @@ def test_views_return_one_picture_per_image_and_their_numbers(tiny_encoder, imag
     assert set(pca.numbers) >= {"pca_rgb_0", "foreground_1"}
     att = handlers.attention_view(tiny_encoder, images[0], layer=-1, head=1, rollout=False, keep_mass=0.5)
     assert len(att.galleries["heads"]) == tiny_encoder.num_heads and att.numbers["mask"].shape == (12, 19)
+    nmi = att.numbers["attention_nmi"]  # [blocks, heads], head 1 of the last block in its caption
+    assert nmi.shape == (tiny_encoder.depth, tiny_encoder.num_heads) and set(att.figures) == {"readout", "range"}
+    assert att.galleries["heads"][1][1].endswith(f"NMI {nmi[-1, 1]:.2f}") and "query-key NMI" in att.markdown
     rolled = handlers.attention_view(tiny_encoder, images[0], layer=3, head=None, rollout=True, keep_mass=0.5)
     assert "rollout over blocks 0–3" in rolled.markdown
     bag = handlers.bagssl_view(tiny_encoder, images[1], crop_sizes=[32, 48])

@@ -61,6 +61,8 @@ def test_every_map_has_a_colour_bar_and_a_hover_readout(image_file):
         assert_map(page, "#token-norm", "viridis", None)
         for src in gallery_srcs(page, "#attention-heads"):
             assert bars(fetch_image(page, src)[:, -BAR_WIDTH:], "inferno") == 1
+        page.locator("#attention-range .js-plotly-plot").wait_for(state="visible", timeout=60_000)
+        assert len(plot_data(page, "#attention-range")) == 4  # 2 panels: a line and a dot per head
 
         page.get_by_role("tab", name="BagSSL").click()
         page.locator("#bagssl-run").click()

@@ -22,6 +22,7 @@ from app.views.result import (
     untrained_warning,
 )
 from ssl_core.analyses.attention import attention_shares, class_attention_map, mass_mask, rollout_map
+from ssl_core.analyses.attention_range import attention_range
 from ssl_core.analyses.bagssl import (
     bag_of_crops,
     bag_tables,
@@ -41,7 +42,12 @@ from ssl_core.features.facets import facet_tokens
 from ssl_core.progress import ProgressFn
 from ssl_core.render import draw
 from ssl_core.render.draw import Scale
-from ssl_core.render.figures import bag_of_crops_figure, layer_agreement_figure, readout_figure
+from ssl_core.render.figures import (
+    attention_range_figure,
+    bag_of_crops_figure,
+    layer_agreement_figure,
+    readout_figure,
+)
 from ssl_core.work import WorkLimits
 
 FINAL_LAYER = "final (normed)"
@@ -225,8 +231,9 @@ def parts_table_headers(k: int) -> list[str]:
 
 def attention_view(encoder: Encoder, image: Image.Image, layer: int, head: int | None, rollout: bool,
                    keep_mass: float, grid: bool = False, resolution: str = PATCH_GRID) -> ViewResult:
-    """Class-token attention of one layer (per head and averaged) or the rollout, with a mass-threshold mask, and
-    the norm of each patch token after that block (high-norm artifact tokens boxed)."""
+    """Class-token attention of one layer (per head and averaged) or the rollout, with a mass-threshold mask, the
+    norm of each patch token after that block (high-norm artifact tokens boxed), and where every block's heads look
+    (attention distance and query-key NMI per head: the figure ``range``, and each head's caption)."""
     drawn = Resolution.of(resolution)
     [layer] = encoder.resolve_layers([layer])
     [f] = encoder.extract([image], layers=[layer], attention=True)
@@ -240,6 +247,7 @@ def attention_view(encoder: Encoder, image: Image.Image, layer: int, head: int |
              for h in range(encoder.num_heads)]
     mask = mass_mask(chosen, keep_mass)
     norms = token_norms(f, [layer])
+    reach = attention_range([f])  # [L, heads]
     scales = {"map": Scale.of(chosen, "inferno", "rollout" if rollout else "attention"),
               "norm": Scale.of(norms.patch_norms[0], "viridis", "norm")}
     head_scales = [Scale.of(m, "inferno", "attention") for m in heads]
@@ -249,6 +257,11 @@ def attention_view(encoder: Encoder, image: Image.Image, layer: int, head: int |
     if f.num_registers:
         shares = attention_shares(f.attention, f.has_class_token, f.num_registers, layer=layer)
         notes += (f" · {shares.registers:.0%} of the class token's attention goes to the {f.num_registers} registers")
+    notes += (f" · block {layer}'s patches attend {reach.distance_px[layer].mean():.0f} px away on average "
+              f"({reach.relative_distance[layer].mean():.2f} of uniform attention's), query-key NMI "
+              f"{reach.nmi[layer].mean():.2f}")
+    head_captions = [f"head {h} · {reach.distance_px[layer, h]:.0f} px, NMI {reach.nmi[layer, h]:.2f}"
+                     for h in range(len(heads))]
     panels = [(title, chosen, scales["map"]), (f"token norm, block {layer}", norms.patch_norms[0], scales["norm"]),
               *((f"head {h}", m, s) for h, (m, s) in enumerate(zip(heads, head_scales)))]
     return ViewResult(
@@ -256,12 +269,14 @@ def attention_view(encoder: Encoder, image: Image.Image, layer: int, head: int |
                   "mask": shown(f, draw.mask_overlay(f.image, mask), grid),
                   "token_norm": scalar_picture(f, norms.patch_norms[0], scales["norm"], drawn, grid,
                                                marks=norms.outliers[0])},
-        galleries={"heads": [(scalar_picture(f, m, s, drawn, grid), f"head {h}")
-                             for h, (m, s) in enumerate(zip(heads, head_scales))]},
-        figures={"readout": readout_figure(panels)}, item_names={"heads": [f"head{h}" for h in range(len(heads))]},
+        galleries={"heads": [(scalar_picture(f, m, s, drawn, grid), caption)
+                             for m, s, caption in zip(heads, head_scales, head_captions)]},
+        figures={"readout": readout_figure(panels), "range": attention_range_figure({encoder.display_name: reach})},
+        item_names={"heads": [f"head{h}" for h in range(len(heads))]},
         numbers={"attention_map": chosen.numpy(), "mask": mask.numpy(), "per_head": torch.stack(heads).numpy(),
                  "attention": f.attention.numpy(), "token_norm": norms.patch_norms[0],
-                 "token_norm_outliers": norms.outliers[0]},
+                 "token_norm_outliers": norms.outliers[0], "attention_distance_px": reach.distance_px,
+                 "attention_relative_distance": reach.relative_distance, "attention_nmi": reach.nmi},
         notes=notes + ".", warnings=untrained_warning(encoder), name=file_stem(encoder.name, "attention"))
 
 

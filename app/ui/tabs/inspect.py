@@ -40,7 +40,10 @@ the block's output or from its attention's keys, queries or values.""",
              "the same grid (location, not content) before clustering: try it on an MAE.",
     "attention": "Where the class token looks, per head and averaged, in any block; *rollout* multiplies the attention "
                  "of blocks 0..b (with the residual path) to follow information through the network. The mask keeps the "
-                 "patches that hold the chosen share of the attention mass (DINO's figure). Register tokens are left out.",
+                 "patches that hold the chosen share of the attention mass (DINO's figure). Register tokens are left out. "
+                 "Below, where each block's heads look: how far, against attention spread evenly (1), and how "
+                 "query-specific (NMI 0: every patch attends to the same places). MIM models keep local heads to the "
+                 "last block; DINO and supervised ones turn global.",
     "bagssl": "BagSSL: is the image embedding the average of its parts? Top left: the image embedding against the mean of "
               "the patch tokens, block by block. Top right: crops of each size embedded on their own and averaged, "
               "against the full image (a crop of the whole image gives 1). Below: each patch token's cosine to the image "
@@ -282,13 +285,14 @@ class InspectTab:
             heads = gr.Gallery(label="Every head of this block", columns=6, height=260, format="png",
                                elem_id="attention-heads")
             info = gr.Markdown()
+            reach = gr.Plot(label="Where the heads look, block by block", elem_id="attention-range")
             readout = readout_plot("attention-readout")
-            numbers = gr.File(label="Attention maps and token norms (.npz)")
+            numbers = gr.File(label="Attention maps, token norms and attention range (.npz)")
         controls = [block, head, rollout, mass]
         return self._on_change(controls, self.app.view(
             self.attention, [self.shared.images, self.shared.selected, *controls, *self.drawing],
             {"map": picture, "mask": mask, "token_norm": norm, "heads": heads, "readout": readout, "markdown": info,
-             "numbers": numbers})), block, head
+             "range": reach, "numbers": numbers})), block, head
 
     def _bagssl_tab(self) -> Runner:
         with gr.Tab("BagSSL", id="bagssl"):
