@@ -31,7 +31,7 @@ from ssl_core.features.patch_features import PatchFeatures
 
 
 def patch_attention(attention: torch.Tensor, num_prefix: int) -> torch.Tensor:
-    """[L, heads, T, T] -> [L, heads, n, n] float64: patch queries to patch keys, rows renormalised to sum to 1."""
+    """[..., T, T] -> [..., n, n] float64: patch queries to patch keys, rows renormalised to sum to 1."""
     among_patches = attention[..., num_prefix:, num_prefix:].double()
     return among_patches / among_patches.sum(-1, keepdim=True).clamp_min(1e-12)
 
@@ -45,10 +45,12 @@ def grid_distances(grid_hw: tuple[int, int], device: torch.device | str = "cpu")
 
 
 def mean_attention_distance(attention: torch.Tensor, num_prefix: int, grid_hw: tuple[int, int]) -> torch.Tensor:
-    """[L, heads, T, T] -> [L, heads]: the attention-weighted query-key distance in patches, mean over queries."""
-    weights = patch_attention(attention, num_prefix)  # [L, H, n, n]
-    distances = grid_distances(grid_hw, weights.device)  # [n, n]
-    return (weights * distances).sum(-1).mean(-1)
+    """[L, heads, T, T] -> [L, heads]: the attention-weighted query-key distance in patches, mean over queries.
+    One block at a time, as `query_key_nmi`: a float64 copy of a large model's whole attention at a high resolution
+    would take gigabytes."""
+    distances = grid_distances(grid_hw, attention.device)  # [n, n]
+    return torch.stack([(patch_attention(block, num_prefix) * distances).sum(-1).mean(-1)  # block: [H, T, T]
+                        for block in attention])
 
 
 def uniform_attention_distance(grid_hw: tuple[int, int]) -> float:
@@ -57,16 +59,20 @@ def uniform_attention_distance(grid_hw: tuple[int, int]) -> float:
 
 
 def query_key_nmi(attention: torch.Tensor, num_prefix: int) -> torch.Tensor:
-    """[L, heads, T, T] -> [L, heads]: I(Q; K) / sqrt(H(Q) H(K)) with Q uniform over the patches."""
-    weights = patch_attention(attention, num_prefix)  # [L, H, n, n]: p(k | q)
-    n = weights.shape[-1]
+    """[L, heads, T, T] -> [L, heads]: I(Q; K) / sqrt(H(Q) H(K)) with Q uniform over the patches, one block at a
+    time."""
+    n = attention.shape[-1] - num_prefix
     if n < 2:
         raise BadRequest("query-key NMI needs at least two patches")
-    key_marginal = weights.mean(-2)  # [L, H, n]: p(k)
-    key_entropy = _entropy(key_marginal)  # H(K)
-    conditional = _entropy(weights).mean(-1)  # H(K | Q), [L, H]
+    return torch.stack([_block_nmi(patch_attention(block, num_prefix)) for block in attention])
+
+
+def _block_nmi(weights: torch.Tensor) -> torch.Tensor:
+    """weights: [H, n, n] p(k | q) -> [H]."""
+    key_entropy = _entropy(weights.mean(-2))  # H(K) of the marginal p(k): [H]
+    conditional = _entropy(weights).mean(-1)  # H(K | Q): [H]
     mutual = (key_entropy - conditional).clamp_min(0.0)
-    return mutual / (np.log(n) * key_entropy).sqrt().clamp_min(1e-12)
+    return mutual / (np.log(weights.shape[-1]) * key_entropy).sqrt().clamp_min(1e-12)
 
 
 def _entropy(probabilities: torch.Tensor) -> torch.Tensor:
