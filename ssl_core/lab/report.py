@@ -185,8 +185,8 @@ def _mim_summary(e: EncoderLab) -> list[str]:
 
 def _attention_summary(e: EncoderLab) -> list[str]:
     a = e.attention
-    return [e.label, _per_block(a.relative_distance), _per_block(a.nmi), f"{a.distance_px[-1]:.1f} of {a.image_size}",
-            str(a.images)]
+    return [e.label, _per_block(a.relative_distance), _per_block(a.nmi),
+            f"{a.distance_px[-1]:.1f} of {a.image_size} px", str(a.images)]
 
 
 @dataclass
