@@ -179,6 +179,9 @@ def test_gpu_indexes_share_one_faiss_resources_per_gpu_and_search_through_it_one
             self._use_temporary_memory()
             return brute_force(database, rows, k)
 
+        def __del__(self):  # freeing goes through the shared resources too
+            self._use_temporary_memory()
+
     fake_faiss = types.SimpleNamespace(
         get_compile_options=lambda: "AVX2 GPU", get_num_gpus=lambda: 2, GpuIndexFlatConfig=types.SimpleNamespace,
         StandardGpuResources=lambda: resources_made.append(object()) or resources_made[-1], GpuIndexFlatIP=GpuIndexFlatIP)
@@ -189,12 +192,15 @@ def test_gpu_indexes_share_one_faiss_resources_per_gpu_and_search_through_it_one
     assert len(resources_made) == 2 and {id(s.resources) for s in searches} == {id(resources_made[0])}
     assert other_gpu.resources is resources_made[1] and other_gpu.gpu_index.gpu == 1
     overlaps.clear()
-    threads = [threading.Thread(target=search.search, args=(queries, 5)) for search in searches * 2]
+    threads = [threading.Thread(target=search.search, args=(queries, 5)) for search in searches[:2] * 3]
+    threads.append(threading.Thread(target=searches[2].release))  # an index dropped while others search
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert overlaps == [False] * 6
+    assert overlaps == [False] * 7 and searches[2].gpu_index is None
+    del searches[1]  # the garbage collector frees it under the lock as well
+    assert overlaps == [False] * 8
 
 
 def test_one_index_is_searched_on_the_gpu_by_one_thread_at_a_time(tiny_encoder, built, monkeypatch):

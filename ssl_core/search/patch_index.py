@@ -81,7 +81,10 @@ class PatchIndex:
         positions = [grid_positions(im.grid_hw) for im in images]
         self._rows = np.concatenate([r for r, _ in positions] or [np.zeros(0, np.int64)]).astype(np.int16)
         self._cols = np.concatenate([c for _, c in positions] or [np.zeros(0, np.int64)]).astype(np.int16)
-        self._device_search = None
+        with self._device_lock:  # the device copy is of the old vectors
+            if self._device_search is not None:
+                self._device_search.release()
+            self._device_search = None
 
     # ----------------------------------------------------------------------------------------- creation
     @classmethod

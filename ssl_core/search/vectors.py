@@ -239,19 +239,20 @@ def faiss_has_gpu() -> bool:
     return "GPU" in faiss.get_compile_options() and faiss.get_num_gpus() > 0
 
 
-_GPU_RESOURCES: dict[int, tuple[object, threading.Lock]] = {}  # GPU number -> (faiss.StandardGpuResources, its lock)
+_GPU_RESOURCES: dict[int, tuple[object, threading.RLock]] = {}  # GPU number -> (faiss.StandardGpuResources, lock)
 _GPU_RESOURCES_LOCK = threading.Lock()
 
 
-def faiss_gpu_resources(gpu: int) -> tuple[object, threading.Lock]:
-    """The process's one FAISS `StandardGpuResources` for a GPU, and the lock every call through it takes. It reserves
-    a region of temporary GPU memory (up to about 1.5 GiB) that one call at a time may use, so FAISS advises indexes to
-    share it: one per gallery index would reserve that much again for every session's gallery."""
+def faiss_gpu_resources(gpu: int) -> tuple[object, threading.RLock]:
+    """The process's one FAISS `StandardGpuResources` for a GPU, and the lock every call through it takes (building,
+    searching and freeing an index). It reserves a region of temporary GPU memory (up to about 1.5 GiB) that one call
+    at a time may use, so FAISS advises indexes to share it: one per gallery index would reserve that much again for
+    every session's gallery. It is kept for the life of the process, as torch keeps its cached memory."""
     with _GPU_RESOURCES_LOCK:
         if gpu not in _GPU_RESOURCES:
             import faiss
 
-            _GPU_RESOURCES[gpu] = (faiss.StandardGpuResources(), threading.Lock())
+            _GPU_RESOURCES[gpu] = (faiss.StandardGpuResources(), threading.RLock())
         return _GPU_RESOURCES[gpu]
 
 
@@ -262,7 +263,7 @@ class DeviceSearch:
 
     def __init__(self, vectors: np.ndarray, device: torch.device):
         self.device, self.vectors = device, vectors  # [N, D], until torch's search has its device copy
-        self.gpu_index, self.faiss_lock = None, threading.Lock()
+        self.gpu_index, self.faiss_lock = None, threading.RLock()
         self.database: torch.Tensor | None = None  # [N, D] fp16 on the device, for torch's search
         if faiss_has_gpu():
             import faiss
@@ -282,12 +283,23 @@ class DeviceSearch:
                     return self.gpu_index.search(np.ascontiguousarray(queries, np.float32), k)
             except RuntimeError as err:  # FAISS's own GPU allocations failed (torch holds the memory): torch's search
                 logger.warning("FAISS GPU search failed, searching with torch from now on: %s", err)
-                self.gpu_index = None
+                self.release()
         if self.database is None:  # the host copy goes once the device holds one (10M x 768: 15 GB)
             self.database = torch.from_numpy(np.asarray(self.vectors, np.float16)).to(self.device)
             self.vectors = None
         scores, ids = exact_search_torch(self.database, torch.from_numpy(queries).to(self.device, torch.float16), k)
         return scores.cpu().numpy(), ids.cpu().numpy()
+
+    def release(self) -> None:
+        """Frees the FAISS GPU index under its GPU's lock: its memory goes back through the shared resources, which a
+        search of another index may be using (a reentrant lock: the garbage collector may call this on a thread that
+        holds it)."""
+        with self.faiss_lock:
+            self.gpu_index = None
+
+    def __del__(self) -> None:
+        if getattr(self, "gpu_index", None) is not None:
+            self.release()
 
 
 __all__ = ["VectorIndex", "make_vector_index", "exact_search_torch", "recall_at_k", "resolve_kind", "ivf_list_count",
