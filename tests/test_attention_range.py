@@ -134,3 +134,16 @@ def test_images_without_attention_are_refused(tiny_encoder):
         attention_range([features])
     with pytest.raises(BadRequest, match="at least one image"):
         attention_range([])
+
+
+def test_models_without_prefix_tokens_use_every_column():
+    """SigLIP-style pooled models have no class token or registers: nothing is dropped."""
+    n = GRID[0] * GRID[1]
+    rows = random_attention(1, 2, seed=3)[..., PREFIX:, PREFIX:]
+    rows = rows / rows.sum(-1, keepdim=True)  # [1, 2, n, n]: a prefix-free model's attention
+    for head in range(2):
+        embedded = with_prefix(rows[0, head], 0.3)
+        assert mean_attention_distance(rows, 0, GRID)[0, head].item() == pytest.approx(
+            mean_attention_distance(embedded, PREFIX, GRID).item())
+        assert query_key_nmi(rows, 0)[0, head].item() == pytest.approx(query_key_nmi(embedded, PREFIX).item())
+    assert query_key_nmi(torch.eye(n)[None, None], 0).item() == pytest.approx(1.0)

@@ -79,7 +79,7 @@ def test_every_column_carries_its_attention_range_in_the_figure_the_numbers_and_
     [f] = mae.extract([image], attention=True)
     expected = attention_range([f])
     np.testing.assert_allclose(view.numbers["c1_attention_nmi"], expected.nmi, rtol=1e-6)
-    np.testing.assert_allclose(view.numbers["c1_attention_distance"], expected.distance * 8, rtol=1e-6)
+    np.testing.assert_allclose(view.numbers["c1_attention_distance_px"], expected.distance * 8, rtol=1e-6)
     assert view.numbers["c0_attention_relative_distance"].shape == (tiny.depth, 3)
     figure = view.figures["attention_range"]
     lines = [t for t in figure.data if t.mode == "lines+markers"]
@@ -90,4 +90,4 @@ def test_every_column_carries_its_attention_range_in_the_figure_the_numbers_and_
     row = next(r for r in view.tables["by_encoder"].rows if r[0] == "patchlens-mae")
     assert f"{expected.nmi[-1].mean():.3f}" in row
     report = view.files["comparison.html"].decode()
-    assert "Where the heads look" in report and "<script src=" not in report  # self-contained: plotly.js inlined
+    assert "Where the heads look" in report and report.count("<img src=\"data:image/png") == 1 + 6 * 2 + 2

@@ -163,6 +163,10 @@ def test_attention_finding_compares_the_most_query_specific_mim_model_with_the_o
             "query-specific MIM 0.300 (my-mae) vs other 0.030 (my-sup) — holds (1 of 2 MIM models above every other); "
             "distance, most local MIM 0.40 (my-mae) vs other 0.90 (my-sup) — holds.") in text
     assert "rand" not in text and text in findings(report(*models))
+    unknown = lab("raw-timm-id", "")  # a paradigm the registry does not know: listed, on neither side
+    unknown.attention = attention(0.10, 0.90)
+    assert "raw-timm-id 0.10 / 0.900" in attention_finding(report(*models, unknown))
+    assert "vs other 0.030 (my-sup) — holds" in attention_finding(report(*models, unknown))
     models[0].attention, models[2].attention = attention(0.98, 0.005), attention(0.60, 0.10)  # the other way round
     text = attention_finding(report(*models))
     assert ("NMI, most query-specific MIM 0.040 (my-cae) vs other 0.100 (my-sup) — does not hold (0 of 2 MIM models "

@@ -29,8 +29,11 @@ def encoder():
 
 
 def test_sweep_against_independent_references(encoder) -> None:
-    sweep = layer_sweep(encoder, CONFIG)
+    seen = []
+    sweep = layer_sweep(encoder, CONFIG, progress=lambda *step: seen.append(step))
     assert sweep.blocks == list(range(encoder.depth)) and sweep.test_scenes == 8 and sweep.train_scenes == 16
+    # one count over both extractions: 16 + 8 scenes with every block's tokens, then 8 with attention
+    assert seen[-1] == (32, 32) and all(a <= b for (a, _), (b, _) in zip(seen, seen[1:])) and (24, 32) in seen
     assert sweep.cka_to_last[-1] == pytest.approx(1.0)
     scenes = encode_all_blocks(encoder, CONFIG)
     for block in (0, 3):

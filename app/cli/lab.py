@@ -127,13 +127,15 @@ def _lab(parser: argparse.ArgumentParser):
     return run
 
 
-@command("layers", "which layer? part probe, part-map ARI, BagSSL cosine and CKA to the last block, per block")
+@command("layers", "which layer? part probe, part-map ARI, BagSSL cosine, CKA to the last block and attention "
+                   "range, per block")
 def _layers(parser: argparse.ArgumentParser):
     from app.cli.main import add_model_args
 
     add_model_args(parser)
     parser.add_argument("--n-train", type=int, default=80, help="held-out scenes whose patches train the part probe")
-    parser.add_argument("--n-test", type=int, default=40, help="held-out scenes that score it (and the part maps)")
+    parser.add_argument("--n-test", type=int, default=40, help="held-out scenes that score it (and the part maps and "
+                        "attention range)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help=".html (plotly curves), .md or .json (default: print a table)")
 

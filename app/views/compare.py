@@ -28,6 +28,7 @@ from ssl_core.features.encoder import Encoder, PatchFeatures
 from ssl_core.render import draw
 from ssl_core.render.draw import Scale
 from ssl_core.render.figures import attention_range_figure, readout_figure
+from ssl_core.render.lines import curves_picture
 
 CLICK_BOX = (0, 255, 255)
 ROWS = ("PCA", "similarity", "parts", "attention", "rollout", "patch · embedding")
@@ -89,15 +90,28 @@ class Comparison:
         """Every encoder's attention range per block (distance relative to uniform, query-key NMI), heads as dots."""
         return attention_range_figure({c.name: c.attention_range for c in self.columns})
 
+    def attention_pictures(self) -> list[np.ndarray]:
+        """The same, heads averaged, as two line charts (distance / uniform's, query-key NMI) for the HTML report;
+        a shallower encoder's line ends at its last block."""
+        depth = max(c.attention_range.distance.shape[0] for c in self.columns)
+
+        def padded(values: np.ndarray) -> list[float]:
+            return [*values.mean(1).tolist(), *[float("nan")] * (depth - values.shape[0])]
+
+        return [curves_picture(list(range(depth)), {c.name: padded(getattr(c.attention_range, measure))
+                                                    for c in self.columns}, title=title, x_title="block")
+                for measure, title in (("relative_distance", "attention distance / uniform attention's"),
+                                       ("nmi", "query-key NMI (0: every query attends alike)"))]
+
     def numbers(self) -> dict[str, np.ndarray]:
         """Each column's maps as arrays ``c{i}_{row}`` (PCA RGB, similarity, part labels, attention, rollout,
-        patch · embedding) and its attention range ``c{i}_attention_distance`` / ``_relative_distance`` / ``_nmi``
-        ([blocks, heads]; distance in pixels of the model's input), with the models' names."""
+        patch · embedding) and its attention range ``c{i}_attention_distance_px`` / ``_relative_distance`` / ``_nmi``
+        ([blocks, heads]; pixels of the model's input), with the models' names."""
         out = {"models": np.array([c.name for c in self.columns], dtype=str)}
         for i, column in enumerate(self.columns):
             out.update({f"c{i}_{ROW_KEYS[row]}": np.asarray(values) for row, values in column.maps.items()})
             reach = column.attention_range
-            out.update({f"c{i}_attention_distance": reach.distance_px,
+            out.update({f"c{i}_attention_distance_px": reach.distance_px,
                         f"c{i}_attention_relative_distance": reach.relative_distance, f"c{i}_attention_nmi": reach.nmi})
         return out
 
@@ -213,8 +227,8 @@ def html_report(comparison: Comparison, cka_figure: Any = None, title: str = "Pa
         body += f"<tr><th>{html.escape(row)}</th>{cells}</tr>"
     table = "<table class='numbers'><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in numbers.headers) + "</tr>"
     table += "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>" for r in numbers.rows) + "</table>"
-    reach = comparison.attention_figure().to_html(full_html=False, include_plotlyjs=True)
-    cka = cka_figure.to_html(full_html=False, include_plotlyjs=False) if cka_figure is not None else ""
+    reach = "".join(f'<img src="{_png_data_uri(picture)}" width="540">' for picture in comparison.attention_pictures())
+    cka = cka_figure.to_html(full_html=False, include_plotlyjs="cdn") if cka_figure is not None else ""
     fx, fy = comparison.click.fraction
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:24px}} td,th{{padding:4px;vertical-align:top}}
@@ -224,7 +238,7 @@ table.numbers td,table.numbers th{{border:1px solid #ccc}}</style></head><body>
 <p><img src="{_png_data_uri(comparison.image)}" width="260"></p>
 <table><tr><th></th>{head}</tr>{body}</table>
 <h2>Numbers</h2>{table}
-<h2>Where the heads look, block by block</h2>{reach}
+<h2>Where the heads look, block by block (heads averaged)</h2><p>{reach}</p>
 {('<h2>CKA</h2>' + cka) if cka else ''}
 </body></html>"""
 

@@ -42,12 +42,7 @@ from ssl_core.features.facets import facet_tokens
 from ssl_core.progress import ProgressFn
 from ssl_core.render import draw
 from ssl_core.render.draw import Scale
-from ssl_core.render.figures import (
-    attention_range_figure,
-    bag_of_crops_figure,
-    layer_agreement_figure,
-    readout_figure,
-)
+from ssl_core.render.figures import attention_range_figure, bag_of_crops_figure, layer_agreement_figure, readout_figure
 from ssl_core.work import WorkLimits
 
 FINAL_LAYER = "final (normed)"

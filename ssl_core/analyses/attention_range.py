@@ -16,10 +16,12 @@ where the rest goes.
   when each query has keys of its own. H(Q) = log n for n patches.
 
 Every function takes one image's ``[L, heads, T, T]`` attention (T = prefix + h*w, rows summing to 1) and returns
-``[L, heads]``; `attention_range` averages images of any grids.
+``[L, heads]``; `attention_range` averages images of any grids. A query whose whole attention underflows to the
+prefix (exactly 0 on every patch) keeps a zero row: it counts as distance 0 and adds no key mass.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -72,7 +74,7 @@ def _block_nmi(weights: torch.Tensor) -> torch.Tensor:
     key_entropy = _entropy(weights.mean(-2))  # H(K) of the marginal p(k): [H]
     conditional = _entropy(weights).mean(-1)  # H(K | Q): [H]
     mutual = (key_entropy - conditional).clamp_min(0.0)
-    return mutual / (np.log(weights.shape[-1]) * key_entropy).sqrt().clamp_min(1e-12)
+    return mutual / (math.log(weights.shape[-1]) * key_entropy).sqrt().clamp_min(1e-12)
 
 
 def _entropy(probabilities: torch.Tensor) -> torch.Tensor:

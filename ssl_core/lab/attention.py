@@ -38,19 +38,20 @@ class AttentionResult:
         return self.relative_distance[-1], self.nmi[-1]
 
 
-CHUNK = 8  # scenes whose attention maps are held at once (a ViT-B's are 22 MB per 224 px scene)
+CHUNK = 8  # scenes whose attention maps are held at once, fewer where they would pass the encoder's attention limit
 
 
 def attention_probe(encoder: Encoder, config: LabConfig, progress: ProgressFn | None = None) -> AttentionResult:
     """Attention range of ``encoder`` on the first ``config.attention_scenes`` test scenes."""
     size = scene_size(encoder)
     images = as_images(heldout_scenes(config, "test", size, config.attention_scenes))
+    chunk = encoder.attention_batch((size, size), CHUNK)  # ViT-B at 224 px: 22 MB a scene; SigLIP-so400m at 378: 0.9 GB
 
     def features() -> Iterator[PatchFeatures]:
-        for start in range(0, len(images), CHUNK):
-            yield from encoder.extract(images[start:start + CHUNK], attention=True, batch_size=config.batch_size)
+        for start in range(0, len(images), chunk):
+            yield from encoder.extract(images[start:start + chunk], attention=True, batch_size=config.batch_size)
             if progress is not None:
-                progress(min(start + CHUNK, len(images)), len(images))
+                progress(min(start + chunk, len(images)), len(images))
 
     result = attention_range(features())  # [L, heads] each
     return AttentionResult(result.relative_distance.mean(1).tolist(), result.nmi.mean(1).tolist(),

@@ -17,6 +17,7 @@ SUPERVISED = ("supervised",)
 SELF_SUPERVISED = ("joint-embedding", "mim", "location")
 MIM = ("mim",)
 LOCATION = ("location",)  # trained to find tokens at the wrong position (DILEMMA)
+GLOBAL_ATTENTION = ("supervised", "joint-embedding", "image-text", "location")  # the attention finding's other side
 
 
 def _verdict(difference: float, yes: str = "holds", no: str = "does not hold") -> str:
@@ -161,15 +162,17 @@ def mim_findings(report: LabReport) -> list[str]:
 
 
 def attention_finding(report: LabReport) -> str | None:
-    """MIM models' last-block attention more local and more query-specific than the other trained models' (Park et
-    al. 2023: MIM part-to-part, contrastive part-to-whole): the most query-specific of each side compared."""
+    """MIM models' last-block attention more local and more query-specific than supervised, joint-embedding,
+    image-text and location models' (Park et al. 2023: MIM part-to-part, contrastive part-to-whole): the most
+    query-specific of each side compared. Models of other or unknown paradigms are listed but on neither side."""
     measured = [e for e in report.encoders if e.trained and e.attention is not None]
     if not measured:
         return None
     mim = [e for e in measured if e.paradigm in MIM]
-    others = [e for e in measured if e.paradigm not in MIM]
+    others = [e for e in measured if e.paradigm in GLOBAL_ATTENTION]
     if not mim or not others:
-        return "**Attention range**: not tested (needs a trained MIM model and another trained model)."
+        return ("**Attention range**: not tested (needs a trained MIM model and a trained model of the "
+                f"{', '.join(GLOBAL_ATTENTION[:-1])} or {GLOBAL_ATTENTION[-1]} paradigm).")
 
     def distance(e: EncoderLab) -> float:
         return e.attention.last[0]

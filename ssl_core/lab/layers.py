@@ -31,7 +31,7 @@ from ssl_core.lab.config import LabConfig
 from ssl_core.lab.part_maps import part_map_probe
 from ssl_core.lab.probes import part_probe
 from ssl_core.lab.scenes import EncodedScenes, as_images, heldout_scenes, scene_size
-from ssl_core.progress import ProgressFn
+from ssl_core.progress import ProgressFn, ProgressTracker
 
 SWEEP_COLUMNS = ["block", "part probe (balanced)", "part-map ARI", "cos(class, mean patch)", "CKA to last",
                  "attention distance / uniform", "query-key NMI"]
@@ -95,14 +95,17 @@ def cka_to_last(features: Sequence[PatchFeatures], blocks: Sequence[int]) -> lis
 def layer_sweep(encoder: Encoder, config: LabConfig | None = None, progress: ProgressFn | None = None) -> LayerSweep:
     """The sweep of the module docstring over every block of ``encoder``."""
     config = config or LabConfig(n_train=80, n_test=40)
-    scenes = encode_all_blocks(encoder, config, progress)
+    encoded = config.patch_train_scenes + max(config.patch_test_scenes, config.part_map_scenes)
+    tracker = ProgressTracker(encoded + config.attention_scenes, progress)
+    scenes = encode_all_blocks(encoder, config, tracker.stage(encoded))
     blocks = list(range(encoder.depth))
     probes = [part_probe(block_view(scenes, b), config) for b in blocks]
     maps = [part_map_probe(block_view(scenes, b), config).ari_per_image for b in blocks]
     agreements = [embedding_vs_patch_mean(f) for f in scenes.test_features]
     bag = (np.mean([a.cosine[:len(blocks)] for a in agreements], axis=0).tolist() if encoder.has_class_token
            else [float("nan")] * len(blocks))
-    attention = attention_probe(encoder, config)
+    attention = attention_probe(encoder, config, tracker.stage(config.attention_scenes))
+    tracker.finish()
     return LayerSweep(encoder.name, blocks, [p.balanced_accuracy for p in probes], maps, bag,
                       cka_to_last(scenes.test_features, blocks), attention.relative_distance, attention.nmi,
                       probes[0].chance_balanced, len(scenes.train), len(scenes.test), config.seed)

@@ -16,25 +16,7 @@ from ssl_core.lab.part_maps import part_map_probe
 from ssl_core.lab.probes import knn_probe, object_probe, part_probe
 from ssl_core.lab.report import EncoderLab, LabReport
 from ssl_core.lab.scenes import encode_scenes
-from ssl_core.progress import ProgressFn
-
-
-class ProgressTracker:
-    """Maps the progress of consecutive stages onto one (done, total) count."""
-
-    def __init__(self, total: int, progress: ProgressFn | None) -> None:
-        self.total, self.progress, self.offset = max(1, total), progress, 0
-
-    def stage(self, size: int) -> ProgressFn | None:
-        """The progress callback of the next stage, ``size`` units long."""
-        offset, self.offset = self.offset, self.offset + size
-        if self.progress is None:
-            return None
-        return lambda done, total: self.progress(offset + round(size * done / max(total, 1)), self.total)
-
-    def finish(self) -> None:
-        if self.progress is not None:
-            self.progress(self.total, self.total)
+from ssl_core.progress import ProgressFn, ProgressTracker
 
 
 def _location_units(encoder: Encoder, config: LabConfig) -> int:

@@ -271,7 +271,8 @@ def layer_sweep_figure(sweep: LayerSweep) -> go.Figure:
                                  name=name, hovertemplate="block %{x}: %{y:.3f}<extra>" + name + "</extra>"))
     fig.add_hline(y=sweep.part_probe_chance, line_dash="dot", annotation_text="part probe chance")
     fig.update_layout(title=f"Which layer? {sweep.model} on {sweep.test_scenes} held-out parts-world scenes",
-                      xaxis_title="block", yaxis_title="score", template="plotly_white", height=400,
+                      xaxis_title="block", yaxis_title="value (each curve's own measure)", template="plotly_white",
+                      height=400,
                       margin=dict(l=50, r=20, t=50, b=50))
     return fig
 
@@ -286,8 +287,7 @@ def attention_range_figure(results: dict[str, AttentionRange], height: int = 380
                                                         "query-key NMI (0: every query attends alike)"])
     for i, (name, result) in enumerate(results.items()):
         colour = "rgb({}, {}, {})".format(*(int(v) for v in PALETTE[i % len(PALETTE)]))
-        for col, (values, label) in enumerate(((result.relative_distance, "distance / uniform"),
-                                               (result.nmi, "query-key NMI")), start=1):
+        for col, values in enumerate((result.relative_distance, result.nmi), start=1):
             heads = values.shape[1]
             fig.add_trace(go.Scatter(x=np.repeat(result.blocks, heads), y=values.ravel(), mode="markers", opacity=0.35,
                                      marker=dict(color=colour, size=5), legendgroup=name, showlegend=False,

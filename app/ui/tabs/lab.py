@@ -14,9 +14,11 @@ HELP = """**The papers' claims, measured.** On held-out parts-world scenes (gene
 and parts; never seen in training): object-level vs part-level linear probes (part-aware SSL: contrastive learning
 is part-to-whole, MIM part-to-part), k-NN from the class token, the mean of patch tokens and a bag of crops (BagSSL),
 a probe that detects tokens given a wrong position embedding (DILEMMA), k-means part maps against the ground truth
-(adjusted Rand index), and CKA (the SimCLR-vs-supervised study). Each result shows its sample sizes and seed. The
-bundled models had a small CPU budget: see `docs/lab.md` for the full table and what holds. *Layer sweep*: one
-encoder's blocks side by side (part probe, part-map ARI, cos(class token, mean patch), CKA to the last block)."""
+(adjusted Rand index), where the heads look (attention distance and query-key NMI per block: MIM local and
+query-specific, contrastive global and alike), and CKA (the SimCLR-vs-supervised study). Each result shows its sample
+sizes and seed. The bundled models had a small CPU budget: see `docs/lab.md` for the full table and what holds.
+*Layer sweep*: one encoder's blocks side by side (part probe, part-map ARI, cos(class token, mean patch), CKA to the
+last block, attention distance and NMI)."""
 
 
 class LabTab:
