@@ -79,3 +79,26 @@ def test_layers_command_prints_the_sweep(capsys):
     assert main(["layers", "--model", "random-tiny", "--n-train", "8", "--n-test", "4"]) == 0
     out = capsys.readouterr().out
     assert "| block |" in out and out.count("\n| ") == 8  # header, separator, 6 blocks
+
+
+def test_heads_writes_each_models_attention_range_as_npz_png_and_html(tmp_path, image_file, capsys):
+    from PIL import Image
+
+    from ssl_core import load_encoder
+    from ssl_core.analyses.attention_range import attention_range
+
+    paths = [image_file("a.png", 64, 96, seed=1), image_file("b.png", 80, 80, seed=2)]
+    out = tmp_path / "heads.npz"
+    assert main(["heads", *paths, "--models", "random-tiny", "patchlens-mae", "--out", str(out)]) == 0
+    assert "patchlens-mae: last block" in capsys.readouterr().err
+    data = np.load(out)
+    assert list(data["models"]) == ["random-tiny (untrained)", "patchlens-mae"]
+    mae = load_encoder("patchlens-mae", device="cpu", cache=None)
+    expected = attention_range(mae.extract(paths, attention=True))  # both images at once, independently
+    np.testing.assert_allclose(data["patchlens-mae_nmi"], expected.nmi, rtol=1e-6)
+    np.testing.assert_allclose(data["patchlens-mae_distance_px"], expected.distance * 8, rtol=1e-6)
+    assert main(["heads", paths[0], "--models", "random-tiny", "--out", str(tmp_path / "heads.png")]) == 0
+    assert Image.open(tmp_path / "heads.png").size[0] > 1000  # the two charts side by side
+    assert main(["heads", paths[0], "--models", "random-tiny", "--out", str(tmp_path / "heads.html")]) == 0
+    assert "plotly" in (tmp_path / "heads.html").read_text()
+    assert main(["heads", paths[0], "--models", "random-tiny", "--out", str(tmp_path / "heads.txt")]) == 2

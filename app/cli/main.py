@@ -162,7 +162,7 @@ def _serve(parser: argparse.ArgumentParser):
 
 # Subcommands of other areas live in their own modules, which register themselves with `command` on import.
 COMMAND_MODULES: tuple[str, ...] = ("app.cli.mim", "app.cli.train", "app.cli.gallery", "app.cli.maps", "app.cli.lab",
-                                   "app.cli.tile")
+                                   "app.cli.tile", "app.cli.heads")
 
 
 def build_parser() -> argparse.ArgumentParser:

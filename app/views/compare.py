@@ -28,7 +28,7 @@ from ssl_core.features.encoder import Encoder, PatchFeatures
 from ssl_core.render import draw
 from ssl_core.render.draw import Scale
 from ssl_core.render.figures import attention_range_figure, readout_figure
-from ssl_core.render.lines import curves_picture
+from ssl_core.render.lines import attention_range_pictures
 
 CLICK_BOX = (0, 255, 255)
 ROWS = ("PCA", "similarity", "parts", "attention", "rollout", "patch · embedding")
@@ -91,17 +91,8 @@ class Comparison:
         return attention_range_figure({c.name: c.attention_range for c in self.columns})
 
     def attention_pictures(self) -> list[np.ndarray]:
-        """The same, heads averaged, as two line charts (distance / uniform's, query-key NMI) for the HTML report;
-        a shallower encoder's line ends at its last block."""
-        depth = max(c.attention_range.distance.shape[0] for c in self.columns)
-
-        def padded(values: np.ndarray) -> list[float]:
-            return [*values.mean(1).tolist(), *[float("nan")] * (depth - values.shape[0])]
-
-        return [curves_picture(list(range(depth)), {c.name: padded(getattr(c.attention_range, measure))
-                                                    for c in self.columns}, title=title, x_title="block")
-                for measure, title in (("relative_distance", "attention distance / uniform attention's"),
-                                       ("nmi", "query-key NMI (0: every query attends alike)"))]
+        """The same, heads averaged, as two line charts for the HTML report."""
+        return attention_range_pictures({c.name: c.attention_range for c in self.columns})
 
     def numbers(self) -> dict[str, np.ndarray]:
         """Each column's maps as arrays ``c{i}_{row}`` (PCA RGB, similarity, part labels, attention, rollout,

@@ -10,11 +10,9 @@ the last block for MIM models.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
 
-from ssl_core.analyses.attention_range import attention_range
+from ssl_core.analyses.attention_range import encoder_attention_range
 from ssl_core.features.encoder import Encoder
-from ssl_core.features.patch_features import PatchFeatures
 from ssl_core.lab.config import LabConfig
 from ssl_core.lab.scenes import as_images, heldout_scenes, scene_size
 from ssl_core.progress import ProgressFn
@@ -46,14 +44,7 @@ def attention_probe(encoder: Encoder, config: LabConfig, progress: ProgressFn | 
     size = scene_size(encoder)
     images = as_images(heldout_scenes(config, "test", size, config.attention_scenes))
     chunk = encoder.attention_batch((size, size), CHUNK)  # ViT-B at 224 px: 22 MB a scene; SigLIP-so400m at 378: 0.9 GB
-
-    def features() -> Iterator[PatchFeatures]:
-        for start in range(0, len(images), chunk):
-            yield from encoder.extract(images[start:start + chunk], attention=True, batch_size=config.batch_size)
-            if progress is not None:
-                progress(min(start + chunk, len(images)), len(images))
-
-    result = attention_range(features())  # [L, heads] each
+    result = encoder_attention_range(encoder, images, chunk, progress)  # [L, heads] each
     return AttentionResult(result.relative_distance.mean(1).tolist(), result.nmi.mean(1).tolist(),
                            result.distance_px.mean(1).tolist(), int(result.nmi.shape[1]), result.images, size,
                            config.seed)

@@ -1,11 +1,17 @@
 """Pictures made of lines: two pictures side by side with lines between corresponding patches (best buddies), and
-curves against a whole-number axis (a PNG of a layer sweep where plotly cannot write one). No analysis here."""
+curves against a whole-number axis (a PNG of a layer sweep or of where the heads look, where plotly cannot write one).
+No analysis here."""
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from ssl_core.render.draw import INK, PALETTE, _font, tick_label
+
+if TYPE_CHECKING:
+    from ssl_core.analyses.attention_range import AttentionRange
 
 
 def correspondence_picture(image_a: np.ndarray, image_b: np.ndarray, patches_a: np.ndarray, patches_b: np.ndarray,
@@ -67,4 +73,18 @@ def curves_picture(x: list[int], curves: dict[str, list[float]], title: str = ""
     return np.asarray(sheet)
 
 
-__all__ = ["correspondence_picture", "curves_picture"]
+def attention_range_pictures(results: dict[str, AttentionRange]) -> list[np.ndarray]:
+    """Heads averaged, one line per model: the attention distance relative to uniform attention's and the query-key
+    NMI against the block, as two line charts; a shallower model's line ends at its last block."""
+    depth = max(result.distance.shape[0] for result in results.values())
+
+    def padded(values: np.ndarray) -> list[float]:  # [L, heads] -> one value per block, NaN past the model's depth
+        return [*values.mean(1).tolist(), *[float("nan")] * (depth - values.shape[0])]
+
+    return [curves_picture(list(range(depth)), {name: padded(getattr(result, measure)) for name, result in
+                                                results.items()}, title=title, x_title="block")
+            for measure, title in (("relative_distance", "attention distance / uniform attention's (1: as spread)"),
+                                   ("nmi", "query-key NMI (0: every query attends alike)"))]
+
+
+__all__ = ["correspondence_picture", "curves_picture", "attention_range_pictures"]
