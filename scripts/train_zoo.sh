@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train PatchLens's five bundled encoders on the parts world, one after another, into assets/models.
 #
-# CPU budget (no GPU here): 20 to 40 minutes each at ONE torch thread on the 2-core AMD EPYC. Step counts come from
+# CPU budget (no GPU here): 20 to 40 minutes each (DINO 90) at ONE torch thread on the 2-core AMD EPYC. Step counts come from
 # speeds measured at 1 thread while other jobs ran: at batch 64, supervised 3.7 s/step, mae 1.5, cae 3.6; at batch
 # 32, dino and dilemma ~3.5 (both use DINOv2's Sinkhorn-Knopp centring + KoLeo, `DINORecipe` in
 # ssl_core/train/dino.py; measured in docs/benchmarks.md, "DINO recipe without masks"). On a GPU, retrain with e.g.
@@ -31,5 +31,5 @@ train() {  # name method steps batch; a model whose weights exist is skipped, so
 train patchlens-sup supervised 320 64
 train patchlens-mae mae 800 64
 train patchlens-cae cae 330 64
-train patchlens-dino dino 600 32
+train patchlens-dino dino 1600 32      # 90 min at 3.4 s/step (the bundled file: 1569 steps, its 5400 s budget)
 train patchlens-dilemma dilemma 600 32
