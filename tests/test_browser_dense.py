@@ -86,7 +86,7 @@ def check_layer_sweep(page) -> None:
     page.locator("#lab-layers .js-plotly-plot").wait_for(timeout=60_000)
     points = page.evaluate("() => Array.from(document.querySelector('#lab-layers .js-plotly-plot').data)"
                            ".map(t => t.x.length)")
-    assert points == [TINY_DEPTH] * 4
+    assert points == [TINY_DEPTH] * 6  # part probe, part-map ARI, BagSSL cosine, CKA, attention distance and NMI
     assert file_name(page, "#lab-layers-png").endswith(".png")
     assert file_name(page, "#lab-layers-html").endswith(".html")
     screenshot(page, "dense-layer-sweep")
