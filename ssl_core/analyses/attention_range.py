@@ -65,10 +65,9 @@ def uniform_attention_distance(grid_hw: tuple[int, int]) -> float:
 
 def query_key_nmi(attention: torch.Tensor, num_prefix: int) -> torch.Tensor:
     """[L, heads, T, T] -> [L, heads]: I(Q; K) / sqrt(H(Q) H(K)) with Q uniform over the patches, one block at a
-    time."""
-    n = attention.shape[-1] - num_prefix
-    if n < 2:
-        raise BadRequest("query-key NMI needs at least two patches")
+    time; NaN for a grid of one patch (16 px at patch 16), where there is no query-key information to measure."""
+    if attention.shape[-1] - num_prefix < 2:
+        return torch.full(attention.shape[:2], float("nan"), dtype=torch.float64, device=attention.device)
     return torch.stack([_block_nmi(patch_attention(block, num_prefix)) for block in attention])
 
 
