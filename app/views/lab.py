@@ -39,6 +39,7 @@ from ssl_core.lab import (
 )
 from ssl_core.lab.findings import supervised_ssl_pairs
 from ssl_core.lab.layers import SWEEP_COLUMNS, layer_sweep
+from ssl_core.lab.report import per_block
 from ssl_core.progress import ProgressFn
 from ssl_core.render import draw
 from ssl_core.render.draw import Scale
@@ -218,7 +219,7 @@ def cka_view(encoder_a: Encoder, encoder_b: Encoder, config: LabConfig | None = 
     """Layer-by-layer CKA between two encoders on held-out scenes, as a figure, a picture and the same-block values."""
     comparison = cka_probe(encoder_a, encoder_b, config or LabConfig(), progress)
     figure, picture = cka_pictures(comparison)
-    same_block = ", ".join(f"{v:.2f}" for v in comparison.diagonal)
+    same_block = per_block(comparison.diagonal)
     notes = (f"{comparison.result.describe()}, scenes drawn at {comparison.image_size} px, seed {comparison.seed}. "
              f"Same-block CKA from the first block: {same_block}.")
     return ViewResult(notes=notes, warnings=untrained_warning(encoder_a, encoder_b), figures={"cka": figure},

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from ssl_core.lab.cka import CKAComparison
-from ssl_core.lab.report import EncoderLab, LabReport, fmt
+from ssl_core.lab.report import EncoderLab, LabReport, fmt, per_block
 
 MARGIN = 0.02  # differences smaller than this are called ties
 SUPERVISED = ("supervised",)
@@ -122,7 +122,7 @@ def cka_finding(report: LabReport) -> str:
     for comparison, sup, ssl in pairs:
         d = comparison.diagonal
         parts.append(f"{sup} vs {ssl} ({comparison.result.images} scenes), block 0 to {len(d) - 1}: "
-                     + ", ".join(f"{v:.2f}" for v in d) + f" — {_verdict(d[0] - d[-1])} (first block "
+                     + per_block(d) + f" — {_verdict(d[0] - d[-1])} (first block "
                      f"{'above' if d[0] > d[-1] else 'not above'} the last)")
     return ("**CKA** (supervised and self-supervised models agree in early layers and diverge in the last ones): "
             "same-block CKA, " + "; ".join(parts) + ".")

@@ -74,15 +74,16 @@ def _mim_rows(result: MIMResult) -> list[Row]:
     return rows
 
 
-def _per_block(values: Sequence[float]) -> str:
+def per_block(values: Sequence[float]) -> str:
+    """One value per block, two decimals, comma-separated (tables, findings and notes)."""
     return ", ".join(f"{v:.2f}" for v in values)
 
 
 def _attention_rows(result: AttentionResult) -> list[Row]:
     samples = f"{result.images} scenes, {result.heads} heads averaged, seed {result.seed}"
-    return [("attention distance, relative to uniform, per block", _per_block(result.relative_distance), "1 (uniform)",
+    return [("attention distance, relative to uniform, per block", per_block(result.relative_distance), "1 (uniform)",
              samples),
-            ("query-key NMI, per block", _per_block(result.nmi), "0 (every query alike)", ""),
+            ("query-key NMI, per block", per_block(result.nmi), "0 (every query alike)", ""),
             ("attention distance, last block (px)", f"{result.distance_px[-1]:.1f}", "",
              f"of the {result.image_size} px scene")]
 
@@ -185,7 +186,7 @@ def _mim_summary(e: EncoderLab) -> list[str]:
 
 def _attention_summary(e: EncoderLab) -> list[str]:
     a = e.attention
-    return [e.label, _per_block(a.relative_distance), _per_block(a.nmi),
+    return [e.label, per_block(a.relative_distance), per_block(a.nmi),
             f"{a.distance_px[-1]:.1f} of {a.image_size} px", str(a.images)]
 
 
