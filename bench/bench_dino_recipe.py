@@ -1,7 +1,8 @@
-"""DINO recipes side by side: k-NN and object probe of the Lab after a short CPU run.
+"""DINO and DILEMMA recipes side by side: k-NN and object probe of the Lab after a short CPU run.
 
     nice -n 5 python bench/bench_dino_recipe.py [--steps 150] [--batch-size 32] [--image-size 48] [--seeds 0,1]
         [--recipes sinkhorn-koleo,sinkhorn,ema] [--n-test 600]
+    nice -n 5 python bench/bench_dino_recipe.py --image-size 96 --recipes dilemma-learned,dilemma-sincos ...
     nice -n 5 python bench/bench_dino_recipe.py --image-size 96 --score assets/models/patchlens-dino.safetensors ...
 
 Each recipe of ``RECIPES`` (`ssl_core.train.dino.DINORecipe` settings; ``earlier``: those the bundled
@@ -10,16 +11,21 @@ saved teacher is scored with the Lab's probes (`ssl_core.lab`: k-NN object accur
 object probe's balanced accuracy) on held-out scenes drawn at the training size, beside the Lab's untrained
 baseline (``random-tiny``) and each seed's own initialisation scored the same way. Also reported: the collapse
 monitors at the end of the run (teacher entropy, near 1 for a uniform teacher; teacher usage, near 0 when the
-batch picks one prototype; student spread, near 0 when all embeddings are alike). The sampling error of an
-accuracy p on n test scenes is about 2 sqrt(p (1 - p) / n) at 95%: +-0.07 at 150 scenes, +-0.035 at 600.
+batch picks one prototype; student spread, near 0 when all embeddings are alike). DILEMMA recipes
+(`ssl_core.train.dilemma`) also report their detection head's balanced accuracy at the end of the run and the Lab's
+location probe (ROC AUC of a linear probe on the saved teacher's tokens, 80 / 40 scenes); the columns are "-" for
+DINO. The sampling error of an accuracy p on n test scenes is about 2 sqrt(p (1 - p) / n) at 95%: +-0.07 at 150
+scenes, +-0.035 at 600.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -28,28 +34,44 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import record  # noqa: E402
 
 from ssl_core import load_encoder  # noqa: E402
-from ssl_core.lab import LabConfig, encode_scenes, knn_probe, object_probe  # noqa: E402
+from ssl_core.lab import LabConfig, encode_scenes, knn_probe, location_probe, object_probe  # noqa: E402
 from ssl_core.render.tables import markdown_table  # noqa: E402
-from ssl_core.train.common import TrainConfig, run_training, save_weights  # noqa: E402
+from ssl_core.train.common import Objective, TrainConfig, run_training, save_weights  # noqa: E402
+from ssl_core.train.dilemma import DILEMMAObjective  # noqa: E402
 from ssl_core.train.dino import DINOObjective, DINORecipe  # noqa: E402
 
-RECIPES = {  # key -> (label, recipe); every setting that differs between them is spelt out
-    "sinkhorn-koleo": ("Sinkhorn-Knopp + KoLeo 0.1 (the default)", DINORecipe(centering="sinkhorn", koleo_weight=0.1)),
-    "sinkhorn": ("Sinkhorn-Knopp, no KoLeo", DINORecipe(centering="sinkhorn", koleo_weight=0.0)),
-    "ema": ("EMA centring (DINO's), no KoLeo", DINORecipe(centering="ema", koleo_weight=0.0)),
-    "ema-koleo": ("EMA centring + KoLeo 0.1", DINORecipe(centering="ema", koleo_weight=0.1)),
-    "earlier": ("earlier (bundled patchlens-dino)", DINORecipe(
+
+def dino(label: str, recipe: DINORecipe) -> tuple[str, str, Callable[[TrainConfig], Objective]]:
+    return label, "dino", lambda config: DINOObjective(config, recipe)
+
+
+def dilemma(label: str, sincos_positions: bool) -> tuple[str, str, Callable[[TrainConfig], Objective]]:
+    return label, "dilemma", lambda config: DILEMMAObjective(config, sincos_positions=sincos_positions)
+
+
+RECIPES = {  # key -> (label, method, objective factory); every setting that differs between them is spelt out
+    "sinkhorn-koleo": dino("Sinkhorn-Knopp + KoLeo 0.1 (the default)", DINORecipe(centering="sinkhorn",
+                                                                                   koleo_weight=0.1)),
+    "sinkhorn": dino("Sinkhorn-Knopp, no KoLeo", DINORecipe(centering="sinkhorn", koleo_weight=0.0)),
+    "ema": dino("EMA centring (DINO's), no KoLeo", DINORecipe(centering="ema", koleo_weight=0.0)),
+    "ema-koleo": dino("EMA centring + KoLeo 0.1", DINORecipe(centering="ema", koleo_weight=0.1)),
+    "earlier": dino("earlier (bundled patchlens-dino)", DINORecipe(
         out_dim=1024, global_scale=(0.4, 1.0), local_scale=(0.08, 0.4), jitter=1.0, gray_p=0.2, freeze_prototypes=0.0,
         centering="ema", koleo_weight=0.0)),
+    "dilemma-sincos": dilemma("DILEMMA, position embeddings from 2D sin-cos (the default)", True),
+    "dilemma-learned": dilemma("DILEMMA, position embeddings from timm's random init", False),
 }
 
 
-def probe(weights: Path | None, image_size: int, config: LabConfig) -> tuple[float, float]:
-    """(k-NN accuracy of the class token, object probe balanced accuracy) of a weights file (None: untrained)."""
+def probe(weights: Path | None, image_size: int, config: LabConfig, location: bool = False,
+          ) -> tuple[float, float, float | None]:
+    """(k-NN accuracy of the class token, object probe balanced accuracy, location probe ROC AUC when asked) of a
+    weights file (None: untrained)."""
     encoder = load_encoder("random-tiny", weights=weights, pretrained=weights is not None, device="cpu",
                            image_size=image_size, cache=None)
     scenes = encode_scenes(encoder, config)
-    return knn_probe(encoder, scenes, config).class_token, object_probe(scenes, config).balanced_accuracy
+    auc = location_probe(encoder, scenes, config).auc if location else None
+    return knn_probe(encoder, scenes, config).class_token, object_probe(scenes, config).balanced_accuracy, auc
 
 
 def main() -> None:
@@ -69,40 +91,65 @@ def main() -> None:
     lab = LabConfig(n_train=300, n_test=args.n_test, seed=0)
     if args.score:
         return score_files(args.score, args.image_size, lab, args.print_only)
-    recipes = [RECIPES[key] for key in args.recipes.split(",")]
-    knn, objects = probe(None, args.image_size, lab)
-    rows = [["random-tiny (untrained)", "-", "-", f"{knn:.3f}", f"{objects:.3f}", "-", "-", "-"]]
+    keys = args.recipes.split(",")
+    location = any(RECIPES[key][1] == "dilemma" for key in keys)  # DILEMMA in the run: its columns too
+    rows = [["random-tiny (untrained)", "-", "-", *scores(None, args.image_size, lab, location), "-", "-", "-"]
+            + (["-"] if location else [])]
     with tempfile.TemporaryDirectory() as scratch:
         for seed in [int(s) for s in args.seeds.split(",")]:
-            config = TrainConfig(method="dino", name=f"dino-{seed}", out_dir=Path(scratch), steps=args.steps,
-                                 batch_size=args.batch_size, seed=seed, image_size=args.image_size, device="cpu")
-            torch.manual_seed(seed)
-            start_weights = save_weights(DINOObjective(config).teacher.state_dict(), Path(scratch) / "init.safetensors", {})
-            knn, objects = probe(start_weights, args.image_size, lab)  # the weights every run of this seed starts from
-            rows.append(["untrained (this seed's initialisation)", seed, "-", f"{knn:.3f}", f"{objects:.3f}", "-", "-",
-                         "-"])
-            for label, recipe in recipes:
-                torch.manual_seed(seed)
-                start = time.perf_counter()
-                result = run_training(DINOObjective(config, recipe), config, torch.device("cpu"))
-                seconds = time.perf_counter() - start
-                knn, objects = probe(result.weights_path, args.image_size, lab)
-                final = result.final_losses
-                rows.append([label, seed, f"{seconds:.0f}", f"{knn:.3f}", f"{objects:.3f}",
-                             f"{final['teacher_entropy']:.2f}", f"{final['teacher_usage']:.2f}", f"{final['spread']:.2f}"])
-                print(" | ".join(str(cell) for cell in rows[-1]), flush=True)  # progress: each run as it ends
-    table = markdown_table(["recipe", "seed", "train s", "k-NN (class token)", "object probe (balanced)",
-                            "teacher entropy (end)", "teacher usage (end)", "spread (end)"], rows)
-    record(f"DINO recipes after {args.steps} CPU steps of {args.batch_size} images at {args.image_size} px", table,
+            rows += seed_rows(seed, keys, args, lab, Path(scratch), location)
+    columns = ["recipe", "seed", "train s", "k-NN (class token)", "object probe (balanced)"]
+    columns += ["location probe (ROC AUC)"] if location else []
+    columns += ["teacher entropy (end)", "teacher usage (end)", "spread (end)"]
+    columns += ["detection head (end, balanced)"] if location else []
+    methods = "DINO and DILEMMA" if location else "DINO"
+    record(f"{methods} recipes after {args.steps} CPU steps of {args.batch_size} images at {args.image_size} px",
+           markdown_table(columns, rows),
            f"Lab probes on {lab.n_train} / {lab.n_test} held-out scenes at {args.image_size} px (seed 0); "
-           "6 classes, majority rate about 0.2.", print_only=args.print_only)
+           "6 classes, majority rate about 0.2."
+           + (f" Location probe: swap ratio {lab.swap_ratio}, chance 0.5." if location else ""),
+           print_only=args.print_only)
+
+
+def scores(weights: Path | None, image_size: int, lab: LabConfig, location: bool) -> list[str]:
+    """The probes' cells of one weights file: k-NN, object probe and, with ``location``, the location AUC."""
+    knn, objects, auc = probe(weights, image_size, lab, location)
+    return [f"{knn:.3f}", f"{objects:.3f}"] + ([f"{auc:.3f}"] if location else [])
+
+
+def seed_rows(seed: int, keys: list[str], args: argparse.Namespace, lab: LabConfig, scratch: Path,
+              location: bool) -> list[list[object]]:
+    """One seed: each distinct initialisation scored untrained (once), then each recipe trained and scored."""
+    rows, initialisations = [], set()
+    for key in keys:
+        label, method, build = RECIPES[key]
+        config = TrainConfig(method=method, name=f"{key}-{seed}", out_dir=scratch, steps=args.steps,
+                             batch_size=args.batch_size, seed=seed, image_size=args.image_size, device="cpu")
+        torch.manual_seed(seed)
+        objective = build(config)
+        start_weights = save_weights(objective.teacher.state_dict(), scratch / "init.safetensors", {})
+        fingerprint = hashlib.sha256(start_weights.read_bytes()).hexdigest()
+        if fingerprint not in initialisations:  # the weights this recipe's run starts from
+            initialisations.add(fingerprint)
+            rows.append([f"untrained (this seed's initialisation for {key})", seed, "-",
+                         *scores(start_weights, args.image_size, lab, location), "-", "-", "-"]
+                        + (["-"] if location else []))
+        start = time.perf_counter()
+        result = run_training(objective, config, torch.device("cpu"))
+        seconds, final = time.perf_counter() - start, result.final_losses
+        detection = final.get("location_balanced_acc")
+        rows.append([label, seed, f"{seconds:.0f}", *scores(result.weights_path, args.image_size, lab, location),
+                     f"{final['teacher_entropy']:.2f}", f"{final['teacher_usage']:.2f}", f"{final['spread']:.2f}"]
+                    + ([f"{detection:.3f}" if detection is not None else "-"] if location else []))
+        print(" | ".join(str(cell) for cell in rows[-1]), flush=True)  # progress: each run as it ends
+    return rows
 
 
 def score_files(paths: list[Path], image_size: int, lab: LabConfig, print_only: bool) -> None:
     """The same probes on weights files already trained, beside the untrained baseline."""
     rows = []
     for label, weights in [("random-tiny (untrained)", None)] + [(str(p), p) for p in paths]:
-        knn, objects = probe(weights, image_size, lab)
+        knn, objects, _ = probe(weights, image_size, lab)
         rows.append([label, f"{knn:.3f}", f"{objects:.3f}"])
         print(" | ".join(rows[-1]), flush=True)
     record(f"Weights files scored at {image_size} px", markdown_table(

@@ -5,7 +5,7 @@
 # speeds measured at 1 thread while other jobs ran: at batch 64, supervised 3.7 s/step, mae 1.5, cae 3.6; at batch
 # 32, dino and dilemma ~3.5 (both use DINOv2's Sinkhorn-Knopp centring + KoLeo, `DINORecipe` in
 # ssl_core/train/dino.py; measured in docs/benchmarks.md, "DINO recipe without masks"). On a GPU, retrain with e.g.
-# `patchlens train --method dino --steps 20000 --batch-size 256`, or run the GPU kit (scripts/gpu_check.sh), which
+# `patchlens train --method dino --steps 20000 --batch-size 256 --overwrite`, or run the GPU kit (scripts/gpu_check.sh), which
 # trains all five within its budget.
 #
 # `python -m app.cli.train train ...` is `patchlens train ...` (it also works before app.cli.train is listed in

@@ -102,3 +102,59 @@ def test_heads_writes_each_models_attention_range_as_npz_png_and_html(tmp_path, 
     assert main(["heads", paths[0], "--models", "random-tiny", "--out", str(tmp_path / "heads.html")]) == 0
     assert "plotly" in (tmp_path / "heads.html").read_text()
     assert main(["heads", paths[0], "--models", "random-tiny", "--out", str(tmp_path / "heads.txt")]) == 2
+
+
+def test_embed_refuses_bad_arguments_with_one_line_messages(tmp_path, image_file, capsys, monkeypatch):
+    """An unknown pretrained tag, a device this machine lacks, a batch size below 1, a layer list that is not one,
+    and an image size below one patch or above the cap: each a one-line error naming it, nothing written."""
+    import pytest
+    import torch
+
+    picture, out = image_file("a.png"), str(tmp_path / "x.npz")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without a GPU
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    refused = {
+        ("--model", "vit_small_patch16_224.nonexistent"): "timm has no pretrained tag 'nonexistent' for "
+                                                          "vit_small_patch16_224",
+        ("--device", "cuda"): "device 'cuda' is not available: this machine has 0 CUDA GPU(s)",
+        ("--layers", "foo"): "layers 'foo': give block indices separated by commas",
+        **{("--image-size", size): f"image size {size} px is out of range for random-tiny: the short side must be "
+                                   f"from one patch (8 px) to 1024 px" for size in ("0", "-50", "7", "5000")},
+    }
+    for (flag, value), message in refused.items():
+        extra = [] if flag == "--model" else ["--model", "random-tiny"]
+        assert main(["embed", picture, *extra, f"{flag}={value}", "--out", out]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and err.count("\n") == 1, err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["embed", picture, "--model", "random-tiny", "--batch-size", "0", "--out", out])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "argument --batch-size: must be a positive integer, not '0'" in err
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_embed_with_a_weights_file_and_no_model_names_the_file(tmp_path, image_file, capsys):
+    from ssl_core.models.registry import default_model_name, resolve_spec
+
+    weights, out = resolve_spec("patchlens-dino").bundled_path, tmp_path / "w.npz"
+    assert main(["embed", image_file("a.png"), "--weights", str(weights), "--out", str(out)]) == 0
+    startup = f"{default_model_name()} with weights {weights.name}: "  # the file's name, not its folder
+    assert capsys.readouterr().err.startswith(startup)
+    meta = load_features_npz(out)["meta"]  # the architecture's name (as in an index manifest) and the file in full
+    assert meta["model"] == default_model_name() and meta["weights"] == f"file: {weights}" and meta["trained"] is True
+
+
+def test_help_shows_the_real_defaults(capsys, monkeypatch):
+    import pytest
+
+    def help_of(command: str) -> str:
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        return " ".join(capsys.readouterr().out.split())  # argparse wraps lines at the terminal width
+
+    reconstruct = help_of("reconstruct")
+    assert "(default: patchlens-mae)" in reconstruct and "(default: random:0.75)" in reconstruct
+    assert "bundled default model" not in reconstruct
+    embed = help_of("embed")
+    assert "--batch-size BATCH_SIZE images loaded and embedded at once (default: 16)" in embed
+    assert "(default: the bundled default model, " in embed and "(default: None)" not in embed

@@ -126,3 +126,28 @@ def test_a_numbered_gpu_becomes_the_current_one(monkeypatch):
     for name in ("cpu", "cuda", "cuda:1"):
         select_device(name)
     assert current == [torch.device("cuda:1")]
+
+
+def test_build_keeps_an_index_already_there_unless_told_to_replace_it(folders, tmp_path, capsys):
+    _, _, good = folders
+    out = tmp_path / "idx"
+    assert main(["index", "build", str(good), "--model", "random-tiny", "--out", str(out)]) == 0
+    pointer = (out / "CURRENT").read_bytes()
+    assert main(["index", "build", str(good), "--model", "patchlens-sup", "--out", str(out)]) == 2
+    assert f"{out} already holds an index; add images to it with `patchlens index add" in capsys.readouterr().err
+    assert (out / "CURRENT").read_bytes() == pointer and PatchIndex.load(out).manifest.model == "random-tiny"
+    assert main(["index", "build", str(good), "--model", "patchlens-sup", "--out", str(out), "--overwrite"]) == 0
+    assert PatchIndex.load(out).manifest.model == "patchlens-sup"
+
+
+def test_search_refuses_a_k_below_one_and_deep_verify_refuses_another_model(folders, tmp_path, capsys):
+    _, _, good = folders
+    out = tmp_path / "idx"
+    assert main(["index", "build", str(good), "--model", "random-tiny", "--out", str(out)]) == 0
+    with pytest.raises(SystemExit) as exit_info:
+        main(["index", "search", str(out), str(good / "g.png"), "--k", "0"])
+    assert exit_info.value.code == 2 and "must be a positive integer" in capsys.readouterr().err
+    assert main(["index", "verify", str(out), "--deep", "--model", "patchlens-sup"]) == 2
+    err = capsys.readouterr().err
+    assert "this index was built with" in err and "FAILED" not in err
+    assert main(["index", "verify", str(out), "--deep", "--model", "random-tiny"]) == 0  # its own model, named

@@ -170,3 +170,16 @@ def test_cae_predicted_alignment_is_defined_exactly_on_hidden_patches():
         predicted, target = cae.predict_masked_latents(imgs, torch.from_numpy(mask.reshape(1, -1)))
     expected = torch.nn.functional.cosine_similarity(predicted[0], target[0], dim=-1).numpy()
     np.testing.assert_allclose(alignment[mask], expected, atol=1e-5)
+
+
+def test_cli_offers_only_maes_for_a_model_that_cannot_reconstruct(tmp_path, image_file, capsys):
+    """A model without an MAE decoder is refused; the models offered instead can all reconstruct."""
+    from app.cli.main import main
+    from ssl_core.models.weights import offline_mae_names
+
+    assert main(["reconstruct", image_file(), "--model", "patchlens-sup", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "'patchlens-sup' is neither a known MAE name" in err and "Traceback" not in err
+    assert f"Use an MAE that needs no download ({', '.join(offline_mae_names())})" in err
+    assert "patchlens-mae" in offline_mae_names()
+    assert not any(name in err for name in ("patchlens-dino", "patchlens-cae", "patchlens-dilemma"))

@@ -80,3 +80,23 @@ def test_serve_starts_and_answers_while_every_core_is_busy():
             burner.terminate()
             burner.join()
     assert len(answer["grid_hw"]) == 2 and "shareable link" not in output
+
+
+def test_serve_command_refuses_an_unknown_model_or_a_missing_folder_before_starting(monkeypatch, tmp_path, capsys):
+    """A model name the registry does not know, and an --allow-dir that is no directory, are refused at start; a
+    known hub model starts even offline (the app offers the bundled models then)."""
+    import app.ui.app
+    from app.cli.main import main
+
+    started = []
+    monkeypatch.setattr(app.ui.app, "serve", lambda **kwargs: started.append(kwargs))
+    (tmp_path / "file.txt").write_text("x")
+    refused = {("--model", "bogus-model"): "unknown model 'bogus-model': not a PatchLens name (patchlens-sup, ",
+               ("--allow-dir", str(tmp_path / "missing")): f"--allow-dir {tmp_path / 'missing'}: no such directory",
+               ("--allow-dir", str(tmp_path / "file.txt")): f"--allow-dir {tmp_path / 'file.txt'}: not a directory"}
+    for args, message in refused.items():
+        assert main(["serve", *args]) == 2
+        assert message in capsys.readouterr().err
+    assert started == []
+    assert main(["serve", "--model", "dino-vits16", "--allow-dir", str(tmp_path)]) == 0  # offline in tests
+    assert [(s["model"], s["allow_dirs"]) for s in started] == [("dino-vits16", [str(tmp_path)])]

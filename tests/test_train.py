@@ -5,6 +5,7 @@ import csv
 import json
 import time
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -157,6 +158,15 @@ def test_cli_train_records_the_command_that_repeats_it(tmp_path, capsys):
             f"--name tiny-sup --image-size 32 --device cpu`") in card
     settings = json.loads(card.split("```json")[1].split("```")[0])
     assert settings["steps"] == 2 and settings["batch_size"] == 4
+    weights = (tmp_path / "tiny-sup.safetensors").read_bytes()
+    again = ["train", "--method", "supervised", "--out", str(tmp_path), "--steps", "1", "--batch-size", "4",
+             "--image-size", "32", "--name", "tiny-sup", "--device", "cpu"]
+    assert main(again) == 2  # existing weights (e.g. a bundled model) are kept, before any step
+    assert "tiny-sup.safetensors exists; training would replace it. Pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "tiny-sup.safetensors").read_bytes() == weights
+    assert main(again + ["--overwrite"]) == 0
+    assert (tmp_path / "tiny-sup.safetensors").read_bytes() != weights
+    assert "--device cpu --overwrite`" in (tmp_path / "tiny-sup.md").read_text()
 
 
 def test_a_time_budget_shortens_the_run_and_its_schedule(tmp_path, monkeypatch):
@@ -297,3 +307,47 @@ def test_loader_workers_fit_the_shared_memory_and_leave_the_cpu_to_a_cpu_run(mon
     assert loader_workers(config, gpu, shm_free=10 * 2 ** 20) == 0  # the main process makes the batches
     monkeypatch.setattr(common, "shared_memory_free", lambda: None)  # no /dev/shm to measure
     assert loader_workers(config, gpu) == 15
+
+
+def _mae_reference_sincos(embed_dim: int, grid_size: int) -> np.ndarray:
+    """MAE's util/pos_embed.py get_2d_sincos_pos_embed (numpy, cls_token=False), written out as a reference."""
+    def embed_1d(dim: int, pos: np.ndarray) -> np.ndarray:
+        omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    grid = np.meshgrid(np.arange(grid_size, dtype=np.float32), np.arange(grid_size, dtype=np.float32))  # w first
+    grid = np.stack(grid, axis=0).reshape(2, 1, grid_size, grid_size)
+    return np.concatenate([embed_1d(embed_dim // 2, grid[0]), embed_1d(embed_dim // 2, grid[1])], axis=1)
+
+
+@pytest.mark.parametrize("no_embed_class", [False, True])
+def test_sincos_positions_are_maes_table_written_after_the_embedded_prefix(no_embed_class):
+    import timm
+
+    from ssl_core.features.vit_tokens import set_sincos_positions
+
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=64,
+                            no_embed_class=no_embed_class)
+    set_sincos_positions(vit)
+    prefix = 0 if no_embed_class else 1
+    assert vit.pos_embed.shape == (1, prefix + 16, 192)
+    np.testing.assert_allclose(vit.pos_embed[0, prefix:].detach().numpy(), _mae_reference_sincos(192, 4), atol=1e-6)
+    assert not vit.pos_embed[0, :prefix].any()
+    assert vit.pos_embed.requires_grad  # the caller decides whether it trains
+
+
+def test_dilemma_starts_student_and_teacher_from_sincos_positions_that_train():
+    from ssl_core.train.dilemma import DILEMMAObjective
+
+    config = TrainConfig(method="dilemma", name="x", image_size=48, device="cpu")
+    torch.manual_seed(0)
+    objective = DILEMMAObjective(config)
+    reference = _mae_reference_sincos(objective.student.embed_dim, objective.student.patch_embed.grid_size[0])
+    for vit in (objective.student, objective.teacher):
+        np.testing.assert_allclose(vit.pos_embed[0, 1:].detach().numpy(), reference, atol=1e-6)
+    assert objective.student.pos_embed.requires_grad and not objective.teacher.pos_embed.requires_grad
+    assert objective.settings(10)["sincos_positions"] is True
+    torch.manual_seed(0)
+    learned = DILEMMAObjective(config, sincos_positions=False).student.pos_embed  # timm's init: std 0.02
+    assert 0.01 < float(learned.std()) < 0.03

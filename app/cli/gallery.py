@@ -10,7 +10,15 @@ import json
 import sys
 from pathlib import Path
 
-from app.cli.main import add_model_args, command, load_model_from_args, parse_layers, tqdm_progress
+from app.cli.main import (
+    HelpFormatter,
+    add_model_args,
+    command,
+    load_model_from_args,
+    parse_layers,
+    positive_int,
+    tqdm_progress,
+)
 
 OUTPUT_SUFFIXES = (".html", ".png")
 
@@ -49,39 +57,45 @@ def layer_arg(text: str | None) -> int | None:
 @command("index", "build, extend and search a nearest-patch index over a gallery of images")
 def _index(parser: argparse.ArgumentParser):
     sub = parser.add_subparsers(dest="index_command", required=True)
-    build = sub.add_parser("build", help="embed every patch of a gallery and save the index")
+    build = sub.add_parser("build", formatter_class=HelpFormatter,
+                           help="embed every patch of a gallery and save the index")
     build.add_argument("folder", nargs="+", help="image folders (searched recursively) or files; with --engine ray "
                        "or --kind ivfpq also globs, list files (.txt, .parquet with a 'path' column) and fsspec URLs")
     add_model_args(build)
     build.add_argument("--out", required=True, help="index directory to write")
+    build.add_argument("--overwrite", action="store_true", help="replace an index already in --out (without it, an "
+                       "existing index is kept: use `index add` to grow it)")
     build.add_argument("--layer", default=None, help="block index to embed (default: the final normed tokens)")
     build.add_argument("--kind", default="auto", choices=["auto", "exact", "ivf", "hnsw", "ivfpq"],
                        help="exact cosine search, approximate IVF / HNSW, or IVF-PQ on disk (sharded builds); auto: "
                        "exact up to 200k patches, IVF above, and IVF-PQ past 2M in a sharded build")
-    build.add_argument("--batch-size", type=int, default=16)
+    build.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass")
     _add_scale_args(build)
-    add = sub.add_parser("add", help="embed images not indexed yet and add them to an index")
+    add = sub.add_parser("add", formatter_class=HelpFormatter,
+                         help="embed images not indexed yet and add them to an index")
     add.add_argument("dir", help="index directory")
     add.add_argument("images", nargs="+", help="image files or folders")
-    add_model_args(add)  # default: the index's model
-    add.add_argument("--batch-size", type=int, default=16)
-    search = sub.add_parser("search", help="the gallery patches (or images) nearest to a query image's patch (or all of it)")
+    add_model_args(add, default_text="the index's model")
+    add.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass")
+    search = sub.add_parser("search", formatter_class=HelpFormatter,
+                            help="the gallery patches (or images) nearest to a query image's patch (or all of it)")
     search.add_argument("dir", help="index directory")
     search.add_argument("image", help="query image")
     search.add_argument("--patch", default=None, metavar="ROW,COL", help="query patch; without it the whole image is "
                         "the query and gallery images are ranked")
-    search.add_argument("--k", type=int, default=10)
+    search.add_argument("--k", type=positive_int, default=10, help="how many nearest patches (or images) to list")
     search.add_argument("--exclude-self", action="store_true", help="leave the query image out of the results")
     search.add_argument("--json", action="store_true", help="print JSON")
-    add_model_args(search)  # default: the index's model
-    info = sub.add_parser("info", help="describe an index")
+    add_model_args(search, default_text="the index's model")
+    info = sub.add_parser("info", formatter_class=HelpFormatter, help="describe an index")
     info.add_argument("dir")
-    verify = sub.add_parser("verify", help="check every file of an index against its checksum; --deep: re-embed a "
+    verify = sub.add_parser("verify", formatter_class=HelpFormatter,
+                            help="check every file of an index against its checksum; --deep: re-embed a "
                             "sample of indexed images and compare their stored vectors")
     verify.add_argument("dir", help="index directory")
     verify.add_argument("--deep", action="store_true", help="re-embed a sample of the indexed images that are at hand")
-    verify.add_argument("--sample", type=int, default=8, help="images re-embedded by --deep")
-    add_model_args(verify)  # default: the index's model
+    verify.add_argument("--sample", type=positive_int, default=8, help="images re-embedded by --deep")
+    add_model_args(verify, default_text="the index's model")
 
     def run(args: argparse.Namespace) -> int:
         return {"build": _index_build, "add": _index_add, "search": _index_search, "info": _index_info,
@@ -138,12 +152,16 @@ def _nothing_reason(report, sources: list[str]) -> str:
 
 
 def _index_build(args: argparse.Namespace) -> int:
+    from ssl_core.errors import BadRequest
     from ssl_core.search.patch_index import PatchIndex
-    from ssl_core.search.storage import check_writable_target
+    from ssl_core.search.storage import POINTER_FILE, check_writable_target
 
     if args.engine == "ray" or args.kind == "ivfpq" or args.address:
-        return _index_build_sharded(args)
+        return _index_build_sharded(args)  # an index already there is a build to resume (docs/scale.md)
     check_writable_target(Path(args.out))  # before any embedding
+    if (Path(args.out) / POINTER_FILE).exists() and not args.overwrite:
+        raise BadRequest(f"{args.out} already holds an index; add images to it with `patchlens index add {args.out} "
+                         f"IMAGES`, or pass --overwrite to replace it with a new one")
     encoder = load_model_from_args(args)
     print(encoder.describe(), file=sys.stderr)
     index, report = PatchIndex.build(args.folder, encoder, layer_arg(args.layer), args.kind,
@@ -224,8 +242,16 @@ def _index_verify(args: argparse.Namespace) -> int:
     from ssl_core.errors import IndexFormatError
     from ssl_core.search.verify import verify_index
 
+    chosen = args.model is not None or getattr(args, "weights", None) is not None
+
+    def encoder_for(index):
+        encoder = _index_encoder(args, index)
+        if chosen:  # a model the user named that is not the index's: refused, not reported as damage
+            index.check_encoder(encoder)
+        return encoder
+
     try:
-        report = verify_index(args.dir, (lambda index: _index_encoder(args, index)) if args.deep else None, args.sample)
+        report = verify_index(args.dir, encoder_for if args.deep else None, args.sample)
     except IndexFormatError as err:
         print(f"patchlens index verify: DAMAGED: {err}", file=sys.stderr)
         return 1

@@ -26,7 +26,7 @@ def _heads(parser: argparse.ArgumentParser):
     parser.add_argument("images", nargs="+", help="image files or folders")
     parser.add_argument("--models", nargs="+", required=True, help="model names (see `patchlens models`) or timm ids")
     parser.add_argument("--image-size", type=int, default=None, help="short side images are resized to (all models)")
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     parser.add_argument("--out", required=True, help="output file: .html (interactive), .png (curves) or .npz")
 
     def run(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from app.cli.main import command, tqdm_progress
+from app.cli.main import command, positive_int, tqdm_progress
 
 READING_NOTES = """How to read the numbers:
 
@@ -91,8 +91,9 @@ def _lab(parser: argparse.ArgumentParser):
     parser.add_argument("--n-train", type=int, default=defaults.n_train, help="held-out scenes the probes are fitted on")
     parser.add_argument("--n-test", type=int, default=defaults.n_test, help="held-out scenes they are scored on")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="picks the scenes, swaps, masks and subsamples")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--out", default="docs/lab.md", help="markdown report; the numbers go to the same name .json")
+    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help="images per forward pass")
+    parser.add_argument("--out", default="lab.md", help="markdown report (a bare name is written in the current "
+                        "folder); the numbers go to the same name .json")
     parser.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when present)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine)")
 

@@ -19,11 +19,40 @@ def command(name: str, help_text: str):
     return wrap
 
 
-def add_model_args(parser: argparse.ArgumentParser, default: str | None = None) -> None:
-    parser.add_argument("--model", default=default, help="model name (see `patchlens models`) or a timm id; "
-                        "default: the bundled default model")
-    parser.add_argument("--weights", default=None, help="local weights file (.safetensors, or .pth read with weights_only)")
-    parser.add_argument("--image-size", type=int, default=None, help="short side images are resized to (default: the model's)")
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (batch sizes, counts, steps)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
+    return value
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's help ends with its default, unless there is none to show (None, a flag's False, empty)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.default in ("", []):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def add_model_args(parser: argparse.ArgumentParser, default: str | None = None, default_text: str | None = None,
+                   ) -> None:
+    """--model, --weights, --image-size and --device; ``default_text`` says what an unset --model means when that is
+    not the bundled default model (e.g. "the index's model")."""
+    from ssl_core.data.images import MAX_SHORT_SIDE
+    from ssl_core.models.registry import default_model_name
+
+    default_text = default_text or f"the bundled default model, {default_model_name()}"
+    parser.add_argument("--model", default=default, help="model name (see `patchlens models`) or a timm id"
+                        + ("" if default else f" (default: {default_text})"))
+    parser.add_argument("--weights", default=None, help="local weights file (.safetensors, or .pth read with "
+                        "weights_only)" + ("" if default else "; without --model: for the default's architecture"))
+    parser.add_argument("--image-size", type=int, default=None, help="short side images are resized to, from one "
+                        f"patch to {MAX_SHORT_SIDE} px (default: the model's)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
 
 
@@ -90,19 +119,20 @@ def _embed(parser: argparse.ArgumentParser):
     add_model_args(parser)
     parser.add_argument("--layers", default="", help="comma-separated block indices to save too (e.g. 3,7,-1) or 'all'")
     parser.add_argument("--out", required=True, help="output .npz file (layout: see README)")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="images loaded and embedded at once")
     parser.add_argument("--facet", default=None, choices=["query", "key", "value", "token"],
                         help="also save this facet of --facet-block (dino-vit-features' key/query/value tokens)")
-    parser.add_argument("--facet-block", type=int, default=-1, help="block of --facet (default: the last)")
+    parser.add_argument("--facet-block", type=int, default=-1, help="block of --facet (negative counts from the end)")
 
     def run(args: argparse.Namespace) -> int:
         from ssl_core.data.images import expand_image_paths, load_images_reporting
         from ssl_core.features.export import save_features_npz
         from ssl_core.features.facets import facet_tokens
 
+        layers = parse_layers(args.layers)  # a bad list is refused before the model loads
         encoder = load_model_from_args(args)
         print(encoder.describe(), file=sys.stderr)
-        resolved = encoder.resolve_layers(parse_layers(args.layers))
+        resolved = encoder.resolve_layers(layers)
         paths = expand_image_paths(args.images)
         names, features, failed, facets = [], [], [], []
         progress = tqdm_progress("embedding")
@@ -128,29 +158,42 @@ def _embed(parser: argparse.ArgumentParser):
 
 
 def parse_layers(text: str) -> list[int] | str:
+    """Block indices "3,7,-1" (negative counts from the end) as a list, or "all"; `BadRequest` for anything else."""
+    from ssl_core.errors import BadRequest
+
     text = (text or "").strip()
     if text == "all":
         return "all"
-    return [int(x) for x in text.split(",") if x.strip()]
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise BadRequest(f"layers {text!r}: give block indices separated by commas (e.g. 3,7,-1; negative ones count "
+                         f"from the end) or 'all'") from None
 
 
 # ------------------------------------------------------------------------------------------------- serve
 @command("serve", "start the PatchLens app")
 def _serve(parser: argparse.ArgumentParser):
-    parser.add_argument("--model", default=None, help="model selected at start (default: the bundled default)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=7860)
+    from ssl_core.models.registry import default_model_name
+
+    parser.add_argument("--model", default=None, help=f"model selected at start (default: the bundled default, "
+                        f"{default_model_name()})")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (the default answers this machine only)")
+    parser.add_argument("--port", type=int, default=7860, help="port to listen on")
     parser.add_argument("--allow-dir", action="append", default=[], metavar="DIR",
                         help="a directory the app may read galleries and weights files from (repeatable)")
     parser.add_argument("--max-upload-mb", type=float, default=50.0, help="largest accepted upload")
-    parser.add_argument("--concurrency", type=int, default=1,
+    parser.add_argument("--concurrency", type=positive_int, default=1,
                         help="requests that may run at once in each queue, views and long jobs (at least 2 each)")
-    parser.add_argument("--max-models", type=int, default=4, help="encoders kept loaded (least recently used go first)")
+    parser.add_argument("--max-models", type=positive_int, default=4,
+                        help="encoders kept loaded (least recently used go first)")
     parser.add_argument("--cache-mb", type=float, default=None, help="memory for cached features (default 2048)")
-    parser.add_argument("--max-forward-passes", type=int, default=None, metavar="N",
+    parser.add_argument("--max-forward-passes", type=positive_int, default=None, metavar="N",
                         help="most images or crops one job (BagSSL, map, index build, CKA) may embed (default 2000)")
 
     def run(args: argparse.Namespace) -> int:
+        check_serve_args(args)  # before the app is built: a bad name or folder is refused here, not in the browser
         from app.ui.app import serve
 
         serve(model=args.model, host=args.host, port=args.port, allow_dirs=args.allow_dir,
@@ -158,6 +201,22 @@ def _serve(parser: argparse.ArgumentParser):
               cache_mb=args.cache_mb, max_forward_passes=args.max_forward_passes)
         return 0
     return run
+
+
+def check_serve_args(args: argparse.Namespace) -> None:
+    """A --model the registry does not know (a known hub model need not be downloaded: offline, the app offers the
+    bundled ones) and an --allow-dir that is not a directory are refused with `BadRequest`."""
+    from pathlib import Path
+
+    from ssl_core.errors import BadRequest
+    from ssl_core.models.registry import resolve_spec
+
+    if args.model:
+        resolve_spec(args.model)
+    for folder in args.allow_dir:
+        path = Path(folder).expanduser()
+        if not path.is_dir():
+            raise BadRequest(f"--allow-dir {folder}: {'not a directory' if path.exists() else 'no such directory'}")
 
 
 # Subcommands of other areas live in their own modules, which register themselves with `command` on import.
@@ -170,26 +229,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module in COMMAND_MODULES:
         importlib.import_module(module)
-    parser = argparse.ArgumentParser(prog="patchlens", description="Look inside vision transformers one patch at a time.")
+    parser = argparse.ArgumentParser(prog="patchlens", formatter_class=HelpFormatter,
+                                     description="Look inside vision transformers one patch at a time.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (configure, help_text) in COMMANDS.items():
-        child = sub.add_parser(name, help=help_text, description=help_text)
+        child = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
         child.set_defaults(_run=configure(child))
     return parser
 
 
 def select_device(name: str) -> None:
-    """Check a --device value; a GPU named by its number (cuda:1) becomes the current one, so that what torch puts
-    on "the" GPU by default (pinned memory for copies, a loader's pinning thread) goes there too, not to GPU 0."""
+    """Check a --device value (`ssl_core.features.encoder.resolve_device`: `BadRequest` for one this machine lacks);
+    a GPU named by its number (cuda:1) becomes the current one, so that what torch puts on "the" GPU by default
+    (pinned memory for copies, a loader's pinning thread) goes there too, not to GPU 0."""
     import torch
 
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name!r} is not a device (cpu, cuda, cuda:1, mps ...)") from None
+    from ssl_core.features.encoder import resolve_device
+
+    device = resolve_device(name)
     if device.type == "cuda" and device.index is not None:
-        if not torch.cuda.is_available() or device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
         torch.cuda.set_device(device)
 
 

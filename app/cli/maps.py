@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from app.cli.gallery import check_output, layer_arg, load_images
-from app.cli.main import add_model_args, command, load_model_from_args, tqdm_progress
+from app.cli.main import add_model_args, command, load_model_from_args, positive_int, tqdm_progress
 
 
 # ------------------------------------------------------------------------------------------------- umap
@@ -26,17 +26,17 @@ def _umap(parser: argparse.ArgumentParser):
     parser.add_argument("--out", default=None, help="output file: .html (interactive) or .png; with --engine atlas, "
                         "optionally .parquet (the map's table)")
     parser.add_argument("--layer", default=None, help="block index (default: the final normed tokens)")
-    parser.add_argument("--method", default="umap", choices=METHODS)
+    parser.add_argument("--method", default="umap", choices=METHODS, help="how the points are placed")
     parser.add_argument("--colour", default="image", choices=COLOURINGS, help="colour points by ... (plotly)")
-    parser.add_argument("--parts", type=int, default=8, help="k for --colour part")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fit-limit", type=int, default=DEFAULT_FIT_LIMIT,
+    parser.add_argument("--parts", type=positive_int, default=8, help="k (parts clustered) for --colour part")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the map and of its samples")
+    parser.add_argument("--fit-limit", type=positive_int, default=DEFAULT_FIT_LIMIT,
                         help="above this many patches, fit on a seeded sample and transform the rest")
     atlas = parser.add_argument_group("maps of millions of patches (docs/scale.md)")
     atlas.add_argument("--engine", default="plotly", choices=["plotly", "atlas", "auto"],
                        help="plotly: a figure file; atlas: serve Embedding Atlas; auto: atlas above 100,000 patches")
     atlas.add_argument("--host", default="127.0.0.1", help="address Embedding Atlas listens on")
-    atlas.add_argument("--port", type=int, default=0, help="port of Embedding Atlas (default: a free one)")
+    atlas.add_argument("--port", type=int, default=0, help="port of Embedding Atlas (0: a free one)")
     atlas.add_argument("--thumbnail-side", type=int, default=THUMBNAIL_SIDE, help="pixels of the patch thumbnails "
                        "in Embedding Atlas (0: none)")
 

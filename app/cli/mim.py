@@ -22,7 +22,7 @@ def _reconstruct(parser: argparse.ArgumentParser):
     from ssl_core.models.registry import DEFAULT_MAE, MAE_SOURCES
 
     parser.add_argument("image", help="image file")
-    add_model_args(parser)
+    add_model_args(parser, default=DEFAULT_MAE)
     parser.description = (f"{parser.description}. MODEL: {', '.join(MAE_SOURCES)} (default {DEFAULT_MAE}), a "
                           f"checkpoint URL, a Hugging Face ViTMAE repository or a local file; with --weights FILE, "
                           f"MODEL may name the encoder's timm architecture.")

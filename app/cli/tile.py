@@ -12,16 +12,17 @@ import argparse
 import json
 import sys
 
-from app.cli.main import add_model_args, command, load_model_from_args, tqdm_progress
+from app.cli.main import add_model_args, command, load_model_from_args, positive_int, tqdm_progress
 
 
 @command("tile", "patch tokens of a large image from overlapping windows (sliding-window tiling), with a PCA picture")
 def _tile(parser: argparse.ArgumentParser):
     parser.add_argument("image", help="image file")
     add_model_args(parser)
-    parser.add_argument("--short-side", type=int, default=None,
+    parser.add_argument("--short-side", type=positive_int, default=None,
                         help="resize the image's short side to this many px first (default: its own size)")
-    parser.add_argument("--window", type=int, default=None, help="window side in px (default: the model's image size)")
+    parser.add_argument("--window", type=positive_int, default=None,
+                        help="window side in px (default: the model's image size)")
     parser.add_argument("--overlap", type=int, default=None, help="overlap of neighbouring windows in px "
                         "(default: a quarter window)")
     parser.add_argument("--layer", type=int, default=None, help="block index (default: the final normed tokens)")

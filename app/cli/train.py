@@ -5,7 +5,7 @@ import argparse
 import shlex
 import sys
 
-from app.cli.main import command, tqdm_progress
+from app.cli.main import command, positive_int, tqdm_progress
 
 
 def train_command_line(args: argparse.Namespace) -> str:
@@ -17,7 +17,7 @@ def train_command_line(args: argparse.Namespace) -> str:
     for flag, value in optional.items():
         if value is not None:
             parts += [flag, str(value)]
-    return shlex.join(parts)
+    return shlex.join(parts + (["--overwrite"] if args.overwrite else []))
 
 
 @command("train", "train an encoder on the parts world (supervised, dino, mae, cae, dilemma)")
@@ -27,13 +27,15 @@ def _train(parser: argparse.ArgumentParser):
 
     parser.add_argument("--method", required=True, choices=METHODS, help="training objective")
     parser.add_argument("--out", default=str(BUNDLED_DIR), help="output folder for <name>.safetensors, .md, "
-                        "and .losses.csv (default: the bundled models folder)")
-    parser.add_argument("--steps", type=int, default=1000, help="optimiser steps")
-    parser.add_argument("--batch-size", type=int, default=64)
+                        "and .losses.csv; weights already there are kept unless --overwrite")
+    parser.add_argument("--overwrite", action="store_true", help="replace weights already at <out>/<name>.safetensors "
+                        "(e.g. a bundled model)")
+    parser.add_argument("--steps", type=positive_int, default=1000, help="optimiser steps")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per step")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default=None, help="file stem, e.g. patchlens-dino (default: the method's bundled name)")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the method's)")
-    parser.add_argument("--image-size", type=int, default=None, help="training image size (default 96)")
+    parser.add_argument("--image-size", type=int, default=None, help="training image size (default: 96)")
     parser.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when present)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--workers", type=int, default=None, help="image-generating DataLoader workers")
@@ -48,7 +50,7 @@ def _train(parser: argparse.ArgumentParser):
                    if v is not None}
         result = train(args.method, out_dir=args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                        device=args.device, name=args.name, progress=tqdm_progress(f"training {args.method}", unit="step"),
-                       command=train_command_line(args), **options)
+                       command=train_command_line(args), overwrite=args.overwrite, **options)
         losses = ", ".join(f"{k} {v:.4g}" for k, v in result.final_losses.items())
         print(f"trained {result.name} ({args.method}) for {result.steps} steps in {result.wall_s / 60:.1f} min; "
               f"final {losses}", file=sys.stderr)

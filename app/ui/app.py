@@ -26,6 +26,7 @@ from app.ui.state import AppConfig, LoadedImage, ModelPool, example_paths, load_
 from app.ui.wiring import Runner, SharedControls, chain, gradio_upload_folder, model_choices, ui_errors
 from app.views.result import Table, ViewResult
 from ssl_core.analyses.maps import UMAP_WARM_UP
+from ssl_core.data.images import MAX_SHORT_SIDE
 from ssl_core.errors import BadRequest
 from ssl_core.features.encoder import Encoder
 from ssl_core.mim.mae import MaskedAutoencoder
@@ -65,9 +66,9 @@ class PatchLensApp:
         elif weights_path and weights_path.strip():
             weights = self.access.readable(weights_path, "the weights file")
         size = int(image_size) if image_size else None
-        if size is not None and not 16 <= size <= 1024:
-            raise BadRequest(f"The short side must be between 16 and 1024 pixels (or 0 for the model's own), "
-                             f"not {size}.")
+        if size is not None and not 16 <= size <= MAX_SHORT_SIDE:
+            raise BadRequest(f"The short side must be between 16 and {MAX_SHORT_SIDE} pixels (or 0 for the model's "
+                             f"own), not {size}.")
         return self.pool.get(model or self.config.default_model, weights, size)
 
     def mae(self, name: str | None, upload: str | None) -> MaskedAutoencoder:

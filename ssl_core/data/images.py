@@ -36,6 +36,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ssl_core.errors import ImageLoadError
 
 DEFAULT_MAX_PIXELS = 64_000_000
+MAX_SHORT_SIDE = 1024  # px: the largest short side one forward pass runs at (--image-size, the app's size field);
+# larger images are tiled (`ssl_core.features.tiling`)
 ImageSource = Union[str, os.PathLike, bytes, bytearray, np.ndarray, Image.Image]
 
 

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ssl_core.data.images import ImageSource, ResizePolicy, image_fingerprint, load_image
+from ssl_core.data.images import MAX_SHORT_SIDE, ImageSource, ResizePolicy, image_fingerprint, load_image
 from ssl_core.errors import BadRequest
 from ssl_core.features.attention_hooks import capture_attention, check_attention
 from ssl_core.features.cache import LRUCache
@@ -61,6 +61,38 @@ def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """The device a user names (None: `default_device`); `BadRequest` for a name that is not a device or a device
+    this machine does not have (cuda without a GPU, cuda:2 with two, mps off a Mac), before anything is moved."""
+    if device is None or device == "":
+        return default_device()
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise BadRequest(f"device {device!r} is not a device (cpu, cuda, cuda:1, mps ...)") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (resolved.index or 0) >= count:
+            raise BadRequest(f"device {str(device)!r} is not available: this machine has {count} CUDA GPU(s)")
+    elif resolved.type not in ("cpu", "meta"):
+        backend = getattr(torch.backends, resolved.type, None) or getattr(torch, resolved.type, None)
+        if not getattr(backend, "is_available", lambda: False)():
+            raise BadRequest(f"device {str(device)!r} is not available on this machine")
+    return resolved
+
+
+def check_image_size(spec: ModelSpec) -> None:
+    """`BadRequest` unless the spec's short side is at least one patch and at most `MAX_SHORT_SIDE` px (larger
+    images take `ssl_core.features.tiling`); the patch size is read off the architecture, built without weights."""
+    with torch.device("meta"):
+        model, _ = build_model(spec)
+    patch_embed = getattr(model, "patch_embed", None)
+    patch = int(patch_embed.patch_size[0]) if patch_embed is not None and hasattr(patch_embed, "patch_size") else 1
+    if not patch <= spec.image_size <= MAX_SHORT_SIDE:
+        raise BadRequest(f"image size {spec.image_size} px is out of range for {spec.name}: the short side must be "
+                         f"from one patch ({patch} px) to {MAX_SHORT_SIDE} px (larger images: `patchlens tile`)")
+
+
 def build_model(spec: ModelSpec, **overrides: object) -> tuple[nn.Module, bool]:
     """Create the timm model of a spec with random weights; returns (model, supports dynamic image size)."""
     name = spec.hub_id or spec.arch
@@ -80,7 +112,8 @@ class Encoder:
     """One loaded ViT with one way to extract features (see the module docstring)."""
 
     def __init__(self, spec: ModelSpec, model: nn.Module, dynamic: bool, weights_file: Path | None,
-                 device: torch.device, cache: LRUCache[PatchFeatures] | None = FEATURE_CACHE):
+                 device: torch.device, cache: LRUCache[PatchFeatures] | None = FEATURE_CACHE,
+                 weights_given: bool = False):
         if not all(hasattr(model, part) for part in ("patch_embed", "blocks", "forward_intermediates")):
             raise BadRequest(f"'{spec.name}' ({type(model).__name__}) is not a ViT with a fixed patch grid that "
                              f"PatchLens can read (it needs patch_embed, blocks and forward_intermediates); "
@@ -89,6 +122,7 @@ class Encoder:
         self.model = model.eval().to(device)
         self.dynamic = dynamic
         self.weights_file = weights_file
+        self.weights_given = weights_given and weights_file is not None  # a file the user chose, not the spec's own
         self.device = device
         self.cache = cache
         self.fingerprint = file_fingerprint(weights_file) if weights_file else "random-seed0"
@@ -130,7 +164,7 @@ class Encoder:
     def weights_label(self) -> str:
         if self.weights_file is None:
             return "random init (untrained)"
-        return f"{self.spec.source}: {self.weights_file}"
+        return f"{'file' if self.weights_given else self.spec.source}: {self.weights_file}"
 
     @property
     def num_params(self) -> int:
@@ -138,7 +172,8 @@ class Encoder:
 
     def describe(self) -> str:
         state = "" if self.trained else " — UNTRAINED (random weights)"
-        return (f"{self.display_name}: {self.spec.arch}, patch {self.patch_size}, {self.depth} blocks, "
+        chosen = f" with weights {self.weights_file.name}" if self.weights_given else ""  # the file, not its folder
+        return (f"{self.display_name}{chosen}: {self.spec.arch}, patch {self.patch_size}, {self.depth} blocks, "
                 f"dim {self.embed_dim}, {self.num_params / 1e6:.1f}M params, images at {self.spec.image_size} px "
                 f"short side, on {self.device.type}{state}")
 
@@ -325,11 +360,14 @@ def load_encoder(name: str, weights: str | Path | None = None, device: str | tor
     Raises `ModelUnavailable` (offline, within seconds) or `CheckpointError` (weights that do not fit).
     """
     spec = with_image_size(resolve_spec(name), image_size)
+    if image_size is not None:
+        check_image_size(spec)
+    target = resolve_device(device)
     weights_file = resolve_weights_file(spec, weights) if pretrained or weights is not None else None
     model, dynamic = build_model(spec)
     if weights_file is not None:
         fit_state_dict(model, read_state_dict(weights_file), spec.checkpoint_format, name=str(weights_file))
-    return Encoder(spec, model, dynamic, weights_file, torch.device(device) if device else default_device(), cache)
+    return Encoder(spec, model, dynamic, weights_file, target, cache, weights_given=weights is not None)
 
 
 def grid_for(encoder: Encoder, width: int, height: int) -> tuple[int, int]:
@@ -345,5 +383,5 @@ def count_params(spec: ModelSpec) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["Encoder", "PatchFeatures", "load_encoder", "build_model", "default_device", "FEATURE_CACHE",
-           "grid_for", "count_params"]
+__all__ = ["Encoder", "PatchFeatures", "load_encoder", "build_model", "default_device", "resolve_device",
+           "check_image_size", "FEATURE_CACHE", "grid_for", "count_params"]

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from ssl_core.data.images import ImageSource, ResizePolicy, load_image
+from ssl_core.data.images import MAX_SHORT_SIDE, ImageSource, ResizePolicy, load_image
 from ssl_core.errors import BadRequest, TooMuchWork
 from ssl_core.progress import ProgressFn
 
-TILE_ABOVE_PX = 1024  # short sides above this are tiled rather than run at once
+TILE_ABOVE_PX = MAX_SHORT_SIDE  # short sides above this are tiled rather than run at once
 MAX_STITCHED_BYTES = 4 * 1024**3  # the stitched float32 grid and its sums
 
 

@@ -100,6 +100,32 @@ def position_embeddings(vit: VisionTransformer, grid_hw: tuple[int, int]) -> tup
     return pos[:, :embedded_prefix], pos[:, embedded_prefix:]
 
 
+def sincos_pos_embed_2d(embed_dim: int, grid_hw: tuple[int, int], num_prefix: int = 1) -> torch.Tensor:
+    """MAE's fixed 2D sin-cos position embedding [1, num_prefix + h*w, D] (zeros for the prefix tokens)."""
+    if embed_dim % 4:
+        raise BadRequest(f"the sin-cos position embedding needs a dimension divisible by 4, not {embed_dim}")
+    h, w = grid_hw
+    omega = 1.0 / 10000 ** (torch.arange(embed_dim // 4, dtype=torch.float64) / (embed_dim / 4))  # [D/4]
+
+    def embed_1d(pos: torch.Tensor) -> torch.Tensor:  # pos: [M] -> [M, D/2]
+        out = torch.outer(pos.reshape(-1), omega)
+        return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
+
+    grid_w, grid_h = torch.meshgrid(torch.arange(w, dtype=torch.float64), torch.arange(h, dtype=torch.float64),
+                                    indexing="xy")  # as MAE: the first half encodes the column
+    emb = torch.cat([embed_1d(grid_w), embed_1d(grid_h)], dim=1)  # [h*w, D]
+    emb = torch.cat([torch.zeros(num_prefix, embed_dim, dtype=torch.float64), emb], dim=0)
+    return emb.float().unsqueeze(0)
+
+
+def set_sincos_positions(vit: VisionTransformer) -> None:
+    """Write the 2D sin-cos table into a timm ViT's absolute position embedding (zeros for embedded prefix tokens),
+    in place; whether it then trains is the caller's choice (MAE and CAE freeze it, DILEMMA trains from it)."""
+    embedded_prefix = 0 if vit.no_embed_class else vit.num_prefix_tokens
+    with torch.no_grad():
+        vit.pos_embed.copy_(sincos_pos_embed_2d(vit.embed_dim, tuple(vit.patch_embed.grid_size), embedded_prefix))
+
+
 def patch_position_table(vit: VisionTransformer, grid_hw: tuple[int, int]) -> torch.Tensor:
     """The patch position embeddings [1, h*w, D] of a timm ViT for a grid."""
     return position_embeddings(vit, grid_hw)[1]

@@ -37,7 +37,8 @@ class LabConfig:
             if int(getattr(self, name)) < 1:
                 raise BadRequest(f"LabConfig.{name} must be at least 1, got {getattr(self, name)}")
         if self.n_train < 2 or self.n_test < 2:
-            raise BadRequest(f"LabConfig needs n_train and n_test of at least 2, got {self.n_train} and {self.n_test}")
+            raise BadRequest(f"the Lab needs at least 2 training and 2 test scenes (--n-train, --n-test), got "
+                             f"{self.n_train} and {self.n_test}")
         if not 0 <= self.seed < 1 << 29:
             raise BadRequest(f"LabConfig.seed must be in [0, 2**29), got {self.seed}")
         if not 0 < self.crop_fraction <= 1:

@@ -28,8 +28,14 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from ssl_core.errors import BadRequest, CheckpointError
-from ssl_core.features.vit_tokens import embed_patches, encode_tokens, random_masking
-from ssl_core.mim.mae import patch_statistics, patchify, sincos_pos_embed_2d
+from ssl_core.features.vit_tokens import (
+    embed_patches,
+    encode_tokens,
+    random_masking,
+    set_sincos_positions,
+    sincos_pos_embed_2d,
+)
+from ssl_core.mim.mae import patch_statistics, patchify
 from ssl_core.models.weights import check_fits, read_state_dict, safetensors_metadata
 
 METADATA_KEY = "patchlens_cae"
@@ -138,8 +144,7 @@ class CAEModel(nn.Module):
         self.grid_hw = tuple(int(s) for s in self.encoder.patch_embed.grid_size)
         self.num_prefix = int(self.encoder.num_prefix_tokens)
         dim = int(self.encoder.embed_dim)
-        embedded_prefix = 0 if self.encoder.no_embed_class else self.num_prefix
-        self.encoder.pos_embed.data.copy_(sincos_pos_embed_2d(dim, self.grid_hw, embedded_prefix))
+        set_sincos_positions(self.encoder)  # fixed, as MAE's
         self.encoder.pos_embed.requires_grad_(False)
         self.register_buffer("pos_embed", sincos_pos_embed_2d(dim, self.grid_hw, self.num_prefix), persistent=False)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))

@@ -28,7 +28,13 @@ from torch import nn
 
 from ssl_core.errors import BadRequest
 from ssl_core.features.pixels import IMAGENET_MEAN, IMAGENET_STD, denormalize_pixels, normalize_pixels
-from ssl_core.features.vit_tokens import embed_patches, encode_tokens, random_masking
+from ssl_core.features.vit_tokens import (
+    embed_patches,
+    encode_tokens,
+    random_masking,
+    set_sincos_positions,
+    sincos_pos_embed_2d,
+)
 
 METADATA_KEY = "patchlens_mae"
 MAE_EPS = 1e-6  # LayerNorm eps of the official MAE release (and of timm's ViT)
@@ -66,24 +72,6 @@ def patch_statistics(target: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Ten
     var = target.var(dim=-1, keepdim=True)
     return mean, (var + eps) ** 0.5
 
-
-
-def sincos_pos_embed_2d(embed_dim: int, grid_hw: tuple[int, int], num_prefix: int = 1) -> torch.Tensor:
-    """MAE's fixed 2D sin-cos position embedding [1, num_prefix + h*w, D] (zeros for the prefix tokens)."""
-    if embed_dim % 4:
-        raise BadRequest(f"the sin-cos position embedding needs a dimension divisible by 4, not {embed_dim}")
-    h, w = grid_hw
-    omega = 1.0 / 10000 ** (torch.arange(embed_dim // 4, dtype=torch.float64) / (embed_dim / 4))  # [D/4]
-
-    def embed_1d(pos: torch.Tensor) -> torch.Tensor:  # pos: [M] -> [M, D/2]
-        out = torch.outer(pos.reshape(-1), omega)
-        return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
-
-    grid_w, grid_h = torch.meshgrid(torch.arange(w, dtype=torch.float64), torch.arange(h, dtype=torch.float64),
-                                    indexing="xy")  # as MAE: the first half encodes the column
-    emb = torch.cat([embed_1d(grid_w), embed_1d(grid_h)], dim=1)  # [h*w, D]
-    emb = torch.cat([torch.zeros(num_prefix, embed_dim, dtype=torch.float64), emb], dim=0)
-    return emb.float().unsqueeze(0)
 
 
 # ------------------------------------------------------------------------------------------- the model
@@ -257,9 +245,7 @@ def build_mae(arch: str = "patchlens_vit_tiny_p8", decoder_dim: int = 128, decod
         raise BadRequest(f"unknown timm architecture '{arch}'")
     encoder = timm.create_model(arch, pretrained=False, num_classes=0, **encoder_kwargs)
     if encoder.pos_embed is not None:  # as MAE: a fixed 2D sin-cos position embedding
-        embedded_prefix = 0 if encoder.no_embed_class else encoder.num_prefix_tokens
-        encoder.pos_embed.data.copy_(sincos_pos_embed_2d(encoder.embed_dim, encoder.patch_embed.grid_size,
-                                                         embedded_prefix))
+        set_sincos_positions(encoder)
         encoder.pos_embed.requires_grad_(False)
     eps = float(getattr(encoder.norm, "eps", MAE_EPS))
     mae = MaskedAutoencoder(encoder, decoder_dim, decoder_depth, decoder_heads, decoder_mlp_ratio, eps, norm_pix_loss)

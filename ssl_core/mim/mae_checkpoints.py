@@ -38,7 +38,7 @@ from ssl_core.mim.mae import (
     mae_from_config,
     official_state_dict,
 )
-from ssl_core.models.registry import BUNDLED_DIR, DEFAULT_MAE, MAE_SOURCES, MAESource, ModelSpec
+from ssl_core.models.registry import BUNDLED_DIR, DEFAULT_MAE, MAE_SOURCES, MAE_SPEC_ARCH, MAESource, ModelSpec
 from ssl_core.models.weights import (
     TENSOR_SUFFIXES,
     _fetch_from_hf,
@@ -202,7 +202,7 @@ def _norm_pix_from_name(filename: str) -> bool | None:
 
 def _fetch_hf_repo(name: str, repo: str) -> tuple[Path, dict]:
     """Weights and config of a hub repository (from the cache, else downloaded; fails fast offline)."""
-    spec = ModelSpec(name=name, arch="vit_mae", source="hub", hub_id=repo)
+    spec = ModelSpec(name=name, arch=MAE_SPEC_ARCH, source="hub", hub_id=repo)
     weights = _fetch_from_hf(spec, repo, None)
     config_path = _fetch_from_hf(spec, repo, "config.json")
     return weights, json.loads(config_path.read_text())
@@ -227,7 +227,7 @@ def locate_checkpoint(text: str, named: MAESource | None) -> tuple[Path, dict]:
                 f"Name another MAE ({', '.join(n for n in MAE_SOURCES if n != named.name)}) or a local file.")
     elif (named is not None and named.kind == "url") or text.startswith(("http://", "https://")):
         url = named.location if named else text
-        path = fetch_url(ModelSpec(name=named.name if named else text, arch="vit_mae", source="url", url=url), url)
+        path = fetch_url(ModelSpec(name=named.name if named else text, arch=MAE_SPEC_ARCH, source="url", url=url), url)
         hints["norm_pix_loss"] = _norm_pix_from_name(Path(url).name)
     elif (named is not None and named.kind == "hf") or _is_hub_repo(text):
         repo = named.location if named else text.removeprefix("hf:")
@@ -238,7 +238,7 @@ def locate_checkpoint(text: str, named: MAESource | None) -> tuple[Path, dict]:
         if not path.is_file():
             raise ModelUnavailable(f"MAE checkpoint not found: '{text}' is neither a known MAE name "
                                           f"({', '.join(MAE_SOURCES)}), a URL, a hub repository nor a file. "
-                                          + offline_hint(text))
+                                          + offline_hint(text, mae=True))
         hints["norm_pix_loss"] = _norm_pix_from_name(path.name)
         config_json = path.with_name("config.json")
         if config_json.is_file():
@@ -285,8 +285,9 @@ def open_mae(name: str | None = None, weights: str | os.PathLike | None = None,
     a timm architecture for its encoder (or an `MAE_SOURCES` name, which the file then replaces); without,
     ``name`` is any source `load_mae` takes (default: the bundled ``patchlens-mae``).
     """
-    from ssl_core.features.encoder import default_device
+    from ssl_core.features.encoder import resolve_device
 
+    target = resolve_device(device)  # before any download
     if weights is not None:
         if name and name not in MAE_SOURCES and not timm.is_model(name):
             raise BadRequest(f"with a weights file, the model must be a timm architecture for its encoder or "
@@ -294,7 +295,7 @@ def open_mae(name: str | None = None, weights: str | os.PathLike | None = None,
         mae = load_mae(weights, arch=name if name and name not in MAE_SOURCES else None)
     else:
         mae = load_mae(name or DEFAULT_MAE)
-    return mae.eval().to(torch.device(device) if device else default_device())
+    return mae.eval().to(target)
 
 
 __all__ = ["load_mae", "open_mae", "infer_config", "load_official_state_dict", "official_from_hf", "is_hf_layout",

@@ -167,6 +167,7 @@ class MAESource:
 
 
 DEFAULT_MAE = "patchlens-mae"
+MAE_SPEC_ARCH = "vit_mae"  # the arch of the ModelSpec an MAE checkpoint is fetched under (its download messages)
 DEFAULT_CAE = "patchlens-cae"  # the CAE whose latent regressor the Reconstruct view shows
 _FB = "https://dl.fbaipublicfiles.com/mae"
 MAE_SOURCES: dict[str, MAESource] = {s.name: s for s in (
@@ -218,7 +219,12 @@ def resolve_spec(name: str) -> ModelSpec:
         raise BadRequest(f"unknown model '{name}': not a PatchLens name ({known}) nor a timm model id")
     pretrained_ids = list(timm.models.get_arch_pretrained_cfgs(arch))  # "arch.tag", the default first
     full_id = name if "." in name else (pretrained_ids[0] if pretrained_ids else arch)
-    cfg = timm.models.get_pretrained_cfg(full_id)
+    try:
+        cfg = timm.models.get_pretrained_cfg(full_id)
+    except RuntimeError:  # timm: "Invalid pretrained tag"
+        tags = ", ".join(pretrained_ids) or f"none: use '{arch}' (random weights) or --weights FILE"
+        raise BadRequest(f"unknown model '{name}': timm has no pretrained tag '{name.split('.', 1)[-1]}' for {arch} "
+                         f"(its pretrained ids: {tags})") from None
     image_size = int(cfg.input_size[-1]) if cfg is not None else 224  # the size the model was trained at
     if cfg is not None and (cfg.hf_hub_id or cfg.url):
         return ModelSpec(name=name, arch=arch, source="hub", hub_id=full_id, family="timm", image_size=image_size)

@@ -17,18 +17,33 @@ import torch
 from torch import nn
 
 from ssl_core.errors import CheckpointError, ModelUnavailable
-from ssl_core.models.registry import ModelSpec
+from ssl_core.models.registry import MAE_SPEC_ARCH, ModelSpec
 
 CONNECT_TIMEOUT_S = 3.0
 TENSOR_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".tar", ".ckpt")
 
 
-def offline_hint(name: str) -> str:
+def offline_hint(name: str, mae: bool = False) -> str:
+    """What to do instead of a download: a model that needs none, or a local file. ``mae``: for a reconstruction,
+    where only an MAE with its decoder will do, the MAEs that need no download are offered (`offline_mae_names`)."""
     from ssl_core.models.registry import bundled_names
 
+    if mae:
+        ready = ", ".join(offline_mae_names()) or "none yet: train one with `patchlens train --method mae`"
+        return (f"Use an MAE that needs no download ({ready}), or download the checkpoint elsewhere and pass the "
+                f"local file (CLI: --weights FILE; app: the MAE checkpoint box) for '{name}'.")
     bundled = ", ".join(bundled_names()) or "random-tiny (untrained)"
     return (f"Use a bundled model that needs no download ({bundled}), or download the weights elsewhere and "
             f"pass the local file (CLI: --weights FILE; app: the 'Weights file' box) for '{name}'.")
+
+
+def offline_mae_names() -> list[str]:
+    """The named MAEs (`MAE_SOURCES`: with their decoder, so they can reconstruct) that need no download: bundled
+    and present, or fetched before."""
+    from ssl_core.models.registry import BUNDLED_DIR, MAE_SOURCES
+
+    return [s.name for s in MAE_SOURCES.values() if (s.kind == "bundled" and (BUNDLED_DIR / s.location).is_file())
+            or (s.kind == "url" and _url_cache_path(s.location).is_file())]
 
 
 # --------------------------------------------------------------------------------------------------- reading
@@ -275,7 +290,7 @@ def _fetch_from_hf(spec: ModelSpec, repo_id: str, filename: str | None) -> Path:
         reason = "download failed (" + "; ".join(errors) + ")"
     raise ModelUnavailable(
         f"Could not fetch the weights of '{spec.name}' ({spec.hub_id}) from the Hugging Face Hub "
-        f"(repository {repo_id}): {reason}. {offline_hint(spec.name)}"
+        f"(repository {repo_id}): {reason}. {offline_hint(spec.name, mae=spec.arch == MAE_SPEC_ARCH)}"
     )
 
 
@@ -297,7 +312,8 @@ def fetch_url(spec: ModelSpec, url: str) -> Path:
         except Exception as err:  # noqa: BLE001
             reason = f"download failed ({type(err).__name__}: {err})"
     raise ModelUnavailable(
-        f"Could not fetch the weights of '{spec.name}' from {url}: {reason}. {offline_hint(spec.name)}"
+        f"Could not fetch the weights of '{spec.name}' from {url}: {reason}. "
+        f"{offline_hint(spec.name, mae=spec.arch == MAE_SPEC_ARCH)}"
     )
 
 

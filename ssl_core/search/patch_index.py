@@ -34,7 +34,7 @@ import torch
 
 from ssl_core.data.images import ImageSource, ResizePolicy, is_url, load_image, read_image_bytes
 from ssl_core.errors import BadRequest, IndexMismatch
-from ssl_core.features.encoder import Encoder, default_device
+from ssl_core.features.encoder import Encoder, default_device, resolve_device
 from ssl_core.features.patch_table import PatchTable, grid_positions, normalize_rows, patch_vectors, region_mask
 from ssl_core.features.pipeline import PipelineConfig, embed_files
 from ssl_core.models.weights import file_fingerprint
@@ -68,7 +68,7 @@ class PatchIndex:
                  device: str | torch.device | None = None):
         self.manifest = manifest
         self.vector_index = vector_index
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = resolve_device(device) if device is not None else default_device()
         self._device_search: DeviceSearch | None = None
         self._device_lock = threading.Lock()  # one thread at a time builds and searches the device copy
         self.origin: IndexOrigin | None = None  # the folder and generation it was loaded from or saved to

@@ -46,14 +46,21 @@ def build_objective(config: TrainConfig) -> Objective:
 
 def train(method: str, out_dir: str | Path = BUNDLED_DIR, steps: int = 1000, batch_size: int = 64, seed: int = 0,
           device: str | torch.device | None = None, progress: ProgressFn | None = None, name: str | None = None,
-          **options: object) -> TrainResult:
+          overwrite: bool = False, **options: object) -> TrainResult:
     """Train one bundled-size encoder with ``method`` and write its weights, loss log and model card to ``out_dir``.
 
-    ``options`` are further `TrainConfig` fields (lr, image_size, threads, workers, log_every, command ...).
+    Weights already at ``out_dir/<name>.safetensors`` (the bundled model, by default) are refused before any step
+    unless ``overwrite``. ``options`` are further `TrainConfig` fields (lr, image_size, threads, workers, log_every,
+    command ...).
     """
     name = name or bundled_name_for(check_method(method))
+    existing = Path(out_dir) / f"{name}.safetensors"
+    if existing.exists() and not overwrite:
+        raise BadRequest(f"{existing} exists; training would replace it. Pass --overwrite (overwrite=True) to "
+                         "replace it, or choose another --out folder or --name.")
     arguments = [repr(method)] + [f"{k}={v!r}" for k, v in dict(
-        out_dir=str(out_dir), steps=steps, batch_size=batch_size, seed=seed, name=name, **options).items()]
+        out_dir=str(out_dir), steps=steps, batch_size=batch_size, seed=seed, name=name,
+        **({"overwrite": True} if overwrite else {}), **options).items()]
     options.setdefault("command", "python -c " + shlex.quote(
         f"from ssl_core.train import train; train({', '.join(arguments)})"))
     config = TrainConfig(method=method, name=name, out_dir=Path(out_dir), steps=steps, batch_size=batch_size,

@@ -20,7 +20,7 @@ def budget_note(config: TrainConfig, device: torch.device, steps: int, wall_s: f
     minutes = wall_s / 60
     budget = f" (budget {config.max_seconds:.0f} s)" if config.max_seconds else ""
     retrain = (f"`patchlens train --method {config.method} --name {config.name} --steps {max(20000, steps * 10)} "
-               f"--batch-size 256`")
+               f"--batch-size 256 --overwrite`")
     if device.type == "cuda":
         return (f"Trained on a GPU ({torch.cuda.get_device_name(device)}) for {minutes:.1f} minutes{budget}: "
                 f"{steps} steps of {config.batch_size} images.")

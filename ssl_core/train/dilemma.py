@@ -7,6 +7,12 @@ whether its position is wrong (binary cross-entropy, positives weighted so both 
 DINO loss (`ssl_core.train.dino`) is unchanged: the teacher sees the clean, full global crops, and the student's
 class tokens of the corrupted crops must match them. Loss = DINO + ``location_weight`` x detection.
 
+The position embeddings start from the 2D sin-cos table (MAE's, `vit_tokens.set_sincos_positions`) and train from
+there (``sincos_positions``). From timm's random init (std 0.02) the detection head stayed at chance for hundreds of
+CPU steps: its balanced accuracy was 0.50 at step 150 and 0.56 after 600 (the bundled file of the first zoo), and a
+detection-only run on full inputs was still at chance after 300 steps; from sin-cos it reached 0.57 by step 150
+(docs/benchmarks.md, "DILEMMA: where the position embeddings start").
+
 Saved: the teacher's encoder (as DINO) plus ``location_head.weight`` / ``location_head.bias`` (trained on the
 student's tokens; `load_encoder` ignores them).
 """
@@ -16,7 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_core.features.vit_tokens import embed_patches, encode_tokens, misplace_tokens, patch_position_table
+from ssl_core.features.vit_tokens import (
+    embed_patches,
+    encode_tokens,
+    misplace_tokens,
+    patch_position_table,
+    set_sincos_positions,
+)
 from ssl_core.train.common import TrainConfig
 from ssl_core.train.dino import DINOObjective
 
@@ -27,9 +39,13 @@ class DILEMMAObjective(DINOObjective):
     method = "dilemma"
 
     def __init__(self, config: TrainConfig, keep_ratio: float = 0.5, swap_ratio: float = 0.15,
-                 location_weight: float = 1.0):
+                 location_weight: float = 1.0, sincos_positions: bool = True):
         super().__init__(config)
         self.keep_ratio, self.swap_ratio, self.location_weight = keep_ratio, swap_ratio, location_weight
+        self.sincos_positions = sincos_positions
+        if sincos_positions:  # student and teacher start alike; both stay trainable / EMA-updated as before
+            for vit in (self.student, self.teacher):
+                set_sincos_positions(vit)
         self.location_head = nn.Linear(self.student.embed_dim, 1)
 
     def student_globals(self, global_views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
@@ -46,7 +62,8 @@ class DILEMMAObjective(DINOObjective):
 
     def settings(self, total: int) -> dict[str, object]:
         return super().settings(total) | {"keep_ratio": self.keep_ratio, "swap_ratio": self.swap_ratio,
-                                          "location_weight": self.location_weight}
+                                          "location_weight": self.location_weight,
+                                          "sincos_positions": self.sincos_positions}
 
     def export(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         state, metadata = super().export()
