@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from app.cli.main import main
 from ssl_core.features.export import image_patches, load_features_npz
@@ -20,7 +21,15 @@ def test_models_table_lists_curated_names_and_says_untrained(capsys):
     assert main(["models", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     dino = next(r for r in rows if r["name"] == "dino-vits16")
-    assert dino["params_M"] == 21.7 and dino["offline"].startswith("no")
+    assert dino["params_M"] == 21.7 and dino["offline"] is False
+    from ssl_core.models.registry import default_model_name, resolve_spec
+    assert [r["name"] for r in rows if r["default"]] == [default_model_name()]
+    for row in rows:  # every name is one --model takes
+        assert resolve_spec(row["name"]).name == row["name"]
+    assert next(r for r in rows if r["name"] == "random-tiny")["trained"] is False
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("patchlens ")
 
 
 def test_embed_skips_bad_images_and_writes_the_documented_layout(tmp_path, image_file, capsys):

@@ -151,3 +151,14 @@ def test_search_refuses_a_k_below_one_and_deep_verify_refuses_another_model(fold
     err = capsys.readouterr().err
     assert "this index was built with" in err and "FAILED" not in err
     assert main(["index", "verify", str(out), "--deep", "--model", "random-tiny"]) == 0  # its own model, named
+
+
+def test_verify_tells_a_folder_that_is_no_index_from_a_damaged_index(folders, tmp_path, capsys):
+    _, _, good = folders
+    assert main(["index", "verify", str(good)]) == 2
+    err = capsys.readouterr().err
+    assert "not an index folder" in err and "DAMAGED" not in err
+    out = tmp_path / "idx"
+    assert main(["index", "build", str(good), "--model", "random-tiny", "--out", str(out)]) == 0
+    (out / "CURRENT").unlink()  # its generations are still there: a damaged index
+    assert main(["index", "verify", str(out)]) == 1 and "DAMAGED" in capsys.readouterr().err

@@ -159,6 +159,8 @@ def test_cli_train_records_the_command_that_repeats_it(tmp_path, capsys):
     settings = json.loads(card.split("```json")[1].split("```")[0])
     assert settings["steps"] == 2 and settings["batch_size"] == 4
     weights = (tmp_path / "tiny-sup.safetensors").read_bytes()
+    assert (tmp_path / "tiny-sup.safetensors").stat().st_mode & 0o777 == 0o644  # as readable as its card
+    assert not list(tmp_path.glob(".*partial"))
     again = ["train", "--method", "supervised", "--out", str(tmp_path), "--steps", "1", "--batch-size", "4",
              "--image-size", "32", "--name", "tiny-sup", "--device", "cpu"]
     assert main(again) == 2  # existing weights (e.g. a bundled model) are kept, before any step

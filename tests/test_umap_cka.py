@@ -194,3 +194,24 @@ def test_gallery_commands_end_to_end(three_images, tmp_path, capsys):
     assert Image.open(tmp_path / "cka.png").size[0] > 200
     assert main(["umap", first, "--model", "random-tiny", "--out", str(tmp_path / "map.txt")]) == 2
     assert "must end in .html" in capsys.readouterr().err
+
+
+def test_umap_refuses_options_that_cannot_work_before_embedding_anything(tmp_path, capsys, monkeypatch):
+    import app.cli.maps as maps
+    from app.cli.main import main
+
+    image = str(tmp_path / "a.png")
+    Image.new("RGB", (32, 32)).save(image)
+    monkeypatch.setattr(maps, "load_model_from_args", lambda args: pytest.fail("embedded before refusing"))
+    cases = [
+        ([image], "--out FILE (.html or .png) is needed for a plotly map"),
+        ([image, "--out", str(tmp_path / "map.svg")], "with --engine plotly the file must end in .html or .png"),
+        ([image, "--engine", "atlas", "--out", str(tmp_path / "map.html")], "must end in .parquet"),
+        (["--index", str(tmp_path), "--colour", "attention", "--out", str(tmp_path / "m.png")], "needs images"),
+        (["--index", str(tmp_path), "--model", "random-tiny", "--out", str(tmp_path / "m.png")], "apply to images"),
+        (["--out", str(tmp_path / "m.png")], "give images or --index"),
+    ]
+    for arguments, message in cases:
+        assert main(["umap", *arguments]) == 2, arguments
+        assert message in capsys.readouterr().err, arguments
+    assert not list(tmp_path.glob("m*"))

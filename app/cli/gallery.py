@@ -239,9 +239,14 @@ def _index_info(args: argparse.Namespace) -> int:
 
 
 def _index_verify(args: argparse.Namespace) -> int:
-    from ssl_core.errors import IndexFormatError
+    from ssl_core.errors import BadRequest, IndexFormatError
+    from ssl_core.search.storage import POINTER_FILE
     from ssl_core.search.verify import verify_index
 
+    folder = Path(args.dir)
+    if folder.is_dir() and not (folder / POINTER_FILE).exists() and not list(folder.glob("gen-*")):
+        raise BadRequest(f"{folder}: not an index folder (no {POINTER_FILE} and no generations); build one with "
+                         f"`patchlens index build`")  # nothing damaged: nothing of an index is there
     chosen = args.model is not None or getattr(args, "weights", None) is not None
 
     def encoder_for(index):

@@ -90,23 +90,25 @@ def _models(parser: argparse.ArgumentParser):
         from ssl_core.models.weights import available_offline
 
         default = default_model_name()
-        rows = []
+        rows, shown = [], []  # JSON: names as --model takes them; the table: marked untrained / default
         for spec in all_specs():
             if spec.source == "bundled" and not spec.trained:
                 continue
             source = {"hub": f"hub: {spec.hub_id}", "url": f"official file: {spec.url}",
                       "bundled": f"bundled: assets/models/{spec.bundled_file}", "random": "random init (untrained)"}[spec.source]
-            rows.append({"name": spec.display_name + (" [default]" if spec.name == default else ""),
+            rows.append({"name": spec.name, "default": spec.name == default, "trained": spec.trained,
                          "architecture": spec.arch, "family": spec.family, "objective": spec.objective,
                          "weights": source, "params_M": round(count_params(spec) / 1e6, 1),
-                         "offline": "yes" if available_offline(spec) else "no (download)"})
+                         "offline": available_offline(spec)})
+            shown.append(rows[-1] | {"name": spec.display_name + (" [default]" if spec.name == default else ""),
+                                     "offline": "yes" if rows[-1]["offline"] else "no (download)"})
         if args.json:
             print(json.dumps(rows, indent=2))
             return 0
         cols = ["name", "architecture", "params_M", "offline", "family", "weights"]
-        widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+        widths = {c: max(len(c), *(len(str(r[c])) for r in shown)) for c in cols}
         print("  ".join(c.ljust(widths[c]) for c in cols))
-        for r in rows:
+        for r in shown:
             print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
         return 0
     return run
@@ -224,6 +226,16 @@ COMMAND_MODULES: tuple[str, ...] = ("app.cli.mim", "app.cli.train", "app.cli.gal
                                    "app.cli.tile", "app.cli.heads")
 
 
+def installed_version() -> str:
+    """The installed distribution's version (pyproject.toml), or "unknown" when run from a tree not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("patchlens")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
@@ -231,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         importlib.import_module(module)
     parser = argparse.ArgumentParser(prog="patchlens", formatter_class=HelpFormatter,
                                      description="Look inside vision transformers one patch at a time.")
+    parser.add_argument("--version", action="version", version=f"patchlens {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (configure, help_text) in COMMANDS.items():
         child = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from app.cli.gallery import check_output, layer_arg, load_images
 from app.cli.main import add_model_args, command, load_model_from_args, positive_int, tqdm_progress
+from ssl_core.errors import BadRequest
 
 
 # ------------------------------------------------------------------------------------------------- umap
@@ -43,8 +44,7 @@ def _umap(parser: argparse.ArgumentParser):
     def run(args: argparse.Namespace) -> int:
         from app.views.atlas import engine_for
 
-        if bool(args.images) == bool(args.index):
-            raise ValueError("give images or --index (one of them)")
+        check_map_args(args)
         if args.index:
             return _umap_index(args)
         from ssl_core.features.patch_table import PatchTable
@@ -62,6 +62,23 @@ def _umap(parser: argparse.ArgumentParser):
                                                        args.fit_limit, args.thumbnail_side, **_map_progress(args)))
         return _plotly_map(args, table, features)
     return run
+
+
+def check_map_args(args: argparse.Namespace) -> None:
+    """Refuse option sets that cannot work before any image is embedded or any map is fitted."""
+    if bool(args.images) == bool(args.index):
+        raise BadRequest("give images or --index (one of them)")
+    if args.index and (args.model or args.weights or args.layer is not None or args.image_size):
+        raise BadRequest("--index maps the vectors the index stores (its own model and layer); --model, --weights, "
+                         "--layer and --image-size apply to images only")
+    if args.index and args.colour == "attention":
+        raise BadRequest("--colour attention needs images: an index stores no attention")
+    suffix = Path(args.out).suffix.lower() if args.out else None
+    if args.engine == "plotly" and suffix is None:
+        raise BadRequest("--out FILE (.html or .png) is needed for a plotly map")
+    allowed = {"plotly": (".html", ".png"), "atlas": (".parquet",), "auto": (".html", ".png", ".parquet")}[args.engine]
+    if suffix is not None and suffix not in allowed:
+        raise BadRequest(f"--out {args.out}: with --engine {args.engine} the file must end in {' or '.join(allowed)}")
 
 
 def _map_progress(args: argparse.Namespace) -> dict:

@@ -16,6 +16,7 @@ import contextlib
 import csv
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -379,12 +380,16 @@ def finish_training(objective: Objective, config: TrainConfig, device: torch.dev
 
 
 def save_weights(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> Path:
-    """Floating tensors as float16 (others unchanged) in a .safetensors file with string metadata."""
+    """Floating tensors as float16 (others unchanged) in a .safetensors file with string metadata, readable by all
+    (as the card and loss log are) and committed in one step: a run killed while writing leaves the old file whole."""
     from safetensors.torch import save_file
 
     tensors = {k: (v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.detach().cpu()).contiguous()
                for k, v in state_dict.items()}
-    save_file(tensors, str(path), metadata={k: str(v) for k, v in metadata.items()})
+    partial = path.with_name(f".{path.name}.partial")
+    save_file(tensors, str(partial), metadata={k: str(v) for k, v in metadata.items()})
+    partial.chmod(0o644)
+    os.replace(partial, path)
     return path
 
 
