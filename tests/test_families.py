@@ -159,6 +159,11 @@ def test_facets(family) -> None:
     assert not torch.allclose(key.patch_tokens, token.patch_tokens)
 
 
-def test_naflex_is_refused_clearly() -> None:
+def test_naflex_is_refused_clearly(monkeypatch) -> None:
+    import ssl_core.features.encoder as encoder_module
+
     with pytest.raises(BadRequest, match="NaFlexViT"):
         load_encoder("naflexvit_base_patch16_siglip.v2_webli", pretrained=False, device="cpu", cache=None)
+    monkeypatch.setattr(encoder_module, "resolve_weights_file", lambda *a: pytest.fail("fetched before refusing"))
+    with pytest.raises(BadRequest, match="NaFlexViT"):  # refused before its weights are fetched
+        load_encoder("naflexvit_base_patch16_siglip.v2_webli", device="cpu", cache=None)

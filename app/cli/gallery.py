@@ -298,7 +298,8 @@ def _cka(parser: argparse.ArgumentParser):
         encoder_b = encoder_a if same else encoder(args.model_b, args.weights_b)
         loaded = load_images(args.images)
         result = compare_encoders(encoder_a, encoder_b, [image for _, image in loaded], args.pooling, args.grid,
-                                  args.debiased, progress=tqdm_progress("CKA"))
+                                  args.debiased,
+                                  progress=tqdm_progress(f"CKA ({len(loaded)} images x {1 if same else 2} models)"))
         if out.suffix.lower() == ".html":
             cka_figure(result).write_html(out, include_plotlyjs=True)
         else:

@@ -64,15 +64,19 @@ def load_model_from_args(args: argparse.Namespace):
 
 
 def tqdm_progress(desc: str, unit: str = "img"):
-    """A progress callback (done, total) drawing one tqdm bar on stderr."""
+    """A progress callback (done, total) drawing one tqdm bar on stderr. The bar's clock starts when the callback is
+    made (just before the work), not at its first report, so a first report of many items shows a true rate."""
+    import time
+
     from tqdm import tqdm
 
-    bar = None
+    bar, started = None, time.time()
 
     def update(done: int, total: int) -> None:
         nonlocal bar
         if bar is None:
             bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr)
+            bar.start_t = bar.last_print_t = started
         bar.update(done - bar.n)
         if done >= total:
             bar.close()

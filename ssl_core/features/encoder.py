@@ -108,16 +108,22 @@ def build_model(spec: ModelSpec, **overrides: object) -> tuple[nn.Module, bool]:
             return timm.create_model(name, **kwargs), False
 
 
+def check_readable(spec: ModelSpec, model: nn.Module) -> None:
+    """`BadRequest` unless the model is a ViT with a fixed patch grid that PatchLens reads (checked on the random-init
+    model, before any weights are fetched)."""
+    if not all(hasattr(model, part) for part in ("patch_embed", "blocks", "forward_intermediates")):
+        raise BadRequest(f"'{spec.name}' ({type(model).__name__}) is not a ViT with a fixed patch grid that "
+                         f"PatchLens can read (it needs patch_embed, blocks and forward_intermediates); "
+                         f"NaFlexViT ids are not supported: use the fixed-grid id of the same weights")
+
+
 class Encoder:
     """One loaded ViT with one way to extract features (see the module docstring)."""
 
     def __init__(self, spec: ModelSpec, model: nn.Module, dynamic: bool, weights_file: Path | None,
                  device: torch.device, cache: LRUCache[PatchFeatures] | None = FEATURE_CACHE,
                  weights_given: bool = False):
-        if not all(hasattr(model, part) for part in ("patch_embed", "blocks", "forward_intermediates")):
-            raise BadRequest(f"'{spec.name}' ({type(model).__name__}) is not a ViT with a fixed patch grid that "
-                             f"PatchLens can read (it needs patch_embed, blocks and forward_intermediates); "
-                             f"NaFlexViT ids are not supported: use the fixed-grid id of the same weights")
+        check_readable(spec, model)
         self.spec = spec
         self.model = model.eval().to(device)
         self.dynamic = dynamic
@@ -363,8 +369,9 @@ def load_encoder(name: str, weights: str | Path | None = None, device: str | tor
     if image_size is not None:
         check_image_size(spec)
     target = resolve_device(device)
-    weights_file = resolve_weights_file(spec, weights) if pretrained or weights is not None else None
     model, dynamic = build_model(spec)
+    check_readable(spec, model)  # before any download
+    weights_file = resolve_weights_file(spec, weights) if pretrained or weights is not None else None
     if weights_file is not None:
         fit_state_dict(model, read_state_dict(weights_file), spec.checkpoint_format, name=str(weights_file))
     return Encoder(spec, model, dynamic, weights_file, target, cache, weights_given=weights is not None)
