@@ -18,6 +18,8 @@ def test_models_table_lists_curated_names_and_says_untrained(capsys):
     for name in ["dino-vits16", "dinov2-vitb14-reg", "mae-vitb16", "mocov3-vitb16", "ibot-vitb16", "beitv2-vitb16"]:
         assert name in out
     assert "random-tiny (untrained)" in out
+    assert "MAEs with their decoder" in out and "mae-vitb16-visualize  download" in out
+    assert "patchlens-mae" in out.split("MAEs with their decoder")[1]
     assert main(["models", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     dino = next(r for r in rows if r["name"] == "dino-vits16")

@@ -114,8 +114,22 @@ def _models(parser: argparse.ArgumentParser):
         print("  ".join(c.ljust(widths[c]) for c in cols))
         for r in shown:
             print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
+        print_mae_sources()
         return 0
     return run
+
+
+def print_mae_sources() -> None:
+    """The MAE checkpoints with their decoder, for `patchlens reconstruct --model NAME` (and the Reconstruct view)."""
+    from ssl_core.models.registry import MAE_SOURCES
+    from ssl_core.models.weights import offline_mae_names
+
+    ready = set(offline_mae_names())
+    print("\nMAEs with their decoder (patchlens reconstruct --model NAME):")
+    width = max(len(name) for name in MAE_SOURCES)
+    for source in MAE_SOURCES.values():
+        state = "offline" if source.name in ready else "download"
+        print(f"  {source.name.ljust(width)}  {state:<8}  {source.description}")
 
 
 # ------------------------------------------------------------------------------------------------- embed
