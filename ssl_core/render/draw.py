@@ -11,7 +11,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+
+from ssl_core.render.text import INK, fit, vertical_text
+from ssl_core.render.text import font as _font
 
 # A qualitative palette (Tableau 20 order, bright first) for part labels and image identities.
 PALETTE = np.array([
@@ -159,13 +162,6 @@ def enlarge(image: np.ndarray, min_side: int = 256) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((w * factor, h * factor), Image.Resampling.NEAREST))
 
 
-def _font(size: int = 14) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
-
-
 def panel(images: Sequence[np.ndarray], titles: Sequence[str] | None = None, columns: int | None = None,
           cell: int = 224, pad: int = 6, title_height: int = 22) -> np.ndarray:
     """Lay pictures [H, W, 3] uint8 out in a grid with titles, each scaled to fit a ``cell`` x ``cell`` box.
@@ -184,7 +180,7 @@ def panel(images: Sequence[np.ndarray], titles: Sequence[str] | None = None, col
         r, c = divmod(i, columns)
         x, y = pad + c * (cell + pad), pad + r * (cell + title_height + pad)
         if titles is not None:
-            draw.text((x, y + 3), str(titles[i])[:40], fill=(20, 20, 20), font=font)
+            draw.text((x, y + 3), fit(titles[i], font, cell), fill=INK, font=font)
         pic = Image.fromarray(image)
         scale = cell / max(pic.size)
         pic = pic.resize((max(1, round(pic.size[0] * scale)), max(1, round(pic.size[1] * scale))), Image.Resampling.NEAREST)
@@ -193,7 +189,6 @@ def panel(images: Sequence[np.ndarray], titles: Sequence[str] | None = None, col
 
 
 COLORBAR_WIDTH = 100  # pixels a colour bar adds to the right of a map
-INK = (20, 20, 20)
 
 
 def tick_label(value: float) -> str:
@@ -214,9 +209,7 @@ def colorbar(height: int, scale: Scale) -> np.ndarray:
         draw.line([(22, y), (26, y)], fill=INK)
         draw.text((28, y), tick_label(value), fill=INK, font=font, anchor="lm")
     name = f"{scale.label} · {scale.cmap}" if scale.label else scale.cmap
-    text = Image.new("RGB", (max(bottom - top, 1), 14), (255, 255, 255))
-    ImageDraw.Draw(text).text((text.width // 2, 7), name, fill=INK, font=font, anchor="mm")
-    canvas.paste(text.rotate(90, expand=True), (COLORBAR_WIDTH - 16, top))
+    canvas.paste(vertical_text(name, font, max(bottom - top, 1), max_lines=1), (COLORBAR_WIDTH - 17, top))
     return np.asarray(canvas)
 
 

@@ -19,7 +19,8 @@ from ssl_core.analyses.bagssl import BagOfCrops, LayerAgreement
 from ssl_core.analyses.cka import CKAResult
 from ssl_core.analyses.maps import Colouring, PatchMap, nearest_point
 from ssl_core.errors import BadRequest
-from ssl_core.render.draw import PALETTE, Scale, _font, apply_colormap, upsample
+from ssl_core.render.draw import PALETTE, Scale, apply_colormap, upsample
+from ssl_core.render.text import INK, fit, font, line_height, text_height, vertical_text, width_of, write
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -116,7 +117,8 @@ def scatter_picture(coords: np.ndarray, colours: np.ndarray, size: tuple[int, in
     one point; ``legend`` adds (name, colour) rows on the right (the canvas grows to hold them).
     """
     width, height = size
-    top = margin + (20 if title else 0)
+    face = font(12)
+    top = margin + (text_height(title, face, width - 2 * margin, max_lines=2) + 2 if title else 0)
     coords = np.asarray(coords, np.float64)
     low, high = coords.min(0), coords.max(0)
     span = np.maximum(high - low, 1e-9)
@@ -136,9 +138,8 @@ def scatter_picture(coords: np.ndarray, colours: np.ndarray, size: tuple[int, in
     canvas[ys, xs] = np.asarray(colours, np.uint8)[order][:, None, :]
     picture = Image.fromarray(canvas)
     draw = ImageDraw.Draw(picture)
-    font = _font(12)
     if title:
-        draw.text((margin, 4), title[:110], fill=(20, 20, 20), font=font)
+        write(draw, (margin, 4), title, face, width - 2 * margin, max_lines=2)
     if highlight is not None:
         x, y = pixels[highlight]
         for r, colour in ((radius + 7, (0, 0, 0)), (radius + 5, (255, 255, 255))):
@@ -146,7 +147,7 @@ def scatter_picture(coords: np.ndarray, colours: np.ndarray, size: tuple[int, in
     for i, (name, colour) in enumerate(legend):
         y = top + i * 18
         draw.rectangle([width + 8, y + 3, width + 18, y + 13], fill=tuple(colour))
-        draw.text((width + 24, y), str(name)[-26:], fill=(20, 20, 20), font=font)
+        draw.text((width + 24, y), fit(name, face, legend_width - 30, keep="end"), fill=INK, font=face)
     return ScatterPicture(np.asarray(picture), pixels)
 
 
@@ -161,33 +162,47 @@ def map_picture(patch_map: PatchMap, colouring: Colouring, highlight: int | None
 
 def heatmap_picture(matrix: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str], title: str = "",
                     row_title: str = "", col_title: str = "", cell: int = 28, vmin: float = 0.0, vmax: float = 1.0,
-                    cmap: str = "viridis") -> np.ndarray:
-    """A heatmap [La, Lb] as a picture: row 0 at the bottom (as `cka_figure`), labels, and a colour bar."""
+                    cmap: str = "viridis", min_width: int = 360) -> np.ndarray:
+    """A heatmap [La, Lb] as a picture: row 0 at the bottom (as `cka_figure`), labels, a colour bar, the row title
+    written upwards along the left and the column title under the labels (each whole, wrapped when long) and the
+    title wrapped to the picture's width (at least ``min_width`` pixels)."""
     rows, cols = matrix.shape
+    face = font(11)
+    step = line_height(face)
     cells = upsample(apply_colormap(np.asarray(matrix)[::-1], vmin, vmax, cmap), (rows * cell, cols * cell))
-    left, top, bottom, bar = 70, 30 if title else 10, 46, 70
-    canvas = Image.new("RGB", (left + cols * cell + bar, top + rows * cell + bottom), (255, 255, 255))
+    side = vertical_text(f"{row_title} ->", face, rows * cell) if row_title else None
+    label_width = max((width_of(fit(_short(label), face, 60), face) for label in row_labels), default=0)
+    left = 4 + (side.width + 4 if side is not None else 0) + int(label_width) + 8
+    bar = 70
+    width = max(left + cols * cell + bar, min_width)
+    top = 8 + text_height(title, face, width - 12) + 6 if title else 10
+    col_text = f"{col_title} ->" if col_title else ""
+    bottom = 4 + step + 4 + (text_height(col_text, face, width - left - 6) if col_text else 0) + 4
+    canvas = Image.new("RGB", (width, top + rows * cell + bottom), (255, 255, 255))
     canvas.paste(Image.fromarray(cells), (left, top))
     draw = ImageDraw.Draw(canvas)
-    font = _font(11)
     if title:
-        draw.text((6, 8), title[:150], fill=(20, 20, 20), font=font)
+        write(draw, (6, 8), title, face, width - 12)
+    if side is not None:
+        canvas.paste(side, (4, top))
     for i, label in enumerate(row_labels):
-        draw.text((left - 6, top + (rows - 1 - i) * cell + cell // 2), _short(label), fill=(20, 20, 20), font=font, anchor="rm")
+        draw.text((left - 6, top + (rows - 1 - i) * cell + cell // 2), fit(_short(label), face, 60), fill=INK,
+                  font=face, anchor="rm")
     for j, label in enumerate(col_labels):
-        draw.text((left + j * cell + cell // 2, top + rows * cell + 4), _short(label), fill=(20, 20, 20), font=font, anchor="mt")
-    draw.text((left, top + rows * cell + 24), f"{col_title} →", fill=(20, 20, 20), font=font)
-    draw.text((4, top), f"↑ {row_title}"[:12], fill=(20, 20, 20), font=font)
+        draw.text((left + j * cell + cell // 2, top + rows * cell + 4), fit(_short(label), face, cell + 2), fill=INK,
+                  font=face, anchor="mt")
+    if col_text:
+        write(draw, (left, top + rows * cell + 8 + step), col_text, face, width - left - 6)
     gradient = apply_colormap(np.linspace(vmax, vmin, rows * cell)[:, None].repeat(12, 1), vmin, vmax, cmap)
     x0 = left + cols * cell + 10
     canvas.paste(Image.fromarray(gradient), (x0, top))
-    draw.text((x0 + 16, top), f"{vmax:.2f}", fill=(20, 20, 20), font=font)
-    draw.text((x0 + 16, top + rows * cell - 12), f"{vmin:.2f}", fill=(20, 20, 20), font=font)
+    draw.text((x0 + 16, top), f"{vmax:.2f}", fill=INK, font=face)
+    draw.text((x0 + 16, top + rows * cell - 12), f"{vmin:.2f}", fill=INK, font=face)
     return np.asarray(canvas)
 
 
 def _short(label: str) -> str:
-    return label.removeprefix("block ")[:8]
+    return label.removeprefix("block ")
 
 
 READOUT_MAX_PANELS = 16

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ssl_core.render.draw import INK, PALETTE, _font, tick_label
+from ssl_core.render.draw import PALETTE
+from ssl_core.render.text import INK, fit, font, line_height, nice_ticks, text_height, tick_texts, width_of, write
 
 if TYPE_CHECKING:
     from ssl_core.analyses.attention_range import AttentionRange
@@ -39,15 +40,21 @@ def correspondence_picture(image_a: np.ndarray, image_b: np.ndarray, patches_a: 
 
 def curves_picture(x: list[int], curves: dict[str, list[float]], title: str = "", x_title: str = "",
                    size: tuple[int, int] = (720, 420)) -> np.ndarray:
-    """Curves (name -> one value per x, NaN: a gap) as a line chart with a dot per value, y ticks at the range's
-    ends and middle, x ticks at each x, and a legend. -> [height, width, 3] uint8."""
+    """Curves (name -> one value per x, NaN: a gap) as a line chart with a dot per value, y ticks at a round step
+    over a range holding 0, 1 and every value, x ticks at each x (every k-th when crowded), a title wrapped to the
+    width and a legend. -> [height, width, 3] uint8."""
     width, height = size
-    left, right, top, bottom = 60, 20, 40, 50 + 16 * len(curves)
+    small, big = font(12), font(14)
+    step = line_height(small)
+    left, right = 60, 20
+    top = 10 + (text_height(title, big, width - left - right, max_lines=3) + 8 if title else 20)
+    bottom = 44 + step * len(curves)
     values = np.array([v for vs in curves.values() for v in vs], dtype=np.float64)
     finite = values[np.isfinite(values)]
-    low, high = min(0.0, *finite, 0.0), max(1.0, *finite, 1.0)
+    ticks = nice_ticks(min(0.0, *finite, 0.0), max(1.0, *finite, 1.0))
+    low, high = ticks[0], ticks[-1]
     sheet = Image.new("RGB", (width, height), (255, 255, 255))
-    draw, font = ImageDraw.Draw(sheet), _font(12)
+    draw = ImageDraw.Draw(sheet)
     span_x = max(max(x) - min(x), 1)
 
     def at(xi: float, yi: float) -> tuple[float, float]:
@@ -55,12 +62,17 @@ def curves_picture(x: list[int], curves: dict[str, list[float]], title: str = ""
                 height - bottom - (yi - low) / (high - low) * (height - top - bottom))
 
     draw.rectangle([left, top, width - right, height - bottom], outline=INK)
-    for y in (low, (low + high) / 2, high):
-        draw.text((4, at(min(x), y)[1] - 7), tick_label(y), fill=INK, font=font)
-    for xi in x:
-        draw.text((at(xi, low)[0] - 4, height - bottom + 4), str(xi), fill=INK, font=font)
-    draw.text((width // 2 - 20, height - bottom + 20), x_title, fill=INK, font=font)
-    draw.text((left, 10), title[:100], fill=INK, font=_font(14))
+    for y, label in zip(ticks, tick_texts(ticks)):
+        draw.line([(left - 4, at(min(x), y)[1]), (left, at(min(x), y)[1])], fill=INK)
+        draw.text((left - 7, at(min(x), y)[1]), label, fill=INK, font=small, anchor="rm")
+    label_width = max(width_of(str(xi), small) for xi in x) + 8
+    every = max(1, int(np.ceil(len(x) * label_width / (width - left - right))))
+    for xi in x[::every]:
+        draw.text((at(xi, low)[0], height - bottom + 4), str(xi), fill=INK, font=small, anchor="mt")
+    write(draw, ((left + width - right) / 2, height - bottom + 20), x_title, small, width - left - right, 1,
+          align="centre")
+    if title:
+        write(draw, (left, 10), title, big, width - left - right, max_lines=3)
     for i, (name, ys) in enumerate(curves.items()):
         colour = tuple(int(v) for v in PALETTE[i % len(PALETTE)])
         points = [at(xi, yi) if np.isfinite(yi) else None for xi, yi in zip(x, ys)]
@@ -69,7 +81,8 @@ def curves_picture(x: list[int], curves: dict[str, list[float]], title: str = ""
                 draw.line([a, b], fill=colour, width=2)
         for p in (p for p in points if p is not None):
             draw.ellipse([p[0] - 3, p[1] - 3, p[0] + 3, p[1] + 3], fill=colour)
-        draw.text((left, height - bottom + 38 + 16 * i), f"-- {name}", fill=colour, font=font)
+        draw.text((left, height - bottom + 40 + step * i), fit(f"-- {name}", small, width - left - right),
+                  fill=colour, font=small)
     return np.asarray(sheet)
 
 
