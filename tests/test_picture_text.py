@@ -110,3 +110,80 @@ def test_plain_swaps_characters_the_font_lacks_and_keeps_those_it_has():
 ])
 def test_ticks_are_round_steps_written_alike(low, high, expected):
     assert text.tick_texts(text.nice_ticks(low, high)) == expected
+
+
+class MonoFace:
+    """A stand-in font: every character 10 px wide, ascent 8 and descent 2 (so exact lines can be asserted)."""
+
+    def getlength(self, string: str) -> float:
+        return 10.0 * len(string)
+
+    def getmetrics(self) -> tuple[int, int]:
+        return 8, 2
+
+
+def test_fit_keeps_what_fits_with_an_ellipsis_at_the_chosen_end():
+    face = MonoFace()
+    assert text.fit("abcdefghij", face, 100) == "abcdefghij"  # 100 px: whole
+    assert text.fit("abcdefghij", face, 99) == "abcdef..."  # 6 characters and "..." fill 90 px
+    assert text.fit("abcdefghij", face, 60) == "abc..."
+    assert text.fit("abcdefghij", face, 60, keep="end") == "...hij"
+    assert text.fit("ab cdefgh", face, 60) == "ab..."  # no space before the ellipsis
+    assert text.fit("abcdefgh ij", face, 60, keep="end") == "...ij"
+    assert text.fit("abcdef", face, 25) == "..."
+
+
+def test_wrap_breaks_between_words_cuts_long_words_and_ends_the_last_line_in_an_ellipsis():
+    face = MonoFace()
+    assert text.wrap("aa bb cc", face, 50) == ["aa bb", "cc"]
+    assert text.wrap("aa bb cc", face, 49) == ["aa", "bb", "cc"]
+    assert text.wrap("abcdefgh", face, 30) == ["abc", "def", "gh"]
+    assert text.wrap("x abcdefgh", face, 30) == ["x", "abc", "def", "gh"]
+    assert text.wrap("", face, 30) == [""]
+    assert text.wrap("aa bb cc dd", face, 50, max_lines=2) == ["aa bb", "cc dd"]
+    assert text.wrap("aa bb cc dd ee", face, 50, max_lines=2) == ["aa bb", "cc..."]
+    assert text.wrap("aa bb cc dd", face, 50, max_lines=1) == ["aa..."]
+    assert text.line_height(face) == 13 and text.text_height("aa bb cc", face, 50) == 26
+
+
+def test_write_draws_each_wrapped_line_one_line_height_down_and_says_how_far_it_went():
+    calls = []
+
+    class Draw:
+        def text(self, xy, string, fill=None, font=None, anchor=None):
+            calls.append((xy, string, anchor))
+
+    face = MonoFace()
+    assert text.write(Draw(), (5, 7), "aa bb cc", face, width=50) == 26
+    assert calls == [((5, 7), "aa bb", "lt"), ((5, 20), "cc", "lt")]
+    calls.clear()
+    assert text.write(Draw(), (5, 7), "a → b", face, align="centre") == 13  # no width: one line, made plain
+    assert calls == [((5, 7), "a -> b", "mt")]
+
+
+def test_vertical_text_is_a_picture_turned_upwards_with_one_column_per_line():
+    face = text.font(11)
+    picture = text.vertical_text("patchlens-sup vs patchlens-dino", face, 80)
+    lines = text.wrap("patchlens-sup vs patchlens-dino", face, 80)
+    assert len(lines) > 1 and picture.size == (len(lines) * text.line_height(face), 80)
+    pixels = np.asarray(picture)
+    assert (pixels < 128).any()  # ink on it
+
+
+@pytest.mark.parametrize("low, high, count, expected", [
+    (0.0, 1.0, 5, [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]),
+    (0.0, 1.0, 2, [0.0, 0.5, 1.0]),
+    (0.3, 0.3, 5, [-0.2, 0.0, 0.2, 0.4, 0.6, 0.8]),  # an empty range is widened by 0.5 on each side
+    (float("nan"), 1.0, 5, [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]),
+    (2.0, 7.0, 5, [2.0, 3.0, 4.0, 5.0, 6.0, 7.0]),
+    (-3.0, 3.0, 4, [-4.0, -2.0, 0.0, 2.0, 4.0]),
+])
+def test_nice_ticks_cover_the_range_with_the_finest_round_step(low, high, count, expected):
+    assert text.nice_ticks(low, high, count) == pytest.approx(expected)
+
+
+def test_tick_texts_use_the_decimals_of_the_step():
+    assert text.tick_texts([0.0, 0.25, 0.5]) == ["0.00", "0.25", "0.50"]
+    assert text.tick_texts([-0.0, 10.0, 20.0]) == ["0", "10", "20"]
+    assert text.tick_texts([0.001, 0.002]) == ["0.001", "0.002"]
+    assert text.tick_texts([0.5]) == ["0.5"]
