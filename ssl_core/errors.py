@@ -43,6 +43,10 @@ class IndexFormatError(PatchLensError, ValueError):
     """A folder is not a PatchLens index, is damaged, or was written by an unknown format version."""
 
 
+class NotAnIndex(IndexFormatError):
+    """A folder with nothing of an index in it (no commit record, no generation): nothing is damaged."""
+
+
 class Cancelled(PatchLensError, RuntimeError):
     """A long job was stopped (by its user, or because its session ended) before it finished."""
 
@@ -52,4 +56,4 @@ class TooMuchWork(BadRequest):
 
 
 __all__ = ["PatchLensError", "BadRequest", "ImageLoadError", "CheckpointError", "ModelUnavailable",
-           "AttentionUnavailableError", "IndexMismatch", "IndexFormatError", "Cancelled", "TooMuchWork"]
+           "AttentionUnavailableError", "IndexMismatch", "IndexFormatError", "NotAnIndex", "Cancelled", "TooMuchWork"]

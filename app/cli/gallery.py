@@ -239,14 +239,9 @@ def _index_info(args: argparse.Namespace) -> int:
 
 
 def _index_verify(args: argparse.Namespace) -> int:
-    from ssl_core.errors import BadRequest, IndexFormatError
-    from ssl_core.search.storage import POINTER_FILE
+    from ssl_core.errors import IndexFormatError, NotAnIndex
     from ssl_core.search.verify import verify_index
 
-    folder = Path(args.dir)
-    if folder.is_dir() and not (folder / POINTER_FILE).exists() and not list(folder.glob("gen-*")):
-        raise BadRequest(f"{folder}: not an index folder (no {POINTER_FILE} and no generations); build one with "
-                         f"`patchlens index build`")  # nothing damaged: nothing of an index is there
     chosen = args.model is not None or getattr(args, "weights", None) is not None
 
     def encoder_for(index):
@@ -257,6 +252,8 @@ def _index_verify(args: argparse.Namespace) -> int:
 
     try:
         report = verify_index(args.dir, encoder_for if args.deep else None, args.sample)
+    except NotAnIndex:
+        raise  # nothing damaged: nothing of an index is there (an error, not a verdict)
     except IndexFormatError as err:
         print(f"patchlens index verify: DAMAGED: {err}", file=sys.stderr)
         return 1

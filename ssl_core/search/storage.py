@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from ssl_core.errors import BadRequest, IndexFormatError
+from ssl_core.errors import BadRequest, IndexFormatError, NotAnIndex
 
 POINTER_FILE, LOCK_FILE, GENERATION_PREFIX = "CURRENT", ".lock", "gen-"
 SHARDS_DIR, WORK_DIR = "shards", "work"  # a sharded build's embedded shards and its resumable index stages
@@ -122,7 +122,7 @@ def read_pointer(directory: Path) -> Pointer:
     """The committed generation of an index folder; `IndexFormatError` for a missing, damaged or foreign pointer."""
     path = directory / POINTER_FILE
     if not path.is_file():
-        raise IndexFormatError(_no_pointer_reason(directory))
+        _raise_no_pointer(directory)
     try:
         data = json.loads(path.read_bytes())
         body = {k: data[k] for k in ("format_version", "generation", "manifest")}
@@ -141,17 +141,19 @@ def read_pointer(directory: Path) -> Pointer:
     return pointer
 
 
-def _no_pointer_reason(directory: Path) -> str:
+def _raise_no_pointer(directory: Path) -> None:
+    """Why a folder has no commit record: `IndexFormatError` (missing, an old format, or damaged) or `NotAnIndex`."""
     if not directory.is_dir():
-        return f"{directory}: no such index directory"
+        raise IndexFormatError(f"{directory}: no such index directory")
     if (directory / "manifest.json").is_file():
-        return (f"{directory}: an index of format version 1 (an older PatchLens, without checksums); "
-                f"rebuild it with `patchlens index build ... --out NEW_FOLDER`")
+        raise IndexFormatError(f"{directory}: an index of format version 1 (an older PatchLens, without checksums); "
+                               f"rebuild it with `patchlens index build ... --out NEW_FOLDER`")
     found = sorted(p.name for p in directory.iterdir() if _GENERATION.fullmatch(p.name))
     if found:
-        return (f"{directory}: {POINTER_FILE} is missing, so no generation ({', '.join(found)}) is committed: the "
-                f"index is damaged, or its first write never finished")
-    return f"{directory}: not a patch index (no {POINTER_FILE})"
+        raise IndexFormatError(f"{directory}: {POINTER_FILE} is missing, so no generation ({', '.join(found)}) is "
+                               f"committed: the index is damaged, or its first write never finished")
+    raise NotAnIndex(f"{directory}: not an index folder (no {POINTER_FILE} and no generations); build one with "
+                     f"`patchlens index build`")
 
 
 # --------------------------------------------------------------------------------------------------- the writer lock
