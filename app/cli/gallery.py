@@ -154,12 +154,12 @@ def _nothing_reason(report, sources: list[str]) -> str:
 def _index_build(args: argparse.Namespace) -> int:
     from ssl_core.errors import BadRequest
     from ssl_core.search.patch_index import PatchIndex
-    from ssl_core.search.storage import POINTER_FILE, check_writable_target
+    from ssl_core.search.storage import check_writable_target, is_index_directory
 
     if args.engine == "ray" or args.kind == "ivfpq" or args.address:
         return _index_build_sharded(args)  # an index already there is a build to resume (docs/scale.md)
     check_writable_target(Path(args.out))  # before any embedding
-    if (Path(args.out) / POINTER_FILE).exists() and not args.overwrite:
+    if is_index_directory(Path(args.out)) and not args.overwrite:
         raise BadRequest(f"{args.out} already holds an index; add images to it with `patchlens index add {args.out} "
                          f"IMAGES`, or pass --overwrite to replace it with a new one")
     encoder = load_model_from_args(args)
