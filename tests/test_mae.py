@@ -123,19 +123,26 @@ def test_official_layout_file_loads_whole_and_matches_a_hand_run_forward(tmp_pat
     torch.testing.assert_close(loss, ((expected - target) ** 2).mean(-1)[hidden].mean(), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("decoder_layers", ["decoder.decoder_layers", "decoder.decoder_encoder.layer"])
-def test_hugging_face_layout_loads_with_its_eps_and_matches_a_hand_run_forward(tmp_path, decoder_layers):
+def write_hf_repo(folder, decoder_layers: str = "decoder.decoder_layers") -> dict[str, torch.Tensor]:
+    """A tiny ViTMAEForPreTraining repository as the Hub serves it (model.safetensors + config.json); its weights
+    in the official layout are returned."""
     from safetensors.torch import save_file
 
     mae = random_mae(MAEConfig(**{**TINY.__dict__, "norm_eps": HF_EPS}), seed=1)
     sd = {k: v.clone() for k, v in official_state_dict(mae).items()}
-    folder = tmp_path / "vit-mae-tiny"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     save_file(to_hf_layout(sd, decoder_layers), str(folder / "model.safetensors"))
     (folder / "config.json").write_text(json.dumps({
         "model_type": "vit_mae", "hidden_size": 192, "num_attention_heads": 3, "decoder_hidden_size": 128,
         "decoder_num_attention_heads": 4, "layer_norm_eps": HF_EPS, "norm_pix_loss": False}))
-    loaded = load_mae(folder / "model.safetensors")
+    return sd
+
+
+@pytest.mark.parametrize("decoder_layers", ["decoder.decoder_layers", "decoder.decoder_encoder.layer"])
+def test_hugging_face_layout_loads_with_its_eps_and_matches_a_hand_run_forward(tmp_path, decoder_layers):
+
+    sd = write_hf_repo(tmp_path / "vit-mae-tiny", decoder_layers)
+    loaded = load_mae(tmp_path / "vit-mae-tiny" / "model.safetensors")
     assert loaded.encoder.norm.eps == HF_EPS and loaded.decoder_blocks[0].norm1.eps == HF_EPS
     imgs, hidden = torch.randn(2, 3, 32, 32), fixed_mask(seed=5)
     with torch.no_grad():
@@ -143,6 +150,29 @@ def test_hugging_face_layout_loads_with_its_eps_and_matches_a_hand_run_forward(t
         expected = reference_forward(sd, imgs, hidden, heads=3, decoder_heads=4, eps=HF_EPS)
     torch.testing.assert_close(pred, expected, atol=1e-5, rtol=1e-5)
     for key, value in sd.items():  # q, k, v went back into qkv rows in order
+        torch.testing.assert_close(official_state_dict(loaded)[key], value, atol=0, rtol=0)
+
+
+def test_a_hub_mae_in_the_hugging_face_cache_counts_as_offline_and_loads_from_it(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from ssl_core.models.weights import offline_mae_names
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("PATCHLENS_OFFLINE", "1")
+    repo = tmp_path / "hub" / "models--facebook--vit-mae-base"
+    assert "mae-vitb16-hf" not in offline_mae_names()
+    sd = write_hf_repo(repo / "snapshots" / "0123abc")
+    assert "mae-vitb16-hf" not in offline_mae_names()  # no ref to the snapshot yet: the cache does not hold it
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abc")
+    assert "mae-vitb16-hf" in offline_mae_names() and "mae-vitl16-hf" not in offline_mae_names()
+    (repo / "snapshots" / "0123abc" / "config.json").unlink()  # the weights alone cannot be read: not offline
+    assert "mae-vitb16-hf" not in offline_mae_names()
+    write_hf_repo(tmp_path / "again")
+    (repo / "snapshots" / "0123abc" / "config.json").write_bytes((tmp_path / "again" / "config.json").read_bytes())
+    loaded = load_mae("mae-vitb16-hf")  # offline, from the cache
+    for key, value in sd.items():
         torch.testing.assert_close(official_state_dict(loaded)[key], value, atol=0, rtol=0)
 
 

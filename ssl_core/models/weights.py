@@ -42,8 +42,15 @@ def offline_mae_names() -> list[str]:
     and present, or fetched before."""
     from ssl_core.models.registry import BUNDLED_DIR, MAE_SOURCES
 
-    return [s.name for s in MAE_SOURCES.values() if (s.kind == "bundled" and (BUNDLED_DIR / s.location).is_file())
-            or (s.kind == "url" and _url_cache_path(s.location).is_file())]
+    def ready(source) -> bool:
+        if source.kind == "bundled":
+            return (BUNDLED_DIR / source.location).is_file()
+        if source.kind == "url":
+            return _url_cache_path(source.location).is_file()
+        return hf_cached_file(source.location, _hub_filenames(None)) is not None \
+            and hf_cached_file(source.location, ["config.json"]) is not None  # the weights and the config
+
+    return [source.name for source in MAE_SOURCES.values() if ready(source)]
 
 
 # --------------------------------------------------------------------------------------------------- reading
@@ -269,14 +276,24 @@ def _hub_filenames(filename: str | None) -> list[str]:
     return [filename] if filename else ["model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin"]
 
 
-def _fetch_from_hf(spec: ModelSpec, repo_id: str, filename: str | None) -> Path:
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+def hf_cached_file(repo_id: str, filenames: list[str]) -> Path | None:
+    """The first of ``filenames`` that the Hugging Face cache holds for ``repo_id`` (no network), or None."""
+    from huggingface_hub import try_to_load_from_cache
 
-    candidates = _hub_filenames(filename)
-    for candidate in candidates:
-        cached = try_to_load_from_cache(repo_id, candidate)
+    for name in filenames:
+        cached = try_to_load_from_cache(repo_id, name)
         if isinstance(cached, str):
             return Path(cached)
+    return None
+
+
+def _fetch_from_hf(spec: ModelSpec, repo_id: str, filename: str | None) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    candidates = _hub_filenames(filename)
+    cached = hf_cached_file(repo_id, candidates)
+    if cached is not None:
+        return cached
     reason = check_reachable(_hub_endpoint_host())
     if reason is None:
         os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
@@ -346,10 +363,9 @@ def available_offline(spec: ModelSpec) -> bool:
         return spec.trained
     if spec.source == "url":
         return _url_cache_path(spec.url).is_file()
-    from huggingface_hub import try_to_load_from_cache
     from timm.models import get_pretrained_cfg
 
     cfg = get_pretrained_cfg(spec.hub_id)
     if cfg is None or not cfg.hf_hub_id:
         return False
-    return any(isinstance(try_to_load_from_cache(cfg.hf_hub_id, n), str) for n in _hub_filenames(cfg.hf_hub_filename))
+    return hf_cached_file(cfg.hf_hub_id, _hub_filenames(cfg.hf_hub_filename)) is not None
