@@ -52,6 +52,8 @@ def dilemma(label: str, sincos_positions: bool) -> tuple[str, str, Callable[[Tra
 RECIPES = {  # key -> (label, method, objective factory); every setting that differs between them is spelt out
     "sinkhorn-koleo": dino("Sinkhorn-Knopp + KoLeo 0.1 (the default)", DINORecipe(centering="sinkhorn",
                                                                                    koleo_weight=0.1)),
+    "sinkhorn-koleo-sincos": dino("Sinkhorn-Knopp + KoLeo 0.1, position embeddings from 2D sin-cos", DINORecipe(
+        centering="sinkhorn", koleo_weight=0.1, sincos_positions=True)),
     "sinkhorn": dino("Sinkhorn-Knopp, no KoLeo", DINORecipe(centering="sinkhorn", koleo_weight=0.0)),
     "ema": dino("EMA centring (DINO's), no KoLeo", DINORecipe(centering="ema", koleo_weight=0.0)),
     "ema-koleo": dino("EMA centring + KoLeo 0.1", DINORecipe(centering="ema", koleo_weight=0.1)),

@@ -189,7 +189,7 @@ def test_gallery_commands_end_to_end(three_images, tmp_path, capsys):
     assert main(["index", "info", str(out)]) == 0 and "of 3 images" in capsys.readouterr().out
 
     assert main(["umap", *three_images, *model, "--method", "pca", "--colour", "position", "--out", str(tmp_path / "map.html")]) == 0
-    assert "plotly" in (tmp_path / "map.html").read_text()[:100_000].lower() and "PCA" in capsys.readouterr().err
+    assert "plotly" in (tmp_path / "map.html").read_text()[:100_000].lower() and "fitting PCA on" in capsys.readouterr().err
     assert main(["cka", *three_images, "--model-a", "random-tiny", "--device", "cpu", "--out", str(tmp_path / "cka.png")]) == 0
     assert Image.open(tmp_path / "cka.png").size[0] > 200
     assert main(["umap", first, "--model", "random-tiny", "--out", str(tmp_path / "map.txt")]) == 2

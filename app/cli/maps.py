@@ -112,8 +112,9 @@ def _plotly_map(args: argparse.Namespace, table, features) -> int:
     if args.out is None:
         raise ValueError("--out FILE (.html or .png) is needed for a plotly map")
     out = check_output(args.out)
-    patch_map = map_patches(table.vectors, args.method, args.seed, args.fit_limit,
-                            progress=tqdm_progress(f"{args.method} map", unit="patch"))
+    patch_map = map_patches(table.vectors, args.method, args.seed, args.fit_limit,  # the fit is one step: say it
+                            progress=tqdm_progress(f"{args.method} map", unit="patch"),
+                            stage=lambda text: print(text, file=sys.stderr))
     attention = attention_per_patch(features) if args.colour == "attention" and features is not None else None
     colouring = colour_patches(table, args.colour, attention, args.parts, args.seed)
     if out.suffix.lower() == ".html":

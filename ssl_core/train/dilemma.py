@@ -22,15 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_core.features.vit_tokens import (
-    embed_patches,
-    encode_tokens,
-    misplace_tokens,
-    patch_position_table,
-    set_sincos_positions,
-)
+from ssl_core.features.vit_tokens import embed_patches, encode_tokens, misplace_tokens, patch_position_table
 from ssl_core.train.common import TrainConfig
-from ssl_core.train.dino import DINOObjective
+from ssl_core.train.dino import DINOObjective, DINORecipe
 
 
 class DILEMMAObjective(DINOObjective):
@@ -40,12 +34,8 @@ class DILEMMAObjective(DINOObjective):
 
     def __init__(self, config: TrainConfig, keep_ratio: float = 0.5, swap_ratio: float = 0.15,
                  location_weight: float = 1.0, sincos_positions: bool = True):
-        super().__init__(config)
+        super().__init__(config, DINORecipe(sincos_positions=sincos_positions))  # both stay trainable / EMA-updated
         self.keep_ratio, self.swap_ratio, self.location_weight = keep_ratio, swap_ratio, location_weight
-        self.sincos_positions = sincos_positions
-        if sincos_positions:  # student and teacher start alike; both stay trainable / EMA-updated as before
-            for vit in (self.student, self.teacher):
-                set_sincos_positions(vit)
         self.location_head = nn.Linear(self.student.embed_dim, 1)
 
     def student_globals(self, global_views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
@@ -62,8 +52,7 @@ class DILEMMAObjective(DINOObjective):
 
     def settings(self, total: int) -> dict[str, object]:
         return super().settings(total) | {"keep_ratio": self.keep_ratio, "swap_ratio": self.swap_ratio,
-                                          "location_weight": self.location_weight,
-                                          "sincos_positions": self.sincos_positions}
+                                          "location_weight": self.location_weight}
 
     def export(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         state, metadata = super().export()

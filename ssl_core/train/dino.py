@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_core.errors import BadRequest
+from ssl_core.features.vit_tokens import set_sincos_positions
 from ssl_core.train.common import (
     Batch,
     Objective,
@@ -171,6 +172,7 @@ class DINORecipe:
     koleo_weight: float = 0.1  # weight of the KoLeo regulariser on the student's global class tokens (DINOv2's)
     momentum_start: float | None = None  # teacher EMA at step 0 (cosine to 1); None: the short-run policy
     freeze_prototypes: float = 0.1  # fraction of the steps during which the prototypes get no gradient
+    sincos_positions: bool = False  # position embeddings start from MAE's 2D sin-cos table (then train), not timm's
 
     def teacher_momentum_start(self, steps: int) -> float:
         if self.momentum_start is not None:
@@ -197,6 +199,8 @@ class DINOObjective(Objective):
         self.local_size = max(config.image_size // 2, 16)
         self.num_local = recipe.num_local
         self.student = build_encoder(config)
+        if recipe.sincos_positions:  # the teacher copies the student: both start alike
+            set_sincos_positions(self.student)
         self.student_head = DINOHead(self.student.embed_dim, recipe.out_dim)
         self.teacher = copy.deepcopy(self.student).requires_grad_(False)
         self.teacher_head = copy.deepcopy(self.student_head).requires_grad_(False)
