@@ -264,3 +264,23 @@ def test_building_a_model_leaves_the_callers_random_streams_alone(monkeypatch):
     assert torch.equal(torch.rand(3), expected_next) and reseeded == []
     second, _ = build_model(resolve_spec("random-tiny"))
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+
+
+def test_the_sincos_baseline_is_random_tiny_with_maes_position_table_and_its_own_key(tmp_path):
+    from safetensors.torch import save_file
+
+    from ssl_core.features.vit_tokens import sincos_pos_embed_2d
+
+    plain = load_encoder("random-tiny", cache=None)
+    sincos = load_encoder("random-tiny-sincos", cache=None)
+    assert not sincos.trained and sincos.key != plain.key  # caches and index manifests tell them apart
+    expected = sincos_pos_embed_2d(sincos.embed_dim, (12, 12), 1)  # 96 px / 8: the class token's row is zeros
+    torch.testing.assert_close(sincos.model.pos_embed.detach(), expected.reshape(sincos.model.pos_embed.shape))
+    for (name, a), (_, b) in zip(plain.model.state_dict().items(), sincos.model.state_dict().items()):
+        assert torch.equal(a, b) == (name != "pos_embed"), name  # the same seeded weights but for the positions
+    image = (np.random.default_rng(0).random((96, 96, 3)) * 255).astype(np.uint8)
+    assert not np.allclose(plain.extract([image])[0].patch_tokens, sincos.extract([image])[0].patch_tokens)
+    path = tmp_path / "w.safetensors"  # a weights file replaces the table
+    save_file(plain.model.state_dict(), str(path))
+    assert torch.equal(load_encoder("random-tiny-sincos", weights=path, cache=None).model.pos_embed,
+                       plain.model.pos_embed)

@@ -32,6 +32,7 @@ from ssl_core.features.attention_hooks import capture_attention, check_attention
 from ssl_core.features.cache import LRUCache
 from ssl_core.features.patch_features import FEATURE_CACHE, PatchFeatures
 from ssl_core.features.pixels import IMAGENET_MEAN, IMAGENET_STD, normalize_pixels
+from ssl_core.features.vit_tokens import set_sincos_positions
 from ssl_core.models.registry import ModelSpec, resolve_spec, with_image_size
 from ssl_core.models.weights import file_fingerprint, fit_state_dict, read_state_dict, resolve_weights_file
 from ssl_core.progress import ProgressFn
@@ -131,7 +132,8 @@ class Encoder:
         self.weights_given = weights_given and weights_file is not None  # a file the user chose, not the spec's own
         self.device = device
         self.cache = cache
-        self.fingerprint = file_fingerprint(weights_file) if weights_file else "random-seed0"
+        self.fingerprint = file_fingerprint(weights_file) if weights_file else \
+            "random-seed0" + ("-sincos" if spec.sincos_positions else "")  # the index and cache keys tell them apart
         self.patch_size = int(model.patch_embed.patch_size[0])
         self.depth = len(model.blocks)
         self.embed_dim = int(model.embed_dim)
@@ -177,7 +179,8 @@ class Encoder:
         return sum(p.numel() for p in self.model.parameters())
 
     def describe(self) -> str:
-        state = "" if self.trained else " — UNTRAINED (random weights)"
+        positions = ", 2D sin-cos position embeddings" if self.spec.sincos_positions else ""
+        state = "" if self.trained else f" — UNTRAINED (random weights{positions})"
         chosen = f" with weights {self.weights_file.name}" if self.weights_given else ""  # the file, not its folder
         return (f"{self.display_name}{chosen}: {self.spec.arch}, patch {self.patch_size}, {self.depth} blocks, "
                 f"dim {self.embed_dim}, {self.num_params / 1e6:.1f}M params, images at {self.spec.image_size} px "
@@ -370,6 +373,8 @@ def load_encoder(name: str, weights: str | Path | None = None, device: str | tor
         check_image_size(spec)
     target = resolve_device(device)
     model, dynamic = build_model(spec)
+    if spec.sincos_positions:  # weights read below replace it
+        set_sincos_positions(model)
     check_readable(spec, model)  # before any download
     weights_file = resolve_weights_file(spec, weights) if pretrained or weights is not None else None
     if weights_file is not None:

@@ -197,7 +197,7 @@ def untrained_findings(report: LabReport) -> list[str]:
     return [f"**Random weights** ({e.name}): object probe {e.object_probe.balanced_accuracy:.3f} (chance "
             f"{e.object_probe.chance_balanced:.3f}), part probe {e.part_probe.balanced_accuracy:.3f} (chance "
             f"{e.part_probe.chance_balanced:.3f}), location AUC {fmt(e.location.auc)}, part-map ARI "
-            f"{e.part_map.ari_per_image:.3f}: what an untrained ViT already gets from colours and layout."
+            f"{e.part_map.ari_per_image:.3f}: what this untrained ViT already gets with no learning at all."
             for e in report.encoders if not e.trained]
 
 

@@ -5,7 +5,9 @@ Every entry maps a short name to a timm architecture and one weights source:
 * ``hub``: a timm pretrained id (``arch.tag``), fetched from the Hugging Face Hub as timm does;
 * ``url``: an official checkpoint file outside timm (MoCo v3, iBOT), its keys remapped onto timm's ViT;
 * ``bundled``: a ``.safetensors`` file in ``assets/models`` trained by PatchLens (offline, small);
-* ``random``: random initialisation with a fixed seed (untrained; for tests and as a placeholder).
+* ``random``: random initialisation with a fixed seed (untrained; for tests, as a placeholder and as the Lab's
+  baselines: ``random-tiny``, and ``random-tiny-sincos`` with the 2D sin-cos position table the MAE, CAE and
+  DILEMMA start from, which by itself tells positions apart).
 
 Any other timm ViT id (``vit_small_patch16_224.augreg_in21k`` ...) is accepted by `resolve_spec` too.
 """
@@ -38,6 +40,8 @@ class ModelSpec:
     create_kwargs: dict = field(default_factory=dict)  # extra timm.create_model arguments
     paradigm: str = ""  # what the training asks of the tokens: one of PARADIGMS ("" = not known)
     method: str | None = None  # bundled models: the `patchlens train` method that makes them
+    sincos_positions: bool = False  # random models: position embeddings set to MAE's 2D sin-cos table (where the
+    # MAE, CAE and DILEMMA start), not timm's random ones
 
     @property
     def bundled_path(self) -> Path | None:
@@ -131,6 +135,9 @@ RANDOM_TINY = ModelSpec(
     objective="none (random weights)", image_size=96, paradigm="none",
 )
 
+RANDOM_TINY_SINCOS = replace(RANDOM_TINY, name="random-tiny-sincos", sincos_positions=True,
+                             objective="none (random weights, 2D sin-cos position embeddings)")
+
 BUNDLED_ARCH = "patchlens_vit_tiny_p8"  # registered with timm by `ssl_core.models.zoo`
 
 
@@ -184,7 +191,7 @@ MAE_SOURCES: dict[str, MAESource] = {s.name: s for s in (
 
 
 def all_specs() -> list[ModelSpec]:
-    return [*BUNDLED, RANDOM_TINY, *CURATED]
+    return [*BUNDLED, RANDOM_TINY, RANDOM_TINY_SINCOS, *CURATED]
 
 
 def default_model_name() -> str:
