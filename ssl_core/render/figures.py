@@ -171,7 +171,8 @@ def heatmap_picture(matrix: np.ndarray, row_labels: Sequence[str], col_labels: S
     step = line_height(face)
     cells = upsample(apply_colormap(np.asarray(matrix)[::-1], vmin, vmax, cmap), (rows * cell, cols * cell))
     side = vertical_text(f"{row_title} ->", face, rows * cell) if row_title else None
-    label_width = max((width_of(fit(_short(label), face, 60), face) for label in row_labels), default=0)
+    row_texts = [fit(_short(label), face, 60) for label in row_labels]  # fitted once: measured, then drawn
+    label_width = max((width_of(text, face) for text in row_texts), default=0)
     left = 4 + (side.width + 4 if side is not None else 0) + int(label_width) + 8
     bar = 70
     width = max(left + cols * cell + bar, min_width)
@@ -185,8 +186,8 @@ def heatmap_picture(matrix: np.ndarray, row_labels: Sequence[str], col_labels: S
         write(draw, (6, 8), title, face, width - 12)
     if side is not None:
         canvas.paste(side, (4, top))
-    for i, label in enumerate(row_labels):
-        draw.text((left - 6, top + (rows - 1 - i) * cell + cell // 2), fit(_short(label), face, 60), fill=INK,
+    for i, text in enumerate(row_texts):
+        draw.text((left - 6, top + (rows - 1 - i) * cell + cell // 2), text, fill=INK,
                   font=face, anchor="rm")
     for j, label in enumerate(col_labels):
         draw.text((left + j * cell + cell // 2, top + rows * cell + 4), fit(_short(label), face, cell + 2), fill=INK,
