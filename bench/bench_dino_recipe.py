@@ -1,11 +1,11 @@
 """DINO and DILEMMA recipes side by side: k-NN and object probe of the Lab after a short CPU run.
 
     nice -n 5 python bench/bench_dino_recipe.py [--steps 150] [--batch-size 32] [--image-size 48] [--seeds 0,1]
-        [--recipes sinkhorn-koleo,sinkhorn,ema] [--n-test 600]
+        [--recipes sinkhorn-koleo-sincos,sinkhorn-koleo] [--n-test 600]
     nice -n 5 python bench/bench_dino_recipe.py --image-size 96 --recipes dilemma-learned,dilemma-sincos ...
     nice -n 5 python bench/bench_dino_recipe.py --image-size 96 --score assets/models/patchlens-dino.safetensors ...
 
-Each recipe of ``RECIPES`` (`ssl_core.train.dino.DINORecipe` settings; ``earlier``: those the bundled
+Each recipe of ``RECIPES`` (`ssl_core.train.dino.DINORecipe` settings; ``earlier``: those the first bundled
 ``patchlens-dino`` was trained with) is trained for ``--steps`` steps on one torch thread for each seed, and the
 saved teacher is scored with the Lab's probes (`ssl_core.lab`: k-NN object accuracy of the class token, linear
 object probe's balanced accuracy) on held-out scenes drawn at the training size, beside the Lab's untrained
@@ -50,16 +50,18 @@ def dilemma(label: str, sincos_positions: bool) -> tuple[str, str, Callable[[Tra
 
 
 RECIPES = {  # key -> (label, method, objective factory); every setting that differs between them is spelt out
-    "sinkhorn-koleo": dino("Sinkhorn-Knopp + KoLeo 0.1 (the default)", DINORecipe(centering="sinkhorn",
-                                                                                   koleo_weight=0.1)),
-    "sinkhorn-koleo-sincos": dino("Sinkhorn-Knopp + KoLeo 0.1, position embeddings from 2D sin-cos", DINORecipe(
+    "sinkhorn-koleo-sincos": dino("Sinkhorn-Knopp + KoLeo 0.1, positions from 2D sin-cos (the default)", DINORecipe(
         centering="sinkhorn", koleo_weight=0.1, sincos_positions=True)),
-    "sinkhorn": dino("Sinkhorn-Knopp, no KoLeo", DINORecipe(centering="sinkhorn", koleo_weight=0.0)),
-    "ema": dino("EMA centring (DINO's), no KoLeo", DINORecipe(centering="ema", koleo_weight=0.0)),
-    "ema-koleo": dino("EMA centring + KoLeo 0.1", DINORecipe(centering="ema", koleo_weight=0.1)),
-    "earlier": dino("earlier (bundled patchlens-dino)", DINORecipe(
+    "sinkhorn-koleo": dino("Sinkhorn-Knopp + KoLeo 0.1, timm's random positions", DINORecipe(
+        centering="sinkhorn", koleo_weight=0.1, sincos_positions=False)),
+    "sinkhorn": dino("Sinkhorn-Knopp, no KoLeo", DINORecipe(centering="sinkhorn", koleo_weight=0.0,
+                                                            sincos_positions=False)),
+    "ema": dino("EMA centring (DINO's), no KoLeo", DINORecipe(centering="ema", koleo_weight=0.0,
+                                                              sincos_positions=False)),
+    "ema-koleo": dino("EMA centring + KoLeo 0.1", DINORecipe(centering="ema", koleo_weight=0.1, sincos_positions=False)),
+    "earlier": dino("earlier (the first bundled patchlens-dino)", DINORecipe(
         out_dim=1024, global_scale=(0.4, 1.0), local_scale=(0.08, 0.4), jitter=1.0, gray_p=0.2, freeze_prototypes=0.0,
-        centering="ema", koleo_weight=0.0)),
+        centering="ema", koleo_weight=0.0, sincos_positions=False)),
     "dilemma-sincos": dilemma("DILEMMA, position embeddings from 2D sin-cos (the default)", True),
     "dilemma-learned": dilemma("DILEMMA, position embeddings from timm's random init", False),
 }
@@ -82,7 +84,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=48)
     parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--recipes", default="sinkhorn-koleo,sinkhorn,ema",
+    parser.add_argument("--recipes", default="sinkhorn-koleo-sincos,sinkhorn-koleo",
                         help=f"comma-separated, from {', '.join(RECIPES)}")
     parser.add_argument("--n-test", type=int, default=600, help="held-out test scenes of the probes")
     parser.add_argument("--print-only", action="store_true", help="print, do not append to docs/benchmarks.md")

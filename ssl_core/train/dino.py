@@ -23,6 +23,9 @@ was measured (docs/benchmarks.md, "DINO recipe"):
 * 256 prototypes (the paper: 65536 for ImageNet; a batch of 32-256 cannot use thousands), larger crops
   (global 50-100%, local 15-50%: half-size local crops of a 48-96 px image are small) and a milder colour jitter
   without grayscale (object colours are typical of their class here, as shapes are);
+* position embeddings that start from MAE's 2D sin-cos table and train from there (``sincos_positions``; MoCo v3
+  also uses the table), not timm's random ones (std 0.02): after 200 CPU steps at 96 px the class token's k-NN
+  accuracy is 0.385 against 0.287 (object probe 0.478 against 0.414);
 * teacher temperature 0.04 throughout (``teacher_temp_warmup`` keeps the paper's warm-up as an option);
 * teacher momentum: a cosine ramp from ``m0`` to 1, with ``m0 = 1 - 20 / steps`` (steps of the run as planned,
   after a time budget shortened it) clipped to [0.95, 0.996]: DINO's 0.996 assumes >100k steps, and at a few hundred
@@ -172,7 +175,7 @@ class DINORecipe:
     koleo_weight: float = 0.1  # weight of the KoLeo regulariser on the student's global class tokens (DINOv2's)
     momentum_start: float | None = None  # teacher EMA at step 0 (cosine to 1); None: the short-run policy
     freeze_prototypes: float = 0.1  # fraction of the steps during which the prototypes get no gradient
-    sincos_positions: bool = False  # position embeddings start from MAE's 2D sin-cos table (then train), not timm's
+    sincos_positions: bool = True  # position embeddings start from MAE's 2D sin-cos table (then train), not timm's
 
     def teacher_momentum_start(self, steps: int) -> float:
         if self.momentum_start is not None:
