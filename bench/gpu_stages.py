@@ -363,14 +363,16 @@ def zoo(context: Context) -> list[dict]:
 
 
 def zoo_lab(context: Context) -> list[dict]:
-    """Object probe and k-NN (class token) of each new model and of the untrained baseline, on held-out scenes."""
+    """Object probe and k-NN (class token) of each new model and of the untrained baselines (timm's random positions,
+    and the 2D sin-cos table the MAE, CAE, DINO and DILEMMA start from), on held-out scenes."""
     from ssl_core.lab import LabConfig, encode_scenes, knn_probe, object_probe
     from ssl_core.models.registry import BUNDLED
 
     folder, image_size = context.scratch / "zoo", 32 if context.smoke else 96
     config = LabConfig(n_train=40 if context.smoke else 300, n_test=20 if context.smoke else 150)
     rows = []
-    for name, weights in [("random-tiny", None)] + [(s.name, folder / f"{s.name}.safetensors") for s in BUNDLED]:
+    baselines = [("random-tiny", None), ("random-tiny-sincos", None)]
+    for name, weights in baselines + [(s.name, folder / f"{s.name}.safetensors") for s in BUNDLED]:
         encoder = load_encoder(name, weights=weights, pretrained=weights is not None, device=str(context.device),
                                image_size=image_size, cache=None)
         scenes = encode_scenes(encoder, config)

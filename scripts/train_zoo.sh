@@ -31,5 +31,5 @@ train() {  # name method steps batch [max-seconds]; a model whose weights exist 
 train patchlens-sup supervised 320 64
 train patchlens-mae mae 800 64
 train patchlens-cae cae 330 64
-train patchlens-dino dino 1600 32 5400      # 90 min at 3.4 s/step (the bundled file: 1569 steps in its budget)
+train patchlens-dino dino 1600 32 5400      # 90 min at 3.4 s/step; positions start from 2D sin-cos (ssl_core/train/dino.py)
 train patchlens-dilemma dilemma 1600 32 5400   # positions start from 2D sin-cos (ssl_core/train/dilemma.py)

@@ -32,7 +32,7 @@ def test_gpu_check_cpu_smoke(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_check.json", "gpu_check.md"] + [
         f"zoo-{name}.tar" for name in names]  # at most 8 files, each under 16 MiB: what comes back from a GPU lease
     zoo = stages["zoo"]["rows"]
-    assert len(stages["zoo_lab"]["rows"]) == 6  # the untrained baseline and the five new models
+    assert len(stages["zoo_lab"]["rows"]) == 7  # the two untrained baselines and the five new models
     assert [row["model"] for row in zoo] == ["patchlens-sup", "patchlens-dino", "patchlens-mae", "patchlens-cae",
                                              "patchlens-dilemma"]
     assert all(row["steps"] < 1000 for row in zoo)  # the 20 s budget cut the 1,000,000-step runs short
