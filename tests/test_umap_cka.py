@@ -41,6 +41,22 @@ def test_umap_is_reproducible_with_a_seed_and_keeps_clusters_apart():
     assert (labels[d2.argmin(1)] == labels).mean() > 0.95  # each point's nearest neighbour on the map is of its cluster
 
 
+def test_umaps_compiler_never_swaps_the_process_wide_stderr_even_where_colorama_is_importable():
+    """numba colours its messages with colorama when it can import it (Ray ships a copy), and colorama's init/deinit
+    swap sys.stdout/sys.stderr from the compiling thread: from the UMAP warm-up thread that undid pytest's capture of
+    another test (a CI flake). Maps must keep numba's messages plain: its markup leaves a text as it is."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("ray")
+    code = ("import ray, colorama\n"  # Ray's copy of colorama is now importable
+            "import ssl_core.analyses.maps\n"
+            "import numba.core.errors as errors\n"
+            "assert errors.termcolor().errmsg('x') == 'x', repr(errors.termcolor().errmsg('x'))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_map_above_the_limit_is_fitted_on_a_seeded_sample_and_says_so():
     from ssl_core.analyses.pca import fit_pca
 

@@ -37,6 +37,11 @@ if TYPE_CHECKING:
     from ssl_core.search.patch_index import PatchTable
 
 log = logging.getLogger("patchlens")
+# numba (under umap-learn) colours its compiler messages with colorama whenever colorama can be imported (Ray puts a
+# copy on the path): colorama's init/deinit then swap the process-wide sys.stdout and sys.stderr from whichever
+# thread compiles, the UMAP warm-up's included, and put back what they saw, undoing any redirection made meanwhile
+# (pytest's capture, a caller's log capture). Plain messages, set before numba is first imported:
+os.environ.setdefault("NUMBA_DISABLE_ERROR_MESSAGE_HIGHLIGHTING", "1")
 StageFn = Callable[[str], None]  # told what a long step is doing now, e.g. "fitting UMAP on 600 patches"
 METHODS = ("umap", "pca")
 COLOURINGS = ("image", "part", "position", "attention")
