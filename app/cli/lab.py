@@ -26,8 +26,8 @@ READING_NOTES = """How to read the numbers:
 - The pooled ARI asks one k-means cluster to mean the same part in every scene; the background (most patches) is
   split by its texture and colour, so pooled ARIs are low for every model. The ARI per scene is the part-map number.
 - `random-tiny`, when listed, is the untrained baseline: what colours and layout give with no learning at all.
-  `random-tiny-sincos` is the same network with MAE's 2D sin-cos position table, where the MAE, CAE and DILEMMA
-  start training: compare those with it, since a fixed position table by itself changes what the tokens carry.
+  `random-tiny-sincos` is the same network with MAE's 2D sin-cos position table, where the MAE, CAE, DINO and
+  DILEMMA start training: compare those with it, since a position table by itself changes what the tokens carry.
 - The bundled models were trained with a small CPU budget (see their model cards in `assets/models/`): the
   numbers describe these small runs, not the papers' models."""
 

@@ -6,8 +6,8 @@ Every entry maps a short name to a timm architecture and one weights source:
 * ``url``: an official checkpoint file outside timm (MoCo v3, iBOT), its keys remapped onto timm's ViT;
 * ``bundled``: a ``.safetensors`` file in ``assets/models`` trained by PatchLens (offline, small);
 * ``random``: random initialisation with a fixed seed (untrained; for tests, as a placeholder and as the Lab's
-  baselines: ``random-tiny``, and ``random-tiny-sincos`` with the 2D sin-cos position table the MAE, CAE and
-  DILEMMA start from, which by itself tells positions apart).
+  baselines: ``random-tiny``, and ``random-tiny-sincos`` with the 2D sin-cos position table the MAE, CAE, DINO
+  and DILEMMA start from, which by itself tells positions apart).
 
 Any other timm ViT id (``vit_small_patch16_224.augreg_in21k`` ...) is accepted by `resolve_spec` too.
 """
@@ -41,7 +41,7 @@ class ModelSpec:
     paradigm: str = ""  # what the training asks of the tokens: one of PARADIGMS ("" = not known)
     method: str | None = None  # bundled models: the `patchlens train` method that makes them
     sincos_positions: bool = False  # random models: position embeddings set to MAE's 2D sin-cos table (where the
-    # MAE, CAE and DILEMMA start), not timm's random ones
+    # MAE, CAE, DINO and DILEMMA start), not timm's random ones
 
     @property
     def bundled_path(self) -> Path | None:
