@@ -86,13 +86,16 @@ def test_lab_tables_cross_models_and_its_cka_figure_is_the_pair_its_finding_name
         choose_models(page, ["patchlens-sup", "patchlens-mae"], ["patchlens-dino"])
         for box, value in (("Scenes to fit on", "16"), ("Scenes to score on", "8")):
             page.get_by_label(box).fill(value)
-        run_lab(page, "object vs part probes", "chance")
+        run_lab(page, "object vs part probes", "Chance levels")
         [table] = [t for t in lab_tables(page) if t and t[0] == "encoder"]  # one table, the models as rows
         assert "object bal. acc." in table
         rows = page.evaluate("""() => Array.from(document.querySelectorAll('#lab-result table'))
             .filter(t => t.querySelector('thead th').innerText.trim() === 'encoder')
             .map(t => Array.from(t.querySelectorAll('tbody tr')).map(r => r.cells[0].innerText.trim()))""")
         assert rows == [["patchlens-sup", "patchlens-mae", "patchlens-dino"]]
+        assert not page.locator("#lab-location").is_visible() and not page.locator("#lab-cka").is_visible()
+        details = page.locator("#lab-details").inner_text()  # each encoder's own table, below the cross-model one
+        assert "Per encoder" in details and "patchlens-dino" in details
 
         text = run_lab(page, "the whole Lab", "What holds here")
         finding = next(line for line in text.splitlines() if line.startswith("CKA"))
@@ -101,6 +104,12 @@ def test_lab_tables_cross_models_and_its_cka_figure_is_the_pair_its_finding_name
         title = page.evaluate("() => document.querySelector('#lab-cka .js-plotly-plot').layout.title.text")
         assert "patchlens-sup and patchlens-mae" in title  # the figure is the finding's first pair
         assert "The CKA figure shows patchlens-sup vs patchlens-mae" in text
+        # the findings, then the pictures and the CKA figure, then the long tables: no scrolling past tables
+        image_from_element(page, "#lab-location")
+        top = {name: page.locator(f"#lab-{name}").bounding_box()["y"] for name in ("result", "location", "cka",
+                                                                                    "details")}
+        assert top["result"] < top["location"] < top["cka"] < top["details"]
+        assert "Per encoder" in page.locator("#lab-details").inner_text() and "Per encoder" not in text
         screenshot(page, "labels-lab")
         page.context.browser.close()
     assert "unexpected error" not in app.output()

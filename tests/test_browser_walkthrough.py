@@ -88,7 +88,7 @@ def test_every_view_on_the_bundled_models(tmp_path):
         # Lab: one probe on the chosen encoders
         page.get_by_role("tab", name="Lab").click()
         page.locator("#lab-run").click()
-        wait_for_text(page, "#lab-result", "chance", 180_000)
+        wait_for_text(page, "#lab-result", "Chance levels", 180_000)
         assert "object" in page.locator("#lab-result").inner_text()
         screenshot(page, "walkthrough-lab")
         page.context.browser.close()

@@ -241,7 +241,7 @@ def test_attention_range_probe_in_the_report_and_as_its_own_measure(random_repor
     ten = attention_probe(tiny_encoder, replace(SMALL, attention_images=10, seed=5), lambda *step: seen.append(step))
     assert seen == [(8, 10), (10, 10)] and (ten.images, ten.image_size, ten.seed, ten.heads) == (10, 96, 5, 3)
     view = probes_view({"random-tiny": tiny_encoder}, PROBES[5], replace(SMALL, attention_images=4))
-    assert "### Attention range per block" in view.markdown and "query-key NMI, per block" in view.markdown
+    assert "### Attention range per block" in view.markdown and "query-key NMI, per block" in view.details
     assert view.numbers["random-tiny"]["AttentionResult"]["images"] == 4
 
 

@@ -168,9 +168,10 @@ def test_the_app_shows_a_view_result_in_its_components(tmp_path):
     picture = np.full((4, 6, 3), 7, np.uint8)
     result = ViewResult(pictures={"map": picture}, tables={"counts": Table(["image", "part 0"], [["a", 3]])},
                         numbers={"x": np.ones(2)}, files={"report.html": b"<html>"}, notes="done",
-                        warnings=["careful"], state={"kept": 1}, name="parts_a")
+                        warnings=["careful"], state={"kept": 1}, name="parts_a", details="tables")
     targets = {"map": gr.Image(), "absent": gr.Image(), "missing": gr.Gallery(), "counts": gr.Dataframe(),
-               "markdown": gr.Markdown(), "state": gr.State(), "numbers": gr.File(), "report.html": gr.File()}
+               "markdown": gr.Markdown(), "state": gr.State(), "numbers": gr.File(), "report.html": gr.File(),
+               "details": gr.Markdown()}
     shown = app.show(result, targets)
     assert shown[targets["map"]].endswith("/parts_a_map.png")  # a file named after the view and the picture
     assert np.array_equal(np.asarray(Image.open(shown[targets["map"]])), picture)
@@ -179,7 +180,11 @@ def test_the_app_shows_a_view_result_in_its_components(tmp_path):
     assert shown[targets["counts"]]["headers"] == ["image", "part 0"]
     assert shown[targets["markdown"]] == "careful\n\ndone" and shown[targets["state"]] == {"kept": 1}
     assert shown[targets["numbers"]].endswith("parts_a.npz") and np.load(shown[targets["numbers"]])["x"].sum() == 2
-    assert open(shown[targets["report.html"]], "rb").read() == b"<html>"
+    assert open(shown[targets["report.html"]], "rb").read() == b"<html>" and shown[targets["details"]] == "tables"
+    optional = app.show(result, targets, hidden_when_empty=("map", "absent"))  # shown only with a value
+    assert optional[targets["map"]]["visible"] is True and optional[targets["map"]]["value"].endswith("_map.png")
+    assert optional[targets["absent"]]["visible"] is False and optional[targets["absent"]]["value"] is None
+    assert optional[targets["missing"]] == []  # not named: as before
 
 
 def test_click_callbacks_get_their_event_and_every_callback_is_typed():

@@ -11,7 +11,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Collection, Mapping
 
 import gradio as gr
 from gradio.components import Component
@@ -88,9 +88,9 @@ class PatchLensApp:
     def view(self, fn: Callable[..., ViewResult], inputs: list[Component], targets: Mapping[str, Component]) -> Runner:
         """A runner for a callback returning a `ViewResult`, shown in ``targets``: result name -> component.
 
-        Names: a picture, gallery, figure or table of the result; "markdown" (warnings and notes); "state";
-        "numbers" (the numbers file) or a file name of ``result.files`` (downloads). A name the result lacks clears
-        its component.
+        Names: a picture, gallery, figure or table of the result; "markdown" (warnings and notes); "details" (the
+        markdown shown after the pictures); "state"; "numbers" (the numbers file) or a file name of ``result.files``
+        (downloads). A name the result lacks clears its component.
         """
         @functools.wraps(fn)
         def show(*args: Any, **kwargs: Any) -> dict[Component, Any]:
@@ -106,8 +106,9 @@ class PatchLensApp:
 
     # ------------------------------------------------------------------------------------- long jobs
     def job(self, name: str, fn: Callable[..., ViewResult], inputs: list[Component],
-            targets: Mapping[str, Component]) -> Runner:
-        """A runner for a long job shown like `view`, in the jobs queue (see `app.ui.jobs`).
+            targets: Mapping[str, Component], hidden_when_empty: Collection[str] = ()) -> Runner:
+        """A runner for a long job shown like `view`, in the jobs queue (see `app.ui.jobs`). The targets named in
+        ``hidden_when_empty`` are hidden while the result has nothing for them.
 
         ``fn`` ends with ``request: gr.Request, progress: gr.Progress = gr.Progress()``; the progress it gets stops
         the job (`Cancelled`) at its next report once the job's Stop button is pressed or its tab is closed.
@@ -121,7 +122,7 @@ class PatchLensApp:
             *values, request, progress = args
             with self.jobs.run(session_of(request), name) as flag:
                 result = fn(*values, request, StoppableProgress(progress, flag, name))
-            return self.show(result, targets)
+            return self.show(result, targets, hidden_when_empty)
         return Runner(session_bound(ui_errors(run)), inputs, list(targets.values()), self.jobs_queue)
 
     def stoppable(self, runner: Runner, trigger: Callable[..., Any], stop: gr.Button) -> Any:
@@ -134,8 +135,10 @@ class PatchLensApp:
         """Stop the running job of the session (its Stop button, or its tab closing)."""
         self.jobs.stop(session_of(request))
 
-    def show(self, result: ViewResult, targets: Mapping[str, Component]) -> dict[Component, Any]:
-        """The value of each target component (see `view`); the downloads asked for are written first."""
+    def show(self, result: ViewResult, targets: Mapping[str, Component],
+             hidden_when_empty: Collection[str] = ()) -> dict[Component, Any]:
+        """The value of each target component (see `view`); the downloads asked for are written first. A target
+        named in ``hidden_when_empty`` is shown only when its value is not None."""
         downloads = {name: data for name, data in result.files.items() if name in targets}
         numbers = result.numbers_file() if "numbers" in targets else None
         if numbers is not None:
@@ -148,6 +151,8 @@ class PatchLensApp:
                 value = picture_paths(result, name, pictures, paths)
             elif name == "markdown":
                 value = result.markdown
+            elif name == "details":
+                value = result.details
             elif name == "state":
                 value = result.state
             elif name == "numbers":
@@ -160,6 +165,8 @@ class PatchLensApp:
                 value = gr.update(value=value.rows, headers=value.headers)
             elif value is None and isinstance(component, gr.Gallery):
                 value = []
+            if name in hidden_when_empty:
+                value = gr.update(value=value, visible=value is not None)
             shown[component] = value
         return shown
 

@@ -156,7 +156,7 @@ def lab_view(encoders: dict[str, Encoder], config: LabConfig | None = None,
 def report_view(report: LabReport, encoders: Sequence[Encoder] = ()) -> ViewResult:
     """The view of a finished Lab run."""
     text = "**What holds here**\n\n" + "\n".join(f"- {f}" for f in findings(report))
-    view = ViewResult(notes=text + "\n\n" + report.to_markdown(), numbers=report.to_dict(),
+    view = ViewResult(notes=text, details=report.to_markdown(), numbers=report.to_dict(),
                       warnings=untrained_warning(*encoders), name="lab")
     view.pictures = _pictures(panel_of([location_pictures(e.location, e.name) for e in report.encoders]),
                               panel_of([part_map_pictures(e.part_map, e.name) for e in report.encoders]))
@@ -237,8 +237,9 @@ def probes_view(encoders: dict[str, Encoder], probe: str, config: LabConfig | No
                for kind in ("location", "part_map")}
     tables = summary_sections([v.state for v in views.values() if v.state is not None])
     notes = (f"**{probe}** on {len(encoders)} encoder(s) · {config.describe()}. Chance levels in parentheses.\n"
-             + "\n".join(tables) + "\n\n### Per encoder\n\n" + "\n\n".join(v.notes for v in views.values()))
-    return ViewResult(notes=notes, pictures=_pictures(**stacked), warnings=untrained_warning(*encoders.values()),
+             + "\n".join(tables))
+    return ViewResult(notes=notes, details="### Per encoder\n\n" + "\n\n".join(v.notes for v in views.values()),
+                      pictures=_pictures(**stacked), warnings=untrained_warning(*encoders.values()),
                       name="lab", numbers={name: v.numbers for name, v in views.items()})
 
 

@@ -44,6 +44,7 @@ class ViewResult:
     numbers: dict[str, Any] = field(default_factory=dict)  # behind the view: arrays (-> .npz) or JSON values
     files: dict[str, bytes] = field(default_factory=dict)  # further downloads, by file name
     notes: str = ""  # markdown
+    details: str = ""  # markdown a view may show after its pictures and figures: the long tables
     warnings: list[str] = field(default_factory=list)  # markdown, shown before the notes
     state: Any = None  # what a later event or the caller needs: an index, a drawn map, search hits
     name: str = "patchlens"  # stem of the numbers file and of the pictures' files: model, view, image

@@ -50,21 +50,23 @@ class LabTab:
                 seed = gr.Number(LabConfig.seed, precision=0, label="Seed")
                 run = gr.Button("Run", variant="primary", elem_id="lab-run")
                 stop = gr.Button("Stop", variant="stop", elem_id="lab-stop")
-            text = gr.Markdown(elem_id="lab-result")
+            text = gr.Markdown(elem_id="lab-result")  # what holds, the cross-model tables; then the pictures
             with gr.Row():
                 location = gr.Image(label="Location probe: swapped patches boxed, P(swapped)", interactive=False,
-                                    format="png", elem_id="lab-location")
+                                    format="png", elem_id="lab-location", visible=False)
                 part_map = gr.Image(label="Scene · ground-truth parts · k-means parts", interactive=False, format="png",
-                                    elem_id="lab-parts")
-            cka = gr.Plot(label="CKA", elem_id="lab-cka")
-            layers = gr.Plot(label="Layer sweep: per block", elem_id="lab-layers")
+                                    elem_id="lab-parts", visible=False)
+            cka = gr.Plot(label="CKA", elem_id="lab-cka", visible=False)
+            layers = gr.Plot(label="Layer sweep: per block", elem_id="lab-layers", visible=False)
+            details = gr.Markdown(elem_id="lab-details")  # each encoder's own table
             with gr.Row():
                 numbers = gr.File(label="The numbers (.json)", elem_id="lab-json")
-                layers_png = gr.File(label="Layer sweep (PNG)", elem_id="lab-layers-png")
-                layers_html = gr.File(label="Layer sweep (HTML)", elem_id="lab-layers-html")
+                layers_png = gr.File(label="Layer sweep (PNG)", elem_id="lab-layers-png", visible=False)
+                layers_html = gr.File(label="Layer sweep (HTML)", elem_id="lab-layers-html", visible=False)
 
         runner = self.app.job("Lab", self.run, [models, measure, n_train, n_test, seed], {
-            "markdown": text, "location": location, "part_map": part_map, "cka": cka, "numbers": numbers,
-            "layers": layers, "layer_sweep.png": layers_png, "layer_sweep.html": layers_html})
+            "markdown": text, "location": location, "part_map": part_map, "cka": cka, "details": details,
+            "numbers": numbers, "layers": layers, "layer_sweep.png": layers_png, "layer_sweep.html": layers_html},
+            hidden_when_empty=("location", "part_map", "cka", "layers", "layer_sweep.png", "layer_sweep.html"))
         self.app.stoppable(runner, run.click, stop)
         return self
