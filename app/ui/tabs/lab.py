@@ -51,11 +51,11 @@ class LabTab:
                 run = gr.Button("Run", variant="primary", elem_id="lab-run")
                 stop = gr.Button("Stop", variant="stop", elem_id="lab-stop")
             text = gr.Markdown(elem_id="lab-result")  # what holds, the cross-model tables; then the pictures
-            with gr.Row():
+            with gr.Row():  # no floating labels: they would hide the first row's captions (which name the encoder)
                 location = gr.Image(label="Location probe: swapped patches boxed, P(swapped)", interactive=False,
-                                    format="png", elem_id="lab-location", visible=False)
+                                    format="png", elem_id="lab-location", visible=False, show_label=False)
                 part_map = gr.Image(label="Scene · ground-truth parts · k-means parts", interactive=False, format="png",
-                                    elem_id="lab-parts", visible=False)
+                                    elem_id="lab-parts", visible=False, show_label=False)
             cka = gr.Plot(label="CKA", elem_id="lab-cka", visible=False)
             layers = gr.Plot(label="Layer sweep: per block", elem_id="lab-layers", visible=False)
             details = gr.Markdown(elem_id="lab-details")  # each encoder's own table
