@@ -30,6 +30,6 @@ train() {  # name method steps batch [max-seconds]; a model whose weights exist 
 
 train patchlens-sup supervised 320 64
 train patchlens-mae mae 800 64
-train patchlens-cae cae 330 64
+train patchlens-cae cae 330 64   # 2,200 steps reconstruct better but probe no better (docs/benchmarks.md, eighth session)
 train patchlens-dino dino 1600 32 5400      # 90 min at 3.4 s/step; positions start from 2D sin-cos (ssl_core/train/dino.py)
 train patchlens-dilemma dilemma 1600 32 5400   # positions start from 2D sin-cos (ssl_core/train/dilemma.py)
