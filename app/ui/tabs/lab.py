@@ -50,7 +50,7 @@ class LabTab:
                 seed = gr.Number(LabConfig.seed, precision=0, label="Seed")
                 run = gr.Button("Run", variant="primary", elem_id="lab-run")
                 stop = gr.Button("Stop", variant="stop", elem_id="lab-stop")
-            text = gr.Markdown(elem_id="lab-result")  # what holds, the cross-model tables; then the pictures
+            text = gr.Markdown(elem_id="lab-result")  # what holds, or a probe's cross-model table; then the pictures
             with gr.Row():  # no floating labels: they would hide the first row's captions (which name the encoder)
                 location = gr.Image(label="Location probe: swapped patches boxed, P(swapped)", interactive=False,
                                     format="png", elem_id="lab-location", visible=False, show_label=False)
