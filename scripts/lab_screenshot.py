@@ -2,9 +2,10 @@
 
     python scripts/lab_screenshot.py [--out docs/screenshots/lab.png] [--n-train 300] [--n-test 150]
 
-It starts ``patchlens serve`` on a free local port (`tests/browser.py`'s `LiveApp`), chooses the Lab's
-"whole Lab" measure on the default encoders (every bundled model), runs it, and saves the page from the top to the
-end of the CKA figure: the findings, the location-probe and part-map pictures, the CKA figure. Needs Chromium and Playwright (``pip install -e '.[dev]'``); takes a few minutes on a CPU.
+It starts ``patchlens serve`` on a free local port and runs the Lab's "whole Lab" measure on the default encoders
+(every bundled model) as the browser tests do (`tests/browser.py`: `LiveApp`, `run_lab`), then saves the page from
+the top to the end of the CKA figure: the findings, the location-probe and part-map pictures, the CKA figure. Needs
+Chromium and Playwright (``pip install -e '.[dev]'``); takes a few minutes on a CPU.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from browser import LiveApp, image_from_element, open_app, wait_for_text  # noqa: E402
+from browser import LiveApp, image_from_element, open_app, run_lab  # noqa: E402
 
 from app.views.lab import EVERYTHING  # noqa: E402
 
@@ -28,17 +29,13 @@ def main() -> None:
     parser.add_argument("--out", default="docs/screenshots/lab.png")
     parser.add_argument("--n-train", type=int, default=300, help="scenes to fit on")
     parser.add_argument("--n-test", type=int, default=150, help="scenes to score on")
-    parser.add_argument("--timeout-s", type=float, default=900)
     args = parser.parse_args()
     with LiveApp() as app, sync_playwright() as p:
         page = open_app(p, app, 1500, 1100)
         page.get_by_role("tab", name="Lab").click()
-        page.locator("#lab-probe input").fill(EVERYTHING)
-        page.locator("#lab-probe input").press("Enter")
         for label, value in (("Scenes to fit on", args.n_train), ("Scenes to score on", args.n_test)):
             page.get_by_label(label).fill(str(value))
-        page.locator("#lab-run").click()
-        wait_for_text(page, "#lab-result", "What holds here", int(args.timeout_s * 1000), app=app)
+        run_lab(page, EVERYTHING, "What holds here")
         for picture in ("#lab-location", "#lab-parts"):  # the browser loads a picture once it is scrolled to
             image_from_element(page, picture)
         page.locator("#lab-cka .js-plotly-plot").wait_for(state="visible")
