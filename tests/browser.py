@@ -132,11 +132,40 @@ def wait_for_text(page, selector: str, pattern: str, timeout_ms: int = 120_000, 
             arg=[selector, pattern, other_than], timeout=timeout_ms)
     except PlaywrightTimeout:
         shown = page.locator(selector).first.inner_text() if page.locator(selector).count() else "(no such element)"
-        messages = [toast.inner_text() for toast in page.locator(".toast-body").all()]
+        messages = toasts(page)
         log = app.output()[-3000:] if app is not None else ""
         pytest.fail(f"{selector} did not show /{pattern}/ within {timeout_ms / 1000:g} s; it showed {shown!r}; "
                     f"messages: {messages}\n{log}")
     return handle.json_value()
+
+
+def toasts(page) -> str:
+    """The text of the messages (toasts) on the page now, one per line."""
+    return "\n".join(t.inner_text() for t in page.locator(".toast-body").all())
+
+
+def wait_for_toast(page, pattern: str, timeout_ms: int = 30_000) -> str:
+    """The text of the first message matching the regular expression ``pattern`` (any case), read in the same step
+    that found it, so a message that closes meanwhile cannot leave the answer empty."""
+    handle = page.wait_for_function(
+        "(pat) => { const t = Array.from(document.querySelectorAll('.toast-body')).map(e => e.innerText)"
+        ".find(s => new RegExp(pat, 'i').test(s)); return t === undefined ? false : t; }",
+        arg=pattern, timeout=timeout_ms)
+    return handle.json_value()
+
+
+def close_toasts(page, timeout_ms: int = 10_000) -> None:
+    """Close every message shown, one at a time (closing one renumbers the others), and wait until they have left
+    the page: a message still fading out would otherwise answer the next `wait_for_toast`."""
+    buttons = page.locator(".toast-close")
+    for _ in range(10):
+        if buttons.count() == 0 or not buttons.first.is_visible():
+            break
+        try:
+            buttons.first.click(timeout=5_000)
+        except Exception:  # noqa: BLE001  (it closed by itself meanwhile)
+            pass
+    page.wait_for_function("() => document.querySelectorAll('.toast-body').length === 0", timeout=timeout_ms)
 
 
 def screenshot(page, name: str) -> Path:

@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from browser import LiveApp, image_from_element, open_app, requires_browser, screenshot
+from browser import LiveApp, close_toasts, image_from_element, open_app, requires_browser, screenshot
 from PIL import Image
 
 pytestmark = [pytest.mark.browser, requires_browser]
@@ -18,18 +18,6 @@ class _Payload:
 
 def expect_message(page, text: str, timeout_ms: int = 120_000) -> None:
     page.get_by_text(text, exact=False).first.wait_for(state="visible", timeout=timeout_ms)
-
-
-def close_toasts(page) -> None:
-    """Close the toasts shown (one at a time: closing one renumbers the others, so a list taken first goes stale)."""
-    buttons = page.locator(".toast-close")
-    for _ in range(10):
-        if buttons.count() == 0 or not buttons.first.is_visible():
-            return
-        try:
-            buttons.first.click(timeout=5_000)
-        except Exception:  # noqa: BLE001  (it closed by itself meanwhile)
-            pass
 
 
 def test_bad_inputs_get_clear_messages_and_the_app_keeps_serving(tmp_path, image_file):
