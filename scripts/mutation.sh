@@ -36,7 +36,8 @@ JOBS=${JOBS:-2}
 SLOW_ENCODER_CASES="dinov3-vith16plus siglip2-so400m14 siglip2-so400m14-378 dinov3-vitl16 aimv2-vitl14 pe-core-l14"
 declare -A TESTS=(
   [analyses]="tests/test_analyses.py tests/test_dense.py tests/test_families.py tests/test_umap_cka.py
-              tests/test_lab_findings.py tests/test_reconstruct.py tests/test_core_references.py"
+              tests/test_lab_findings.py tests/test_reconstruct.py tests/test_core_references.py
+              tests/test_positions.py tests/test_lab.py"
   [features]="tests/test_encoder.py tests/test_families.py tests/test_pipeline.py tests/test_dense.py
               tests/test_analyses.py tests/test_cli.py tests/test_umap_cka.py tests/test_core_references.py
               $(for c in $SLOW_ENCODER_CASES; do

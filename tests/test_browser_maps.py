@@ -83,6 +83,7 @@ def test_every_map_has_a_colour_bar_and_a_hover_readout(image_file):
         assert_map(page, "#rec-error", "inferno", "#rec-readout")
         assert_map(page, "#drift-map", "viridis", "#drift-readout")
         assert_map(page, "#cae-map", "viridis", "#cae-readout")
+        assert_map(page, "#positions-map", "inferno", "#positions-readout")
         assert file_name(page, "#rec-export").endswith(".npz")
 
         page.get_by_role("tab", name="Compare").click()

@@ -248,8 +248,8 @@ def test_attention_range_probe_in_the_report_and_as_its_own_measure(random_repor
 def test_visible_swaps_match_a_numpy_reference():
     """A swap is visible when the token's own patch and the patch of the position it was given differ by more than
     VISIBLE_DIFFERENCE (mean absolute pixel difference); checked patch by patch in numpy on a half-flat image."""
+    from ssl_core.analyses.positions import VISIBLE_DIFFERENCE, visible_swaps
     from ssl_core.features.vit_tokens import swap_positions
-    from ssl_core.lab.location import VISIBLE_DIFFERENCE, visible_swaps
 
     rng = np.random.default_rng(0)
     pixels = np.full((2, 3, 32, 48), 0.5, np.float32)  # 4 x 6 patches of 8 px; the left half flat

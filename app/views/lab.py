@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from app.views.result import Captioned, ViewResult, untrained_warning
+from app.views.result import SWAP_BOX, SWAP_PROBABILITY, Captioned, ViewResult, untrained_warning
 from ssl_core.errors import BadRequest
 from ssl_core.features.encoder import Encoder
 from ssl_core.lab import (
@@ -42,7 +42,6 @@ from ssl_core.lab.layers import SWEEP_COLUMNS, layer_sweep
 from ssl_core.lab.report import per_block
 from ssl_core.progress import ProgressFn
 from ssl_core.render import draw
-from ssl_core.render.draw import Scale
 from ssl_core.render.figures import cka_figure, heatmap_picture, layer_sweep_figure
 from ssl_core.render.lines import curves_picture
 from ssl_core.render.tables import markdown_table
@@ -55,8 +54,6 @@ CKA = "CKA between two encoders, block by block"
 LAYERS = "layer sweep: every block of one encoder"
 MEASURES = (*PROBES, EVERYTHING, CKA, LAYERS)
 PICTURE_SIDE = 288  # pictures of a 96 px scene are enlarged 3x so patch boxes stay visible
-SWAP_BOX = (0, 255, 255)
-PROBABILITY = Scale(0.0, 1.0, "inferno", "P(swapped)")
 
 
 def lab_config(n_train: int | float = LabConfig.n_train, n_test: int | float = LabConfig.n_test,
@@ -71,22 +68,16 @@ def _enlarged(image: np.ndarray) -> tuple[np.ndarray, int]:
     return picture, picture.shape[0] // image.shape[0]
 
 
-def _box_patches(picture: np.ndarray, cells: np.ndarray, patch_px: int) -> np.ndarray:
-    for row, col in np.argwhere(cells):
-        picture = draw.mark_patch(picture, int(row), int(col), patch_px, color=SWAP_BOX, width=2)
-    return picture
-
-
 def location_pictures(result: LocationResult, name: str) -> list[Captioned]:
     """The scene with its swapped patches boxed, and the probe's P(swapped) per patch with the same boxes."""
     if result.map_image is None:
         return []
     image, factor = _enlarged(result.map_image)
     patch_px = result.map_image.shape[0] // result.map_swapped.shape[0] * factor
-    heat = draw.with_colorbar(draw.scale_overlay(image, result.map_probability, PROBABILITY, alpha=0.7, smooth=False),
-                              PROBABILITY)
-    return [(_box_patches(image, result.map_swapped, patch_px), f"{name}: swapped (boxed)"),
-            (_box_patches(heat, result.map_swapped, patch_px), f"P(swapped), AUC {result.auc:.2f}")]
+    heat = draw.with_colorbar(draw.scale_overlay(image, result.map_probability, SWAP_PROBABILITY, alpha=0.7,
+                                                  smooth=False), SWAP_PROBABILITY)
+    return [(draw.mark_patches(image, result.map_swapped, patch_px, SWAP_BOX), f"{name}: swapped (boxed)"),
+            (draw.mark_patches(heat, result.map_swapped, patch_px, SWAP_BOX), f"P(swapped), AUC {result.auc:.2f}")]
 
 
 def part_map_pictures(result: PartMapResult, name: str) -> list[Captioned]:

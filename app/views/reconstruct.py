@@ -1,6 +1,7 @@
-"""The Reconstruct views: MAE reconstructions, context drift and the CAE predictor from a chosen mask.
+"""The Reconstruct views: MAE reconstructions, context drift, the CAE predictor and wrong positions from a chosen
+mask.
 
-All three work on the MAE's centre crop of the image with the MAE's mask (carried onto another grid patch by patch
+All four work on the MAE's centre crop of the image with the MAE's mask (carried onto another grid patch by patch
 when a model's grid differs: `shared_mask`), so the maps side by side show the same patches hidden.
 
 No Gradio and no math here. Pictures are enlarged for display with `app.views.result.to_display`, so a click on
@@ -12,6 +13,8 @@ import numpy as np
 from PIL import Image
 
 from app.views.result import (
+    SWAP_BOX,
+    SWAP_PROBABILITY,
     Click,
     DisplayGrid,
     ViewResult,
@@ -23,6 +26,7 @@ from app.views.result import (
     untrained_warning,
 )
 from ssl_core.analyses.context import context_drift, predicted_alignment
+from ssl_core.analyses.positions import position_check
 from ssl_core.data.images import ImageSource
 from ssl_core.features.encoder import Encoder
 from ssl_core.mim.cae import CAEModel
@@ -36,6 +40,7 @@ from ssl_core.mim.reconstruct import (
     prepare_image,
     reconstruct,
 )
+from ssl_core.progress import ProgressFn
 from ssl_core.render import draw
 from ssl_core.render.draw import Scale
 from ssl_core.render.figures import readout_figure
@@ -44,6 +49,8 @@ NO_CAE = ("The bundled CAE model (`patchlens-cae`) is not installed, so its pred
           "train it with `patchlens train --method cae`.")
 DRIFT_SCALE = Scale(0.0, 1.0, "viridis", "cosine")  # fixed: 1 = unchanged; values below 0 are shown as 0
 ALIGNMENT_SCALE = Scale(-1.0, 1.0, "viridis", "cosine")
+FIT_IMAGES = 8  # the wrong-positions probe is fitted on the image shown and the first other loaded images
+FIT_DRAWS = 4  # random swaps drawn per fit image
 Hidden = set[Cell] | frozenset[Cell]
 
 
@@ -193,3 +200,46 @@ def cae_alignment_view(cae: CAEModel | None, image: ImageSource | Image.Image, k
                                                                    cell=300)},
                       numbers={"alignment": alignment, "mask": mask}, notes=notes,
                       name=file_stem("patchlens-cae", "alignment"))
+
+
+def position_view(encoder: Encoder, image: ImageSource | Image.Image, others: list[ImageSource | Image.Image],
+                  kind: str = "random", ratio: float = 0.75, seed: int = 0, custom_hidden: Hidden = frozenset(),
+                  reference_grid: tuple[int, int] | None = None, grid: bool = False,
+                  progress: ProgressFn | None = None) -> ViewResult:
+    """DILEMMA's question on the MAE's centre crop: its masked patches trade position embeddings instead of being
+    removed (`ssl_core.analyses.positions.position_check`, the probe fitted on random swaps of the centre crops of the
+    image and of the first ``others``); the probe's P(swapped) per token with the swapped patches boxed."""
+    square = centre_square(image)
+    geometry = encoder_display_grid(encoder, square)
+    stale = stale_mask_note(kind, custom_hidden, reference_grid or geometry.grid_hw, encoder.display_name)
+    if stale:
+        return ViewResult(notes=stale)
+    spec = _mask(kind, ratio, custom_hidden)
+    mask, relation = shared_mask(spec, seed, geometry.grid_hw, reference_grid)
+    h, w = geometry.grid_hw
+    if mask.sum() < 2 or mask.all():
+        return ViewResult(notes=f"Wrong positions: {int(mask.sum())}/{h * w} patches are masked; choose a mask that "
+                                "leaves some patches in place and gives at least two a chance to trade positions.")
+    fits = [square, *(centre_square(other) for other in others[:FIT_IMAGES - 1])]
+    check = position_check(encoder, square, mask, fits, FIT_DRAWS, int(seed), progress=progress)
+    heat = shown(geometry, draw.scale_overlay(geometry.image, check.probability, SWAP_PROBABILITY, alpha=0.7,
+                                              smooth=False), grid)
+    picture = draw.with_colorbar(draw.mark_patches(heat, check.swapped, heat.shape[0] // h, SWAP_BOX),
+                                 SWAP_PROBABILITY)
+    k = int(check.swapped.sum())
+    auc = "n/a" if check.auc is None else f"{check.auc:.2f}"
+    moved, kept = check.mean_cosine
+    notes = (f"**{encoder.display_name}** · the MAE's centre crop · {k}/{h * w} patches (boxed) trade position "
+             f"embeddings in a cycle instead of being removed ({mask_note(spec, seed)}; {relation}); "
+             f"{int(check.visible.sum())} of them show other pixels than the patch whose position they took · colour: "
+             f"a linear probe's P(swapped) per token, fitted on {check.draws} random swaps of the same share in each "
+             f"of {check.fit_images} loaded image(s), this one first ({check.fit_tokens} tokens) · ROC AUC **{auc}** "
+             f"(0.5: the tokens do not tell; 1: every swapped token scores above every other) · cosine of each token "
+             f"to itself unswapped: swapped {moved:.3f}, others {kept:.3f} (1: the wrong position changed nothing)")
+    readout = readout_figure([("P(swapped)", check.probability, SWAP_PROBABILITY),
+                              ("cosine to the unswapped token", check.cosine, DRIFT_SCALE)], cell=300)
+    return ViewResult(pictures={"positions": picture},
+                      figures={"positions_readout": readout},
+                      numbers={"probability": check.probability, "swapped": check.swapped, "visible": check.visible,
+                               "cosine": check.cosine, "auc": np.array(np.nan if check.auc is None else check.auc)},
+                      notes=notes, warnings=untrained_warning(encoder), name=file_stem(encoder.name, "wrong-positions"))

@@ -70,8 +70,8 @@ def scalar_pixels(image: np.ndarray, values: torch.Tensor | np.ndarray, scale: S
     else:
         pixels = values if resolution.mode == "nearest" else upsample_map(values, image, resolution.mode)
     picture = draw.scale_overlay(image, pixels, scale, alpha=alpha, smooth=False)
-    for row, col in np.argwhere(marks) if marks is not None else []:
-        picture = draw.mark_patch(picture, int(row), int(col), patch_size, color=mark_colour, width=1)
+    if marks is not None:
+        picture = draw.mark_patches(picture, marks, patch_size, mark_colour, width=1)
     return picture, scale
 
 

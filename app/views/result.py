@@ -21,6 +21,8 @@ from ssl_core.features.encoder import Encoder
 from ssl_core.render import draw
 
 DISPLAY_MIN_SIDE = 320  # the short side pictures are enlarged to (by a whole factor, so patches stay crisp)
+SWAP_BOX = (0, 255, 255)  # boxes the patches given another patch's position (the Lab's and Reconstruct's maps)
+SWAP_PROBABILITY = draw.Scale(0.0, 1.0, "inferno", "P(swapped)")  # a location probe's P(wrong position) per token
 Captioned = tuple[np.ndarray, str]
 
 

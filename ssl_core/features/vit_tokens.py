@@ -2,10 +2,10 @@
 
 `embed_patches` runs the patch embedding and adds position embeddings (resampled to the grid by
 `patch_position_table`); `random_masking` keeps a subset of tokens; `encode_tokens` runs the blocks over the
-prefix and any subset of patch tokens; `encode_visible` chains them. `forward_with_positions`, `swap_positions`
-and `misplace_tokens` give tokens another patch's position embedding (DILEMMA's corruption, and the Lab's probe
-of it). MAE, CAE, context drift, DILEMMA training and the Lab all go through these, so a model family is wired
-once here.
+prefix and any subset of patch tokens; `encode_visible` chains them. `forward_with_positions`, `cycle_positions`,
+`swap_positions` and `misplace_tokens` give tokens another patch's position embedding (DILEMMA's corruption, the
+Lab's probe of it and the app's wrong-positions map). MAE, CAE, context drift, DILEMMA training and the Lab all go
+through these, so a model family is wired once here.
 """
 from __future__ import annotations
 
@@ -181,14 +181,19 @@ def forward_with_positions(vit: VisionTransformer, imgs: torch.Tensor, position_
     return encode_tokens(vit, prefix, tokens)
 
 
-def swap_positions(num_patches: int, ratio: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Position ids [L] where round(ratio * L) random patches (at least 2) trade position embeddings in a
-    cycle, each taking the next one's (as DILEMMA does), so every chosen patch carries a wrong one; and the
-    swapped patches [L] bool."""
-    count = min(num_patches, max(2, round(ratio * num_patches)))
-    chosen = torch.randperm(num_patches, generator=generator)[:count]
+def cycle_positions(chosen: torch.Tensor, num_patches: int) -> torch.Tensor:
+    """Position ids [L] where the patches ``chosen`` [K] (indices) trade position embeddings in a cycle, each taking
+    the one before it in ``chosen`` (as DILEMMA does; with K >= 2 every chosen patch carries a wrong position)."""
     position_ids = torch.arange(num_patches)
     position_ids[chosen] = chosen.roll(1)
+    return position_ids
+
+
+def swap_positions(num_patches: int, ratio: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Position ids [L] where round(ratio * L) random patches (at least 2) trade position embeddings in a
+    cycle (`cycle_positions`), so every chosen patch carries a wrong one; and the swapped patches [L] bool."""
+    count = min(num_patches, max(2, round(ratio * num_patches)))
+    chosen = torch.randperm(num_patches, generator=generator)[:count]
     swapped = torch.zeros(num_patches, dtype=torch.bool)
     swapped[chosen] = True
-    return position_ids, swapped
+    return cycle_positions(chosen, num_patches), swapped

@@ -9,10 +9,9 @@
   DINO's local crops; not resized up, which would cost 4x the forward passes), and the crops' image embeddings
   averaged (`ssl_core.analyses.bagssl.bag_embeddings`).
 
-Linear probes: scikit-learn ``LogisticRegression`` (lbfgs, C = 1) on standardised features, ``max_iter`` large
-enough to converge at these sizes (each result says whether it did); patch-level training sets are subsampled
-to ``max_probe_patches`` with the seed. Fits run with one BLAS thread: on a busy 2-core machine OpenBLAS's
-waiting threads made them ten times slower.
+Linear probes: `ssl_core.analyses.linear_probe.fit_linear_probe` (logistic regression on standardised features),
+``max_iter`` large enough to converge at these sizes (each result says whether it did); patch-level training sets
+are subsampled to ``max_probe_patches`` with the seed.
 """
 from __future__ import annotations
 
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ssl_core.analyses.bagssl import bag_embeddings, tile_boxes
-from ssl_core.errors import BadRequest
+from ssl_core.analyses.linear_probe import fit_linear_probe, subsample
 from ssl_core.features.encoder import Encoder
 from ssl_core.lab.config import LabConfig
 from ssl_core.lab.scenes import EncodedScenes, as_images, patch_rows, scene_part_labels
@@ -56,20 +55,6 @@ class ProbeResult:
     converged: bool
 
 
-def fit_linear_probe(x: np.ndarray, y: np.ndarray, seed: int, max_iter: int) -> Pipeline:
-    """A standardise + logistic-regression pipeline fitted on x [n, D], y [n] (see the module docstring)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from threadpoolctl import threadpool_limits
-
-    if len(np.unique(y)) < 2:
-        raise BadRequest("a linear probe needs at least two classes in its training labels")
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter, random_state=seed))
-    with threadpool_limits(limits=1, user_api="blas"):  # see the module docstring
-        return probe.fit(np.asarray(x, np.float64), np.asarray(y))
-
-
 def score_probe(probe: Pipeline, x: np.ndarray, y: np.ndarray, name: str, task: str, n_train: int,
                 images: tuple[int, int], seed: int) -> ProbeResult:
     """A fitted probe scored on x [m, D], y [m]; ``images`` are the (train, test) scenes the samples come from."""
@@ -91,13 +76,6 @@ def linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y
     """Fit on x_train [n, D], y_train [n]; score on x_test [m, D], y_test [m]."""
     probe = fit_linear_probe(x_train, y_train, config.seed, config.max_iter)
     return score_probe(probe, x_test, y_test, name, task, len(y_train), images, config.seed)
-
-
-def subsample(n: int, limit: int, seed: int) -> np.ndarray:
-    """Sorted indices of at most ``limit`` of n items, drawn with the seed (all of them when n <= limit)."""
-    if n <= limit:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
 
 
 def object_probe(scenes: EncodedScenes, config: LabConfig) -> ProbeResult:

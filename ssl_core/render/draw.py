@@ -153,6 +153,14 @@ def mark_patch(image: np.ndarray, row: int, col: int, patch_size: int, color: tu
     return np.asarray(out)
 
 
+def mark_patches(image: np.ndarray, cells: np.ndarray, patch_size: int,
+                 color: tuple[int, int, int] = (255, 255, 255), width: int = 2) -> np.ndarray:
+    """`mark_patch` around every patch marked in ``cells`` [h, w] bool. [H, W, 3] uint8 -> a copy, [H, W, 3]."""
+    for row, col in np.argwhere(cells):
+        image = mark_patch(image, int(row), int(col), patch_size, color, width)
+    return image
+
+
 def enlarge(image: np.ndarray, min_side: int = 256) -> np.ndarray:
     """Scale a small picture up (nearest) so patches stay visible in the UI. [H, W, 3] -> [kH, kW, 3], k >= 1."""
     h, w = image.shape[:2]
