@@ -61,8 +61,11 @@ def test_drift_shares_the_mae_crop_and_mask_and_says_its_fixed_scale(image_file)
         assert grey_cells(drift[:, :-BAR_WIDTH], 12) == grey_cells(masked, 12)  # the same hidden patches
         assert bars(drift[:, -BAR_WIDTH:], "viridis") == 1
         assert "fixed scale from 0" in info
-        positions = wait_for_text(page, "#positions-info", "ROC AUC", 120_000)  # the same mask: its patches swapped
-        assert "108/144 patches (boxed) trade position embeddings" in positions and "the MAE's mask" in positions
+        positions = wait_for_text(page, "#positions-info", "ROC AUC", 120_000)  # a random 15% by default
+        assert "22/144 patches (boxed) trade position embeddings in a cycle: a random 15% of the patches" in positions
+        page.get_by_label("the masked patches").check()  # now the MAE's mask
+        positions = wait_for_text(page, "#positions-info", "the masked patches", 120_000)
+        assert "108/144 patches (boxed)" in positions and "the MAE's mask" in positions
         [trace] = plot_data(page, "#drift-readout")
         assert (trace["zmin"], trace["zmax"]) == (0, 1)  # the scale is fixed, whatever the values
 

@@ -14,11 +14,12 @@ from PIL import Image
 from app.views.reconstruct import position_view
 from app.views.result import SWAP_BOX
 from ssl_core import load_encoder
-from ssl_core.analyses.positions import position_check
+from ssl_core.analyses.positions import FIT_SHARES, PROBES, fit_position_probe, position_check, position_probe
 from ssl_core.data import partsworld
 from ssl_core.errors import BadRequest
 from ssl_core.features.vit_tokens import cycle_positions, swap_positions
 from ssl_core.lab import LabConfig, heldout_seeds
+from ssl_core.mim.masks import block_mask, random_mask
 from ssl_core.mim.reconstruct import centre_square
 
 SCENES = LabConfig(n_train=8, n_test=2)
@@ -51,7 +52,8 @@ def test_swapped_tokens_match_timm_with_its_position_table_permuted(tiny_encoder
     table rows were permuted the same way (at the native 12x12 grid, so no resampling is involved)."""
     image = Image.fromarray(smooth_image(96, 96, seed=4))
     swapped = some_cells(20)
-    check = position_check(tiny_encoder, image, swapped, [image], draws=2)
+    probe = fit_position_probe(tiny_encoder, [image], shares=(0.2, 0.4))
+    check = position_check(tiny_encoder, image, swapped, probe)
 
     vit = tiny_encoder.model
     batch = tiny_encoder.to_tensor(tiny_encoder.prepare(image))[None]  # [1, 3, 96, 96]
@@ -71,35 +73,52 @@ def test_swapped_tokens_match_timm_with_its_position_table_permuted(tiny_encoder
     np.testing.assert_allclose(check.cosine, expected, atol=1e-5)
     assert np.array_equal(check.swapped, swapped)
     assert check.cosine[swapped].max() < check.cosine[~swapped].min()  # only the swapped tokens moved (0.9997 vs 1)
-    assert check.fit_images == 1 and check.draws == 2 and check.fit_tokens == 2 * 144
-    assert check.fit_ratio == pytest.approx(20 / 144)
+    assert (probe.images, probe.shares, probe.tokens, probe.model_key) == (1, (0.2, 0.4), 2 * 144, tiny_encoder.key)
 
 
 def test_the_bundled_dilemma_tells_its_misplaced_tokens_and_an_untrained_vit_does_not():
     shown, fits = scenes("test", 1)[0], scenes("train", 8)
     swapped = some_cells(22)
-    dilemma = position_check(load_encoder("patchlens-dilemma", cache=None), shown, swapped, fits, draws=4)
-    untrained = position_check(load_encoder("random-tiny-sincos", cache=None), shown, swapped, fits, draws=4)
-    assert dilemma.auc > 0.75 and untrained.auc < 0.62  # measured 0.87 and 0.46
+    checks = {}
+    for name in ("patchlens-dilemma", "random-tiny-sincos"):
+        encoder = load_encoder(name, cache=None)
+        checks[name] = position_check(encoder, shown, swapped, fit_position_probe(encoder, fits))
+    dilemma, untrained = checks["patchlens-dilemma"], checks["random-tiny-sincos"]
+    assert dilemma.auc > 0.7 and untrained.auc < 0.6  # measured 0.78 and 0.46
     assert dilemma.probability[swapped].mean() > dilemma.probability[~swapped].mean() + 0.2
     assert dilemma.visible.sum() <= swapped.sum() and not dilemma.visible[~swapped].any()
 
 
 def test_bad_swap_masks_and_models_without_positions_are_refused(tiny_encoder):
     image = Image.fromarray(smooth_image(96, 96, seed=4))
+    probe = fit_position_probe(tiny_encoder, [image], shares=(0.3,))
     with pytest.raises(BadRequest, match="at least two patches"):
-        position_check(tiny_encoder, image, some_cells(1), [image])
+        position_check(tiny_encoder, image, some_cells(1), probe)
     with pytest.raises(BadRequest, match="sees this image as 12x12"):
-        position_check(tiny_encoder, image, np.ones((6, 6), bool), [image])
+        position_check(tiny_encoder, image, np.ones((6, 6), bool), probe)
     with pytest.raises(BadRequest, match="at least one image"):
-        position_check(tiny_encoder, image, some_cells(4), [])
+        fit_position_probe(tiny_encoder, [])
+    sincos = load_encoder("random-tiny-sincos", cache=None)
+    with pytest.raises(BadRequest, match="fitted on another model's tokens"):
+        position_check(sincos, image, some_cells(4), probe)
     beit = load_encoder("beitv2-vitb16", pretrained=False, cache=None)
     with pytest.raises(BadRequest, match="cannot be given wrong positions: Beit is not a timm VisionTransformer"):
-        position_check(beit, image, some_cells(4, (14, 14)), [image])
+        fit_position_probe(beit, [image])
+
+
+def test_a_probe_is_fitted_once_per_model_and_images_and_serves_every_swap(tiny_encoder):
+    images = [Image.fromarray(smooth_image(96, 96, seed=s)) for s in (1, 2)]
+    first = position_probe(tiny_encoder, images)
+    assert first.shares == FIT_SHARES and first.images == 2
+    assert position_probe(tiny_encoder, [image.copy() for image in images]) is first  # the same pixels: kept
+    assert position_probe(tiny_encoder, images[:1]) is not first
+    assert position_probe(tiny_encoder, images, seed=1) is not first
+    assert PROBES.get((tiny_encoder.key, ("x",), 0)) is None
 
 
 def test_the_view_boxes_the_masked_patches_of_the_mae_crop_and_names_what_it_measured(tiny_encoder, image_333x517):
-    view = position_view(tiny_encoder, image_333x517, [], "block", 0.3, 0, reference_grid=(12, 12))
+    view = position_view(tiny_encoder, image_333x517, [], 0.15, "the masked patches", "block", 0.3, 0,
+                         reference_grid=(12, 12))
     swapped = view.numbers["swapped"]
     assert swapped.shape == (12, 12) and int(swapped.sum()) >= 2
     picture = view.pictures["positions"]
@@ -109,12 +128,19 @@ def test_the_view_boxes_the_masked_patches_of_the_mae_crop_and_names_what_it_mea
     boxed = np.array([[cyan[r * patch:(r + 1) * patch, c * patch:(c + 1) * patch].any() for c in range(12)]
                       for r in range(12)])
     assert np.array_equal(boxed, swapped)  # exactly the swapped patches are boxed
-    assert f"{int(swapped.sum())}/144 patches (boxed) trade position embeddings" in view.markdown
-    assert "ROC AUC" in view.markdown and "the MAE's mask" in view.markdown
+    assert np.array_equal(swapped, block_mask((12, 12), 0.3, 0))  # the MAE's mask
+    assert f"{int(swapped.sum())}/144 patches (boxed) trade position embeddings in a cycle: the masked patches " \
+           f"(block 30%, seed 0; the MAE's mask)" in view.markdown
+    assert "ROC AUC" in view.markdown and "random swaps of 10%, 20%, 30%, 50%" in view.markdown
     assert "untrained" in view.markdown.lower()
-    crop = position_check(tiny_encoder, centre_square(image_333x517), swapped, [centre_square(image_333x517)],
-                          draws=4, seed=0)
+    square = centre_square(image_333x517)
+    crop = position_check(tiny_encoder, square, swapped, fit_position_probe(tiny_encoder, [square]))
     np.testing.assert_allclose(view.numbers["probability"], crop.probability, atol=1e-6)  # the same crop and probe
 
-    one = position_view(tiny_encoder, image_333x517, [], "custom", 0.3, 0, frozenset({(1, 1)}))
-    assert not one.pictures and "choose a mask" in one.markdown
+    shared = position_view(tiny_encoder, image_333x517, [], 0.25, seed=3)  # a random share: its own cells
+    assert np.array_equal(shared.numbers["swapped"], random_mask((12, 12), 0.25, 3))
+    assert "36/144 patches (boxed) trade position embeddings in a cycle: a random 25% of the patches, seed 3" \
+        in shared.markdown
+    one = position_view(tiny_encoder, image_333x517, [], 0.15, "the masked patches", "custom", 0.3, 0,
+                        frozenset({(1, 1)}))
+    assert not one.pictures and "choose at least two" in one.markdown

@@ -129,7 +129,7 @@ def test_every_view_returns_a_view_result(tiny_encoder, tmp_path):
         "reconstruct.reconstruct_view": lambda: reconstruct.reconstruct_view(mae, images[0]),
         "reconstruct.context_drift_view": lambda: reconstruct.context_drift_view(tiny_encoder, images[0]),
         "reconstruct.cae_alignment_view": lambda: reconstruct.cae_alignment_view(None, images[0]),
-        "reconstruct.position_view": lambda: reconstruct.position_view(tiny_encoder, images[0], images[1:], ratio=0.2),
+        "reconstruct.position_view": lambda: reconstruct.position_view(tiny_encoder, images[0], images[1:]),
         "gallery.build_index": lambda: gallery.build_index(tiny_encoder, paths[:1], current=None),
         "gallery.load_index": lambda: gallery.load_index(str(tmp_path / "idx")),
         "gallery.save_index": lambda: gallery.save_index(index, tmp_path / "idx2"),

@@ -8,16 +8,18 @@ embedding, the permuted position table, then the blocks; with no swap it is ``mo
   trades positions with one that looks the same (two patches of a flat background) gives the model the input of an
   unswapped image. So a swap counts as visible when the two patches differ by more than `VISIBLE_DIFFERENCE` (mean
   absolute difference, pixels in [0, 1]). The Lab's location probe (`ssl_core.lab.location`) is built on it.
-* `position_check`: the patches a user chose trade positions in one image. A linear probe (fitted on other images,
-  or other random swaps of the same ones, whose swaps are known) gives each token's P(wrong position), and each
-  token's cosine to its own unswapped token says how much the wrong position changed it.
+* `fit_position_probe` / `position_probe` (cached): a linear probe of "this token carries a wrong position", fitted
+  on random swaps of 10 to 50% of the tokens of some images (their swaps are known), so it serves any share chosen
+  later. `position_check`: the patches a user chose trade positions in one image; the probe gives each token's
+  P(wrong position), and each token's cosine to its own unswapped token says how much the wrong position changed it.
+  When most tokens are misplaced no token can tell (their context is wrong too): keep the share small.
 
 Needs a timm ``VisionTransformer`` with absolute position embeddings (`location_support` says why not otherwise).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -25,10 +27,15 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ssl_core.analyses.linear_probe import fit_linear_probe, subsample
+from ssl_core.data.images import image_fingerprint
 from ssl_core.errors import BadRequest
+from ssl_core.features.cache import LRUCache
 from ssl_core.features.encoder import Encoder
 from ssl_core.features.vit_tokens import cycle_positions, forward_with_positions, swap_positions
 from ssl_core.progress import ProgressFn
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
 
 VISIBLE_DIFFERENCE = 0.02  # mean absolute pixel difference (in [0, 1]) above which a swap changes what a token shows
 
@@ -88,6 +95,61 @@ def misplaced_tokens(encoder: Encoder, images: Sequence[Image.Image], ratio: flo
     return torch.cat(out_tokens), torch.cat(out_swapped), torch.cat(out_visible)
 
 
+FIT_SHARES = (0.1, 0.2, 0.3, 0.5)  # one random swap per share and image: the probe serves any share chosen later
+
+
+@dataclass
+class PositionProbe:
+    """A linear probe of "this token carries another patch's position" for one model's final tokens."""
+
+    probe: Pipeline
+    model_key: str  # `Encoder.key` of the model whose tokens it was fitted on
+    images: int  # images it was fitted on
+    shares: tuple[float, ...]  # the shares of each image's tokens swapped, one random swap each
+    tokens: int  # tokens it was fitted on
+    seed: int
+
+
+def fit_position_probe(encoder: Encoder, images: Sequence[Image.Image], shares: Sequence[float] = FIT_SHARES,
+                       seed: int = 0, max_tokens: int = 6000, max_iter: int = 2000,
+                       progress: ProgressFn | None = None) -> PositionProbe:
+    """Fit the probe on one random swap of each share in each of ``images`` (their swaps known; at most
+    ``max_tokens`` tokens, drawn with ``seed``)."""
+    reason = location_support(encoder)
+    if reason is not None:
+        raise BadRequest(f"{encoder.name} cannot be given wrong positions: {reason}")
+    if not images:
+        raise BadRequest("the position probe needs at least one image to fit on")
+    generator = torch.Generator().manual_seed(seed)
+    x, y = [], []
+    for done, image in enumerate(images):
+        processed = encoder.prepare(image)
+        for share in shares:
+            tokens, swapped, _ = misplaced_tokens(encoder, [processed], share, generator)  # [1, L, D], [1, L]
+            x.append(tokens[0])
+            y.append(swapped[0])
+        if progress is not None:
+            progress(done + 1, len(images))
+    x_all, y_all = torch.cat(x).numpy(), torch.cat(y).numpy()  # [n * shares * L, D], [n * shares * L]
+    keep = subsample(len(y_all), max_tokens, seed)
+    return PositionProbe(fit_linear_probe(x_all[keep], y_all[keep], seed, max_iter), encoder.key, len(images),
+                         tuple(shares), len(keep), seed)
+
+
+PROBES: LRUCache[PositionProbe] = LRUCache(16)  # fitted probes by model and images: a new swap costs two forwards
+
+
+def position_probe(encoder: Encoder, images: Sequence[Image.Image], seed: int = 0,
+                   progress: ProgressFn | None = None) -> PositionProbe:
+    """`fit_position_probe` with the default shares, kept in `PROBES` by model, images (their pixels) and seed."""
+    key = (encoder.key, tuple(image_fingerprint(image.convert("RGB")) for image in images), seed)
+    probe = PROBES.get(key)
+    if probe is None:
+        probe = fit_position_probe(encoder, images, seed=seed, progress=progress)
+        PROBES.put(key, probe)
+    return probe
+
+
 @dataclass
 class PositionCheck:
     """Per patch of one image whose chosen patches trade positions: does each token know it is misplaced?"""
@@ -97,10 +159,7 @@ class PositionCheck:
     visible: np.ndarray  # [h, w] bool, the swapped tokens whose pixels differ from their claimed position's
     cosine: np.ndarray  # [h, w] cos(token with the swaps, token without): 1 where the wrong position changed nothing
     auc: float | None  # ROC AUC of ``probability`` against ``swapped`` (None unless both kinds are present)
-    fit_images: int  # images the probe was fitted on
-    draws: int  # random swaps drawn per fit image
-    fit_ratio: float  # share of each fit image's tokens swapped (the share chosen here)
-    fit_tokens: int  # tokens the probe was fitted on
+    probe: PositionProbe
 
     @property
     def mean_cosine(self) -> tuple[float, float]:
@@ -108,15 +167,12 @@ class PositionCheck:
         return float(self.cosine[self.swapped].mean()), float(self.cosine[~self.swapped].mean())
 
 
-def position_check(encoder: Encoder, image: Image.Image, swapped: np.ndarray, fit_images: Sequence[Image.Image],
-                   draws: int = 4, seed: int = 0, max_fit_tokens: int = 6000, max_iter: int = 2000,
-                   progress: ProgressFn | None = None) -> PositionCheck:
+def position_check(encoder: Encoder, image: Image.Image, swapped: np.ndarray, probe: PositionProbe) -> PositionCheck:
     """The tokens of ``image`` marked in ``swapped`` [h, w] bool (the encoder's grid for it, two or more) trade
-    positions in a cycle (grid order). A linear probe fitted on ``draws`` random swaps (at the same share) of each of
-    ``fit_images`` (at most ``max_fit_tokens`` tokens, drawn with ``seed``) gives each token's P(wrong position)."""
-    reason = location_support(encoder)
-    if reason is not None:
-        raise BadRequest(f"{encoder.name} cannot be given wrong positions: {reason}")
+    positions in a cycle (grid order); ``probe`` (fitted on this encoder's tokens) gives each P(wrong position)."""
+    if probe.model_key != encoder.key:
+        raise BadRequest(f"the position probe was fitted on another model's tokens ({probe.model_key}), not "
+                         f"{encoder.name}'s")
     processed = encoder.prepare(image)
     grid = (processed.size[1] // encoder.patch_size, processed.size[0] // encoder.patch_size)
     swapped = np.asarray(swapped, dtype=bool)
@@ -125,31 +181,15 @@ def position_check(encoder: Encoder, image: Image.Image, swapped: np.ndarray, fi
                          f"image as {grid[0]}x{grid[1]} patches")
     if swapped.sum() < 2:
         raise BadRequest("choose at least two patches to trade positions")
-    if not fit_images:
-        raise BadRequest("the probe needs at least one image to fit on")
-    ratio = float(swapped.mean())
-    generator = torch.Generator().manual_seed(seed)
-    fitted = []
-    for done, fit in enumerate(fit_images):
-        fitted.append(misplaced_tokens(encoder, [encoder.prepare(fit)] * draws, ratio, generator)[:2])
-        if progress is not None:
-            progress(done + 1, len(fit_images) + 1)
-    x = torch.cat([tokens.flatten(0, 1) for tokens, _ in fitted]).numpy()  # [n * draws * L, D]
-    y = torch.cat([labels.flatten() for _, labels in fitted]).numpy()  # [n * draws * L]
-    keep = subsample(len(y), max_fit_tokens, seed)
-    probe = fit_linear_probe(x[keep], y[keep], seed, max_iter)
-
     batch = encoder.to_tensor(processed)[None]  # [1, 3, H, W]
     chosen = torch.from_numpy(swapped.reshape(-1)).nonzero().flatten()  # [K]
     position_ids = torch.stack([torch.arange(swapped.size), cycle_positions(chosen, swapped.size)])  # [2, L]
     own, moved = tokens_at_positions(encoder, batch.expand(2, -1, -1, -1), position_ids)  # [L, D] each
-    probability = probe.predict_proba(moved.numpy().astype(np.float64))[:, 1]  # [L]
+    probability = probe.probe.predict_proba(moved.numpy().astype(np.float64))[:, 1]  # [L]
     visible = visible_swaps(batch * encoder.std + encoder.mean, position_ids[1:], encoder.patch_size)[0]  # [L]
-    if progress is not None:
-        progress(len(fit_images) + 1, len(fit_images) + 1)
     return PositionCheck(probability.reshape(grid).astype(np.float32), swapped, visible.numpy().reshape(grid),
                          F.cosine_similarity(moved, own, dim=-1).numpy().reshape(grid), roc_auc(probability, swapped),
-                         len(fit_images), draws, ratio, len(keep))
+                         probe)
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
@@ -160,5 +200,6 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
     return float(roc_auc_score(labels, np.asarray(scores).reshape(-1))) if 0 < labels.sum() < labels.size else None
 
 
-__all__ = ["VISIBLE_DIFFERENCE", "location_support", "visible_swaps", "tokens_at_positions", "misplaced_tokens",
-           "PositionCheck", "position_check", "roc_auc"]
+__all__ = ["VISIBLE_DIFFERENCE", "FIT_SHARES", "location_support", "visible_swaps", "tokens_at_positions",
+           "misplaced_tokens", "PositionProbe", "fit_position_probe", "position_probe", "PositionCheck",
+           "position_check", "roc_auc"]

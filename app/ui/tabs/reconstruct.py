@@ -23,11 +23,12 @@ prediction pasted into the hidden patches only, and the error of each hidden pat
 patches alone and the whole image: how far does each visible patch's representation move when the grey patches are
 removed? Both maps below use the MAE's centre crop and its mask (carried onto the model's grid when that differs).
 Patches whose tokens lean on the removed context turn dark; the colour bar shows the fixed scale.""",
-    "positions": """**Wrong positions (DILEMMA's idea), for the model chosen at the top.** The masked patches
-(boxed) trade position embeddings in a cycle instead of being removed. Does each token know it sits at the wrong
-place? A linear probe, fitted on random swaps of the loaded images (whose swaps are known), colours every token by
-its P(swapped). A model whose tokens carry their own position (MIM, DILEMMA) lights up the boxes; one that ignores
-positions cannot.""",
+    "positions": """**Wrong positions (DILEMMA's idea), for the model chosen at the top.** Some patches (boxed: a
+random share, or the masked patches above) trade position embeddings in a cycle. Does each token know it sits at the
+wrong place? A linear probe, fitted once per model and loaded images on random swaps of 10-50% of their patches
+(whose swaps are known), colours every token by its P(swapped). A model whose tokens carry their own position
+(DILEMMA) lights up the boxes; one that ignores positions cannot. Keep the share small: when most patches are
+misplaced, their context is wrong too and no token can tell.""",
 }
 Hidden = frozenset[Cell]
 
@@ -87,8 +88,8 @@ class ReconstructTab:
                                         bool(grid)).for_image(image.name)
 
     def positions(self, images: list[LoadedImage], selected: str | None, mae_name: str, mae_weights: str | None,
-                  kind: str, ratio: float, seed: float | None, hidden: Hidden | None, grid: bool,
-                  *model_args: object, progress: gr.Progress = gr.Progress()) -> ViewResult:
+                  kind: str, ratio: float, seed: float | None, hidden: Hidden | None, source: str, share: float,
+                  grid: bool, *model_args: object, progress: gr.Progress = gr.Progress()) -> ViewResult:
         image = find_image(images, selected)
         if image is None:
             return ViewResult()
@@ -97,8 +98,9 @@ class ReconstructTab:
 
         def fitting(done: int, total: int) -> None:
             progress(done / total, desc="fitting the position probe")
-        return views.position_view(encoder, image.image, others, kind, ratio, int(seed or 0), hidden or frozenset(),
-                                   self.mae_grid(mae_name, mae_weights), bool(grid), fitting).for_image(image.name)
+        return views.position_view(encoder, image.image, others, share, source, kind, ratio, int(seed or 0),
+                                   hidden or frozenset(), self.mae_grid(mae_name, mae_weights), bool(grid),
+                                   fitting).for_image(image.name)
 
     def drift(self, images: list[LoadedImage], selected: str | None, mae_name: str, mae_weights: str | None,
               kind: str, ratio: float, seed: float | None, hidden: Hidden | None, grid: bool,
@@ -143,12 +145,17 @@ class ReconstructTab:
             drift = self._map_row("drift", "Context drift of the chosen model (the MAE's centre crop and mask)")
             cae = self._map_row("cae", "CAE: predicted vs own latent of each hidden patch (cosine)")
             gr.Markdown(HELP["positions"])
+            with gr.Row():
+                swap_source = gr.Radio(list(views.SWAP_SOURCES), value=views.SWAP_SOURCES[0], label="Patches swapped",
+                                       elem_id="swap-source")
+                swap_share = gr.Slider(0.05, 0.5, 0.15, step=0.05, label="Share swapped (random; seed above)",
+                                       elem_id="swap-share")
             positions = self._map_row("positions", "Wrong positions of the chosen model: P(swapped), swaps boxed")
             hidden = gr.State(frozenset())  # custom mask: hidden (row, col) cells
             mae_loaded = gr.State([DEFAULT_MAE, None, None])  # the MAE last loaded: name, checkpoint, grid
         self._wire(shared, mae_name, mae_weights, mae_loaded, [mask_kind, mask_ratio, mask_seed, hidden], mask_clear,
                    rec, {"markdown": rec_info, "error_readout": rec_readout, "numbers": rec_numbers}, drift, cae,
-                   positions)
+                   positions, [swap_source, swap_share])
         return self
 
     def _map_row(self, elem: str, label: str) -> dict[str, Component]:
@@ -165,7 +172,7 @@ class ReconstructTab:
               mask_inputs: list[Component],
               mask_clear: gr.Button, rec: dict[str, gr.Image], rec_outputs: dict[str, Component],
               drift_row: dict[str, Component], cae_row: dict[str, Component],
-              positions_row: dict[str, Component]) -> None:
+              positions_row: dict[str, Component], swap_controls: list[Component]) -> None:
         app, images, selected, grid = self.app, shared.images, shared.selected, shared.grid
         mask_kind, mask_ratio, mask_seed, hidden = mask_inputs
         reconstruct = app.view(self.reconstruct, [images, selected, mae_name, mae_weights, *mask_inputs, grid],
@@ -177,12 +184,14 @@ class ReconstructTab:
         cae = app.view(self.cae, [*mae_inputs, grid], {
             "alignment": cae_row["picture"], "markdown": cae_row["markdown"],
             "alignment_readout": cae_row["readout"], "numbers": cae_row["numbers"]})
-        positions = app.view(self.positions, [*mae_inputs, *shared.grid_and_model], {
+        positions = app.view(self.positions, [*mae_inputs, *swap_controls, *shared.grid_and_model], {
             "positions": positions_row["picture"], "markdown": positions_row["markdown"],
             "positions_readout": positions_row["readout"], "numbers": positions_row["numbers"]})
         mask_kind.change(self.ratio_control, [mask_kind], [mask_ratio])
         chain(drift.on(selected.change), cae, positions)  # the views that need no MAE go on without one
         shared.on_model.extend([drift, positions])  # the two maps of the model chosen at the top
+        for control in swap_controls:
+            positions.on(control.change)
         reconstruct.on(selected.change)
         checking = app.action(self.mae_status, [mae_name, mae_weights, mae_loaded, hidden],
                               [mae_name, mae_weights, mae_loaded, hidden])
