@@ -14,7 +14,14 @@ from PIL import Image
 from app.views.reconstruct import position_view
 from app.views.result import SWAP_BOX
 from ssl_core import load_encoder
-from ssl_core.analyses.positions import FIT_SHARES, PROBES, fit_position_probe, position_check, position_probe
+from ssl_core.analyses.positions import (
+    FIT_SHARES,
+    PROBES,
+    fit_position_probe,
+    position_check,
+    position_probe,
+    probe_key,
+)
 from ssl_core.data import partsworld
 from ssl_core.errors import BadRequest
 from ssl_core.features.vit_tokens import cycle_positions, swap_positions
@@ -73,7 +80,8 @@ def test_swapped_tokens_match_timm_with_its_position_table_permuted(tiny_encoder
     np.testing.assert_allclose(check.cosine, expected, atol=1e-5)
     assert np.array_equal(check.swapped, swapped)
     assert check.cosine[swapped].max() < check.cosine[~swapped].min()  # only the swapped tokens moved (0.9997 vs 1)
-    assert (probe.images, probe.shares, probe.tokens, probe.model_key) == (1, (0.2, 0.4), 2 * 144, tiny_encoder.key)
+    assert (probe.images, probe.shares, probe.tokens, probe.model_key) == (1, (0.2, 0.4), 2 * 144,
+                                                                               f"{tiny_encoder.key} at 96 px")
 
 
 def test_the_bundled_dilemma_tells_its_misplaced_tokens_and_an_untrained_vit_does_not():
@@ -98,9 +106,12 @@ def test_bad_swap_masks_and_models_without_positions_are_refused(tiny_encoder):
         position_check(tiny_encoder, image, np.ones((6, 6), bool), probe)
     with pytest.raises(BadRequest, match="at least one image"):
         fit_position_probe(tiny_encoder, [])
-    sincos = load_encoder("random-tiny-sincos", cache=None)
-    with pytest.raises(BadRequest, match="fitted on another model's tokens"):
-        position_check(sincos, image, some_cells(4), probe)
+    for other in (load_encoder("random-tiny-sincos", cache=None), load_encoder("random-tiny", image_size=64,
+                                                                                 cache=None)):
+        width, height = other.prepare(image).size
+        cells = some_cells(4, (height // other.patch_size, width // other.patch_size))
+        with pytest.raises(BadRequest, match="fitted on other tokens"):  # another model, or another resolution
+            position_check(other, image, cells, probe)
     beit = load_encoder("beitv2-vitb16", pretrained=False, cache=None)
     with pytest.raises(BadRequest, match="cannot be given wrong positions: Beit is not a timm VisionTransformer"):
         fit_position_probe(beit, [image])
@@ -113,7 +124,7 @@ def test_a_probe_is_fitted_once_per_model_and_images_and_serves_every_swap(tiny_
     assert position_probe(tiny_encoder, [image.copy() for image in images]) is first  # the same pixels: kept
     assert position_probe(tiny_encoder, images[:1]) is not first
     assert position_probe(tiny_encoder, images, seed=1) is not first
-    assert PROBES.get((tiny_encoder.key, ("x",), 0)) is None
+    assert PROBES.get((probe_key(tiny_encoder), ("x",), 0)) is None
 
 
 def test_the_view_boxes_the_masked_patches_of_the_mae_crop_and_names_what_it_measured(tiny_encoder, image_333x517):

@@ -103,11 +103,16 @@ class PositionProbe:
     """A linear probe of "this token carries another patch's position" for one model's final tokens."""
 
     probe: Pipeline
-    model_key: str  # `Encoder.key` of the model whose tokens it was fitted on
+    model_key: str  # the model whose tokens it was fitted on, and their resolution (`probe_key`)
     images: int  # images it was fitted on
     shares: tuple[float, ...]  # the shares of each image's tokens swapped, one random swap each
     tokens: int  # tokens it was fitted on
     seed: int
+
+
+def probe_key(encoder: Encoder) -> str:
+    """The model (`Encoder.key`) and the resolution it sees images at: a probe serves tokens of both alike only."""
+    return f"{encoder.key} at {encoder.spec.image_size} px"
 
 
 def fit_position_probe(encoder: Encoder, images: Sequence[Image.Image], shares: Sequence[float] = FIT_SHARES,
@@ -132,8 +137,8 @@ def fit_position_probe(encoder: Encoder, images: Sequence[Image.Image], shares: 
             progress(done + 1, len(images))
     x_all, y_all = torch.cat(x).numpy(), torch.cat(y).numpy()  # [n * shares * L, D], [n * shares * L]
     keep = subsample(len(y_all), max_tokens, seed)
-    return PositionProbe(fit_linear_probe(x_all[keep], y_all[keep], seed, max_iter), encoder.key, len(images),
-                         tuple(shares), len(keep), seed)
+    return PositionProbe(fit_linear_probe(x_all[keep], y_all[keep], seed, max_iter), probe_key(encoder),
+                         len(images), tuple(shares), len(keep), seed)
 
 
 PROBES: LRUCache[PositionProbe] = LRUCache(16)  # fitted probes by model and images: a new swap costs two forwards
@@ -142,7 +147,7 @@ PROBES: LRUCache[PositionProbe] = LRUCache(16)  # fitted probes by model and ima
 def position_probe(encoder: Encoder, images: Sequence[Image.Image], seed: int = 0,
                    progress: ProgressFn | None = None) -> PositionProbe:
     """`fit_position_probe` with the default shares, kept in `PROBES` by model, images (their pixels) and seed."""
-    key = (encoder.key, tuple(image_fingerprint(image.convert("RGB")) for image in images), seed)
+    key = (probe_key(encoder), tuple(image_fingerprint(image.convert("RGB")) for image in images), seed)
     probe = PROBES.get(key)
     if probe is None:
         probe = fit_position_probe(encoder, images, seed=seed, progress=progress)
@@ -170,9 +175,9 @@ class PositionCheck:
 def position_check(encoder: Encoder, image: Image.Image, swapped: np.ndarray, probe: PositionProbe) -> PositionCheck:
     """The tokens of ``image`` marked in ``swapped`` [h, w] bool (the encoder's grid for it, two or more) trade
     positions in a cycle (grid order); ``probe`` (fitted on this encoder's tokens) gives each P(wrong position)."""
-    if probe.model_key != encoder.key:
-        raise BadRequest(f"the position probe was fitted on another model's tokens ({probe.model_key}), not "
-                         f"{encoder.name}'s")
+    if probe.model_key != probe_key(encoder):
+        raise BadRequest(f"the position probe was fitted on other tokens ({probe.model_key}) than these "
+                         f"({probe_key(encoder)})")
     processed = encoder.prepare(image)
     grid = (processed.size[1] // encoder.patch_size, processed.size[0] // encoder.patch_size)
     swapped = np.asarray(swapped, dtype=bool)
@@ -201,5 +206,5 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
 
 
 __all__ = ["VISIBLE_DIFFERENCE", "FIT_SHARES", "location_support", "visible_swaps", "tokens_at_positions",
-           "misplaced_tokens", "PositionProbe", "fit_position_probe", "position_probe", "PositionCheck",
+           "misplaced_tokens", "PositionProbe", "probe_key", "fit_position_probe", "position_probe", "PositionCheck",
            "position_check", "roc_auc"]
