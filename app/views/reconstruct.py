@@ -1,8 +1,9 @@
 """The Reconstruct views: MAE reconstructions, context drift, the CAE predictor and wrong positions from a chosen
 mask.
 
-All four work on the MAE's centre crop of the image with the MAE's mask (carried onto another grid patch by patch
-when a model's grid differs: `shared_mask`), so the maps side by side show the same patches hidden.
+All four work on the MAE's centre crop of the image. The first three use the MAE's mask (carried onto another grid
+patch by patch when a model's grid differs: `shared_mask`), so the maps side by side show the same patches hidden;
+the wrong-positions map swaps a random share of the patches, or the same masked ones.
 
 No Gradio and no math here. Pictures are enlarged for display with `app.views.result.to_display`, so a click on
 the masked picture maps back to a patch with `app.views.result.patch_at` (`toggle_patch`).
