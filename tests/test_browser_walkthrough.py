@@ -58,6 +58,8 @@ def test_every_view_on_the_bundled_models(tmp_path):
         for name in ("masked", "output", "pasted", "error"):
             image_from_element(page, f"#rec-{name}")
         image_from_element(page, "#cae-map")
+        image_from_element(page, "#positions-map")  # the default model's wrong positions: a random 15% swapped
+        wait_for_text(page, "#positions-info", "ROC AUC")
         screenshot(page, "walkthrough-reconstruct")
 
         # Compare two bundled encoders, click a spot, download the comparison

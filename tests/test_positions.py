@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from conftest import smooth_image
 from PIL import Image
 
-from app.views.reconstruct import position_view
+from app.views.reconstruct import context_drift_view, position_view
 from app.views.result import SWAP_BOX
 from ssl_core import load_encoder
 from ssl_core.analyses.positions import (
@@ -115,6 +115,8 @@ def test_bad_swap_masks_and_models_without_positions_are_refused(tiny_encoder):
     beit = load_encoder("beitv2-vitb16", pretrained=False, cache=None)
     with pytest.raises(BadRequest, match="cannot be given wrong positions: Beit is not a timm VisionTransformer"):
         fit_position_probe(beit, [image])
+    for view in (position_view(beit, image, []), context_drift_view(beit, image)):  # a note in the view, no error
+        assert not view.pictures and "cannot" in view.markdown and view.markdown.startswith("beitv2-vitb16")
 
 
 def test_a_probe_is_fitted_once_per_model_and_images_and_serves_every_swap(tiny_encoder):

@@ -11,6 +11,7 @@ from PIL import Image
 
 from app.views.reconstruct import context_drift_view, mae_display_grid, reconstruct_view, toggle_patch
 from app.views.result import Click, display_hw, encoder_display_grid, patch_at
+from ssl_core import load_encoder
 from ssl_core.analyses.context import context_drift
 from ssl_core.features.vit_tokens import encode_visible
 from ssl_core.mim.mae import build_mae, save_mae
@@ -129,6 +130,10 @@ def test_context_drift_view_draws_on_the_mae_crop_with_the_mae_mask(tiny_encoder
     grid_view = context_drift_view(tiny_encoder, image_333x517, "grid", 0.3, 0, reference_grid=(12, 12))
     assert "the ratio slider does not apply to the grid mask" in grid_view.markdown
     assert "108/144 patches removed" in grid_view.markdown
+    coarse = load_encoder("random-tiny", image_size=16, cache=None)  # a 2x2 grid: the MAE's mask can cover it all
+    every = context_drift_view(coarse, image_333x517, "custom", 0.75, 0, frozenset({(0, 0), (0, 1), (1, 0), (1, 1)}),
+                               reference_grid=(2, 2))
+    assert not every.pictures and "hides all 4 patches of this model's 2×2 grid" in every.markdown
 
 
 def test_cli_writes_the_pictures_and_metrics(tmp_path, image_file, tiny_mae, monkeypatch, capsys):

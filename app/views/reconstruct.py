@@ -26,8 +26,8 @@ from app.views.result import (
     shown_map,
     untrained_warning,
 )
-from ssl_core.analyses.context import context_drift, predicted_alignment
-from ssl_core.analyses.positions import position_check, position_probe
+from ssl_core.analyses.context import context_drift, drift_unsupported, predicted_alignment
+from ssl_core.analyses.positions import position_check, position_probe, positions_unsupported
 from ssl_core.data.images import ImageSource
 from ssl_core.features.encoder import Encoder
 from ssl_core.mim.cae import CAEModel
@@ -148,7 +148,11 @@ def context_drift_view(encoder: Encoder, image: ImageSource | Image.Image, kind:
                        seed: int = 0, custom_hidden: Hidden = frozenset(),
                        reference_grid: tuple[int, int] | None = None, grid: bool = False) -> ViewResult:
     """Per visible patch, how much its representation changes when the hidden patches are removed (any ViT), on
-    the MAE's centre crop with the MAE's mask (``reference_grid``: the MAE's grid; see `shared_mask`)."""
+    the MAE's centre crop with the MAE's mask (``reference_grid``: the MAE's grid; see `shared_mask`). A model that
+    cannot drop tokens gets a note saying so (this view also refreshes on a model switch made in another tab)."""
+    unsupported = drift_unsupported(encoder)
+    if unsupported:
+        return ViewResult(notes=unsupported + ".")
     square = centre_square(image)
     geometry = encoder_display_grid(encoder, square)
     stale = stale_mask_note(kind, custom_hidden, reference_grid or geometry.grid_hw, encoder.display_name)
@@ -156,10 +160,14 @@ def context_drift_view(encoder: Encoder, image: ImageSource | Image.Image, kind:
         return ViewResult(notes=stale)
     spec = _mask(kind, ratio, custom_hidden)
     mask, relation = shared_mask(spec, seed, geometry.grid_hw, reference_grid)
+    h, w = geometry.grid_hw
+    if mask.all():  # a coarse grid (a low resolution) can lose every visible patch: a state to say, not an error
+        return ViewResult(notes=f"**{encoder.display_name}**: the mask ({mask_note(spec, seed)}; {relation}) hides all "
+                                f"{h * w} patches of this model's {h}×{w} grid, so no visible patch is left to compare. "
+                                f"Choose a lower ratio or another mask.")
     drift = context_drift(encoder, square, mask)
     picture = draw.scale_overlay(geometry.image, np.nan_to_num(drift, nan=0.0), DRIFT_SCALE, alpha=0.75, smooth=False)
     picture = fill_patches(picture, mask, geometry.patch_size, MASK_FILL)
-    h, w = geometry.grid_hw
     notes = (f"**{encoder.display_name}** · the MAE's centre crop ({square.width}×{square.height} px of the image, "
              f"seen at {geometry.image.shape[1]}×{geometry.image.shape[0]} px) · {int(mask.sum())}/{h * w} patches "
              f"removed ({mask_note(spec, seed)}; {relation}) · per visible patch: cosine between its last-layer "
@@ -210,7 +218,11 @@ def position_view(encoder: Encoder, image: ImageSource | Image.Image, others: li
                   grid: bool = False, progress: ProgressFn | None = None) -> ViewResult:
     """DILEMMA's question on the MAE's centre crop: a random ``share`` of its patches, or the masked ones (``source``),
     trade position embeddings (`ssl_core.analyses.positions.position_check`, the probe fitted on random swaps of
-    the centre crops of the image and of the first ``others``); the probe's P(swapped) per token, swaps boxed."""
+    the centre crops of the image and of the first ``others``); the probe's P(swapped) per token, swaps boxed. A
+    model whose tokens cannot be given wrong positions gets a note saying so."""
+    unsupported = positions_unsupported(encoder)
+    if unsupported:
+        return ViewResult(notes=unsupported + ".")
     square = centre_square(image)
     geometry = encoder_display_grid(encoder, square)
     h, w = geometry.grid_hw

@@ -27,6 +27,14 @@ if TYPE_CHECKING:
     from ssl_core.mim.cae import CAEModel
 
 
+def drift_unsupported(encoder: Encoder) -> str | None:
+    """Why context drift cannot run on this encoder, or None when it can."""
+    if isinstance(encoder.model, VisionTransformer):
+        return None
+    return (f"{encoder.name} ({type(encoder.model).__name__}) cannot drop tokens: context drift needs a timm "
+            f"VisionTransformer with absolute position embeddings")
+
+
 def context_drift(encoder: Encoder, image: ImageSource | Image.Image, mask: np.ndarray | torch.Tensor) -> np.ndarray:
     """Per patch, cos(representation with the hidden patches removed, representation in the whole image).
 
@@ -41,9 +49,9 @@ def context_drift(encoder: Encoder, image: ImageSource | Image.Image, mask: np.n
                          f"{grid[0]}x{grid[1]} patches")
     if mask.all():
         raise BadRequest("the mask hides every patch: no visible patch is left to compare")
-    if not isinstance(encoder.model, VisionTransformer):
-        raise BadRequest(f"{encoder.name} ({type(encoder.model).__name__}) cannot drop tokens: context drift needs a "
-                         f"timm VisionTransformer with absolute position embeddings")
+    unsupported = drift_unsupported(encoder)
+    if unsupported:
+        raise BadRequest(unsupported)
     imgs = encoder.to_tensor(processed)[None].to(encoder.device)  # [1, 3, H, W]
     hidden = torch.from_numpy(mask.reshape(1, -1)).to(encoder.device)  # [1, L]
     with encoder.running(grid) as vit:

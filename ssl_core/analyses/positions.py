@@ -51,6 +51,12 @@ def location_support(encoder: Encoder) -> str | None:
     return None
 
 
+def positions_unsupported(encoder: Encoder) -> str | None:
+    """Why this encoder's tokens cannot be given wrong positions (a sentence), or None when they can."""
+    reason = location_support(encoder)
+    return None if reason is None else f"{encoder.name} cannot be given wrong positions: {reason}"
+
+
 def visible_swaps(pixels: torch.Tensor, position_ids: torch.Tensor, patch_size: int) -> torch.Tensor:
     """Which tokens show other pixels than the patch whose position they were given.
 
@@ -120,9 +126,9 @@ def fit_position_probe(encoder: Encoder, images: Sequence[Image.Image], shares: 
                        progress: ProgressFn | None = None) -> PositionProbe:
     """Fit the probe on one random swap of each share in each of ``images`` (their swaps known; at most
     ``max_tokens`` tokens, drawn with ``seed``)."""
-    reason = location_support(encoder)
-    if reason is not None:
-        raise BadRequest(f"{encoder.name} cannot be given wrong positions: {reason}")
+    unsupported = positions_unsupported(encoder)
+    if unsupported:
+        raise BadRequest(unsupported)
     if not images:
         raise BadRequest("the position probe needs at least one image to fit on")
     generator = torch.Generator().manual_seed(seed)
@@ -205,6 +211,6 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
     return float(roc_auc_score(labels, np.asarray(scores).reshape(-1))) if 0 < labels.sum() < labels.size else None
 
 
-__all__ = ["VISIBLE_DIFFERENCE", "FIT_SHARES", "location_support", "visible_swaps", "tokens_at_positions",
+__all__ = ["VISIBLE_DIFFERENCE", "FIT_SHARES", "location_support", "positions_unsupported", "visible_swaps", "tokens_at_positions",
            "misplaced_tokens", "PositionProbe", "probe_key", "fit_position_probe", "position_probe", "PositionCheck",
            "position_check", "roc_auc"]
