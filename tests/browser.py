@@ -96,8 +96,11 @@ def open_app(playwright, app: LiveApp, width: int = 1400, height: int = 1100, **
 
 
 def image_from_element(page, selector: str, timeout_ms: int = 120_000) -> np.ndarray:
-    """The picture an <img> inside ``selector`` shows, fetched by the browser and decoded."""
+    """The picture an <img> inside ``selector`` shows, fetched by the browser and decoded. The picture is scrolled to
+    first: the browser lazy-loads pictures far below the viewport, which stay 0 px high (hidden) until then."""
     img = page.locator(f"{selector} img").first
+    img.wait_for(state="attached", timeout=timeout_ms)
+    img.evaluate("element => element.scrollIntoView({block: 'center'})")
     img.wait_for(state="visible", timeout=timeout_ms)
     src = img.get_attribute("src")
     response = page.request.get(src if src.startswith("http") else page.url.rstrip("/") + "/" + src.lstrip("/"))
