@@ -32,6 +32,13 @@ from ssl_core.mim.reconstruct import centre_square
 SCENES = LabConfig(n_train=8, n_test=2)
 
 
+@pytest.fixture(autouse=True)
+def no_kept_probes():
+    """Each test fits its own probes: one kept by an earlier test (or an earlier run in the same process) would skip
+    the fit that the test means to check."""
+    PROBES.clear()
+
+
 def scenes(split: str, n: int) -> list[Image.Image]:
     return [Image.fromarray(partsworld.sample(seed, 96).image) for seed in heldout_seeds(SCENES, split, n)]
 
@@ -121,11 +128,17 @@ def test_bad_swap_masks_and_models_without_positions_are_refused(tiny_encoder):
 
 def test_a_probe_is_fitted_once_per_model_and_images_and_serves_every_swap(tiny_encoder):
     images = [Image.fromarray(smooth_image(96, 96, seed=s)) for s in (1, 2)]
-    first = position_probe(tiny_encoder, images)
-    assert first.shares == FIT_SHARES and first.images == 2
+    seen = []
+    first = position_probe(tiny_encoder, images, progress=lambda done, total: seen.append((done, total)))
+    assert first.shares == FIT_SHARES and first.images == 2 and first.seed == 0 and seen == [(1, 2), (2, 2)]
+    assert first.tokens == 2 * len(FIT_SHARES) * 144 and len(PROBES) == 1
     assert position_probe(tiny_encoder, [image.copy() for image in images]) is first  # the same pixels: kept
     assert position_probe(tiny_encoder, images[:1]) is not first
-    assert position_probe(tiny_encoder, images, seed=1) is not first
+    assert position_probe(tiny_encoder, images, seed=1).seed == 1 and len(PROBES) == 3
+    # a subsample drawn with the seed: two fits of the same tokens agree exactly
+    small = [fit_position_probe(tiny_encoder, images, max_tokens=100) for _ in range(2)]
+    assert small[0].tokens == 100
+    np.testing.assert_array_equal(small[0].probe[-1].coef_, small[1].probe[-1].coef_)
     assert PROBES.get((probe_key(tiny_encoder), ("x",), 0)) is None
 
 
