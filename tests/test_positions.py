@@ -17,10 +17,12 @@ from ssl_core import load_encoder
 from ssl_core.analyses.positions import (
     FIT_SHARES,
     PROBES,
+    VISIBLE_DIFFERENCE,
     fit_position_probe,
     position_check,
     position_probe,
     probe_key,
+    roc_auc,
 )
 from ssl_core.data import partsworld
 from ssl_core.errors import BadRequest
@@ -109,6 +111,7 @@ def test_bad_swap_masks_and_models_without_positions_are_refused(tiny_encoder):
     probe = fit_position_probe(tiny_encoder, [image], shares=(0.3,))
     with pytest.raises(BadRequest, match="at least two patches"):
         position_check(tiny_encoder, image, some_cells(1), probe)
+    assert position_check(tiny_encoder, image, some_cells(2), probe).swapped.sum() == 2  # two is enough
     with pytest.raises(BadRequest, match="sees this image as 12x12"):
         position_check(tiny_encoder, image, np.ones((6, 6), bool), probe)
     with pytest.raises(BadRequest, match="at least one image"):
@@ -124,6 +127,25 @@ def test_bad_swap_masks_and_models_without_positions_are_refused(tiny_encoder):
         fit_position_probe(beit, [image])
     for view in (position_view(beit, image, []), context_drift_view(beit, image)):  # a note in the view, no error
         assert not view.pictures and "cannot" in view.markdown and view.markdown.startswith("beitv2-vitb16")
+
+
+def test_a_swap_is_visible_when_the_two_patches_differ_by_more_than_the_threshold(tiny_encoder):
+    """Flat grey patches 0 to 7 levels apart: the threshold (0.02, about 5 levels of 255) splits the swaps; checked
+    against the levels themselves."""
+    levels = np.add.outer(np.arange(12), np.arange(12)) % 8 + 120  # [12, 12] grey level of each patch
+    image = Image.fromarray(np.repeat(np.repeat(levels, 8, 0), 8, 1).astype(np.uint8)).convert("RGB")  # 96 x 96
+    swapped = some_cells(30)
+    check = position_check(tiny_encoder, image, swapped, fit_position_probe(tiny_encoder, [image], shares=(0.3,)))
+    ids = cycle_positions(torch.from_numpy(swapped.reshape(-1)).nonzero().flatten(), 144).numpy()
+    apart = np.abs(levels.reshape(-1) - levels.reshape(-1)[ids]).reshape(12, 12) / 255
+    assert np.array_equal(check.visible, apart > VISIBLE_DIFFERENCE)
+    assert 0 < check.visible.sum() < (swapped & (apart > 0)).sum()  # some swaps that change pixels are too faint
+
+
+def test_roc_auc_needs_both_kinds_of_token():
+    assert roc_auc(np.array([0.1, 0.9, 0.2]), np.array([False, True, False])) == 1.0
+    assert roc_auc(np.array([0.9, 0.1, 0.2]), np.array([[False], [True], [True]])) == 0.0  # any shape, flattened
+    assert roc_auc(np.ones(3), np.zeros(3, bool)) is None and roc_auc(np.ones(3), np.ones(3, bool)) is None
 
 
 def test_a_probe_is_fitted_once_per_model_and_images_and_serves_every_swap(tiny_encoder):
